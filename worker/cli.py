@@ -1,0 +1,173 @@
+"""The `offboard` command.
+
+Exit codes: 0 done (or contained), 1 halted or failed, 2 bad input or configuration,
+3 waiting for an operator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from worker.config import Config, load_config
+from worker.domain import CaseStatus
+from worker.errors import NotFound, OffboardError
+from worker.logging import configure_logging
+from worker.playbook import find_playbook, load_playbook
+from worker.report import case_header, step_table, task_text, timeline
+from worker.service import Runtime, confirm_task, drive_case, open_case, open_runtime
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WAITING = 0, 1, 2, 3
+DEFAULT_CONFIG = "config/offboard.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="offboard",
+        description="Offboard a person: IdP first, then Identity Center, then portal sessions.",
+    )
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("OFFBOARD_CONFIG", DEFAULT_CONFIG),
+        help=f"configuration file (default: $OFFBOARD_CONFIG or {DEFAULT_CONFIG})",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("OFFBOARD_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a playbook for one person")
+    run.add_argument("playbook", help="playbook name (leaver, incident) or path to a YAML file")
+    run.add_argument("--user", required=True, help="the person's login (email)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+
+    status = commands.add_parser("status", help="show one case, or all cases")
+    status.add_argument("case", nargs="?")
+
+    confirm = commands.add_parser("confirm", help="confirm an operator task and resume the case")
+    confirm.add_argument("case")
+    confirm.add_argument("step", help="the step id, e.g. portal-sessions")
+    confirm.add_argument("--by", default=None, help="who confirms (default: your user name)")
+    confirm.add_argument(
+        "--no-resume", action="store_true", help="record only; let a worker resume"
+    )
+
+    check = commands.add_parser("check", help="validate playbook files")
+    check.add_argument("playbooks", nargs="+")
+
+    commands.add_parser("demo", help="run the leaver playbook against the sandbox emulators")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(level=args.log_level.upper())
+    try:
+        return asyncio.run(_dispatch(args))
+    except NotFound as exc:
+        print(f"offboard: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OffboardError as exc:
+        print(f"offboard: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    base_dir = Path.cwd()
+    if args.command == "demo":
+        from worker.demo import run_demo
+
+        return await run_demo(sys.stdout, base_dir=_project_dir())
+    if args.command == "check":
+        for name in args.playbooks:
+            playbook = load_playbook(find_playbook(name, [base_dir / "playbooks"]))
+            print(f"{playbook.source}: ok ({len(playbook.steps)} steps, order holds)")
+        return EXIT_OK
+    config = _load(args.config)
+    if args.command == "run" and args.dry_run:
+        return await _dry_run(config, args, base_dir)
+    async with open_runtime(config, base_dir=base_dir) as runtime:
+        if args.command == "run":
+            playbook = runtime.playbook(args.playbook)
+            case, created = await open_case(
+                runtime, playbook, args.user, {"source": "cli", "by": getpass.getuser()}
+            )
+            verb = "opened" if created else "resuming"
+            print(f"{verb} case {case.id} ({playbook.name}, {case.subject})")
+            case = await drive_case(runtime, case.id)
+            return await _print_case(runtime, case.id)
+        if args.command == "status":
+            if args.case:
+                return await _print_case(runtime, args.case)
+            for case in await runtime.store.list_cases():
+                print(case_header(case))
+            return EXIT_OK
+        if args.command == "confirm":
+            by = args.by or getpass.getuser()
+            task = await confirm_task(runtime, args.case, args.step, by)
+            print(f"confirmed {task.case_id} {task.step_id} by {task.confirmed_by}")
+            if not args.no_resume:
+                await drive_case(runtime, args.case)
+            return await _print_case(runtime, args.case)
+    raise AssertionError(args.command)
+
+
+async def _print_case(runtime: Runtime, case_id: str) -> int:
+    store = runtime.store
+    case = await store.get_case(case_id)
+    print(case_header(case))
+    print(step_table(await store.steps(case_id)))
+    for task in await store.open_tasks():
+        if task.case_id == case_id:
+            print(task_text(task))
+    print("timeline:")
+    print(timeline(await store.events(case_id)))
+    return {
+        CaseStatus.CONTAINED: EXIT_OK,
+        CaseStatus.WAITING: EXIT_WAITING,
+        CaseStatus.HALTED: EXIT_FAILED,
+    }.get(case.status, EXIT_FAILED)
+
+
+async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> int:
+    """The plan, built without opening the store or calling anything."""
+    import aiohttp
+
+    from worker.providers.identity_center import AwsIdentityCenter
+    from worker.providers.okta import Okta
+
+    dirs = [base_dir / d for d in config.playbook_dirs]
+    playbook = load_playbook(find_playbook(args.playbook, dirs))
+    async with aiohttp.ClientSession() as http:
+        assert config.idp.okta is not None
+        idp = Okta(config.idp.okta, http)
+        ic = AwsIdentityCenter(config.identity_center, http)
+        print(f"dry run: playbook {playbook.name} ({playbook.source}) for {args.user}")
+        print("nothing is read or changed; the calls each step would make:")
+        for number, step in enumerate(playbook.steps, start=1):
+            provider = idp if step.action.startswith("idp.") else ic
+            print(f"{number}. {step.id}: {step.action} (verify: {step.verify})")
+            for call in provider.plan(step.action, args.user):
+                kind = "WRITE" if call.mutates else "read "
+                print(f"     {kind} {call.method} {call.target}")
+    return EXIT_OK
+
+
+def _load(path: str) -> Config:
+    return load_config(Path(path))
+
+
+def _project_dir() -> Path:
+    """Where playbooks/ lives: the working directory if it has one, else the source tree."""
+    if (Path.cwd() / "playbooks").is_dir():
+        return Path.cwd()
+    return Path(__file__).resolve().parent.parent
+
+
+if __name__ == "__main__":
+    sys.exit(main())

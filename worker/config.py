@@ -1,0 +1,187 @@
+"""Configuration: one YAML file, validated by pydantic, secrets only by reference.
+
+A secret is written as `{env: NAME}` or `{file: PATH}`, never inline, so the
+config file itself can be committed and shown. Resolved secret values are kept
+in `Secret` objects whose repr hides them, and registered with the log redactor.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from worker.errors import ConfigError
+from worker.logging import register_secret
+from worker.retry import RetryPolicy
+
+
+class Secret:
+    """A resolved secret: usable through `.reveal()`, invisible in repr and str."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        register_secret(value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+class SecretRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    env: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a secret is {env: NAME} or {file: PATH}, exactly one")
+        return self
+
+    def resolve(self, path: str) -> Secret:
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if not value:
+                raise ConfigError(f"{path}: environment variable {self.env} is not set")
+            return Secret(value)
+        assert self.file is not None
+        try:
+            value = Path(self.file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{path}: cannot read secret file {self.file}: {exc.strerror}"
+            ) from None
+        if not value:
+            raise ConfigError(f"{path}: secret file {self.file} is empty")
+        return Secret(value)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OktaConfig(_Model):
+    org_url: str = Field(description="https://<org>.okta.com")
+    token: SecretRef = Field(description="API token (sent as SSWS)")
+    timeout_seconds: float = 10.0
+
+
+class IdpConfig(_Model):
+    okta: OktaConfig | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> IdpConfig:
+        if self.okta is None:
+            raise ValueError("configure one identity provider (okta)")
+        return self
+
+
+class ScimConfig(_Model):
+    url: str = Field(description="https://scim.<region>.amazonaws.com/<tenant>/scim/v2")
+    token: SecretRef
+    timeout_seconds: float = 10.0
+
+
+class AwsCredentials(_Model):
+    access_key_id: SecretRef
+    secret_access_key: SecretRef
+
+
+class IdentityCenterConfig(_Model):
+    region: str
+    identity_store_id: str = Field(pattern=r"^d-[0-9a-f]{10}$|^[0-9a-f-]{36}$")
+    instance_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sso:::instance/")
+    #: "scim": users come from an external IdP, disabled through SCIM;
+    #: "directory": Identity Center's own directory, disabled only in the console.
+    identity_source: Literal["scim", "directory"] = "scim"
+    scim: ScimConfig | None = None
+    #: only for the sandbox or a VPC endpoint; unset in production
+    endpoint_url: str | None = None
+    #: only when the default AWS credential chain should not be used
+    credentials: AwsCredentials | None = None
+    console_url: str = Field(
+        default="https://{region}.console.aws.amazon.com/singlesignon/home?region={region}"
+        "#!/instances/{instance_id}/users/user-details?user={user_id}",
+        description="link an operator follows; {region} {instance_id} {user_id} are filled in",
+    )
+    timeout_seconds: float = 10.0
+
+    @model_validator(mode="after")
+    def _scim_when_needed(self) -> IdentityCenterConfig:
+        if self.identity_source == "scim" and self.scim is None:
+            raise ValueError("identity_source 'scim' needs a 'scim' section (url and token)")
+        return self
+
+
+class StoreConfig(_Model):
+    sqlite: str = "var/offboard.db"
+
+
+class RetryConfig(_Model):
+    attempts: int = Field(default=8, ge=1)
+    initial_seconds: float = Field(default=0.2, gt=0)
+    maximum_seconds: float = Field(default=30.0, gt=0)
+    give_up_after_seconds: float = Field(default=120.0, gt=0)
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            attempts=self.attempts,
+            initial=self.initial_seconds,
+            maximum=self.maximum_seconds,
+            give_up_after=self.give_up_after_seconds,
+        )
+
+
+class WorkerConfig(_Model):
+    lease_seconds: float = Field(default=60.0, gt=0)
+    #: how long read-back may take to show a change (eventual consistency)
+    verify_timeout_seconds: float = Field(default=120.0, gt=0)
+    verify_interval_seconds: float = Field(default=1.0, gt=0)
+    #: when a step keeps failing transiently, when to try the case again
+    requeue_after_seconds: float = Field(default=30.0, gt=0)
+
+
+class Config(_Model):
+    store: StoreConfig = StoreConfig()
+    playbook_dirs: list[str] = Field(default_factory=lambda: ["playbooks"])
+    idp: IdpConfig
+    identity_center: IdentityCenterConfig
+    retry: RetryConfig = RetryConfig()
+    worker: WorkerConfig = WorkerConfig()
+
+
+def parse_config(data: Any, source: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+            problems.append(f"{path}: {message}")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: YAML syntax error{where}: {exc.problem}") from None
+    return parse_config(data, str(path))

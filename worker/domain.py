@@ -1,0 +1,134 @@
+"""The domain records: frozen, keyword-only, with no behaviour that touches I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class CaseStatus(StrEnum):
+    #: waiting for a worker to claim it (new, or released for a retry at `run_after`)
+    PENDING = "pending"
+    #: claimed by a worker that holds a lease on it
+    RUNNING = "running"
+    #: a step waits for a human (an operator task); no worker holds it
+    WAITING = "waiting"
+    #: a step failed permanently; no later step runs until a human acts
+    HALTED = "halted"
+    #: every containment step is done and verified
+    CONTAINED = "contained"
+
+
+class StepStatus(StrEnum):
+    #: not started
+    PENDING = "pending"
+    #: started at least once, not yet verified
+    RUNNING = "running"
+    #: an operator task is open for it
+    WAITING = "waiting"
+    #: acted on and verified by read-back (or by an operator's confirmation)
+    DONE = "done"
+    #: failed permanently
+    FAILED = "failed"
+
+
+class LedgerState(StrEnum):
+    #: written before the external call: the call may or may not have happened
+    INTENT = "intent"
+    #: written after the call returned success
+    APPLIED = "applied"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannedStep:
+    """A playbook step as frozen into a case when the case is created."""
+
+    id: str
+    action: str
+    verify: str | None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Case:
+    id: str
+    playbook: str
+    subject: str
+    status: CaseStatus
+    priority: int
+    steps: tuple[PlannedStep, ...]
+    trigger: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    run_after: datetime | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    halt_reason: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepRecord:
+    case_id: str
+    index: int
+    step_id: str
+    action: str
+    status: StepStatus
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerEntry:
+    """One external mutation, recorded before it is attempted (write-ahead)."""
+
+    key: str
+    case_id: str
+    step_id: str
+    operation: str
+    state: LedgerState
+    requested_at: datetime
+    applied_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class OperatorTask:
+    """Work only a human can do (console-only actions), durable until confirmed."""
+
+    case_id: str
+    step_id: str
+    title: str
+    instructions: str
+    console_url: str
+    subject: str
+    opened_at: datetime
+    confirmed_at: datetime | None = None
+    confirmed_by: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaseEvent:
+    """One line of a case's timeline."""
+
+    case_id: str
+    seq: int
+    at: datetime
+    kind: str
+    step_id: str | None
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewCase:
+    playbook: str
+    subject: str
+    steps: tuple[PlannedStep, ...]
+    trigger: dict[str, Any]
+    priority: int = 0
+    idempotency_key: str | None = None
+    run_after: datetime | None = None

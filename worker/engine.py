@@ -1,0 +1,194 @@
+"""The engine: runs a claimed case's steps strictly in order, recording each before the next.
+
+A step that fails permanently halts the case, so no later containment step can
+run out of order; a step that keeps failing transiently hands the case back to
+the queue for later, so a flaky provider delays a case but never fails it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+
+from worker.clock import Clock
+from worker.domain import Case, CaseStatus, StepStatus
+from worker.errors import PermanentError, StoreError, TransientError
+from worker.retry import RetryPolicy
+from worker.steps import Done, Providers, StepContext, Waiting, handler_for
+from worker.store.base import Store
+
+log = structlog.get_logger(__name__)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineSettings:
+    lease_seconds: float = 60.0
+    verify_timeout: float = 120.0
+    verify_interval: float = 1.0
+    requeue_after: float = 30.0
+    #: a step that raises something unexpected this often halts for a human
+    max_unexpected_failures: int = 5
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        providers: Providers,
+        clock: Clock,
+        policy: RetryPolicy,
+        settings: EngineSettings,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.providers = providers
+        self.clock = clock
+        self.policy = policy
+        self.settings = settings
+        self.worker_id = worker_id or default_worker_id()
+
+    async def run_claimed(self, case: Case) -> CaseStatus:
+        """Run a case this worker has claimed until it is contained, waits, halts or is requeued."""
+        with structlog.contextvars.bound_contextvars(case_id=case.id, playbook=case.playbook):
+            heartbeat = asyncio.create_task(self._heartbeat(case.id))
+            try:
+                return await self._run_steps(case)
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+
+    async def _heartbeat(self, case_id: str) -> None:
+        interval = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            held = await self.store.heartbeat(
+                case_id, self.worker_id, self.clock.now(), self.settings.lease_seconds
+            )
+            if not held:
+                log.error("lease_lost")
+                return
+
+    async def _run_steps(self, case: Case) -> CaseStatus:
+        records = await self.store.steps(case.id)
+        earlier: dict[str, dict[str, object]] = {}
+        for index, step in enumerate(case.steps):
+            record = records[index]
+            if record.status is StepStatus.DONE:
+                earlier[step.id] = record.evidence
+                continue
+            with structlog.contextvars.bound_contextvars(step=step.id, action=step.action):
+                record = await self.store.start_step(
+                    case.id, index, self.worker_id, self.clock.now()
+                )
+                await self._event(case, "step_started", step.id, {"attempt": record.attempts})
+                log.info("step_started", attempt=record.attempts)
+                ctx = StepContext(
+                    case=case,
+                    step=step,
+                    index=index,
+                    record=record,
+                    earlier=earlier,
+                    store=self.store,
+                    clock=self.clock,
+                    providers=self.providers,
+                    policy=self.policy,
+                    verify_timeout=self.settings.verify_timeout,
+                    verify_interval=self.settings.verify_interval,
+                )
+                try:
+                    outcome = await handler_for(step.action)(ctx)
+                except TransientError as exc:
+                    return await self._requeue(case, index, str(exc))
+                except PermanentError as exc:
+                    return await self._halt(case, index, str(exc))
+                except StoreError:
+                    raise
+                except Exception as exc:
+                    log.exception("step_crashed")
+                    reason = f"internal error: {type(exc).__name__}: {exc}"
+                    if record.attempts >= self.settings.max_unexpected_failures:
+                        return await self._halt(case, index, reason)
+                    return await self._requeue(case, index, reason)
+                if isinstance(outcome, Waiting):
+                    await self.store.finish_step(
+                        case.id,
+                        index,
+                        self.worker_id,
+                        StepStatus.WAITING,
+                        self.clock.now(),
+                        evidence=outcome.evidence,
+                    )
+                    await self._event(
+                        case,
+                        "operator_task_opened",
+                        step.id,
+                        {"title": outcome.task.title, "console_url": outcome.task.console_url},
+                    )
+                    await self.store.release_case(
+                        case.id, self.worker_id, CaseStatus.WAITING, self.clock.now()
+                    )
+                    log.info("case_waiting_for_operator")
+                    return CaseStatus.WAITING
+                assert isinstance(outcome, Done)
+                await self.store.finish_step(
+                    case.id,
+                    index,
+                    self.worker_id,
+                    StepStatus.DONE,
+                    self.clock.now(),
+                    evidence=outcome.evidence,
+                )
+                await self._event(case, "step_done", step.id, outcome.evidence)
+                log.info("step_done", verified_by=outcome.evidence.get("verified_by"))
+                earlier[step.id] = outcome.evidence
+        await self.store.release_case(
+            case.id, self.worker_id, CaseStatus.CONTAINED, self.clock.now()
+        )
+        await self._event(case, "case_contained", None, {})
+        log.info("case_contained")
+        return CaseStatus.CONTAINED
+
+    async def _requeue(self, case: Case, index: int, reason: str) -> CaseStatus:
+        step = case.steps[index]
+        now = self.clock.now()
+        run_after = now + timedelta(seconds=self.settings.requeue_after)
+        await self.store.finish_step(
+            case.id, index, self.worker_id, StepStatus.RUNNING, now, error=reason
+        )
+        await self._event(case, "step_deferred", step.id, {"reason": reason})
+        await self.store.release_case(
+            case.id, self.worker_id, CaseStatus.PENDING, now, run_after=run_after
+        )
+        log.warning("step_deferred", reason=reason, retry_in_seconds=self.settings.requeue_after)
+        return CaseStatus.PENDING
+
+    async def _halt(self, case: Case, index: int, reason: str) -> CaseStatus:
+        step = case.steps[index]
+        now = self.clock.now()
+        await self.store.finish_step(
+            case.id, index, self.worker_id, StepStatus.FAILED, now, error=reason
+        )
+        halt_reason = f"step {step.id} ({step.action}) failed: {reason}"
+        await self._event(case, "case_halted", step.id, {"reason": halt_reason})
+        await self.store.release_case(
+            case.id, self.worker_id, CaseStatus.HALTED, now, halt_reason=halt_reason
+        )
+        log.error("case_halted", reason=halt_reason)
+        return CaseStatus.HALTED
+
+    async def _event(
+        self, case: Case, kind: str, step_id: str | None, data: dict[str, object]
+    ) -> None:
+        await self.store.append_event(case.id, kind, self.clock.now(), step_id=step_id, data=data)

@@ -1,0 +1,55 @@
+"""The few exception types the engine decides on."""
+
+from __future__ import annotations
+
+
+class OffboardError(Exception):
+    """Base for errors that carry a message meant for a human."""
+
+
+class ProviderError(OffboardError):
+    def __init__(
+        self, provider: str, message: str, *, status: int | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider
+        #: the HTTP status the provider answered, when there was one
+        self.status = status
+        #: the provider's error code (AWS `Error.Code`), when there was one
+        self.code = code
+
+
+class TransientError(ProviderError):
+    """Worth retrying: timeout, reset, throttling, 5xx. `retry_after` is the server's hint."""
+
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(provider, message, status=status, code=code)
+        self.retry_after = retry_after
+
+
+class PermanentError(ProviderError):
+    """Retrying cannot help (401/403/404, validation): the case halts with this reason."""
+
+
+class PlaybookError(OffboardError):
+    """A playbook file that cannot be run; the message names the file, the step and the rule."""
+
+
+class ConfigError(OffboardError):
+    """Configuration that cannot be used; the message names the path of the bad setting."""
+
+
+class StoreError(OffboardError):
+    """The store refused or failed an operation."""
+
+
+class NotFound(StoreError):
+    pass

@@ -1,0 +1,278 @@
+"""Playbooks: YAML files naming the steps of a case, checked against the invariant on load.
+
+The invariant (DESIGN.md) is enforced here, before anything runs: the IdP user is
+deactivated first, then the Identity Center user is disabled, then portal sessions
+are revoked, then optional hardening; every containment step names its read-back
+verification. A playbook that breaks a rule is refused with the file, the step and
+the rule in the message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from worker.domain import PlannedStep
+from worker.errors import PlaybookError
+
+
+class Phase(IntEnum):
+    """Where an action stands in the one safe order."""
+
+    IDP = 1
+    IDENTITY_CENTER = 2
+    PORTAL_SESSIONS = 3
+    HARDENING = 4
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionSpec:
+    name: str
+    phase: Phase
+    containment: bool
+    verifications: tuple[str, ...]
+    summary: str
+
+
+#: Every action a playbook may name. A step names one of these and, for containment
+#: actions, one of its verifications.
+ACTIONS: dict[str, ActionSpec] = {
+    spec.name: spec
+    for spec in (
+        ActionSpec(
+            name="idp.deactivate_user",
+            phase=Phase.IDP,
+            containment=True,
+            verifications=("idp.user_status",),
+            summary="deactivate the user in the identity provider",
+        ),
+        ActionSpec(
+            name="idp.revoke_sessions",
+            phase=Phase.IDP,
+            containment=True,
+            verifications=("idp.user_status",),
+            summary="end the user's IdP sessions and revoke their OAuth tokens",
+        ),
+        ActionSpec(
+            name="identity_center.disable_user",
+            phase=Phase.IDENTITY_CENTER,
+            containment=True,
+            verifications=("identity_center.user_status",),
+            summary="disable the IAM Identity Center user",
+        ),
+        ActionSpec(
+            name="identity_center.portal_sessions",
+            phase=Phase.PORTAL_SESSIONS,
+            containment=True,
+            verifications=("operator.confirmation",),
+            summary="have an operator revoke the user's access-portal sessions (console only)",
+        ),
+    )
+}
+
+PRIORITIES: dict[str, int] = {"incident": 100, "normal": 50, "bulk": 10}
+
+
+class StepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")
+    action: str
+    verify: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PlaybookModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")
+    description: str = ""
+    priority: Literal["incident", "normal", "bulk"] = "normal"
+    steps: list[StepSpec] = Field(min_length=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Playbook:
+    name: str
+    description: str
+    priority: int
+    steps: tuple[PlannedStep, ...]
+    source: str
+    digest: str
+
+    def step(self, step_id: str) -> PlannedStep:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+
+def parse_playbook(text: str, source: str) -> Playbook:
+    """Parse and check a playbook; `source` names it in every error."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PlaybookError(f"{source}: YAML syntax error{where}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise PlaybookError(f"{source}: YAML error: {exc}") from None
+    if not isinstance(data, dict):
+        raise PlaybookError(f"{source}: a playbook is a mapping with 'name' and 'steps'")
+    step_lines = _step_lines(root)
+    try:
+        model = PlaybookModel.model_validate(data)
+    except ValidationError as exc:
+        raise PlaybookError(_describe_validation(source, exc, data, step_lines)) from None
+    steps = tuple(
+        PlannedStep(id=s.id, action=s.action, verify=s.verify, options=dict(s.options))
+        for s in model.steps
+    )
+    _check_invariant(source, steps, step_lines)
+    return Playbook(
+        name=model.name,
+        description=model.description,
+        priority=PRIORITIES[model.priority],
+        steps=steps,
+        source=source,
+        digest=hashlib.sha256(text.encode()).hexdigest(),
+    )
+
+
+def load_playbook(path: Path) -> Playbook:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlaybookError(f"{path}: cannot read playbook: {exc.strerror}") from None
+    return parse_playbook(text, str(path))
+
+
+def find_playbook(name_or_path: str, search: list[Path]) -> Path:
+    """A path as given, or `NAME` / `NAME.yaml` in the playbook directories."""
+    given = Path(name_or_path)
+    if given.suffix in (".yaml", ".yml") or given.parent != Path("."):
+        return given
+    for directory in search:
+        candidate = directory / f"{name_or_path}.yaml"
+        if candidate.exists():
+            return candidate
+    places = ", ".join(str(d) for d in search) or "(no playbook directory)"
+    raise PlaybookError(f"playbook {name_or_path!r} not found in {places}")
+
+
+def _step_lines(root: yaml.Node | None) -> dict[int, int]:
+    """Line number (1-based) of each step in the file, for error messages."""
+    if not isinstance(root, yaml.MappingNode):
+        return {}
+    for key, value in root.value:
+        if isinstance(key, yaml.ScalarNode) and key.value == "steps":
+            if isinstance(value, yaml.SequenceNode):
+                return {i: node.start_mark.line + 1 for i, node in enumerate(value.value)}
+    return {}
+
+
+def _step_name(index: int, data: dict[str, Any], step_lines: dict[int, int]) -> str:
+    steps = data.get("steps")
+    step_id = None
+    if isinstance(steps, list) and index < len(steps) and isinstance(steps[index], dict):
+        step_id = steps[index].get("id")
+    line = step_lines.get(index)
+    label = f"step {index + 1}"
+    if step_id:
+        label += f" ({step_id})"
+    if line:
+        label += f" at line {line}"
+    return label
+
+
+def _describe_validation(
+    source: str, exc: ValidationError, data: dict[str, Any], step_lines: dict[int, int]
+) -> str:
+    problems = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        where = "playbook"
+        if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+            where = _step_name(loc[1], data, step_lines)
+            loc = loc[2:]
+        field = ".".join(str(part) for part in loc)
+        message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+        problems.append(f"{where}: field {field!r}: {message}" if field else f"{where}: {message}")
+    return f"{source}: " + "; ".join(problems)
+
+
+def _check_invariant(source: str, steps: tuple[PlannedStep, ...], lines: dict[int, int]) -> None:
+    def refuse(index: int, rule: str, message: str) -> PlaybookError:
+        step = steps[index]
+        where = f"step {index + 1} ({step.id})"
+        if index in lines:
+            where += f" at line {lines[index]}"
+        return PlaybookError(f"{source}: {where}: rule {rule}: {message}")
+
+    seen_ids: set[str] = set()
+    seen_actions: dict[str, int] = {}
+    highest_phase = Phase.IDP
+    for index, step in enumerate(steps):
+        if step.id in seen_ids:
+            raise refuse(index, "unique-step-ids", f"step id {step.id!r} is used twice")
+        seen_ids.add(step.id)
+        spec = ACTIONS.get(step.action)
+        if spec is None:
+            known = ", ".join(sorted(ACTIONS))
+            raise refuse(index, "known-actions", f"unknown action {step.action!r} (known: {known})")
+        if spec.containment and step.action in seen_actions:
+            raise refuse(index, "once-each", f"containment action {step.action} appears twice")
+        if step.verify is None and spec.containment:
+            raise refuse(
+                index,
+                "verified-containment",
+                f"containment step {step.action} needs 'verify' "
+                f"(one of: {', '.join(spec.verifications)})",
+            )
+        if step.verify is not None and step.verify not in spec.verifications:
+            raise refuse(
+                index,
+                "verified-containment",
+                f"{step.action} cannot be verified by {step.verify!r} "
+                f"(one of: {', '.join(spec.verifications)})",
+            )
+        if spec.phase < highest_phase:
+            raise refuse(
+                index,
+                "order",
+                f"{step.action} ({spec.phase.name}) may not come after a "
+                f"{highest_phase.name} step: the order is IdP -> Identity Center -> "
+                "portal sessions -> hardening",
+            )
+        if spec.phase >= Phase.IDENTITY_CENTER and "idp.deactivate_user" not in seen_actions:
+            raise refuse(
+                index,
+                "idp-first",
+                f"{step.action} needs an earlier idp.deactivate_user step: the IdP user must be "
+                "deactivated and confirmed first, or the IdP's SCIM sync can re-enable the user",
+            )
+        if step.action == "idp.revoke_sessions" and "idp.deactivate_user" not in seen_actions:
+            raise refuse(
+                index,
+                "deactivate-before-revoke",
+                "idp.revoke_sessions needs an earlier idp.deactivate_user step, "
+                "or the user can sign in again after the revocation",
+            )
+        if (
+            spec.phase >= Phase.PORTAL_SESSIONS
+            and "identity_center.disable_user" not in seen_actions
+        ):
+            raise refuse(
+                index,
+                "identity-center-before-portal",
+                f"{step.action} needs an earlier identity_center.disable_user step",
+            )
+        highest_phase = max(highest_phase, spec.phase)
+        seen_actions[step.action] = index

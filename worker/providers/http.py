@@ -1,0 +1,146 @@
+"""One JSON-over-HTTP client for the REST providers (Okta, SCIM, later Graph).
+
+It turns every failure into TransientError (worth retrying, with the server's
+wait hint) or PermanentError (a human must act), and it never puts a credential
+into an error message: messages carry the method, the path and the provider's
+own error summary only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+
+from worker.errors import PermanentError, TransientError
+
+TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpResult:
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+
+
+def retry_after_seconds(headers: Any, now: float) -> float | None:
+    """The wait a server asked for: Retry-After (seconds or HTTP date) or Okta's
+    X-Rate-Limit-Reset (epoch seconds; when sent twice, the smallest counts)."""
+    hints: list[float] = []
+    getall = getattr(headers, "getall", None)
+    for value in getall("Retry-After", []) if getall else []:
+        try:
+            hints.append(float(value))
+        except ValueError:
+            try:
+                hints.append(parsedate_to_datetime(value).timestamp() - now)
+            except (TypeError, ValueError):
+                continue
+    resets: list[float] = []
+    for value in getall("X-Rate-Limit-Reset", []) if getall else []:
+        try:
+            resets.append(float(value))
+        except ValueError:
+            continue
+    if resets:
+        hints.append(min(resets) - now)
+    if not hints:
+        return None
+    return max(0.0, min(hints))
+
+
+class JsonHttpClient:
+    """A small JSON client bound to one base URL and one Authorization header."""
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        base_url: str,
+        authorization: str,
+        session: aiohttp.ClientSession,
+        timeout: float = 10.0,
+    ) -> None:
+        self.provider = provider
+        self.base_url = base_url.rstrip("/")
+        self._authorization = authorization
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    def __repr__(self) -> str:  # never show the credential
+        return f"JsonHttpClient(provider={self.provider!r}, base_url={self.base_url!r})"
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> HttpResult:
+        url = self.base_url + path
+        all_headers = {
+            "Authorization": self._authorization,
+            "Accept": "application/json",
+            **(headers or {}),
+        }
+        if body is not None:
+            all_headers["Content-Type"] = content_type
+        where = f"{method} {path}"
+        try:
+            async with self._session.request(
+                method,
+                url,
+                json=body,
+                params=params,
+                headers=all_headers,
+                timeout=self._timeout,
+            ) as response:
+                raw = await response.read()
+                decoded = _decode(raw)
+                if response.status < 400:
+                    return HttpResult(
+                        status=response.status, body=decoded, headers=response.headers
+                    )
+                summary = _error_summary(decoded) or response.reason or ""
+                message = f"{where} answered {response.status} {summary}".rstrip()
+                if response.status in TRANSIENT_STATUSES:
+                    hint = retry_after_seconds(response.headers, time.time())
+                    raise TransientError(
+                        self.provider, message, retry_after=hint, status=response.status
+                    )
+                raise PermanentError(self.provider, message, status=response.status)
+        except TimeoutError:
+            raise TransientError(self.provider, f"{where} timed out") from None
+        except aiohttp.ClientError as exc:
+            raise TransientError(self.provider, f"{where} failed: {type(exc).__name__}") from None
+
+
+def _decode(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")[:200]
+
+
+def _error_summary(body: Any) -> str:
+    """The provider's own words: Okta errorSummary, SCIM detail, Graph error.message."""
+    if not isinstance(body, dict):
+        return ""
+    for key in ("errorSummary", "detail", "message", "Message"):
+        if isinstance(body.get(key), str):
+            return f"({body[key]})"
+    error = body.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return f"({error['message']})"
+    return ""

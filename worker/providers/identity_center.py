@@ -1,0 +1,236 @@
+"""AWS IAM Identity Center: identitystore and sso-admin through aiobotocore, SCIM over aiohttp.
+
+aiobotocore signs every request (SigV4) and finds credentials through the default
+chain; botocore's own retries are off because botocore ignores identitystore's
+RetryAfterSeconds and we must honour it (retry.py does the retrying).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from worker.config import IdentityCenterConfig
+from worker.errors import PermanentError, TransientError
+from worker.providers.base import IdentityCenterUser, PlannedCall
+from worker.providers.http import JsonHttpClient
+
+T = TypeVar("T")
+
+#: error codes worth retrying; everything else from AWS is a human's problem
+TRANSIENT_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "TooManyRequestsException",
+        "InternalServerException",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+
+
+def classify_client_error(service: str, operation: str, error: ClientError) -> Exception:
+    """Turn a botocore ClientError into TransientError (with the hint) or PermanentError."""
+    response: dict[str, Any] = error.response
+    code = str(response.get("Error", {}).get("Code", "Unknown"))
+    message = str(response.get("Error", {}).get("Message", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    text = f"{operation} failed: {code}: {message}".rstrip(": ")
+    # sso-admin throttles with HTTP 400 "Rate exceeded" and no hint
+    if code in TRANSIENT_CODES or (isinstance(status, int) and status >= 500):
+        return TransientError(
+            service, text, retry_after=_retry_after(response), status=status, code=code
+        )
+    return PermanentError(service, text, status=status, code=code)
+
+
+def _retry_after(response: dict[str, Any]) -> float | None:
+    # identitystore's ThrottlingException models RetryAfterSeconds; botocore puts
+    # modelled error members at the top of the parsed response.
+    for value in (
+        response.get("RetryAfterSeconds"),
+        response.get("Error", {}).get("RetryAfterSeconds"),
+        response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("retry-after"),
+    ):
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value))
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+class AwsIdentityCenter:
+    """Use as `async with AwsIdentityCenter(config, session) as ic:`."""
+
+    def __init__(self, config: IdentityCenterConfig, http: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.identity_source: str = config.identity_source
+        self._stack = contextlib.AsyncExitStack()
+        self._identitystore: Any = None
+        self._sso_admin: Any = None
+        self._scim: JsonHttpClient | None = None
+        if config.scim is not None:
+            token = config.scim.token.resolve("identity_center.scim.token")
+            self._scim = JsonHttpClient(
+                provider="scim",
+                base_url=config.scim.url,
+                authorization=f"Bearer {token.reveal()}",
+                session=http,
+                timeout=config.scim.timeout_seconds,
+            )
+
+    async def __aenter__(self) -> AwsIdentityCenter:
+        session = get_session()
+        client_config = AioConfig(
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=self.config.timeout_seconds,
+            read_timeout=self.config.timeout_seconds,
+        )
+        kwargs: dict[str, Any] = {"region_name": self.config.region, "config": client_config}
+        if self.config.endpoint_url:
+            kwargs["endpoint_url"] = self.config.endpoint_url
+        if self.config.credentials is not None:
+            creds = self.config.credentials
+            kwargs["aws_access_key_id"] = creds.access_key_id.resolve(
+                "identity_center.credentials.access_key_id"
+            ).reveal()
+            kwargs["aws_secret_access_key"] = creds.secret_access_key.resolve(
+                "identity_center.credentials.secret_access_key"
+            ).reveal()
+        self._identitystore = await self._stack.enter_async_context(
+            session.create_client("identitystore", **kwargs)
+        )
+        self._sso_admin = await self._stack.enter_async_context(
+            session.create_client("sso-admin", **kwargs)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def _aws(self, service: str, operation: str, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except ClientError as exc:
+            raise classify_client_error(service, operation, exc) from None
+        except (BotoCoreError, aiohttp.ClientError, TimeoutError) as exc:
+            # connection refused/reset, read timeouts: the request may not have arrived
+            raise TransientError(service, f"{operation} failed: {type(exc).__name__}") from None
+
+    async def find_user(self, user_name: str) -> IdentityCenterUser:
+        try:
+            found = await self._aws(
+                "identitystore",
+                "GetUserId",
+                self._identitystore.get_user_id(
+                    IdentityStoreId=self.config.identity_store_id,
+                    AlternateIdentifier={
+                        "UniqueAttribute": {
+                            "AttributePath": "userName",
+                            "AttributeValue": user_name,
+                        }
+                    },
+                ),
+            )
+        except PermanentError as exc:
+            if exc.code == "ResourceNotFoundException":
+                raise PermanentError(
+                    "identitystore", f"no Identity Center user with userName {user_name!r}"
+                ) from None
+            raise
+        return await self.get_user(str(found["UserId"]))
+
+    async def get_user(self, user_id: str) -> IdentityCenterUser:
+        user = await self._aws(
+            "identitystore",
+            "DescribeUser",
+            self._identitystore.describe_user(
+                IdentityStoreId=self.config.identity_store_id, UserId=user_id
+            ),
+        )
+        status = user.get("UserStatus")
+        if status not in ("ENABLED", "DISABLED"):
+            # Without UserStatus a disable cannot be verified; never assume it.
+            raise PermanentError(
+                "identitystore",
+                f"DescribeUser for {user_id} returned no UserStatus (botocore too old?)",
+            )
+        return IdentityCenterUser(
+            user_id=str(user["UserId"]), user_name=str(user.get("UserName", "")), status=status
+        )
+
+    async def disable_user(self, user_id: str) -> None:
+        if self._scim is None:
+            raise PermanentError(
+                "identity-center",
+                "identity source 'directory' has no disable API: use the console",
+            )
+        # AWS accepts exactly one replace on `active` per request.
+        await self._scim.request(
+            "PATCH",
+            f"/Users/{user_id}",
+            body={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "replace", "path": "active", "value": False}],
+            },
+            content_type="application/scim+json",
+        )
+
+    def console_user_url(self, user_id: str) -> str:
+        instance_id = self.config.instance_arn.rsplit("/", 1)[-1]
+        return self.config.console_url.format(
+            region=self.config.region, instance_id=instance_id, user_id=user_id
+        )
+
+    def plan(self, action: str, subject: str) -> list[PlannedCall]:
+        store = self.config.endpoint_url or f"identitystore.{self.config.region}.amazonaws.com"
+        find = PlannedCall(
+            method="identitystore:GetUserId", target=f"{store} userName={subject}", mutates=False
+        )
+        describe = PlannedCall(
+            method="identitystore:DescribeUser",
+            target=f"{store} (until UserStatus=DISABLED)",
+            mutates=False,
+        )
+        if action == "identity_center.disable_user":
+            if self.identity_source == "scim" and self.config.scim is not None:
+                patch = PlannedCall(
+                    method="PATCH",
+                    target=f"{self.config.scim.url.rstrip('/')}/Users/{{id}} active=false",
+                    mutates=True,
+                )
+            else:
+                patch = PlannedCall(
+                    method="operator task",
+                    target="console: Disable user access",
+                    mutates=True,
+                )
+            return [find, patch, describe]
+        if action == "identity_center.portal_sessions":
+            return [
+                PlannedCall(
+                    method="operator task",
+                    target="console: Active sessions -> Delete sessions",
+                    mutates=True,
+                )
+            ]
+        return []
+
+
+@contextlib.asynccontextmanager
+async def identity_center(
+    config: IdentityCenterConfig, http: aiohttp.ClientSession
+) -> AsyncIterator[AwsIdentityCenter]:
+    async with AwsIdentityCenter(config, http) as ic:
+        yield ic

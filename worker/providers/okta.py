@@ -1,0 +1,100 @@
+"""Okta Management API over aiohttp (SSWS token)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import aiohttp
+
+from worker.config import OktaConfig
+from worker.errors import PermanentError
+from worker.providers.base import IdpUser, PlannedCall
+from worker.providers.http import JsonHttpClient
+
+
+class Okta:
+    name = "okta"
+
+    def __init__(self, config: OktaConfig, session: aiohttp.ClientSession) -> None:
+        self.org_url = config.org_url.rstrip("/")
+        self._http = JsonHttpClient(
+            provider="okta",
+            base_url=self.org_url,
+            authorization=f"SSWS {config.token.resolve('idp.okta.token').reveal()}",
+            session=session,
+            timeout=config.timeout_seconds,
+        )
+
+    async def find_user(self, subject: str) -> IdpUser:
+        # Okta accepts the login in place of the id on GET /users/{id}.
+        return await self._get(subject, looking_for=f"login {subject!r}")
+
+    async def get_user(self, user_id: str) -> IdpUser:
+        return await self._get(user_id, looking_for=f"id {user_id!r}")
+
+    async def _get(self, key: str, *, looking_for: str) -> IdpUser:
+        try:
+            result = await self._http.request("GET", f"/api/v1/users/{quote(key, safe='@')}")
+        except PermanentError as exc:
+            if exc.status == 404:
+                raise PermanentError("okta", f"no Okta user with {looking_for}") from None
+            raise
+        body = result.body
+        if not isinstance(body, dict) or "id" not in body or "status" not in body:
+            raise PermanentError("okta", f"GET user {looking_for}: not an Okta user object")
+        status = str(body["status"])
+        transitioning = body.get("transitioningToStatus")
+        shown = f"{status} -> {transitioning}" if transitioning else status
+        return IdpUser(
+            id=str(body["id"]),
+            login=str((body.get("profile") or {}).get("login", key)),
+            status=shown,
+            # an async deactivation in flight is not yet a deactivation
+            deactivated=status == "DEPROVISIONED" and not transitioning,
+        )
+
+    async def deactivate_user(self, user_id: str) -> None:
+        try:
+            await self._http.request(
+                "POST",
+                f"/api/v1/users/{quote(user_id)}/lifecycle/deactivate",
+                params={"sendEmail": "false"},
+            )
+        except PermanentError:
+            # Okta refuses to deactivate a DEPROVISIONED user: that is the goal reached.
+            if (await self.get_user(user_id)).deactivated:
+                return
+            raise
+
+    async def revoke_sessions(self, user_id: str) -> None:
+        await self._http.request(
+            "DELETE",
+            f"/api/v1/users/{quote(user_id)}/sessions",
+            params={"oauthTokens": "true"},
+        )
+
+    def plan(self, action: str, subject: str) -> list[PlannedCall]:
+        user = f"{self.org_url}/api/v1/users"
+        find = PlannedCall(method="GET", target=f"{user}/{subject}", mutates=False)
+        if action == "idp.deactivate_user":
+            return [
+                find,
+                PlannedCall(
+                    method="POST",
+                    target=f"{user}/{{id}}/lifecycle/deactivate?sendEmail=false",
+                    mutates=True,
+                ),
+                PlannedCall(
+                    method="GET", target=f"{user}/{{id}} (until DEPROVISIONED)", mutates=False
+                ),
+            ]
+        if action == "idp.revoke_sessions":
+            return [
+                PlannedCall(
+                    method="DELETE", target=f"{user}/{{id}}/sessions?oauthTokens=true", mutates=True
+                ),
+                PlannedCall(
+                    method="GET", target=f"{user}/{{id}} (still DEPROVISIONED)", mutates=False
+                ),
+            ]
+        return []

@@ -1,0 +1,78 @@
+"""Plain-text views of cases for the terminal: the step table and the timeline."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from worker.clock import utc_iso
+from worker.domain import Case, CaseEvent, OperatorTask, StepRecord
+
+
+def _when(at: datetime | None) -> str:
+    return utc_iso(at) if at else "-"
+
+
+def case_header(case: Case) -> str:
+    line = (
+        f"case {case.id}  playbook {case.playbook}  subject {case.subject}  "
+        f"status {case.status.value.upper()}"
+    )
+    if case.halt_reason:
+        line += f"\n  halted: {case.halt_reason}"
+    return line
+
+
+def step_table(steps: list[StepRecord]) -> str:
+    rows = [("#", "step", "action", "status", "tries", "finished (UTC)", "verified by")]
+    for s in steps:
+        verified = str(s.evidence.get("verified_by") or s.error or "")
+        rows.append(
+            (
+                str(s.index + 1),
+                s.step_id,
+                s.action,
+                s.status.value,
+                str(s.attempts),
+                _when(s.finished_at),
+                verified,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
+        lines.append("  " + "  ".join(cells) + "  " + row[-1])
+    return "\n".join(lines)
+
+
+def timeline(events: list[CaseEvent]) -> str:
+    lines = []
+    for e in events:
+        detail = ""
+        if e.kind == "step_done":
+            detail = str(e.data.get("verified_by", ""))
+        elif e.kind in ("step_deferred", "case_halted"):
+            detail = str(e.data.get("reason", ""))
+        elif e.kind == "operator_task_opened":
+            detail = f"{e.data.get('title')} -> {e.data.get('console_url')}"
+        elif e.kind == "operator_confirmed":
+            detail = f"by {e.data.get('confirmed_by')}"
+        elif e.kind == "step_started":
+            detail = f"attempt {e.data.get('attempt')}"
+        step = e.step_id or ""
+        lines.append(f"  {utc_iso(e.at)}  {e.kind:<22} {step:<16} {detail}".rstrip())
+    return "\n".join(lines)
+
+
+def task_text(task: OperatorTask) -> str:
+    state = (
+        f"confirmed by {task.confirmed_by} at {_when(task.confirmed_at)}"
+        if task.confirmed_at
+        else f"WAITING since {_when(task.opened_at)}"
+    )
+    return (
+        f"operator task [{task.case_id} {task.step_id}] {state}\n"
+        f"  {task.title}\n"
+        f"  {task.instructions}\n"
+        f"  console: {task.console_url}"
+    )

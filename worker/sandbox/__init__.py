@@ -1,0 +1,144 @@
+"""The sandbox: Okta and Identity Center emulators on loopback, sharing one audit log
+and one fault plan. It serves `offboard demo`, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.clock import Clock, SystemClock
+from worker.sandbox.common import AuditLog, FaultPlan, Served, serve_on_loopback
+from worker.sandbox.identity_center import IdentityCenterEmulator
+from worker.sandbox.okta import OktaEmulator
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxCredentials:
+    okta_token: str = field(default_factory=lambda: "00" + secrets.token_urlsafe(30))
+    scim_token: str = field(default_factory=lambda: secrets.token_urlsafe(48))
+    aws_access_key_id: str = "AKIASANDBOX0000001"
+    aws_secret_access_key: str = field(default_factory=lambda: secrets.token_urlsafe(30))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeededUser:
+    login: str
+    okta_id: str
+    ic_user_id: str
+    portal_sessions: tuple[str, ...]
+
+
+class Sandbox:
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        credentials: SandboxCredentials | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.clock = clock or SystemClock()
+        self.credentials = credentials or SandboxCredentials()
+        self.audit = AuditLog(self.clock)
+        self.faults = FaultPlan(seed)
+        self.okta = OktaEmulator(
+            audit=self.audit,
+            faults=self.faults,
+            clock=self.clock,
+            api_token=self.credentials.okta_token,
+        )
+        self.identity_center = IdentityCenterEmulator(
+            audit=self.audit,
+            faults=self.faults,
+            clock=self.clock,
+            scim_token=self.credentials.scim_token,
+            access_key_id=self.credentials.aws_access_key_id,
+        )
+        self._served: list[Served] = []
+        self.okta_url = ""
+        self.identity_center_url = ""
+
+    async def start(self, *, okta_port: int = 0, identity_center_port: int = 0) -> Sandbox:
+        okta = await serve_on_loopback(self.okta.app(), okta_port)
+        ic = await serve_on_loopback(self.identity_center.app(), identity_center_port)
+        self._served = [okta, ic]
+        self.okta_url = okta.url
+        self.identity_center_url = ic.url
+        return self
+
+    async def stop(self) -> None:
+        for served in self._served:
+            await served.close()
+        self._served = []
+
+    async def __aenter__(self) -> Sandbox:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def seed_leaver(
+        self, login: str, *, okta_sessions: int = 2, portal_sessions: int = 2
+    ) -> SeededUser:
+        """A person as they stand on their last day: active everywhere, signed in,
+        with AWS access directly and through a group."""
+        first = login.partition("@")[0]
+        okta_id = self.okta.add_user(
+            login, first_name=first.capitalize(), last_name="Leaver", sessions=okta_sessions
+        )
+        ic = self.identity_center
+        user_id = ic.add_user(login, display_name=first.capitalize(), email=login)
+        admin = ic.add_permission_set("AdministratorAccess", session_duration="PT12H")
+        readonly = ic.add_permission_set("ReadOnly", session_duration="PT4H")
+        group = ic.add_group(f"engineering-{first}")
+        ic.add_membership(group, user_id)
+        ic.add_account_assignment(
+            account_id="111122223333",
+            permission_set_arn=admin,
+            principal_type="USER",
+            principal_id=user_id,
+        )
+        ic.add_account_assignment(
+            account_id="444455556666",
+            permission_set_arn=readonly,
+            principal_type="GROUP",
+            principal_id=group,
+        )
+        sessions = tuple(ic.open_portal_session(user_id) for _ in range(portal_sessions))
+        return SeededUser(
+            login=login, okta_id=okta_id, ic_user_id=user_id, portal_sessions=sessions
+        )
+
+    def config_data(
+        self, *, sqlite_path: str, env_prefix: str = "OFFBOARD_SANDBOX_"
+    ) -> dict[str, Any]:
+        """Configuration for a worker pointed at this sandbox; secrets by env reference."""
+        return {
+            "store": {"sqlite": sqlite_path},
+            "idp": {
+                "okta": {"org_url": self.okta_url, "token": {"env": f"{env_prefix}OKTA_TOKEN"}}
+            },
+            "identity_center": {
+                "region": "us-east-1",
+                "identity_store_id": self.identity_center.identity_store_id,
+                "instance_arn": self.identity_center.instance_arn,
+                "identity_source": "scim",
+                "endpoint_url": self.identity_center_url,
+                "scim": {
+                    "url": f"{self.identity_center_url}/scim/v2",
+                    "token": {"env": f"{env_prefix}SCIM_TOKEN"},
+                },
+                "credentials": {
+                    "access_key_id": {"env": f"{env_prefix}AWS_ACCESS_KEY_ID"},
+                    "secret_access_key": {"env": f"{env_prefix}AWS_SECRET_ACCESS_KEY"},
+                },
+            },
+        }
+
+    def environment(self, env_prefix: str = "OFFBOARD_SANDBOX_") -> dict[str, str]:
+        return {
+            f"{env_prefix}OKTA_TOKEN": self.credentials.okta_token,
+            f"{env_prefix}SCIM_TOKEN": self.credentials.scim_token,
+            f"{env_prefix}AWS_ACCESS_KEY_ID": self.credentials.aws_access_key_id,
+            f"{env_prefix}AWS_SECRET_ACCESS_KEY": self.credentials.aws_secret_access_key,
+        }

@@ -1,0 +1,238 @@
+"""What every emulator shares: an audit log of mutations, fault injection, loopback serving.
+
+The audit log is one object shared by all emulators of a sandbox, with one global
+sequence, so a test can prove the order in which things happened across services.
+Fault injection is one mechanism for all emulators; each emulator only supplies
+how its real service spells a throttle or a server error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from worker.clock import Clock, SystemClock, utc_iso
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Names the endpoint a request is for, e.g. "okta.deactivate" or "identitystore.DescribeUser".
+EndpointNamer = Callable[[web.Request], str]
+#: Builds the service's own throttle response for a hinted wait in seconds.
+ThrottleResponder = Callable[[float], web.Response]
+#: Builds the service's own server-error response for a status code.
+ErrorResponder = Callable[[int], web.Response]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditEntry:
+    seq: int
+    at: datetime
+    service: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": utc_iso(self.at),
+            "service": self.service,
+            "action": self.action,
+            "target": self.target,
+            "detail": self.detail,
+        }
+
+
+class AuditLog:
+    """Every mutation an emulator applied, in the order applied, plus a count of all calls."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self._entries: list[AuditEntry] = []
+        self.calls: Counter[str] = Counter()
+        self.throttled: Counter[str] = Counter()
+        #: (time, endpoint, outcome) of every request, so tests can check waits between calls
+        self.requests: list[tuple[datetime, str, str]] = []
+
+    def record(self, service: str, action: str, target: str, **detail: Any) -> AuditEntry:
+        entry = AuditEntry(
+            seq=len(self._entries) + 1,
+            at=self.clock.now(),
+            service=service,
+            action=action,
+            target=target,
+            detail=detail,
+        )
+        self._entries.append(entry)
+        return entry
+
+    def entries(self, *, action: str | None = None, target: str | None = None) -> list[AuditEntry]:
+        return [
+            e
+            for e in self._entries
+            if (action is None or e.action == action) and (target is None or e.target == target)
+        ]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "entries": [e.as_json() for e in self._entries],
+            "calls": dict(self.calls),
+            "throttled": dict(self.throttled),
+        }
+
+
+FaultKind = Literal["throttle", "error", "timeout", "reset", "latency"]
+
+
+@dataclass(kw_only=True)
+class FaultRule:
+    """One kind of fault for the endpoints it matches.
+
+    `count` faults fire first (deterministic), then `rate` applies with the plan's
+    seeded generator. `phase="after"` lets the real handler run first, so that a
+    mutation is applied although the client sees a failure: the case a write-ahead
+    ledger exists for.
+    """
+
+    endpoint: str = "*"  #: exact endpoint name, a prefix ending in "*", or "*"
+    kind: FaultKind
+    count: int | None = None
+    rate: float = 0.0
+    status: int = 500
+    retry_after: float = 1.0
+    delay: float = 30.0
+    phase: Literal["before", "after"] = "before"
+    fired: int = field(default=0)
+
+    def matches(self, endpoint: str) -> bool:
+        if self.endpoint == "*":
+            return True
+        if self.endpoint.endswith("*"):
+            return endpoint.startswith(self.endpoint[:-1])
+        return endpoint == self.endpoint
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FaultRule:
+        allowed = {"endpoint", "kind", "count", "rate", "status", "retry_after", "delay", "phase"}
+        unknown = set(data) - allowed
+        if unknown:
+            raise ValueError(f"unknown fault rule fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+class FaultPlan:
+    """Seeded, per-endpoint faults shared by all emulators of a sandbox."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rules: list[FaultRule] = []
+        self._random = random.Random(seed)
+
+    def add(self, rule: FaultRule) -> FaultRule:
+        self.rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        self.rules.clear()
+
+    def pick(self, endpoint: str) -> list[FaultRule]:
+        """The faults that fire for this request; latency stacks with at most one failure."""
+        picked: list[FaultRule] = []
+        failure_picked = False
+        for rule in self.rules:
+            if not rule.matches(endpoint):
+                continue
+            if rule.count is not None and rule.fired < rule.count:
+                fire = True
+            elif rule.count is not None:
+                fire = False
+            else:
+                fire = rule.rate > 0 and self._random.random() < rule.rate
+            if not fire:
+                continue
+            if rule.kind != "latency":
+                if failure_picked:
+                    continue
+                failure_picked = True
+            rule.fired += 1
+            picked.append(rule)
+        return picked
+
+    def middleware(
+        self,
+        *,
+        service: str,
+        audit: AuditLog,
+        namer: EndpointNamer,
+        throttle: ThrottleResponder,
+        error: ErrorResponder,
+    ) -> Middleware:
+        @web.middleware
+        async def inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path.startswith("/_sandbox"):
+                return await handler(request)
+            endpoint = namer(request)
+            audit.calls[endpoint] += 1
+            faults = self.pick(endpoint)
+            outcome = next((f.kind for f in faults if f.kind != "latency"), "ok")
+            audit.requests.append((audit.clock.now(), endpoint, outcome))
+            for fault in faults:
+                if fault.kind == "latency":
+                    await asyncio.sleep(fault.delay)
+            failure = next((f for f in faults if f.kind != "latency"), None)
+            if failure is None:
+                return await handler(request)
+            if failure.phase == "after":
+                await handler(request)
+            if failure.kind == "throttle":
+                audit.throttled[endpoint] += 1
+                return throttle(failure.retry_after)
+            if failure.kind == "error":
+                return error(failure.status)
+            if failure.kind == "timeout":
+                await asyncio.sleep(failure.delay)
+                return error(504)
+            # reset: drop the connection without an answer
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            raise ConnectionResetError("sandbox: injected connection reset")
+
+        return inject_faults
+
+
+@dataclass
+class Served:
+    """An aiohttp application listening on loopback."""
+
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def serve_on_loopback(app: web.Application, port: int = 0, host: str = "127.0.0.1") -> Served:
+    """Start `app` on loopback; port 0 picks a free one."""
+    if not host.startswith("127.") and host not in ("localhost", "::1"):
+        raise ValueError(f"the sandbox listens on loopback only, not {host!r}")
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    assert server is not None
+    sockets = getattr(server, "sockets", None) or []
+    bound_port = sockets[0].getsockname()[1] if sockets else port
+    return Served(runner=runner, host=host, port=bound_port)

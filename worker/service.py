@@ -1,0 +1,167 @@
+"""The operations every front end shares (CLI now, HTTP API later): open a case,
+drive it, confirm an operator task, and assemble the runtime from configuration."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+
+from worker.clock import Clock, SystemClock, seconds_until
+from worker.config import Config
+from worker.domain import Case, CaseStatus, NewCase, OperatorTask, StepStatus
+from worker.engine import Engine, EngineSettings
+from worker.errors import NotFound, OffboardError
+from worker.playbook import Playbook, find_playbook, load_playbook
+from worker.providers.identity_center import AwsIdentityCenter
+from worker.providers.okta import Okta
+from worker.steps import Providers
+from worker.store.base import Store
+from worker.store.sqlite import SqliteStore
+
+log = structlog.get_logger(__name__)
+
+#: case states in which nothing more will happen without a human
+FINAL = (CaseStatus.CONTAINED, CaseStatus.HALTED)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Runtime:
+    config: Config
+    store: Store
+    providers: Providers
+    engine: Engine
+    clock: Clock
+    base_dir: Path
+
+    def playbook(self, name_or_path: str) -> Playbook:
+        dirs = [
+            Path(d) if Path(d).is_absolute() else self.base_dir / d
+            for d in self.config.playbook_dirs
+        ]
+        return load_playbook(find_playbook(name_or_path, dirs))
+
+
+@contextlib.asynccontextmanager
+async def open_store(config: Config, base_dir: Path) -> AsyncIterator[Store]:
+    path = Path(config.store.sqlite)
+    store = SqliteStore(path if path.is_absolute() else base_dir / path)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    config: Config, *, base_dir: Path, clock: Clock | None = None, worker_id: str | None = None
+) -> AsyncIterator[Runtime]:
+    clock = clock or SystemClock()
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_store(config, base_dir))
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        assert config.idp.okta is not None
+        idp = Okta(config.idp.okta, http)
+        ic = await stack.enter_async_context(AwsIdentityCenter(config.identity_center, http))
+        providers = Providers(idp=idp, identity_center=ic)
+        settings = EngineSettings(
+            lease_seconds=config.worker.lease_seconds,
+            verify_timeout=config.worker.verify_timeout_seconds,
+            verify_interval=config.worker.verify_interval_seconds,
+            requeue_after=config.worker.requeue_after_seconds,
+        )
+        engine = Engine(
+            store=store,
+            providers=providers,
+            clock=clock,
+            policy=config.retry.policy(),
+            settings=settings,
+            worker_id=worker_id,
+        )
+        yield Runtime(
+            config=config,
+            store=store,
+            providers=providers,
+            engine=engine,
+            clock=clock,
+            base_dir=base_dir,
+        )
+
+
+async def open_case(
+    runtime: Runtime, playbook: Playbook, subject: str, trigger: dict[str, Any]
+) -> tuple[Case, bool]:
+    """A new case, or the open case this playbook already has for this subject
+    (so re-running a command after a crash resumes instead of starting twice)."""
+    subject = subject.strip()
+    if not subject or "@" not in subject:
+        raise OffboardError(
+            f"--user must be the person's login (an email address), not {subject!r}"
+        )
+    for case in await runtime.store.list_cases():
+        if case.subject == subject and case.playbook == playbook.name and case.status not in FINAL:
+            return case, False
+    return await runtime.store.create_case(
+        NewCase(
+            playbook=playbook.name,
+            subject=subject,
+            steps=playbook.steps,
+            trigger=trigger,
+            priority=playbook.priority,
+        ),
+        runtime.clock.now(),
+    )
+
+
+async def drive_case(runtime: Runtime, case_id: str) -> Case:
+    """Run one case until it needs a human or is finished, waiting out leases and retries."""
+    store, engine, clock = runtime.store, runtime.engine, runtime.clock
+    while True:
+        case = await store.get_case(case_id)
+        if case.status in FINAL or case.status is CaseStatus.WAITING:
+            return case
+        claimed = await store.claim_case(
+            case_id, engine.worker_id, clock.now(), engine.settings.lease_seconds
+        )
+        if claimed is None:
+            # Held by another (perhaps dead) worker, or not due yet: wait for the lease or timer.
+            wake = case.lease_expires_at if case.status is CaseStatus.RUNNING else case.run_after
+            delay = 0.5 if wake is None else max(0.05, min(5.0, seconds_until(wake, clock.now())))
+            if case.status is CaseStatus.RUNNING:
+                log.info(
+                    "case_held_elsewhere", case_id=case_id, holder=case.lease_owner, wait=delay
+                )
+            await clock.sleep(delay)
+            continue
+        await engine.run_claimed(claimed)
+
+
+async def confirm_task(
+    runtime: Runtime, case_id: str, step_id: str, confirmed_by: str
+) -> OperatorTask:
+    """Record an operator's confirmation and make the case runnable again."""
+    case = await runtime.store.get_case(case_id)
+    if step_id not in {s.id for s in case.steps}:
+        known = ", ".join(s.id for s in case.steps)
+        raise OffboardError(f"case {case_id} has no step {step_id!r} (steps: {known})")
+    task = await runtime.store.get_task(case_id, step_id)
+    if task is None:
+        raise NotFound(f"case {case_id} has no open operator task for step {step_id!r}")
+    task = await runtime.store.confirm_task(case_id, step_id, confirmed_by, runtime.clock.now())
+    await runtime.store.append_event(
+        case_id,
+        "operator_confirmed",
+        runtime.clock.now(),
+        step_id=step_id,
+        data={"confirmed_by": confirmed_by},
+    )
+    steps = await runtime.store.steps(case_id)
+    if any(s.step_id == step_id and s.status is StepStatus.WAITING for s in steps):
+        await runtime.store.resume_case(case_id, runtime.clock.now())
+    return task

@@ -1,0 +1,6 @@
+"""Durable state. `open_store` picks the backend from configuration."""
+
+from worker.store.base import Store
+from worker.store.sqlite import SqliteStore
+
+__all__ = ["SqliteStore", "Store"]

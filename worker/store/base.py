@@ -1,0 +1,118 @@
+"""The store interface. Every backend implements it; no SQL lives outside the backends."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from worker.domain import (
+    Case,
+    CaseEvent,
+    CaseStatus,
+    LedgerEntry,
+    NewCase,
+    OperatorTask,
+    StepRecord,
+    StepStatus,
+)
+
+
+class Store(Protocol):
+    """Durable state of cases, their steps, the side-effect ledger and operator tasks.
+
+    Writes that belong to a claimed case take the worker id: a worker whose lease
+    was lost (it stalled, another took over) cannot overwrite the new owner's work.
+    """
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    # cases
+    async def create_case(self, new: NewCase, now: datetime) -> tuple[Case, bool]:
+        """Create a case (and its pending steps); with an idempotency key already used,
+        return the existing case and False."""
+        ...
+
+    async def get_case(self, case_id: str) -> Case: ...
+
+    async def list_cases(self, statuses: tuple[CaseStatus, ...] | None = None) -> list[Case]: ...
+
+    async def claim_next(self, worker_id: str, now: datetime, lease_seconds: float) -> Case | None:
+        """Claim the most urgent runnable case: pending and due, or running with a lapsed lease."""
+        ...
+
+    async def claim_case(
+        self, case_id: str, worker_id: str, now: datetime, lease_seconds: float
+    ) -> Case | None:
+        """Claim this case if it is runnable now; None if another worker holds it or not due."""
+        ...
+
+    async def heartbeat(
+        self, case_id: str, worker_id: str, now: datetime, lease_seconds: float
+    ) -> bool: ...
+
+    async def release_case(
+        self,
+        case_id: str,
+        worker_id: str,
+        status: CaseStatus,
+        now: datetime,
+        *,
+        run_after: datetime | None = None,
+        halt_reason: str | None = None,
+    ) -> None: ...
+
+    async def resume_case(self, case_id: str, now: datetime) -> Case:
+        """Make a waiting case runnable again (after an operator confirmed its task)."""
+        ...
+
+    # steps
+    async def steps(self, case_id: str) -> list[StepRecord]: ...
+
+    async def start_step(
+        self, case_id: str, index: int, worker_id: str, now: datetime
+    ) -> StepRecord: ...
+
+    async def finish_step(
+        self,
+        case_id: str,
+        index: int,
+        worker_id: str,
+        status: StepStatus,
+        now: datetime,
+        *,
+        evidence: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> StepRecord: ...
+
+    # side-effect ledger
+    async def ledger_get(self, key: str) -> LedgerEntry | None: ...
+
+    async def ledger_intent(
+        self, key: str, case_id: str, step_id: str, operation: str, now: datetime
+    ) -> LedgerEntry: ...
+
+    async def ledger_applied(self, key: str, now: datetime) -> LedgerEntry: ...
+
+    # operator tasks
+    async def open_task(self, task: OperatorTask) -> OperatorTask:
+        """Open the task, or return the one already open for that case and step."""
+        ...
+
+    async def get_task(self, case_id: str, step_id: str) -> OperatorTask | None: ...
+
+    async def confirm_task(
+        self, case_id: str, step_id: str, confirmed_by: str, now: datetime
+    ) -> OperatorTask: ...
+
+    async def open_tasks(self) -> list[OperatorTask]: ...
+
+    # timeline
+    async def append_event(
+        self, case_id: str, kind: str, now: datetime, *, step_id: str | None, data: dict[str, Any]
+    ) -> CaseEvent: ...
+
+    async def events(self, case_id: str) -> list[CaseEvent]: ...

@@ -1,0 +1,567 @@
+"""The embedded store: SQLite in WAL mode through aiosqlite, one writer connection.
+
+SQLite has no SKIP LOCKED; claims run inside BEGIN IMMEDIATE, which takes the
+database's write lock, so two processes can never claim the same case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from worker.clock import parse_iso, utc_iso
+from worker.domain import (
+    Case,
+    CaseEvent,
+    CaseStatus,
+    LedgerEntry,
+    LedgerState,
+    NewCase,
+    OperatorTask,
+    PlannedStep,
+    StepRecord,
+    StepStatus,
+)
+from worker.errors import NotFound, StoreError
+
+#: Versioned schema: each entry upgrades from the previous version. Never edit a
+#: released entry; append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE cases (
+        id TEXT PRIMARY KEY,
+        playbook TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        status TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        steps TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        run_after TEXT,
+        lease_owner TEXT,
+        lease_expires_at TEXT,
+        halt_reason TEXT,
+        idempotency_key TEXT UNIQUE
+    );
+    CREATE INDEX cases_runnable ON cases (status, priority DESC, created_at);
+    CREATE TABLE steps (
+        case_id TEXT NOT NULL REFERENCES cases (id),
+        idx INTEGER NOT NULL,
+        step_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        started_at TEXT,
+        finished_at TEXT,
+        evidence TEXT NOT NULL DEFAULT '{}',
+        error TEXT,
+        PRIMARY KEY (case_id, idx)
+    );
+    CREATE TABLE side_effects (
+        key TEXT PRIMARY KEY,
+        case_id TEXT NOT NULL REFERENCES cases (id),
+        step_id TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        state TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        applied_at TEXT
+    );
+    CREATE TABLE operator_tasks (
+        case_id TEXT NOT NULL REFERENCES cases (id),
+        step_id TEXT NOT NULL,
+        title TEXT NOT NULL,
+        instructions TEXT NOT NULL,
+        console_url TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        opened_at TEXT NOT NULL,
+        confirmed_at TEXT,
+        confirmed_by TEXT,
+        PRIMARY KEY (case_id, step_id)
+    );
+    CREATE TABLE events (
+        case_id TEXT NOT NULL REFERENCES cases (id),
+        seq INTEGER NOT NULL,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        step_id TEXT,
+        data TEXT NOT NULL,
+        PRIMARY KEY (case_id, seq)
+    );
+    """,
+)
+
+_CASE_COLUMNS = (
+    "id, playbook, subject, status, priority, steps, trigger, created_at, updated_at, "
+    "run_after, lease_owner, lease_expires_at, halt_reason, idempotency_key"
+)
+
+
+def new_case_id() -> str:
+    return "c-" + uuid.uuid4().hex[:16]
+
+
+def _ts(when: datetime | None) -> str | None:
+    return None if when is None else utc_iso(when)
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if text is None else parse_iso(text)
+
+
+def _case(row: sqlite3.Row) -> Case:
+    steps = tuple(
+        PlannedStep(id=s["id"], action=s["action"], verify=s["verify"], options=s["options"])
+        for s in json.loads(row["steps"])
+    )
+    created_at = parse_iso(row["created_at"])
+    updated_at = parse_iso(row["updated_at"])
+    return Case(
+        id=row["id"],
+        playbook=row["playbook"],
+        subject=row["subject"],
+        status=CaseStatus(row["status"]),
+        priority=row["priority"],
+        steps=steps,
+        trigger=json.loads(row["trigger"]),
+        created_at=created_at,
+        updated_at=updated_at,
+        run_after=_dt(row["run_after"]),
+        lease_owner=row["lease_owner"],
+        lease_expires_at=_dt(row["lease_expires_at"]),
+        halt_reason=row["halt_reason"],
+        idempotency_key=row["idempotency_key"],
+    )
+
+
+def _step(row: sqlite3.Row) -> StepRecord:
+    return StepRecord(
+        case_id=row["case_id"],
+        index=row["idx"],
+        step_id=row["step_id"],
+        action=row["action"],
+        status=StepStatus(row["status"]),
+        attempts=row["attempts"],
+        started_at=_dt(row["started_at"]),
+        finished_at=_dt(row["finished_at"]),
+        evidence=json.loads(row["evidence"]),
+        error=row["error"],
+    )
+
+
+def _ledger(row: sqlite3.Row) -> LedgerEntry:
+    requested_at = parse_iso(row["requested_at"])
+    return LedgerEntry(
+        key=row["key"],
+        case_id=row["case_id"],
+        step_id=row["step_id"],
+        operation=row["operation"],
+        state=LedgerState(row["state"]),
+        requested_at=requested_at,
+        applied_at=_dt(row["applied_at"]),
+    )
+
+
+def _task(row: sqlite3.Row) -> OperatorTask:
+    return OperatorTask(
+        case_id=row["case_id"],
+        step_id=row["step_id"],
+        title=row["title"],
+        instructions=row["instructions"],
+        console_url=row["console_url"],
+        subject=row["subject"],
+        opened_at=parse_iso(row["opened_at"]),
+        confirmed_at=_dt(row["confirmed_at"]),
+        confirmed_by=row["confirmed_by"],
+    )
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN ourselves, so transactions are explicit.
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed step record survives a power cut as well as kill -9.
+        await self._db.execute("PRAGMA synchronous=FULL")
+        await self._db.execute("PRAGMA busy_timeout=10000")
+        await self._db.execute("PRAGMA foreign_keys=ON")
+        await self._migrate()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def ping(self) -> None:
+        await self.db.execute("SELECT 1")
+
+    async def _migrate(self) -> None:
+        async with self._transaction():
+            await self.db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+            )
+            row = await self._one("SELECT MAX(version) AS v FROM schema_version")
+            current = (row["v"] if row else None) or 0
+            if current > len(MIGRATIONS):
+                raise StoreError(
+                    f"database {self.path} has schema version {current}, newer than this "
+                    f"offboard ({len(MIGRATIONS)}): upgrade offboard"
+                )
+            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    await self.db.execute(statement)
+                await self.db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """BEGIN IMMEDIATE takes the write lock at once, so a read-then-write cannot race."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        await self.db.execute("COMMIT")
+
+    async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row | None:
+        async with self.db.execute(sql, params) as cursor:
+            row: sqlite3.Row | None = await cursor.fetchone()
+            return row
+
+    async def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        async with self.db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def _write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        cursor = await self.db.execute(sql, params)
+        count = cursor.rowcount
+        await cursor.close()
+        return count
+
+    # cases
+
+    async def create_case(self, new: NewCase, now: datetime) -> tuple[Case, bool]:
+        case_id = new_case_id()
+        async with self._transaction():
+            if new.idempotency_key is not None:
+                row = await self._one(
+                    f"SELECT {_CASE_COLUMNS} FROM cases WHERE idempotency_key = ?",
+                    (new.idempotency_key,),
+                )
+                if row is not None:
+                    return _case(row), False
+            steps_json = json.dumps(
+                [
+                    {"id": s.id, "action": s.action, "verify": s.verify, "options": s.options}
+                    for s in new.steps
+                ]
+            )
+            await self._write(
+                f"INSERT INTO cases ({_CASE_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?)",
+                (
+                    case_id,
+                    new.playbook,
+                    new.subject,
+                    CaseStatus.PENDING.value,
+                    new.priority,
+                    steps_json,
+                    json.dumps(new.trigger),
+                    utc_iso(now),
+                    utc_iso(now),
+                    _ts(new.run_after),
+                    new.idempotency_key,
+                ),
+            )
+            await self.db.executemany(
+                "INSERT INTO steps (case_id, idx, step_id, action, status) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (case_id, i, s.id, s.action, StepStatus.PENDING.value)
+                    for i, s in enumerate(new.steps)
+                ],
+            )
+            await self._append_event(case_id, "case_created", now, None, {"trigger": new.trigger})
+        return await self.get_case(case_id), True
+
+    async def get_case(self, case_id: str) -> Case:
+        row = await self._one(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,))
+        if row is None:
+            raise NotFound(f"no case {case_id!r}")
+        return _case(row)
+
+    async def list_cases(self, statuses: tuple[CaseStatus, ...] | None = None) -> list[Case]:
+        sql = f"SELECT {_CASE_COLUMNS} FROM cases"
+        params: tuple[Any, ...] = ()
+        if statuses:
+            sql += f" WHERE status IN ({', '.join('?' for _ in statuses)})"
+            params = tuple(s.value for s in statuses)
+        rows = await self._all(sql + " ORDER BY created_at, id", params)
+        return [_case(r) for r in rows]
+
+    _RUNNABLE = (
+        "((status = 'pending' AND (run_after IS NULL OR run_after <= ?)) "
+        "OR (status = 'running' AND lease_expires_at <= ?))"
+    )
+
+    async def claim_next(self, worker_id: str, now: datetime, lease_seconds: float) -> Case | None:
+        return await self._claim(
+            f"SELECT id FROM cases WHERE {self._RUNNABLE} "
+            "ORDER BY priority DESC, created_at, id LIMIT 1",
+            (utc_iso(now), utc_iso(now)),
+            worker_id,
+            now,
+            lease_seconds,
+        )
+
+    async def claim_case(
+        self, case_id: str, worker_id: str, now: datetime, lease_seconds: float
+    ) -> Case | None:
+        return await self._claim(
+            f"SELECT id FROM cases WHERE id = ? AND {self._RUNNABLE}",
+            (case_id, utc_iso(now), utc_iso(now)),
+            worker_id,
+            now,
+            lease_seconds,
+        )
+
+    async def _claim(
+        self,
+        select: str,
+        params: tuple[Any, ...],
+        worker_id: str,
+        now: datetime,
+        lease_seconds: float,
+    ) -> Case | None:
+        async with self._transaction():
+            row = await self._one(select, params)
+            if row is None:
+                return None
+            await self._write(
+                "UPDATE cases SET status = 'running', lease_owner = ?, lease_expires_at = ?, "
+                "updated_at = ? WHERE id = ?",
+                (
+                    worker_id,
+                    utc_iso(now + timedelta(seconds=lease_seconds)),
+                    utc_iso(now),
+                    row["id"],
+                ),
+            )
+        return await self.get_case(row["id"])
+
+    async def heartbeat(
+        self, case_id: str, worker_id: str, now: datetime, lease_seconds: float
+    ) -> bool:
+        count = await self._write(
+            "UPDATE cases SET lease_expires_at = ? "
+            "WHERE id = ? AND lease_owner = ? AND status = 'running'",
+            (utc_iso(now + timedelta(seconds=lease_seconds)), case_id, worker_id),
+        )
+        return count == 1
+
+    async def release_case(
+        self,
+        case_id: str,
+        worker_id: str,
+        status: CaseStatus,
+        now: datetime,
+        *,
+        run_after: datetime | None = None,
+        halt_reason: str | None = None,
+    ) -> None:
+        count = await self._write(
+            "UPDATE cases SET status = ?, run_after = ?, halt_reason = ?, lease_owner = NULL, "
+            "lease_expires_at = NULL, updated_at = ? WHERE id = ? AND lease_owner = ?",
+            (status.value, _ts(run_after), halt_reason, utc_iso(now), case_id, worker_id),
+        )
+        if count != 1:
+            raise StoreError(f"case {case_id} is not held by worker {worker_id}")
+
+    async def resume_case(self, case_id: str, now: datetime) -> Case:
+        await self._write(
+            "UPDATE cases SET status = 'pending', run_after = NULL, updated_at = ? "
+            "WHERE id = ? AND status = 'waiting'",
+            (utc_iso(now), case_id),
+        )
+        return await self.get_case(case_id)
+
+    # steps
+
+    async def steps(self, case_id: str) -> list[StepRecord]:
+        rows = await self._all("SELECT * FROM steps WHERE case_id = ? ORDER BY idx", (case_id,))
+        return [_step(r) for r in rows]
+
+    async def _step_row(self, case_id: str, index: int) -> StepRecord:
+        row = await self._one("SELECT * FROM steps WHERE case_id = ? AND idx = ?", (case_id, index))
+        if row is None:
+            raise NotFound(f"case {case_id} has no step {index}")
+        return _step(row)
+
+    async def _check_owner(self, case_id: str, worker_id: str) -> None:
+        row = await self._one("SELECT lease_owner FROM cases WHERE id = ?", (case_id,))
+        if row is None:
+            raise NotFound(f"no case {case_id!r}")
+        if row["lease_owner"] != worker_id:
+            raise StoreError(f"case {case_id} is not held by worker {worker_id}")
+
+    async def start_step(
+        self, case_id: str, index: int, worker_id: str, now: datetime
+    ) -> StepRecord:
+        await self._check_owner(case_id, worker_id)
+        await self._write(
+            "UPDATE steps SET status = 'running', attempts = attempts + 1, "
+            "started_at = COALESCE(started_at, ?) WHERE case_id = ? AND idx = ?",
+            (utc_iso(now), case_id, index),
+        )
+        return await self._step_row(case_id, index)
+
+    async def finish_step(
+        self,
+        case_id: str,
+        index: int,
+        worker_id: str,
+        status: StepStatus,
+        now: datetime,
+        *,
+        evidence: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> StepRecord:
+        await self._check_owner(case_id, worker_id)
+        finished = utc_iso(now) if status in (StepStatus.DONE, StepStatus.FAILED) else None
+        await self._write(
+            "UPDATE steps SET status = ?, finished_at = ?, evidence = ?, error = ? "
+            "WHERE case_id = ? AND idx = ?",
+            (status.value, finished, json.dumps(evidence or {}), error, case_id, index),
+        )
+        return await self._step_row(case_id, index)
+
+    # ledger
+
+    async def ledger_get(self, key: str) -> LedgerEntry | None:
+        row = await self._one("SELECT * FROM side_effects WHERE key = ?", (key,))
+        return None if row is None else _ledger(row)
+
+    async def ledger_intent(
+        self, key: str, case_id: str, step_id: str, operation: str, now: datetime
+    ) -> LedgerEntry:
+        await self._write(
+            "INSERT INTO side_effects (key, case_id, step_id, operation, state, requested_at) "
+            "VALUES (?, ?, ?, ?, 'intent', ?) ON CONFLICT (key) DO NOTHING",
+            (key, case_id, step_id, operation, utc_iso(now)),
+        )
+        entry = await self.ledger_get(key)
+        assert entry is not None
+        return entry
+
+    async def ledger_applied(self, key: str, now: datetime) -> LedgerEntry:
+        await self._write(
+            "UPDATE side_effects SET state = 'applied', applied_at = COALESCE(applied_at, ?) "
+            "WHERE key = ?",
+            (utc_iso(now), key),
+        )
+        entry = await self.ledger_get(key)
+        if entry is None:
+            raise NotFound(f"no ledger entry {key!r}")
+        return entry
+
+    # operator tasks
+
+    async def open_task(self, task: OperatorTask) -> OperatorTask:
+        await self._write(
+            "INSERT INTO operator_tasks (case_id, step_id, title, instructions, console_url, "
+            "subject, opened_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (case_id, step_id) DO NOTHING",
+            (
+                task.case_id,
+                task.step_id,
+                task.title,
+                task.instructions,
+                task.console_url,
+                task.subject,
+                utc_iso(task.opened_at),
+            ),
+        )
+        existing = await self.get_task(task.case_id, task.step_id)
+        assert existing is not None
+        return existing
+
+    async def get_task(self, case_id: str, step_id: str) -> OperatorTask | None:
+        row = await self._one(
+            "SELECT * FROM operator_tasks WHERE case_id = ? AND step_id = ?", (case_id, step_id)
+        )
+        return None if row is None else _task(row)
+
+    async def confirm_task(
+        self, case_id: str, step_id: str, confirmed_by: str, now: datetime
+    ) -> OperatorTask:
+        await self._write(
+            "UPDATE operator_tasks SET confirmed_at = COALESCE(confirmed_at, ?), "
+            "confirmed_by = COALESCE(confirmed_by, ?) WHERE case_id = ? AND step_id = ?",
+            (utc_iso(now), confirmed_by, case_id, step_id),
+        )
+        task = await self.get_task(case_id, step_id)
+        if task is None:
+            raise NotFound(f"case {case_id} has no operator task for step {step_id!r}")
+        return task
+
+    async def open_tasks(self) -> list[OperatorTask]:
+        rows = await self._all(
+            "SELECT * FROM operator_tasks WHERE confirmed_at IS NULL ORDER BY opened_at"
+        )
+        return [_task(r) for r in rows]
+
+    # timeline
+
+    async def _append_event(
+        self, case_id: str, kind: str, now: datetime, step_id: str | None, data: dict[str, Any]
+    ) -> int:
+        row = await self._one(
+            "SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM events WHERE case_id = ?", (case_id,)
+        )
+        seq = int(row["next"]) if row else 1
+        await self._write(
+            "INSERT INTO events (case_id, seq, at, kind, step_id, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (case_id, seq, utc_iso(now), kind, step_id, json.dumps(data)),
+        )
+        return seq
+
+    async def append_event(
+        self, case_id: str, kind: str, now: datetime, *, step_id: str | None, data: dict[str, Any]
+    ) -> CaseEvent:
+        async with self._transaction():
+            seq = await self._append_event(case_id, kind, now, step_id, data)
+        return CaseEvent(case_id=case_id, seq=seq, at=now, kind=kind, step_id=step_id, data=data)
+
+    async def events(self, case_id: str) -> list[CaseEvent]:
+        rows = await self._all("SELECT * FROM events WHERE case_id = ? ORDER BY seq", (case_id,))
+        return [
+            CaseEvent(
+                case_id=r["case_id"],
+                seq=r["seq"],
+                at=parse_iso(r["at"]),
+                kind=r["kind"],
+                step_id=r["step_id"],
+                data=json.loads(r["data"]),
+            )
+            for r in rows
+        ]
