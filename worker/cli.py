@@ -20,7 +20,14 @@ from worker.errors import NotFound, OffboardError
 from worker.logging import configure_logging
 from worker.playbook import find_playbook, load_playbook
 from worker.report import case_header, step_table, task_text, timeline
-from worker.service import Runtime, confirm_task, drive_case, open_case, open_runtime
+from worker.service import (
+    Runtime,
+    confirm_task,
+    drive_case,
+    open_case,
+    open_runtime,
+    retry_case,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WAITING = 0, 1, 2, 3
 DEFAULT_CONFIG = "config/offboard.yaml"
@@ -54,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     confirm.add_argument(
         "--no-resume", action="store_true", help="record only; let a worker resume"
     )
+
+    retry = commands.add_parser("retry", help="run a halted case again from its failed step")
+    retry.add_argument("case")
+    retry.add_argument("--by", default=None, help="who decided to retry (default: your user name)")
 
     check = commands.add_parser("check", help="validate playbook files")
     check.add_argument("playbooks", nargs="+")
@@ -113,6 +124,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
             print(f"confirmed {task.case_id} {task.step_id} by {task.confirmed_by}")
             if not args.no_resume:
                 await drive_case(runtime, args.case)
+            return await _print_case(runtime, args.case)
+        if args.command == "retry":
+            await retry_case(runtime, args.case, args.by or getpass.getuser())
+            await drive_case(runtime, args.case)
             return await _print_case(runtime, args.case)
     raise AssertionError(args.command)
 

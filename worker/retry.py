@@ -75,6 +75,7 @@ async def with_retry(
         before_sleep=before_sleep,
         reraise=True,
     )
+
     async def attempt() -> T:
         # tenacity awaits only coroutine functions; `call` may be a lambda returning one
         return await call()

@@ -165,3 +165,18 @@ async def confirm_task(
     if any(s.step_id == step_id and s.status is StepStatus.WAITING for s in steps):
         await runtime.store.resume_case(case_id, runtime.clock.now())
     return task
+
+
+async def retry_case(runtime: Runtime, case_id: str, retried_by: str) -> Case:
+    """Run a halted case again from the step that failed, once a human fixed the cause."""
+    case = await runtime.store.get_case(case_id)
+    if case.status is not CaseStatus.HALTED:
+        raise OffboardError(f"case {case_id} is {case.status.value}, not halted: nothing to retry")
+    await runtime.store.append_event(
+        case_id,
+        "case_retried",
+        runtime.clock.now(),
+        step_id=None,
+        data={"retried_by": retried_by, "halt_reason": case.halt_reason},
+    )
+    return await runtime.store.resume_case(case_id, runtime.clock.now())

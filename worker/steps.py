@@ -253,10 +253,19 @@ async def _console_disable(ctx: StepContext, user_id: str, base: dict[str, Any])
             console_url=ic.console_user_url(user_id),
         )
         return Waiting(task=task, evidence=base)
-    # Confirmed, but read-back disagrees: give eventual consistency its time, then halt.
-    user, _ = await poll_until(
-        ctx, "identitystore.DescribeUser", lambda: ic.get_user(user_id), lambda u: u.disabled
-    )
+    # Confirmed, but read-back disagrees: give eventual consistency its time, then halt,
+    # because retrying cannot make a human's unfinished console work finished.
+    try:
+        user, _ = await poll_until(
+            ctx, "identitystore.DescribeUser", lambda: ic.get_user(user_id), lambda u: u.disabled
+        )
+    except TransientError:
+        raise PermanentError(
+            "identity-center",
+            f"{task.confirmed_by} confirmed the console disable, but DescribeUser still shows "
+            f"UserStatus {user.status}: disable the user in the console, then run "
+            f"'offboard retry {ctx.case.id}'",
+        ) from None
     return Done(
         evidence={
             **base,

@@ -33,9 +33,9 @@ ACCESS_KEY = "AKIASANDBOX"
 SECRET = "sandbox-secret"
 SCIM_TOKEN = "scim-sandbox-token"
 STORE = "d-9067c0ffee"
-INSTANCE = "arn:aws:sso:::instance/ssoins-7223c0ffee0001"
+INSTANCE = "arn:aws:sso:::instance/ssoins-7223c0ffee000001"
 #: AWS's form; the instance id is the sandbox default (14 characters where AWS has 16).
-PS_ARN_PATTERN = r"arn:aws:sso:::permissionSet/ssoins-7223c0ffee0001/ps-[a-f0-9]{16}"
+PS_ARN_PATTERN = r"arn:aws:sso:::permissionSet/ssoins-7223c0ffee000001/ps-[a-f0-9]{16}"
 DELAY = 30.0
 ACCOUNT_A, ACCOUNT_B, ACCOUNT_C = "111111111111", "222222222222", "333333333333"
 DENY = json.dumps(

@@ -29,9 +29,12 @@ class HttpResult:
     headers: Mapping[str, str]
 
 
-def retry_after_seconds(headers: Any, now: float) -> float | None:
-    """The wait a server asked for: Retry-After (seconds or HTTP date) or Okta's
-    X-Rate-Limit-Reset (epoch seconds; when sent twice, the smallest counts)."""
+def retry_after_seconds(headers: Any, now: float, *, throttled: bool = True) -> float | None:
+    """The wait a server asked for: Retry-After (seconds or HTTP date) or, on a 429,
+    Okta's X-Rate-Limit-Reset (epoch seconds; when sent twice, the smallest counts).
+
+    Okta sends X-Rate-Limit-Reset on every answer; on anything but a 429 it says when
+    the budget window ends, not that we must wait for it."""
     hints: list[float] = []
     getall = getattr(headers, "getall", None)
     for value in getall("Retry-After", []) if getall else []:
@@ -43,7 +46,7 @@ def retry_after_seconds(headers: Any, now: float) -> float | None:
             except (TypeError, ValueError):
                 continue
     resets: list[float] = []
-    for value in getall("X-Rate-Limit-Reset", []) if getall else []:
+    for value in getall("X-Rate-Limit-Reset", []) if getall and throttled else []:
         try:
             resets.append(float(value))
         except ValueError:
@@ -113,7 +116,9 @@ class JsonHttpClient:
                 summary = _error_summary(decoded) or response.reason or ""
                 message = f"{where} answered {response.status} {summary}".rstrip()
                 if response.status in TRANSIENT_STATUSES:
-                    hint = retry_after_seconds(response.headers, time.time())
+                    hint = retry_after_seconds(
+                        response.headers, time.time(), throttled=response.status == 429
+                    )
                     raise TransientError(
                         self.provider, message, retry_after=hint, status=response.status
                     )

@@ -305,7 +305,7 @@ class IdentityCenterEmulator:
         access_key_id: str = "AKIASANDBOX",
         region: str = "us-east-1",
         identity_store_id: str = "d-9067c0ffee",
-        instance_arn: str = "arn:aws:sso:::instance/ssoins-7223c0ffee0001",
+        instance_arn: str = "arn:aws:sso:::instance/ssoins-7223c0ffee000001",
         provisioning_delay: float = 0.0,
         secret_access_key: str | None = None,
     ) -> None:

@@ -66,7 +66,8 @@ class Store(Protocol):
     ) -> None: ...
 
     async def resume_case(self, case_id: str, now: datetime) -> Case:
-        """Make a waiting case runnable again (after an operator confirmed its task)."""
+        """Make a waiting or halted case runnable again (an operator confirmed its task,
+        or fixed what halted it); any other case is left as it is."""
         ...
 
     # steps

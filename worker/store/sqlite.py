@@ -206,7 +206,11 @@ class SqliteStore:
         await self._db.execute("PRAGMA synchronous=FULL")
         await self._db.execute("PRAGMA busy_timeout=10000")
         await self._db.execute("PRAGMA foreign_keys=ON")
-        await self._migrate()
+        try:
+            await self._migrate()
+        except BaseException:
+            await self.close()  # a refused database must not leave its connection thread behind
+            raise
 
     async def close(self) -> None:
         if self._db is not None:
@@ -399,8 +403,8 @@ class SqliteStore:
 
     async def resume_case(self, case_id: str, now: datetime) -> Case:
         await self._write(
-            "UPDATE cases SET status = 'pending', run_after = NULL, updated_at = ? "
-            "WHERE id = ? AND status = 'waiting'",
+            "UPDATE cases SET status = 'pending', run_after = NULL, halt_reason = NULL, "
+            "updated_at = ? WHERE id = ? AND status IN ('waiting', 'halted')",
             (utc_iso(now), case_id),
         )
         return await self.get_case(case_id)

@@ -1,0 +1,121 @@
+"""The `offboard` command as a user meets it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.acceptance import cli
+from tests.conftest import REPO
+from worker.sandbox import Sandbox, SeededUser
+
+
+async def test_demo_prints_the_whole_timeline(tmp_path: Path) -> None:
+    result = await cli.run(["demo"], cli.environment({}), REPO, timeout=120)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "status CONTAINED" in out
+    for step in ("idp-deactivate", "idp-sessions", "ic-disable", "portal-sessions"):
+        assert step in out
+    assert "UserStatus DISABLED" in out
+    assert "operator confirmation by demo-operator" in out
+    # the providers' own record shows the order
+    order = [out.index(a) for a in ("okta.deactivate", "okta.clear_sessions", "scim.patch_user")]
+    assert order == sorted(order)
+    assert "now: Okta DEPROVISIONED, 0 sessions; Identity Center DISABLED, 0 portal sessions" in out
+
+
+async def test_dry_run_prints_the_plan_and_touches_nothing(
+    sandbox: Sandbox, leaver: SeededUser, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    config = cli.write_config(tmp_path / "offboard.yaml", config_data)
+    result = await cli.run(
+        ["--config", str(config), "run", "leaver", "--user", leaver.login, "--dry-run"],
+        cli.environment(sandbox.environment()),
+        tmp_path,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "lifecycle/deactivate?sendEmail=false" in result.stdout
+    assert "PATCH" in result.stdout and "/scim/v2/Users/{id} active=false" in result.stdout
+    assert "operator task" in result.stdout
+    assert sum(sandbox.audit.calls.values()) == 0
+    assert not (tmp_path / "offboard.db").exists()
+
+
+async def test_playbook_with_identity_center_first_is_refused(
+    sandbox: Sandbox, leaver: SeededUser, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    bad = tmp_path / "backwards.yaml"
+    bad.write_text(
+        "name: backwards\n"
+        "steps:\n"
+        "  - id: ic-disable\n"
+        "    action: identity_center.disable_user\n"
+        "    verify: identity_center.user_status\n"
+        "  - id: idp-deactivate\n"
+        "    action: idp.deactivate_user\n"
+        "    verify: idp.user_status\n",
+        encoding="utf-8",
+    )
+    config = cli.write_config(tmp_path / "offboard.yaml", config_data)
+    env = cli.environment(sandbox.environment())
+
+    result = await cli.run(
+        ["--config", str(config), "run", str(bad), "--user", leaver.login], env, tmp_path
+    )
+
+    assert result.returncode == 2
+    assert f"{bad}: step 1 (ic-disable) at line 3: rule idp-first" in result.stderr
+    assert sum(sandbox.audit.calls.values()) == 0
+    checked = await cli.run(["check", str(bad)], env, tmp_path)
+    assert checked.returncode == 2 and "rule idp-first" in checked.stderr
+
+
+async def test_bad_config_names_the_setting(tmp_path: Path) -> None:
+    config = cli.write_config(
+        tmp_path / "offboard.yaml",
+        {
+            "idp": {"okta": {"org_url": "https://x.okta.com", "token": {"env": "NOPE_TOKEN"}}},
+            "identity_center": {
+                "region": "us-east-1",
+                "identity_store_id": "d-1234567890",
+                "instance_arn": "arn:aws:sso:::instance/ssoins-1234567890123456",
+                "scim": {"url": "https://scim.example", "token": {"env": "NOPE_SCIM"}},
+                "colour": "blue",
+            },
+        },
+    )
+    result = await cli.run(["--config", str(config), "status"], cli.environment({}), tmp_path)
+    assert result.returncode == 2
+    assert "identity_center.colour: unknown key" in result.stderr
+
+    del_colour = config.read_text().replace("  colour: blue\n", "")
+    config.write_text(del_colour)
+    result = await cli.run(["--config", str(config), "status"], cli.environment({}), tmp_path)
+    assert result.returncode == 2
+    assert "idp.okta.token: environment variable NOPE_TOKEN is not set" in result.stderr
+
+
+async def test_confirm_unknown_step_is_a_clear_error(
+    sandbox: Sandbox, leaver: SeededUser, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    config = cli.write_config(tmp_path / "offboard.yaml", config_data)
+    env = cli.environment(sandbox.environment())
+    run = await cli.run(
+        ["--config", str(config), "run", "leaver", "--user", leaver.login], env, tmp_path
+    )
+    assert run.returncode == 3, run.stdout + run.stderr
+    case_id = run.stdout.split("opened case ")[1].split()[0]
+    assert (
+        "WAITING since" in run.stdout
+        and f"offboard confirm {case_id} portal-sessions" in run.stdout
+    )
+
+    wrong = await cli.run(["--config", str(config), "confirm", case_id, "portal"], env, tmp_path)
+    assert wrong.returncode == 2
+    assert "has no step 'portal'" in wrong.stderr
+
+    status = await cli.run(["--config", str(config), "status", case_id], env, tmp_path)
+    assert status.returncode == 3 and "status WAITING" in status.stdout

@@ -1,0 +1,67 @@
+"""Fixtures shared by the integration and acceptance tests: a running sandbox and a
+runtime pointed at it with settings fast enough for tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker.config import Config, parse_config
+from worker.sandbox import Sandbox, SeededUser
+from worker.service import Runtime, open_runtime
+
+REPO = Path(__file__).resolve().parent.parent
+LEAVER = "leaver@example.com"
+
+
+def fast_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """Short timeouts and waits so fault tests take seconds, not minutes."""
+    data["worker"] = {
+        "lease_seconds": 5,
+        "verify_timeout_seconds": 2,
+        "verify_interval_seconds": 0.02,
+        "requeue_after_seconds": 0.1,
+    }
+    data["retry"] = {
+        "attempts": 8,
+        "initial_seconds": 0.01,
+        "maximum_seconds": 0.2,
+        "give_up_after_seconds": 10,
+    }
+    data["idp"]["okta"]["timeout_seconds"] = 0.5
+    data["identity_center"]["timeout_seconds"] = 0.5
+    data["identity_center"]["scim"]["timeout_seconds"] = 0.5
+    data["playbook_dirs"] = [str(REPO / "playbooks")]
+    return data
+
+
+@pytest.fixture
+async def sandbox(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Sandbox]:
+    async with Sandbox() as sb:
+        for name, value in sb.environment().items():
+            monkeypatch.setenv(name, value)
+        yield sb
+
+
+@pytest.fixture
+def leaver(sandbox: Sandbox) -> SeededUser:
+    return sandbox.seed_leaver(LEAVER)
+
+
+@pytest.fixture
+def config_data(sandbox: Sandbox, tmp_path: Path) -> dict[str, Any]:
+    return fast_settings(sandbox.config_data(sqlite_path=str(tmp_path / "offboard.db")))
+
+
+@pytest.fixture
+def config(config_data: dict[str, Any]) -> Config:
+    return parse_config(config_data, "test config")
+
+
+@pytest.fixture
+async def runtime(config: Config, tmp_path: Path) -> AsyncIterator[Runtime]:
+    async with open_runtime(config, base_dir=tmp_path) as rt:
+        yield rt

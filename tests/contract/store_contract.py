@@ -1,0 +1,702 @@
+"""The Store contract: what every backend must do, whatever it stores in.
+
+`StoreContract` holds the tests; it knows nothing of any backend. A backend's test
+module subclasses it as `Test<Backend>Store` and overrides the `store` fixture to
+yield a fresh, empty, opened store (and close it afterwards)::
+
+    class TestSqliteStore(StoreContract):
+        @pytest.fixture
+        async def store(self, tmp_path: Path) -> AsyncIterator[Store]:
+            ...
+
+Every timestamp passed in is a whole number of milliseconds, the precision the
+store promises to keep. The tests move time only through the `now` they pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from worker.domain import (
+    Case,
+    CaseStatus,
+    LedgerState,
+    NewCase,
+    OperatorTask,
+    PlannedStep,
+    StepStatus,
+)
+from worker.errors import NotFound, StoreError
+from worker.store.base import Store
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+LEASE = 30.0
+
+STEPS: tuple[PlannedStep, ...] = (
+    PlannedStep(id="idp-deactivate", action="idp.deactivate_user", verify="idp.user_status"),
+    PlannedStep(id="idp-sessions", action="idp.revoke_sessions", verify="idp.user_status"),
+    PlannedStep(
+        id="ic-disable",
+        action="identity_center.disable_user",
+        verify="identity_center.user_status",
+    ),
+    PlannedStep(
+        id="portal-sessions",
+        action="identity_center.portal_sessions",
+        verify="operator.confirmation",
+    ),
+)
+
+
+def at(seconds: float) -> datetime:
+    """T0 plus `seconds`: the only way these tests move time."""
+    return T0 + timedelta(seconds=seconds)
+
+
+def new_case(
+    subject: str = "ada.lovelace@example.com",
+    *,
+    priority: int = 50,
+    key: str | None = None,
+    run_after: datetime | None = None,
+    trigger: dict[str, Any] | None = None,
+    steps: tuple[PlannedStep, ...] = STEPS,
+) -> NewCase:
+    return NewCase(
+        playbook="leaver",
+        subject=subject,
+        steps=steps,
+        trigger=trigger if trigger is not None else {"source": "test"},
+        priority=priority,
+        idempotency_key=key,
+        run_after=run_after,
+    )
+
+
+def task_for(case: Case, step_id: str = "portal-sessions", **changes: Any) -> OperatorTask:
+    fields: dict[str, Any] = {
+        "case_id": case.id,
+        "step_id": step_id,
+        "title": "Revoke access-portal sessions",
+        "instructions": "Open the console and revoke every active session.",
+        "console_url": "https://console.aws.example/singlesignon",
+        "subject": case.subject,
+        "opened_at": at(1),
+    }
+    fields.update(changes)
+    return OperatorTask(**fields)
+
+
+class StoreContract:
+    """Tests every Store backend must pass. Subclasses provide the `store` fixture."""
+
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[Store]:
+        """A fresh, empty, opened store, closed after the test. Each backend overrides this."""
+        raise NotImplementedError(f"{type(self).__name__} must override the `store` fixture")
+        yield  # unreachable; makes this an async generator like the overrides
+
+    async def _claimed(self, store: Store, worker: str = "w1", now: float = 0) -> Case:
+        """A fresh case, claimed by `worker` at `at(now)` for LEASE seconds."""
+        case, _ = await store.create_case(new_case(), at(now))
+        claimed = await store.claim_case(case.id, worker, at(now), LEASE)
+        assert claimed is not None
+        return claimed
+
+    # creating and reading cases
+
+    async def test_create_case_returns_pending_case_with_pending_steps_and_event(
+        self, store: Store
+    ) -> None:
+        trigger = {"source": "hr", "employee": "E123"}
+        case, created = await store.create_case(
+            new_case(priority=77, trigger=trigger, key="hr:E123"), T0
+        )
+
+        assert created is True
+        assert case.status is CaseStatus.PENDING
+        assert case.playbook == "leaver"
+        assert case.subject == "ada.lovelace@example.com"
+        assert case.priority == 77
+        assert case.steps == STEPS
+        assert case.trigger == trigger
+        assert case.idempotency_key == "hr:E123"
+        assert case.created_at == T0
+        assert case.updated_at == T0
+        assert case.lease_owner is None
+        assert case.lease_expires_at is None
+        assert case.run_after is None
+        assert case.halt_reason is None
+        assert await store.get_case(case.id) == case
+
+        records = await store.steps(case.id)
+        assert [(r.index, r.step_id, r.action) for r in records] == [
+            (i, s.id, s.action) for i, s in enumerate(STEPS)
+        ]
+        for record in records:
+            assert record.case_id == case.id
+            assert record.status is StepStatus.PENDING
+            assert record.attempts == 0
+            assert record.started_at is None
+            assert record.finished_at is None
+            assert record.evidence == {}
+            assert record.error is None
+
+        events = await store.events(case.id)
+        assert len(events) == 1
+        assert events[0].case_id == case.id
+        assert events[0].seq == 1
+        assert events[0].kind == "case_created"
+        assert events[0].at == T0
+        assert events[0].step_id is None
+        assert events[0].data.get("trigger") == trigger
+
+    async def test_same_idempotency_key_returns_the_existing_case(self, store: Store) -> None:
+        first, created = await store.create_case(new_case("ada@example.com", key="hr:1"), T0)
+        again, created_again = await store.create_case(
+            new_case("someone.else@example.com", key="hr:1", priority=100), at(5)
+        )
+
+        assert created is True
+        assert created_again is False
+        assert again == first
+        assert again.subject == "ada@example.com"
+        assert [c.id for c in await store.list_cases()] == [first.id]
+        assert len(await store.steps(first.id)) == len(STEPS)
+        assert [e.kind for e in await store.events(first.id)] == ["case_created"]
+
+    async def test_distinct_keys_create_distinct_cases(self, store: Store) -> None:
+        a, created_a = await store.create_case(new_case(key="hr:1"), T0)
+        b, created_b = await store.create_case(new_case(key="hr:2"), T0)
+        c, created_c = await store.create_case(new_case(key=None), T0)
+        d, created_d = await store.create_case(new_case(key=None), T0)
+
+        assert (created_a, created_b, created_c, created_d) == (True, True, True, True)
+        assert len({a.id, b.id, c.id, d.id}) == 4
+        assert {x.id for x in await store.list_cases()} == {a.id, b.id, c.id, d.id}
+        assert (await store.get_case(b.id)).idempotency_key == "hr:2"
+
+    async def test_get_case_unknown_raises_not_found(self, store: Store) -> None:
+        with pytest.raises(NotFound):
+            await store.get_case("c-does-not-exist")
+        assert issubclass(NotFound, StoreError)
+
+    async def test_data_round_trips_exactly(self, store: Store) -> None:
+        steps = (
+            PlannedStep(
+                id="idp-deactivate",
+                action="idp.deactivate_user",
+                verify="idp.user_status",
+                options={
+                    "send_email": False,
+                    "retries": 3,
+                    "ratio": 0.25,
+                    "groups": ["eng", "ops"],
+                    "nested": {"a": [1, {"b": None}], "ünï": "çødé"},
+                },
+            ),
+            PlannedStep(id="idp-sessions", action="idp.revoke_sessions", verify=None),
+        )
+        trigger = {
+            "source": "hr-feed",
+            "event": {"type": "termination", "ids": [1, 2, 3], "effective": "2026-01-05"},
+            "flags": {"urgent": True, "note": None},
+            "reason": "Départ — 退職 🚪",
+        }
+        subject = "Zoë Ñúñez-山田 <zoë@exämple.com>"
+        case, _ = await store.create_case(
+            new_case(subject, trigger=trigger, steps=steps, key="ключ-1"), T0
+        )
+
+        for fetched in (case, await store.get_case(case.id)):
+            assert fetched.subject == subject
+            assert fetched.steps == steps
+            assert fetched.steps[0].options == steps[0].options
+            assert fetched.steps[1].verify is None
+            assert fetched.trigger == trigger
+            assert fetched.idempotency_key == "ключ-1"
+        assert [c.subject for c in await store.list_cases()] == [subject]
+
+    async def test_list_cases_filters_by_status(self, store: Store) -> None:
+        pending, _ = await store.create_case(new_case("p@example.com"), T0)
+        running = await self._claimed(store, "w1")
+        waiting = await self._claimed(store, "w2")
+        await store.release_case(waiting.id, "w2", CaseStatus.WAITING, at(1))
+
+        def ids(cases: list[Case]) -> set[str]:
+            return {c.id for c in cases}
+
+        assert ids(await store.list_cases()) == {pending.id, running.id, waiting.id}
+        assert ids(await store.list_cases(None)) == {pending.id, running.id, waiting.id}
+        assert ids(await store.list_cases((CaseStatus.PENDING,))) == {pending.id}
+        assert ids(await store.list_cases((CaseStatus.RUNNING,))) == {running.id}
+        assert ids(await store.list_cases((CaseStatus.RUNNING, CaseStatus.WAITING))) == {
+            running.id,
+            waiting.id,
+        }
+        assert await store.list_cases((CaseStatus.HALTED, CaseStatus.CONTAINED)) == []
+
+    # claiming
+
+    async def test_claim_next_takes_highest_priority_then_oldest(self, store: Store) -> None:
+        low, _ = await store.create_case(new_case("low@example.com", priority=10), at(0))
+        high_old, _ = await store.create_case(new_case("high1@example.com", priority=100), at(1))
+        high_new, _ = await store.create_case(new_case("high2@example.com", priority=100), at(2))
+        mid, _ = await store.create_case(new_case("mid@example.com", priority=50), at(3))
+
+        order = []
+        for n in range(4):
+            claimed = await store.claim_next(f"w{n}", at(10), LEASE)
+            assert claimed is not None
+            order.append(claimed.id)
+        assert order == [high_old.id, high_new.id, mid.id, low.id]
+        assert await store.claim_next("w9", at(10), LEASE) is None
+
+    async def test_claim_marks_the_case_running_with_a_lease(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), T0)
+        claimed = await store.claim_next("w1", at(10), LEASE)
+
+        assert claimed is not None
+        assert claimed.id == case.id
+        assert claimed.status is CaseStatus.RUNNING
+        assert claimed.lease_owner == "w1"
+        assert claimed.lease_expires_at == at(10 + LEASE)
+        assert await store.get_case(case.id) == claimed
+
+    async def test_claimed_case_is_not_claimed_again_while_lease_holds(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), T0)
+        assert await store.claim_next("w1", at(10), LEASE) is not None
+
+        for later in (10, 20, 10 + LEASE - 1):
+            assert await store.claim_next("w2", at(later), LEASE) is None
+            assert await store.claim_case(case.id, "w2", at(later), LEASE) is None
+        held = await store.get_case(case.id)
+        assert held.lease_owner == "w1"
+        assert held.lease_expires_at == at(10 + LEASE)
+
+    async def test_lapsed_lease_lets_another_worker_claim(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), T0)
+        assert await store.claim_next("w1", at(10), LEASE) is not None
+
+        taken = await store.claim_next("w2", at(10 + LEASE + 1), LEASE)
+
+        assert taken is not None
+        assert taken.id == case.id
+        assert taken.status is CaseStatus.RUNNING
+        assert taken.lease_owner == "w2"
+        assert taken.lease_expires_at == at(10 + LEASE + 1 + LEASE)
+
+    async def test_lapsed_lease_can_be_taken_with_claim_case(self, store: Store) -> None:
+        case = await self._claimed(store, "w1", now=0)
+        taken = await store.claim_case(case.id, "w2", at(LEASE + 1), LEASE)
+        assert taken is not None
+        assert taken.lease_owner == "w2"
+
+    async def test_worker_that_lost_its_lease_cannot_write(self, store: Store) -> None:
+        case = await self._claimed(store, "w1", now=0)
+        await store.start_step(case.id, 0, "w1", at(1))
+        assert await store.claim_case(case.id, "w2", at(LEASE + 1), LEASE) is not None
+        before_case = await store.get_case(case.id)
+        before_steps = await store.steps(case.id)
+
+        assert await store.heartbeat(case.id, "w1", at(LEASE + 2), LEASE) is False
+        with pytest.raises(StoreError):
+            await store.start_step(case.id, 0, "w1", at(LEASE + 2))
+        with pytest.raises(StoreError):
+            await store.finish_step(case.id, 0, "w1", StepStatus.DONE, at(LEASE + 2))
+        with pytest.raises(StoreError):
+            await store.release_case(case.id, "w1", CaseStatus.CONTAINED, at(LEASE + 2))
+
+        assert await store.get_case(case.id) == before_case
+        assert await store.steps(case.id) == before_steps
+
+    async def test_run_after_in_the_future_is_not_claimable_until_due(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(run_after=at(60)), T0)
+        assert case.run_after == at(60)
+
+        assert await store.claim_next("w1", at(0), LEASE) is None
+        assert await store.claim_next("w1", at(59), LEASE) is None
+        assert await store.claim_case(case.id, "w1", at(59), LEASE) is None
+        assert (await store.get_case(case.id)).status is CaseStatus.PENDING
+
+        claimed = await store.claim_next("w1", at(61), LEASE)
+        assert claimed is not None
+        assert claimed.id == case.id
+
+    async def test_due_case_is_claimed_before_a_not_yet_due_more_urgent_one(
+        self, store: Store
+    ) -> None:
+        await store.create_case(new_case("later@example.com", priority=100, run_after=at(60)), T0)
+        due, _ = await store.create_case(new_case("now@example.com", priority=10), at(1))
+
+        claimed = await store.claim_next("w1", at(2), LEASE)
+        assert claimed is not None
+        assert claimed.id == due.id
+
+    async def test_release_pending_with_run_after_requeues_for_later(self, store: Store) -> None:
+        case = await self._claimed(store, "w1", now=0)
+        await store.release_case(case.id, "w1", CaseStatus.PENDING, at(1), run_after=at(100))
+
+        released = await store.get_case(case.id)
+        assert released.status is CaseStatus.PENDING
+        assert released.run_after == at(100)
+        assert released.lease_owner is None
+        assert await store.claim_next("w2", at(99), LEASE) is None
+        claimed = await store.claim_next("w2", at(101), LEASE)
+        assert claimed is not None
+        assert claimed.lease_owner == "w2"
+
+    async def test_claim_case_claims_that_case(self, store: Store) -> None:
+        urgent, _ = await store.create_case(new_case("urgent@example.com", priority=100), T0)
+        wanted, _ = await store.create_case(new_case("wanted@example.com", priority=1), T0)
+
+        claimed = await store.claim_case(wanted.id, "w1", at(1), LEASE)
+
+        assert claimed is not None
+        assert claimed.id == wanted.id
+        assert claimed.status is CaseStatus.RUNNING
+        assert claimed.lease_owner == "w1"
+        assert claimed.lease_expires_at == at(1 + LEASE)
+        assert (await store.get_case(urgent.id)).status is CaseStatus.PENDING
+        assert await store.claim_case(wanted.id, "w2", at(2), LEASE) is None
+
+    # leases
+
+    async def test_heartbeat_extends_the_lease_only_for_its_owner(self, store: Store) -> None:
+        case = await self._claimed(store, "w1", now=0)
+
+        assert await store.heartbeat(case.id, "w2", at(20), LEASE) is False
+        assert (await store.get_case(case.id)).lease_expires_at == at(LEASE)
+
+        assert await store.heartbeat(case.id, "w1", at(25), LEASE) is True
+        extended = await store.get_case(case.id)
+        assert extended.lease_owner == "w1"
+        assert extended.lease_expires_at == at(25 + LEASE)
+        # Past the original expiry, but within the extended lease: still held.
+        assert await store.claim_next("w2", at(LEASE + 5), LEASE) is None
+        assert await store.claim_case(case.id, "w2", at(LEASE + 5), LEASE) is None
+
+    async def test_heartbeat_on_a_released_case_is_false(self, store: Store) -> None:
+        case = await self._claimed(store, "w1", now=0)
+        await store.release_case(case.id, "w1", CaseStatus.WAITING, at(1))
+        assert await store.heartbeat(case.id, "w1", at(2), LEASE) is False
+        assert (await store.get_case(case.id)).status is CaseStatus.WAITING
+
+    async def test_release_by_non_owner_raises_and_changes_nothing(self, store: Store) -> None:
+        case = await self._claimed(store, "w1", now=0)
+        before = await store.get_case(case.id)
+
+        with pytest.raises(StoreError):
+            await store.release_case(
+                case.id, "w2", CaseStatus.HALTED, at(1), halt_reason="not yours"
+            )
+
+        assert await store.get_case(case.id) == before
+
+    async def test_release_of_a_pending_case_raises(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), T0)
+        with pytest.raises(StoreError):
+            await store.release_case(case.id, "w1", CaseStatus.CONTAINED, at(1))
+        assert (await store.get_case(case.id)).status is CaseStatus.PENDING
+
+    async def test_release_waiting_then_resume_makes_it_pending(self, store: Store) -> None:
+        case = await self._claimed(store, "w1", now=0)
+        await store.release_case(case.id, "w1", CaseStatus.WAITING, at(1))
+
+        waiting = await store.get_case(case.id)
+        assert waiting.status is CaseStatus.WAITING
+        assert waiting.lease_owner is None
+        assert waiting.lease_expires_at is None
+        assert waiting.updated_at == at(1)
+        # A waiting case is nobody's to run, however long it waits.
+        assert await store.claim_next("w2", at(LEASE + 100), LEASE) is None
+        assert await store.claim_case(case.id, "w2", at(LEASE + 100), LEASE) is None
+
+        resumed = await store.resume_case(case.id, at(200))
+        assert resumed.status is CaseStatus.PENDING
+        assert resumed.lease_owner is None
+        assert resumed.updated_at == at(200)
+        assert await store.get_case(case.id) == resumed
+        claimed = await store.claim_next("w2", at(201), LEASE)
+        assert claimed is not None
+        assert claimed.id == case.id
+        assert claimed.lease_owner == "w2"
+
+    async def test_resume_leaves_other_cases_as_they_are(self, store: Store) -> None:
+        running = await self._claimed(store, "w1", now=0)
+        contained = await self._claimed(store, "w2", now=0)
+        await store.release_case(contained.id, "w2", CaseStatus.CONTAINED, at(1))
+        pending, _ = await store.create_case(new_case(run_after=at(100)), T0)
+
+        for case_id in (running.id, contained.id, pending.id):
+            before = await store.get_case(case_id)
+            assert await store.resume_case(case_id, at(5)) == before
+            assert await store.get_case(case_id) == before
+        assert (await store.get_case(running.id)).lease_owner == "w1"
+        assert (await store.get_case(contained.id)).status is CaseStatus.CONTAINED
+        assert (await store.get_case(pending.id)).run_after == at(100)
+
+    async def test_halted_case_keeps_its_reason_and_is_not_claimable(self, store: Store) -> None:
+        case = await self._claimed(store, "w1", now=0)
+        await store.release_case(
+            case.id, "w1", CaseStatus.HALTED, at(1), halt_reason="okta: 403 forbidden"
+        )
+
+        halted = await store.get_case(case.id)
+        assert halted.status is CaseStatus.HALTED
+        assert halted.halt_reason == "okta: 403 forbidden"
+        assert halted.lease_owner is None
+        assert await store.claim_next("w2", at(LEASE + 100), LEASE) is None
+        assert await store.claim_case(case.id, "w2", at(LEASE + 100), LEASE) is None
+
+    async def test_resume_of_a_halted_case_clears_the_reason(self, store: Store) -> None:
+        case = await self._claimed(store, "w1", now=0)
+        await store.release_case(
+            case.id, "w1", CaseStatus.HALTED, at(1), halt_reason="okta: 403 forbidden"
+        )
+
+        resumed = await store.resume_case(case.id, at(300))
+        assert resumed.status is CaseStatus.PENDING
+        assert resumed.halt_reason is None
+        assert resumed.run_after is None
+        assert resumed.updated_at == at(300)
+        claimed = await store.claim_next("w2", at(301), LEASE)
+        assert claimed is not None
+        assert claimed.id == case.id
+
+    # steps
+
+    async def test_start_step_counts_attempts_and_keeps_first_started_at(
+        self, store: Store
+    ) -> None:
+        case = await self._claimed(store, "w1", now=0)
+
+        first = await store.start_step(case.id, 1, "w1", at(1))
+        assert first.case_id == case.id
+        assert first.index == 1
+        assert first.step_id == "idp-sessions"
+        assert first.status is StepStatus.RUNNING
+        assert first.attempts == 1
+        assert first.started_at == at(1)
+
+        second = await store.start_step(case.id, 1, "w1", at(5))
+        assert second.attempts == 2
+        assert second.started_at == at(1)
+        assert (await store.steps(case.id))[1] == second
+        others = [r for r in await store.steps(case.id) if r.index != 1]
+        assert all(r.status is StepStatus.PENDING and r.attempts == 0 for r in others)
+
+    async def test_start_step_refuses_a_non_owner(self, store: Store) -> None:
+        case = await self._claimed(store, "w1", now=0)
+        with pytest.raises(StoreError):
+            await store.start_step(case.id, 0, "w2", at(1))
+        record = (await store.steps(case.id))[0]
+        assert record.attempts == 0
+        assert record.status is StepStatus.PENDING
+        assert record.started_at is None
+
+    async def test_finish_step_stores_evidence_and_error(self, store: Store) -> None:
+        case = await self._claimed(store, "w1", now=0)
+        evidence = {
+            "acted": True,
+            "reads": 2,
+            "status": {"before": "ACTIVE", "after": "DEPROVISIONED"},
+            "note": "vérifié ✓",
+        }
+        await store.start_step(case.id, 0, "w1", at(1))
+        done = await store.finish_step(case.id, 0, "w1", StepStatus.DONE, at(2), evidence=evidence)
+        assert done.status is StepStatus.DONE
+        assert done.evidence == evidence
+        assert done.error is None
+        assert done.attempts == 1
+        assert done.started_at == at(1)
+        assert done.finished_at == at(2)
+
+        await store.start_step(case.id, 1, "w1", at(3))
+        failed = await store.finish_step(
+            case.id,
+            1,
+            "w1",
+            StepStatus.FAILED,
+            at(4),
+            evidence={"http_status": 403},
+            error="okta: 403 Forbidden",
+        )
+        assert failed.status is StepStatus.FAILED
+        assert failed.evidence == {"http_status": 403}
+        assert failed.error == "okta: 403 Forbidden"
+        assert failed.finished_at == at(4)
+
+        assert (await store.steps(case.id))[:2] == [done, failed]
+
+    async def test_finish_step_refuses_a_non_owner(self, store: Store) -> None:
+        case = await self._claimed(store, "w1", now=0)
+        started = await store.start_step(case.id, 0, "w1", at(1))
+
+        with pytest.raises(StoreError):
+            await store.finish_step(
+                case.id, 0, "w2", StepStatus.DONE, at(2), evidence={"forged": True}, error="x"
+            )
+
+        assert (await store.steps(case.id))[0] == started
+
+    # side-effect ledger
+
+    async def test_ledger_intent_is_idempotent(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), T0)
+        key = f"{case.id}:idp-deactivate:okta.deactivate"
+        assert await store.ledger_get(key) is None
+
+        first = await store.ledger_intent(key, case.id, "idp-deactivate", "okta.deactivate", at(1))
+        assert first.key == key
+        assert first.case_id == case.id
+        assert first.step_id == "idp-deactivate"
+        assert first.operation == "okta.deactivate"
+        assert first.state is LedgerState.INTENT
+        assert first.requested_at == at(1)
+        assert first.applied_at is None
+
+        second = await store.ledger_intent(key, case.id, "idp-sessions", "other.op", at(9))
+        assert second == first
+        assert await store.ledger_get(key) == first
+
+    async def test_ledger_applied_keeps_the_first_applied_at(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), T0)
+        key = f"{case.id}:ic-disable:identity_center.disable"
+        intent = await store.ledger_intent(
+            key, case.id, "ic-disable", "identity_center.disable", at(1)
+        )
+
+        applied = await store.ledger_applied(key, at(2))
+        assert applied.state is LedgerState.APPLIED
+        assert applied.applied_at == at(2)
+        assert applied.requested_at == intent.requested_at
+        assert applied.operation == intent.operation
+
+        again = await store.ledger_applied(key, at(7))
+        assert again == applied
+        assert await store.ledger_get(key) == applied
+        # An intent written again after the call was applied does not undo it.
+        assert (
+            await store.ledger_intent(key, case.id, "ic-disable", "identity_center.disable", at(8))
+            == applied
+        )
+
+    async def test_ledger_applied_unknown_key_raises_not_found(self, store: Store) -> None:
+        with pytest.raises(NotFound):
+            await store.ledger_applied("c-none:step:op", at(1))
+
+    async def test_ledger_keys_are_independent(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), T0)
+        a = await store.ledger_intent("k-a", case.id, "idp-deactivate", "op.a", at(1))
+        b = await store.ledger_intent("k-b", case.id, "idp-sessions", "op.b", at(2))
+        await store.ledger_applied("k-a", at(3))
+        assert (await store.ledger_get("k-b")) == b
+        got_a = await store.ledger_get("k-a")
+        assert got_a is not None
+        assert got_a.state is LedgerState.APPLIED
+        assert got_a.requested_at == a.requested_at
+
+    # operator tasks
+
+    async def test_open_task_is_idempotent(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), T0)
+        assert await store.get_task(case.id, "portal-sessions") is None
+
+        first = await store.open_task(task_for(case, opened_at=at(1)))
+        assert first == task_for(case, opened_at=at(1))
+        assert first.confirmed_at is None
+        assert first.confirmed_by is None
+
+        second = await store.open_task(
+            task_for(case, opened_at=at(50), title="A different title", instructions="other")
+        )
+        assert second == first
+        assert second.opened_at == at(1)
+        assert second.title == "Revoke access-portal sessions"
+        assert await store.get_task(case.id, "portal-sessions") == first
+        assert await store.open_tasks() == [first]
+
+    async def test_confirm_task_records_who_and_when_and_keeps_the_first(
+        self, store: Store
+    ) -> None:
+        case, _ = await store.create_case(new_case(), T0)
+        await store.open_task(task_for(case, opened_at=at(1)))
+
+        confirmed = await store.confirm_task(case.id, "portal-sessions", "grace@example.com", at(5))
+        assert confirmed.confirmed_by == "grace@example.com"
+        assert confirmed.confirmed_at == at(5)
+        assert confirmed.opened_at == at(1)
+
+        again = await store.confirm_task(case.id, "portal-sessions", "mallory@example.com", at(9))
+        assert again == confirmed
+        assert await store.get_task(case.id, "portal-sessions") == confirmed
+
+    async def test_confirm_unknown_task_raises_not_found(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), T0)
+        with pytest.raises(NotFound):
+            await store.confirm_task(case.id, "portal-sessions", "grace@example.com", at(5))
+
+    async def test_open_tasks_lists_only_unconfirmed(self, store: Store) -> None:
+        a, _ = await store.create_case(new_case("a@example.com"), T0)
+        b, _ = await store.create_case(new_case("b@example.com"), T0)
+        task_a = await store.open_task(task_for(a, opened_at=at(1)))
+        task_b = await store.open_task(task_for(b, opened_at=at(2)))
+        task_a2 = await store.open_task(task_for(a, "ic-disable", opened_at=at(3)))
+
+        assert sorted(await store.open_tasks(), key=lambda t: t.opened_at) == [
+            task_a,
+            task_b,
+            task_a2,
+        ]
+
+        await store.confirm_task(a.id, "portal-sessions", "grace@example.com", at(4))
+        assert sorted(await store.open_tasks(), key=lambda t: t.opened_at) == [task_b, task_a2]
+
+        await store.confirm_task(b.id, "portal-sessions", "grace@example.com", at(5))
+        await store.confirm_task(a.id, "ic-disable", "grace@example.com", at(6))
+        assert await store.open_tasks() == []
+
+    # timeline
+
+    async def test_append_event_numbers_events_per_case(self, store: Store) -> None:
+        a, _ = await store.create_case(new_case("a@example.com"), T0)
+        b, _ = await store.create_case(new_case("b@example.com"), T0)
+
+        a2 = await store.append_event(
+            a.id, "step_started", at(1), step_id="idp-deactivate", data={"attempt": 1}
+        )
+        b2 = await store.append_event(b.id, "note", at(2), step_id=None, data={})
+        a3 = await store.append_event(
+            a.id, "step_done", at(3), step_id="idp-deactivate", data={"evidence": {"x": [1, 2]}}
+        )
+        b3 = await store.append_event(
+            b.id, "step_started", at(4), step_id="idp-deactivate", data={"attempt": 1}
+        )
+        a4 = await store.append_event(a.id, "note", at(5), step_id=None, data={"text": "ünï ✓"})
+
+        assert (a2.seq, a3.seq, a4.seq) == (2, 3, 4)
+        assert (b2.seq, b3.seq) == (2, 3)
+        assert a3.case_id == a.id
+        assert a3.kind == "step_done"
+        assert a3.step_id == "idp-deactivate"
+        assert a3.at == at(3)
+        assert a3.data == {"evidence": {"x": [1, 2]}}
+
+        events_a = await store.events(a.id)
+        events_b = await store.events(b.id)
+        assert [e.seq for e in events_a] == [1, 2, 3, 4]
+        assert [e.seq for e in events_b] == [1, 2, 3]
+        assert events_a[1:] == [a2, a3, a4]
+        assert events_b[1:] == [b2, b3]
+        assert [e.kind for e in events_a] == ["case_created", "step_started", "step_done", "note"]
+
+    async def test_events_of_an_unknown_case_are_empty(self, store: Store) -> None:
+        assert await store.events("c-does-not-exist") == []
+
+    async def test_ping(self, store: Store) -> None:
+        await store.ping()
