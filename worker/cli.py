@@ -10,22 +10,32 @@ import argparse
 import asyncio
 import getpass
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from worker.clock import Clock, OffsetClock, SystemClock, parse_iso
 from worker.config import Config, load_config
 from worker.domain import CaseStatus
 from worker.errors import NotFound, OffboardError
 from worker.logging import configure_logging
 from worker.playbook import find_playbook, load_playbook
-from worker.report import case_header, step_table, task_text, timeline
+from worker.report import (
+    case_header,
+    countdown_text,
+    remaining,
+    step_table,
+    task_text,
+    timeline,
+)
 from worker.service import (
     Runtime,
     confirm_task,
     drive_case,
     open_case,
     open_runtime,
+    remove_deny_statements,
     retry_case,
 )
 
@@ -69,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate playbook files")
     check.add_argument("playbooks", nargs="+")
 
+    commands.add_parser("cases", help="open cases with their next countdown milestone")
+    commands.add_parser(
+        "worker", help="run cases, fire countdown milestones and watch for drift until stopped"
+    )
+    commands.add_parser("cleanup", help="remove deny statements of cases whose access has lapsed")
     commands.add_parser("demo", help="run the leaver playbook against the sandbox emulators")
     return parser
 
@@ -102,7 +117,15 @@ async def _dispatch(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if args.command == "run" and args.dry_run:
         return await _dry_run(config, args, base_dir)
-    async with open_runtime(config, base_dir=base_dir) as runtime:
+    async with open_runtime(config, base_dir=base_dir, clock=_clock()) as runtime:
+        if args.command == "worker":
+            return await _run_worker(runtime)
+        if args.command == "cases":
+            return await _print_cases(runtime)
+        if args.command == "cleanup":
+            for case_id, arns in await remove_deny_statements(runtime):
+                print(f"{case_id}: deny statement removed from {len(arns)} permission set(s)")
+            return EXIT_OK
         if args.command == "run":
             playbook = runtime.playbook(args.playbook)
             case, created = await open_case(
@@ -140,10 +163,12 @@ async def _print_case(runtime: Runtime, case_id: str) -> int:
     for task in await store.open_tasks():
         if task.case_id == case_id:
             print(task_text(task))
+    print(countdown_text(case.countdown, runtime.clock.now()))
     print("timeline:")
     print(timeline(await store.events(case_id)))
     return {
         CaseStatus.CONTAINED: EXIT_OK,
+        CaseStatus.ACCESS_LAPSED: EXIT_OK,
         CaseStatus.WAITING: EXIT_WAITING,
         CaseStatus.HALTED: EXIT_FAILED,
     }.get(case.status, EXIT_FAILED)
@@ -171,6 +196,41 @@ async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> 
                 kind = "WRITE" if call.mutates else "read "
                 print(f"     {kind} {call.method} {call.target}")
     return EXIT_OK
+
+
+async def _run_worker(runtime: Runtime) -> int:
+    from worker.worker import Worker
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await Worker(runtime).run(stop)
+    return EXIT_OK
+
+
+async def _print_cases(runtime: Runtime) -> int:
+    now = runtime.clock.now()
+    open_cases = [
+        c for c in await runtime.store.list_cases() if c.status is not CaseStatus.ACCESS_LAPSED
+    ]
+    print(f"{'case':<20} {'status':<10} {'playbook':<10} {'subject':<28} next milestone")
+    for case in open_cases:
+        upcoming = [
+            m for m in (case.countdown or {}).get("milestones", []) if parse_iso(m["at"]) > now
+        ]
+        nxt = "all passed" if case.countdown else "-"
+        if upcoming:
+            first = upcoming[0]
+            nxt = f"{first['name']} at {first['at']} ({remaining(parse_iso(first['at']), now)})"
+        print(f"{case.id:<20} {case.status.value:<10} {case.playbook:<10} {case.subject:<28} {nxt}")
+    return EXIT_OK
+
+
+def _clock() -> Clock:
+    """The system clock; acceptance tests may shift it through a file they control."""
+    offset_file = os.environ.get("OFFBOARD_TEST_CLOCK_OFFSET_FILE")
+    return OffsetClock(offset_file) if offset_file else SystemClock()
 
 
 def _load(path: str) -> Config:

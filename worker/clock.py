@@ -45,6 +45,30 @@ class ManualClock:
         await asyncio.sleep(0)
 
 
+class OffsetClock:
+    """Wall-clock time shifted by the number of seconds written in a file.
+
+    For acceptance tests of a real `offboard` process: the test moves time forward by
+    rewriting the file, so a 13-hour countdown can be watched in seconds."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def offset(self) -> float:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                return float(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0.0
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.offset())
+
+    async def sleep(self, seconds: float) -> None:
+        # never sleep long: the offset may jump while we sleep
+        await asyncio.sleep(min(max(0.0, seconds), 0.2))
+
+
 def utc_iso(when: datetime) -> str:
     """ISO-8601 in UTC with a Z, to the millisecond: how every timestamp is shown."""
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from worker import yamlfile
+from worker.countdown import SessionSettings, parse_iso_duration
 from worker.errors import ConfigError
 from worker.logging import register_secret
 from worker.retry import RetryPolicy
@@ -150,6 +152,41 @@ class WorkerConfig(_Model):
     verify_interval_seconds: float = Field(default=1.0, gt=0)
     #: when a step keeps failing transiently, when to try the case again
     requeue_after_seconds: float = Field(default=30.0, gt=0)
+    #: how many cases one process runs at once
+    concurrency: int = Field(default=16, ge=1)
+    #: how often an idle worker looks for new cases and due milestones
+    poll_seconds: float = Field(default=0.5, gt=0)
+
+
+class CountdownConfig(_Model):
+    """AWS's documented durations (ISO-8601), and how often the watchdog re-reads."""
+
+    signin_cache: str = "PT1H"
+    cli_lag: str = "PT1H"
+    app_session_cache: str = "PT1H"
+    unassign_propagation: str = "PT15M"
+    deny_propagation: str = "PT15M"
+    max_role_session: str = "PT12H"
+    watchdog_interval: str = "PT5M"
+
+    @model_validator(mode="after")
+    def _durations(self) -> CountdownConfig:
+        for name in type(self).model_fields:
+            try:
+                parse_iso_duration(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return self
+
+    def settings(self) -> SessionSettings:
+        return SessionSettings(
+            signin_cache=parse_iso_duration(self.signin_cache),
+            cli_lag=parse_iso_duration(self.cli_lag),
+            app_session_cache=parse_iso_duration(self.app_session_cache),
+            unassign_propagation=parse_iso_duration(self.unassign_propagation),
+            deny_propagation=parse_iso_duration(self.deny_propagation),
+            max_role_session=parse_iso_duration(self.max_role_session),
+        )
 
 
 class Config(_Model):
@@ -159,6 +196,7 @@ class Config(_Model):
     identity_center: IdentityCenterConfig
     retry: RetryConfig = RetryConfig()
     worker: WorkerConfig = WorkerConfig()
+    countdown: CountdownConfig = CountdownConfig()
 
 
 def parse_config(data: Any, source: str) -> Config:
@@ -179,7 +217,7 @@ def load_config(path: Path) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yamlfile.load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}" if mark else ""

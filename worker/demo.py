@@ -17,7 +17,7 @@ import aiohttp
 from worker.clock import utc_iso
 from worker.config import parse_config
 from worker.domain import CaseStatus
-from worker.report import case_header, step_table, task_text, timeline
+from worker.report import case_header, countdown_text, step_table, task_text, timeline
 from worker.sandbox import Sandbox
 from worker.service import confirm_task, drive_case, open_case, open_runtime
 
@@ -59,6 +59,9 @@ async def run_demo(out: TextIO, *, base_dir: Path, db_path: Path | None = None) 
                 case = await drive_case(runtime, case.id)
                 print(case_header(case), file=out)
                 print(step_table(await runtime.store.steps(case.id)), file=out)
+                case = await runtime.store.get_case(case.id)
+                print("", file=out)
+                print(countdown_text(case.countdown, runtime.clock.now()), file=out)
                 print("\ntimeline:", file=out)
                 print(timeline(await runtime.store.events(case.id)), file=out)
         print("\nwhat the providers saw (emulator audit log, in order):", file=out)

@@ -17,8 +17,10 @@ class CaseStatus(StrEnum):
     WAITING = "waiting"
     #: a step failed permanently; no later step runs until a human acts
     HALTED = "halted"
-    #: every containment step is done and verified
+    #: every containment step is done and verified; the residual-access countdown runs
     CONTAINED = "contained"
+    #: the countdown reached its last milestone: no access can remain
+    ACCESS_LAPSED = "access_lapsed"
 
 
 class StepStatus(StrEnum):
@@ -67,6 +69,23 @@ class Case:
     lease_expires_at: datetime | None = None
     halt_reason: str | None = None
     idempotency_key: str | None = None
+    #: the latest residual-access countdown (countdown.Countdown.as_json), once computed
+    countdown: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timer:
+    """A durable milestone: fires once, at or after `due_at`, even across restarts."""
+
+    case_id: str
+    name: str
+    #: bumped when the countdown restarts (drift): a new epoch's milestones fire anew
+    epoch: int
+    due_at: datetime
+    fired_at: datetime | None = None
+    fired_by: str | None = None
+    #: closes the case as access-lapsed when it fires
+    closes_case: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,9 +16,11 @@ from datetime import timedelta
 
 import structlog
 
-from worker.clock import Clock
-from worker.domain import Case, CaseStatus, StepStatus
+from worker.clock import Clock, utc_iso
+from worker.countdown import SessionSettings, compute, inputs_from_evidence
+from worker.domain import Case, CaseStatus, StepStatus, Timer
 from worker.errors import PermanentError, StoreError, TransientError
+from worker.notify import LogNotifier, Notification, Notifier, deliver
 from worker.retry import RetryPolicy
 from worker.steps import Done, Providers, StepContext, Waiting, handler_for
 from worker.store.base import Store
@@ -49,8 +51,12 @@ class Engine:
         clock: Clock,
         policy: RetryPolicy,
         settings: EngineSettings,
+        sessions: SessionSettings | None = None,
+        notifier: Notifier | None = None,
         worker_id: str | None = None,
     ) -> None:
+        self.sessions = sessions or SessionSettings()
+        self.notifier: Notifier = notifier or LogNotifier()
         self.store = store
         self.providers = providers
         self.clock = clock
@@ -140,6 +146,19 @@ class Engine:
                         case.id, self.worker_id, CaseStatus.WAITING, self.clock.now()
                     )
                     log.info("case_waiting_for_operator")
+                    await deliver(
+                        self.notifier,
+                        Notification(
+                            kind="operator_task",
+                            case_id=case.id,
+                            subject=case.subject,
+                            title=outcome.task.title,
+                            data={
+                                "console_url": outcome.task.console_url,
+                                "confirm": f"offboard confirm {case.id} {step.id}",
+                            },
+                        ),
+                    )
                     return CaseStatus.WAITING
                 assert isinstance(outcome, Done)
                 await self.store.finish_step(
@@ -153,6 +172,7 @@ class Engine:
                 await self._event(case, "step_done", step.id, outcome.evidence)
                 log.info("step_done", verified_by=outcome.evidence.get("verified_by"))
                 earlier[step.id] = outcome.evidence
+                await self.update_countdown(case.id)
         await self.store.release_case(
             case.id, self.worker_id, CaseStatus.CONTAINED, self.clock.now()
         )
@@ -186,7 +206,48 @@ class Engine:
             case.id, self.worker_id, CaseStatus.HALTED, now, halt_reason=halt_reason
         )
         log.error("case_halted", reason=halt_reason)
+        await deliver(
+            self.notifier,
+            Notification(
+                kind="halted",
+                case_id=case.id,
+                subject=case.subject,
+                title=f"case halted at {step.id}",
+                data={"reason": halt_reason, "retry": f"offboard retry {case.id}"},
+            ),
+        )
         return CaseStatus.HALTED
+
+    async def update_countdown(self, case_id: str) -> None:
+        """(Re)compute the countdown from the evidence so far and reschedule its milestones."""
+        case = await self.store.get_case(case_id)
+        evidence = {
+            s.action: s.evidence
+            for s in await self.store.steps(case_id)
+            if s.status is StepStatus.DONE
+        }
+        drift = (case.countdown or {}).get("drift")
+        inputs = inputs_from_evidence(evidence, drift)
+        if inputs is None:
+            return
+        countdown = compute(inputs, self.sessions)
+        epoch = int((case.countdown or {}).get("epoch", 0))
+        timers = [
+            Timer(
+                case_id=case_id,
+                name=m.name,
+                epoch=epoch,
+                due_at=m.at,
+                closes_case=m.name == "all-lapsed",
+            )
+            for m in countdown.milestones
+        ]
+        record = {**countdown.as_json(), "epoch": epoch, "drift": drift}
+        await self.store.save_countdown(case_id, record, epoch, timers, self.clock.now())
+        await self._event(
+            case, "countdown_computed", None, {"all_lapsed": utc_iso(countdown.all_lapsed)}
+        )
+        log.info("countdown_computed", case_id=case_id, all_lapsed=utc_iso(countdown.all_lapsed))
 
     async def _event(
         self, case: Case, kind: str, step_id: str | None, data: dict[str, object]

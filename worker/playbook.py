@@ -10,14 +10,16 @@ the rule in the message.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from worker import yamlfile
 from worker.domain import PlannedStep
 from worker.errors import PlaybookError
 
@@ -73,6 +75,20 @@ ACTIONS: dict[str, ActionSpec] = {
             verifications=("operator.confirmation",),
             summary="have an operator revoke the user's access-portal sessions (console only)",
         ),
+        ActionSpec(
+            name="identity_center.deny_role_sessions",
+            phase=Phase.HARDENING,
+            containment=False,
+            verifications=("identity_center.deny_provisioned",),
+            summary="deny everything to this user id on every reachable permission set",
+        ),
+        ActionSpec(
+            name="identity_center.remove_access",
+            phase=Phase.HARDENING,
+            containment=False,
+            verifications=("identity_center.access_removed",),
+            summary="delete the user's own account assignments and group memberships",
+        ),
     )
 }
 
@@ -86,6 +102,17 @@ class StepSpec(BaseModel):
     action: str
     verify: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def _plain_data(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Options are frozen into the case record as JSON: dates or binary would
+        # load here and fail later, in the middle of opening a case.
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise ValueError("options must be plain data (strings, numbers, lists, maps)") from None
+        return value
 
 
 class PlaybookModel(BaseModel):
@@ -117,7 +144,7 @@ def parse_playbook(text: str, source: str) -> Playbook:
     """Parse and check a playbook; `source` names it in every error."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = yamlfile.load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

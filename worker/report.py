@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from worker.clock import utc_iso
+from worker.clock import parse_iso, utc_iso
 from worker.domain import Case, CaseEvent, OperatorTask, StepRecord
 
 
@@ -59,6 +60,12 @@ def timeline(events: list[CaseEvent]) -> str:
             detail = f"by {e.data.get('confirmed_by')}"
         elif e.kind == "step_started":
             detail = f"attempt {e.data.get('attempt')}"
+        elif e.kind == "countdown_computed":
+            detail = f"all access lapsed by {e.data.get('all_lapsed')}"
+        elif e.kind == "milestone_reached":
+            detail = str(e.data.get("milestone"))
+        elif e.kind in ("drift_detected", "recontained"):
+            detail = str(e.data.get("summary", ""))
         step = e.step_id or ""
         lines.append(f"  {utc_iso(e.at)}  {e.kind:<22} {step:<16} {detail}".rstrip())
     return "\n".join(lines)
@@ -76,3 +83,48 @@ def task_text(task: OperatorTask) -> str:
         f"  {task.instructions}\n"
         f"  console: {task.console_url}"
     )
+
+
+def remaining(at: datetime, now: datetime) -> str:
+    seconds = int((at - now).total_seconds())
+    if seconds <= 0:
+        return "passed"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"in {hours}h {minutes:02d}m"
+    return f"in {minutes}m {secs:02d}s"
+
+
+def countdown_text(countdown: dict[str, Any] | None, now: datetime) -> str:
+    if not countdown:
+        return (
+            "residual-access countdown: starts once the Identity Center user is confirmed disabled"
+        )
+    lines = [f"residual-access countdown (now {utc_iso(now)}):"]
+    for m in countdown["milestones"]:
+        at = parse_iso(m["at"])
+        lines.append(f"  {m['name']:<20} {m['at']}  {remaining(at, now):<14} {m['meaning']}")
+    inputs = countdown["inputs"]
+    lines.append("  inputs:")
+    lines.append(f"    Identity Center user disabled (verified) {inputs['ic_disabled_at']}")
+    for label, key in (
+        ("portal sessions deleted (confirmed)", "portal_revoked_at"),
+        ("own assignments and groups removed", "unassigned_at"),
+        ("deny statement provisioned", "deny_provisioned_at"),
+    ):
+        lines.append(f"    {label:<40} {inputs.get(key) or 'no'}")
+    for ps in inputs["permission_sets"]:
+        duration = ps["session_duration"] or "unknown (counted as the maximum)"
+        lines.append(
+            f"    permission set {ps['name'] or ps['arn']}: session {duration}, "
+            f"accounts {', '.join(ps['accounts'])}, via {', '.join(ps['via'])}"
+        )
+    if not inputs["permission_sets"]:
+        lines.append("    no permission set reachable")
+    lines.append("  why: " + "; ".join(countdown["reasons"]))
+    for item in countdown["would_shorten"]:
+        lines.append(f"  would shorten: {item}")
+    for item in countdown["out_of_model"]:
+        lines.append(f"  not covered: {item}")
+    return "\n".join(lines)

@@ -4,10 +4,11 @@ drive it, confirm an operator task, and assemble the runtime from configuration.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -17,14 +18,18 @@ from worker.config import Config
 from worker.domain import Case, CaseStatus, NewCase, OperatorTask, StepStatus
 from worker.engine import Engine, EngineSettings
 from worker.errors import NotFound, OffboardError
+from worker.notify import Notifier
 from worker.playbook import Playbook, find_playbook, load_playbook
 from worker.providers.identity_center import AwsIdentityCenter
 from worker.providers.okta import Okta
-from worker.steps import Providers
+from worker.retry import with_retry
+from worker.steps import Providers, remove_deny
 from worker.store.base import Store
 from worker.store.sqlite import SqliteStore
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
+DENY_ACTION = "identity_center.deny_role_sessions"
 
 #: case states in which nothing more will happen without a human
 FINAL = (CaseStatus.CONTAINED, CaseStatus.HALTED)
@@ -60,7 +65,12 @@ async def open_store(config: Config, base_dir: Path) -> AsyncIterator[Store]:
 
 @contextlib.asynccontextmanager
 async def open_runtime(
-    config: Config, *, base_dir: Path, clock: Clock | None = None, worker_id: str | None = None
+    config: Config,
+    *,
+    base_dir: Path,
+    clock: Clock | None = None,
+    worker_id: str | None = None,
+    notifier: Notifier | None = None,
 ) -> AsyncIterator[Runtime]:
     clock = clock or SystemClock()
     async with contextlib.AsyncExitStack() as stack:
@@ -82,6 +92,8 @@ async def open_runtime(
             clock=clock,
             policy=config.retry.policy(),
             settings=settings,
+            sessions=config.countdown.settings(),
+            notifier=notifier,
             worker_id=worker_id,
         )
         yield Runtime(
@@ -165,6 +177,54 @@ async def confirm_task(
     if any(s.step_id == step_id and s.status is StepStatus.WAITING for s in steps):
         await runtime.store.resume_case(case_id, runtime.clock.now())
     return task
+
+
+async def remove_deny_statements(runtime: Runtime) -> list[tuple[str, list[str]]]:
+    """Take our deny statements off permission sets once a case's access has lapsed,
+    so permission sets do not grow forever. Returns (case, permission sets) cleaned."""
+    ic = runtime.providers.identity_center
+
+    async def call(operation: str, fn: Callable[[], Awaitable[T]]) -> T:
+        return await with_retry(fn, runtime.engine.policy, runtime.clock, operation=operation)
+
+    cleaned: list[tuple[str, list[str]]] = []
+    for case in await runtime.store.list_cases((CaseStatus.ACCESS_LAPSED,)):
+        steps = await runtime.store.steps(case.id)
+        deny = next(
+            (s for s in steps if s.action == DENY_ACTION and s.status is StepStatus.DONE), None
+        )
+        events = await runtime.store.events(case.id)
+        if deny is None or any(e.kind == "deny_removed" for e in events):
+            continue
+        user_id = str(deny.evidence["ic_user_id"])
+        changed: list[str] = []
+        for arn in deny.evidence.get("permission_sets", []):
+            without = remove_deny(
+                await call("GetInlinePolicy", partial(ic.inline_policy, arn)), user_id, arn
+            )
+            if without is None:
+                continue
+            if without:
+                await call("PutInlinePolicy", partial(ic.put_inline_policy, arn, without))
+            else:
+                await call("DeleteInlinePolicy", partial(ic.delete_inline_policy, arn))
+            request = await call("ProvisionPermissionSet", partial(ic.provision, arn))
+            status = await call("ProvisioningStatus", partial(ic.provisioning_status, request))
+            while status[0] == "IN_PROGRESS":
+                await runtime.clock.sleep(runtime.config.worker.verify_interval_seconds)
+                status = await call("ProvisioningStatus", partial(ic.provisioning_status, request))
+            if status[0] != "SUCCEEDED":
+                raise OffboardError(f"case {case.id}: provisioning {arn} failed: {status[1]}")
+            changed.append(arn)
+        await runtime.store.append_event(
+            case.id,
+            "deny_removed",
+            runtime.clock.now(),
+            step_id=None,
+            data={"permission_sets": changed},
+        )
+        cleaned.append((case.id, changed))
+    return cleaned
 
 
 async def retry_case(runtime: Runtime, case_id: str, retried_by: str) -> Case:

@@ -9,14 +9,17 @@ repeat the call.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import structlog
 
 from worker.clock import Clock, utc_iso
+from worker.countdown import ReachablePermissionSet
 from worker.domain import Case, LedgerState, OperatorTask, PlannedStep, StepRecord
 from worker.errors import PermanentError, TransientError
 from worker.providers.base import IdentityCenter, IdentityProvider
@@ -215,15 +218,27 @@ async def identity_center_disable_user(ctx: StepContext) -> Outcome:
         reached=lambda u: u.disabled,
         act=lambda: ic.disable_user(user_id),
     )
+    verified_at = utc_iso(ctx.clock.now())
     return Done(
         evidence={
             **base,
             "method": "SCIM PATCH active=false",
             "verified_by": f"identitystore DescribeUser: UserStatus {user.status}",
-            "verified_at": utc_iso(ctx.clock.now()),
+            "verified_at": verified_at,
             **evidence,
+            "permission_sets": await _inventory(ctx, user_id),
         }
     )
+
+
+async def _inventory(ctx: StepContext, user_id: str) -> list[dict[str, Any]]:
+    """What the user can still reach, read right after the disable (before any removal):
+    the countdown's input, kept as evidence of why its times were chosen."""
+    ic = ctx.providers.identity_center
+    sets = await ctx.call(
+        "identity_center.inventory", lambda: ic.reachable_permission_sets(user_id)
+    )
+    return [ps.as_json() for ps in sets]
 
 
 async def _console_disable(ctx: StepContext, user_id: str, base: dict[str, Any]) -> Outcome:
@@ -240,6 +255,7 @@ async def _console_disable(ctx: StepContext, user_id: str, base: dict[str, Any])
                 "confirmed_by": task.confirmed_by if task else None,
                 "verified_by": f"identitystore DescribeUser: UserStatus {user.status}",
                 "verified_at": utc_iso(ctx.clock.now()),
+                "permission_sets": await _inventory(ctx, user_id),
             }
         )
     if task is None or task.confirmed_at is None:
@@ -273,6 +289,7 @@ async def _console_disable(ctx: StepContext, user_id: str, base: dict[str, Any])
             "confirmed_by": task.confirmed_by,
             "verified_by": f"identitystore DescribeUser: UserStatus {user.status}",
             "verified_at": utc_iso(ctx.clock.now()),
+            "permission_sets": await _inventory(ctx, user_id),
         }
     )
 
@@ -344,3 +361,205 @@ def handler_for(action: str) -> StepHandler:
 
 def is_due(when: datetime | None, now: datetime) -> bool:
     return when is None or when <= now
+
+
+# --- hardening: cut role sessions early, remove access -------------------------------
+
+#: AWS's limit on one permission set's inline policy
+INLINE_POLICY_LIMIT = 32_768
+
+
+def deny_sid(user_id: str) -> str:
+    # Sids are alphanumeric; the user id makes the statement ours and findable.
+    return "OffboardDeny" + "".join(c for c in user_id if c.isalnum())
+
+
+def deny_statement(user_id: str) -> dict[str, Any]:
+    # identitystore:userId is stable; aws:userid changes when the user name changes.
+    return {
+        "Sid": deny_sid(user_id),
+        "Effect": "Deny",
+        "Action": "*",
+        "Resource": "*",
+        "Condition": {"StringEquals": {"identitystore:userId": user_id}},
+    }
+
+
+def _policy(text: str, arn: str) -> dict[str, Any]:
+    if not text.strip():
+        return {"Version": "2012-10-17", "Statement": []}
+    try:
+        policy = json.loads(text)
+    except ValueError:
+        raise PermanentError("sso-admin", f"inline policy of {arn} is not JSON") from None
+    statements = policy.get("Statement", [])
+    policy["Statement"] = [statements] if isinstance(statements, dict) else list(statements)
+    return dict(policy)
+
+
+def merge_deny(text: str, user_id: str, arn: str) -> str | None:
+    """The inline policy with our deny statement added, or None if it is already there."""
+    policy = _policy(text, arn)
+    if any(s.get("Sid") == deny_sid(user_id) for s in policy["Statement"]):
+        return None
+    policy["Statement"].append(deny_statement(user_id))
+    merged = json.dumps(policy, separators=(",", ":"))
+    if len(merged.encode()) > INLINE_POLICY_LIMIT:
+        raise PermanentError(
+            "sso-admin",
+            f"adding the deny statement to {arn} would make its inline policy "
+            f"{len(merged.encode())} bytes, over AWS's {INLINE_POLICY_LIMIT}: shorten the policy "
+            "or cut role sessions with an SCP instead",
+        )
+    return merged
+
+
+def remove_deny(text: str, user_id: str, arn: str) -> str | None:
+    """The inline policy without our statement ("" if nothing is left), None if absent."""
+    policy = _policy(text, arn)
+    kept = [s for s in policy["Statement"] if s.get("Sid") != deny_sid(user_id)]
+    if len(kept) == len(policy["Statement"]):
+        return None
+    if not kept:
+        return ""
+    policy["Statement"] = kept
+    return json.dumps(policy, separators=(",", ":"))
+
+
+async def _reachable(ctx: StepContext, user_id: str) -> list[ReachablePermissionSet]:
+    known = ctx.earlier_fact("permission_sets")
+    if known is not None:
+        return [ReachablePermissionSet.from_json(p) for p in known]
+    ic = ctx.providers.identity_center
+    return await ctx.call(
+        "identity_center.inventory", lambda: ic.reachable_permission_sets(user_id)
+    )
+
+
+async def _await_request(
+    ctx: StepContext, operation: str, read: Callable[[], Awaitable[tuple[str, str]]]
+) -> None:
+    """Poll an asynchronous AWS request until it succeeds; a FAILED one halts."""
+    (status, reason), _ = await poll_until(
+        ctx, operation, read, lambda answer: answer[0] in ("SUCCEEDED", "FAILED")
+    )
+    if status == "FAILED":
+        raise PermanentError("sso-admin", f"{operation} FAILED: {reason or 'no reason given'}")
+
+
+async def identity_center_deny_role_sessions(ctx: StepContext) -> Outcome:
+    ic = ctx.providers.identity_center
+    user_id = await _ic_user_id(ctx)
+    sets = await _reachable(ctx, user_id)
+    changed: list[str] = []
+    for ps in sets:
+        current = await ctx.call("sso-admin.GetInlinePolicy", partial(ic.inline_policy, ps.arn))
+        merged = merge_deny(current, user_id, ps.arn)
+        if merged is not None:
+            key = ctx.ledger_key(f"deny-put:{ps.arn}")
+            await ctx.store.ledger_intent(
+                key, ctx.case.id, ctx.step.id, "deny-put", ctx.clock.now()
+            )
+            await ctx.call(
+                "sso-admin.PutInlinePolicy",
+                partial(ic.put_inline_policy, ps.arn, merged),
+            )
+            await ctx.store.ledger_applied(key, ctx.clock.now())
+            changed.append(ps.name or ps.arn)
+        # Provisioning is what makes the statement bite; repeating it is harmless.
+        request = await ctx.call("sso-admin.ProvisionPermissionSet", partial(ic.provision, ps.arn))
+        await _await_request(
+            ctx,
+            f"sso-admin.DescribePermissionSetProvisioningStatus({ps.name or ps.arn})",
+            partial(ic.provisioning_status, request),
+        )
+    provisioned_at = ctx.clock.now()
+    # Read back: every reachable set carries the statement.
+    for ps in sets:
+        policy = await ctx.call("sso-admin.GetInlinePolicy", partial(ic.inline_policy, ps.arn))
+        if merge_deny(policy, user_id, ps.arn) is not None:
+            raise TransientError("sso-admin", f"deny statement not read back on {ps.arn}")
+    return Done(
+        evidence={
+            "ic_user_id": user_id,
+            "deny_sid": deny_sid(user_id),
+            "permission_sets": [ps.arn for ps in sets],
+            "policies_changed": changed,
+            "provisioned_at": utc_iso(provisioned_at),
+            "verified_by": (
+                f"GetInlinePolicyForPermissionSet shows {deny_sid(user_id)} on {len(sets)} "
+                "permission set(s); provisioning SUCCEEDED"
+            ),
+            "verified_at": utc_iso(ctx.clock.now()),
+        }
+    )
+
+
+async def identity_center_remove_access(ctx: StepContext) -> Outcome:
+    ic = ctx.providers.identity_center
+    user_id = await _ic_user_id(ctx)
+    direct = await ctx.call(
+        "sso-admin.ListAccountAssignments", lambda: ic.assignments("USER", user_id)
+    )
+    for account, arn in direct:
+        key = ctx.ledger_key(f"unassign:{account}:{arn}")
+        entry = await ctx.store.ledger_get(key)
+        if entry is not None and entry.state is LedgerState.APPLIED:
+            continue
+        await ctx.store.ledger_intent(key, ctx.case.id, ctx.step.id, "unassign", ctx.clock.now())
+        try:
+            request = await ctx.call(
+                "sso-admin.DeleteAccountAssignment",
+                partial(ic.delete_assignment, user_id, account, arn),
+            )
+        except PermanentError as exc:
+            if exc.code != "ResourceNotFoundException":
+                raise
+        else:
+            await _await_request(
+                ctx,
+                f"sso-admin.DescribeAccountAssignmentDeletionStatus({account})",
+                partial(ic.deletion_status, request),
+            )
+        await ctx.store.ledger_applied(key, ctx.clock.now())
+    memberships = await ctx.call(
+        "identitystore.ListGroupMemberships", lambda: ic.group_memberships(user_id)
+    )
+    for membership_id, _group in memberships:
+        key = ctx.ledger_key(f"leave-group:{membership_id}")
+        await ctx.store.ledger_intent(key, ctx.case.id, ctx.step.id, "leave-group", ctx.clock.now())
+        try:
+            await ctx.call(
+                "identitystore.DeleteGroupMembership",
+                partial(ic.delete_membership, membership_id),
+            )
+        except PermanentError as exc:
+            if exc.code != "ResourceNotFoundException":
+                raise
+        await ctx.store.ledger_applied(key, ctx.clock.now())
+    # Read back: nothing of the user's own is left (group assignments stay: they are others' too).
+    left = await ctx.call(
+        "sso-admin.ListAccountAssignments", lambda: ic.assignments("USER", user_id)
+    )
+    groups = await ctx.call(
+        "identitystore.ListGroupMemberships", lambda: ic.group_memberships(user_id)
+    )
+    if left or groups:
+        raise TransientError(
+            "identity-center",
+            f"read-back still shows {len(left)} assignment(s), {len(groups)} group(s)",
+        )
+    return Done(
+        evidence={
+            "ic_user_id": user_id,
+            "removed_assignments": [{"account": a, "permission_set": p} for a, p in direct],
+            "left_groups": [g for _, g in memberships],
+            "verified_by": "ListAccountAssignmentsForPrincipal(USER) and "
+            "ListGroupMembershipsForMember read back empty",
+            "verified_at": utc_iso(ctx.clock.now()),
+        }
+    )
+
+
+HANDLERS["identity_center.deny_role_sessions"] = identity_center_deny_role_sessions
+HANDLERS["identity_center.remove_access"] = identity_center_remove_access

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -92,11 +90,6 @@ async def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
         assert [row[0] for row in await cursor.fetchall()] == [case.id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SqliteStore.open() leaves its connection (and its thread) open when the "
-    "schema check refuses the database, and service.open_store() never closes it",
-)
 async def test_refused_open_leaves_no_connection_open(tmp_path: Path) -> None:
     path = tmp_path / "offboard.db"
     store = SqliteStore(path)
@@ -106,16 +99,34 @@ async def test_refused_open_leaves_no_connection_open(tmp_path: Path) -> None:
         await db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS) + 1,))
         await db.commit()
 
-    threads_before = threading.active_count()
     refused = SqliteStore(path)
     try:
         with pytest.raises(StoreError):
             await refused.open()
-        assert threading.active_count() == threads_before
+        # the connection (and with it aiosqlite's thread) was closed by the refusal
+        assert refused._db is None
         with pytest.raises(StoreError, match="not open"):
             await refused.ping()
     finally:
         await refused.close()
+
+
+async def test_processes_starting_together_can_all_open_a_new_database(
+    tmp_path: Path,
+) -> None:
+    failures: list[BaseException] = []
+    for n in range(100):
+        path = tmp_path / f"new-{n}.db"
+        stores = [SqliteStore(path) for _ in range(3)]
+        try:
+            results = await asyncio.gather(
+                *(store.open() for store in stores), return_exceptions=True
+            )
+            failures += [r for r in results if isinstance(r, BaseException)]
+        finally:
+            for store in stores:
+                await store.close()
+    assert failures == [], f"{len(failures)} opens failed, first: {failures[0]!r}"
 
 
 @pytest.fixture
@@ -123,8 +134,11 @@ async def two_processes(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, Sqli
     """Two stores on one file, each with its own connection: two worker processes."""
     path = tmp_path / "shared.db"
     a, b = SqliteStore(path), SqliteStore(path)
-    await asyncio.gather(a.open(), b.open())
     try:
+        # One after the other: opening a new database at the same instant is its own
+        # test (test_processes_starting_together_can_all_open_a_new_database).
+        await a.open()
+        await b.open()
         yield a, b
     finally:
         await a.close()
@@ -172,13 +186,6 @@ async def test_two_processes_racing_for_each_case_claim_it_exactly_once(
         assert (await a.get_case(case.id)).lease_owner == winners[0].lease_owner
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sqlite3.OperationalError,
-    reason="LATENT: one SqliteStore shares one connection, so two coroutines in a "
-    "transaction at once fail with 'cannot start a transaction within a transaction' "
-    "(a raw sqlite3.OperationalError, not a StoreError)",
-)
 async def test_one_store_serves_concurrent_coroutines(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "offboard.db")
     await store.open()

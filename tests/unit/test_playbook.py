@@ -24,13 +24,19 @@ DEACTIVATE = "idp.deactivate_user"
 REVOKE = "idp.revoke_sessions"
 DISABLE = "identity_center.disable_user"
 PORTAL = "identity_center.portal_sessions"
+DENY = "identity_center.deny_role_sessions"
+REMOVE = "identity_center.remove_access"
 #: The one safe order, written out here rather than taken from worker.playbook.
 CANONICAL = (DEACTIVATE, REVOKE, DISABLE, PORTAL)
+#: Optional hardening: after every containment step, in any order, any number of times.
+HARDENING = (DENY, REMOVE)
 VERIFY = {
     DEACTIVATE: "idp.user_status",
     REVOKE: "idp.user_status",
     DISABLE: "identity_center.user_status",
     PORTAL: "operator.confirmation",
+    DENY: "identity_center.deny_provisioned",
+    REMOVE: "identity_center.access_removed",
 }
 ORDER_RULES = {
     "order",
@@ -185,12 +191,6 @@ def test_each_action_accepts_only_its_own_verification(action: str, verify: str)
     assert parse_playbook(text, "ok.yaml").steps[-1].verify == VERIFY[action]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG: options may hold YAML dates/binary that the store cannot serialise as JSON; "
-    "the playbook loads, then create_case fails with TypeError",
-)
 def test_options_that_cannot_be_stored_are_refused_at_load() -> None:
     steps = [step("deact", DEACTIVATE)]
     text, _ = render(steps)
@@ -344,16 +344,23 @@ def test_shipped_playbook_loads_and_keeps_the_order(path: Path) -> None:
     assert playbook.name == raw["name"] == path.stem
     assert [s.id for s in playbook.steps] == [s["id"] for s in raw["steps"]]
     actions = [s.action for s in playbook.steps]
-    assert respects_safe_order(actions), actions
-    assert actions == list(CANONICAL)
+    containment = actions[: len(CANONICAL)]
+    assert respects_safe_order(containment), actions
+    assert containment == list(CANONICAL)
+    # anything after containment is hardening, never containment again
+    assert not set(actions[len(CANONICAL) :]) & set(CANONICAL)
     for s in playbook.steps:
-        assert s.verify == VERIFY[s.action]
+        if s.action in VERIFY:
+            assert s.verify == VERIFY[s.action]
 
 
-def test_leaver_and_incident_differ_only_in_priority() -> None:
+def test_incident_is_the_leaver_first_in_line_and_cutting_role_sessions() -> None:
     leaver = load_playbook(LEAVER)
     incident = load_playbook(ROOT / "playbooks" / "incident.yaml")
-    assert incident.steps == leaver.steps
+    assert incident.steps[: len(leaver.steps)] == leaver.steps
+    assert [s.action for s in incident.steps[len(leaver.steps) :]] == [
+        "identity_center.deny_role_sessions"
+    ]
     assert incident.priority > leaver.priority
 
 
@@ -361,22 +368,29 @@ def test_leaver_and_incident_differ_only_in_priority() -> None:
 
 
 def respects_safe_order(actions: list[str]) -> bool:
-    """IdP -> Identity Center -> portal sessions, said directly.
+    """IdP -> Identity Center -> portal sessions -> hardening, said directly.
 
     The IdP user is deactivated first of all; its sessions may be revoked only
     after that; the Identity Center user is disabled after the IdP steps; the
     portal sessions are revoked only after the Identity Center user is disabled.
-    Each action at most once; any of revoke / disable / portal may be left out,
-    except that portal sessions need the disable.
+    Each containment action at most once; any of revoke / disable / portal may be
+    left out, except that portal sessions need the disable. Hardening comes after
+    all of that, needs the disable too, and may repeat.
     """
-    if not actions or actions[0] != DEACTIVATE:
+    containment = [a for a in actions if a not in HARDENING]
+    if actions[: len(containment)] != containment:
         return False
-    if len(set(actions)) != len(actions):
+    if not containment or containment[0] != DEACTIVATE:
         return False
-    positions = [CANONICAL.index(a) for a in actions]
+    if len(set(containment)) != len(containment):
+        return False
+    positions = [CANONICAL.index(a) for a in containment]
     if positions != sorted(positions):
         return False
-    return not (PORTAL in actions and DISABLE not in actions)
+    if PORTAL in containment and DISABLE not in containment:
+        return False
+    hardened = len(actions) > len(containment)
+    return not (hardened and DISABLE not in containment)
 
 
 def test_the_oracle_accepts_exactly_these() -> None:
@@ -398,14 +412,21 @@ def test_the_oracle_accepts_exactly_these() -> None:
 
 LEAVER_STEPS: list[Step] = yaml.safe_load(LEAVER.read_text(encoding="utf-8"))["steps"]
 LEAVER_BY_ACTION = {s["action"]: s for s in LEAVER_STEPS}
+HARDENING_BY_ACTION = {
+    DENY: step("deny-role-sessions", DENY),
+    REMOVE: step("remove-access", REMOVE),
+}
 
 
-def check_against_oracle(actions: list[str]) -> None:
-    """parse_playbook loads the leaver's steps in this order iff the oracle accepts it,
-    and a refusal names the first step at which the order went wrong."""
+def check_against_oracle(actions: list[str], unverified: frozenset[int] = frozenset()) -> None:
+    """parse_playbook loads the leaver's steps (and hardening steps) in this order iff
+    the oracle accepts it, and a refusal names the first step at which the order went
+    wrong. Hardening steps at the indices in `unverified` have no `verify`."""
     steps = []
     for n, action in enumerate(actions):
-        leaver_step = dict(LEAVER_BY_ACTION[action])
+        leaver_step = dict({**LEAVER_BY_ACTION, **HARDENING_BY_ACTION}[action])
+        if action in HARDENING and n in unverified:
+            del leaver_step["verify"]
         if action in actions[:n]:
             # A repeated action gets its own id, so that once-each (not unique-step-ids)
             # is what must refuse it.
@@ -452,3 +473,40 @@ def test_random_subsets_and_permutations_agree_with_the_oracle(actions: list[str
 @given(st.lists(st.sampled_from(CANONICAL), min_size=1, max_size=7))
 def test_random_step_lists_with_repeats_agree_with_the_oracle(actions: list[str]) -> None:
     check_against_oracle(actions)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(
+    st.lists(st.sampled_from(CANONICAL + HARDENING), min_size=1, max_size=8),
+    st.frozensets(st.integers(min_value=0, max_value=7)),
+)
+def test_random_step_lists_with_hardening_agree_with_the_oracle(
+    actions: list[str], unverified: frozenset[int]
+) -> None:
+    check_against_oracle(actions, unverified)
+
+
+def test_hardening_follows_containment_and_may_repeat() -> None:
+    check_against_oracle([DEACTIVATE, DISABLE, DENY, REMOVE, DENY], frozenset({3}))
+    check_against_oracle([DEACTIVATE, REVOKE, DISABLE, PORTAL, REMOVE])
+    for refused in (
+        [DEACTIVATE, DENY],
+        [DEACTIVATE, REVOKE, DENY, DISABLE],
+        [DEACTIVATE, DISABLE, DENY, PORTAL],
+        [DENY, DEACTIVATE, DISABLE],
+    ):
+        assert not respects_safe_order(refused)
+        check_against_oracle(refused)
+
+
+def test_duplicate_keys_are_refused_with_their_line(tmp_path: Path) -> None:
+    text = (
+        "name: dup\n"
+        "steps:\n"
+        "  - id: idp-deactivate\n"
+        "    action: idp.deactivate_user\n"
+        "    action: identity_center.disable_user\n"
+        "    verify: idp.user_status\n"
+    )
+    with pytest.raises(PlaybookError, match=r"line 5.*duplicate key 'action'"):
+        parse_playbook(text, "dup.yaml")

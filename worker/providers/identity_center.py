@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import aiohttp
@@ -17,16 +18,24 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.config import IdentityCenterConfig
+from worker.countdown import ReachablePermissionSet, parse_iso_duration
 from worker.errors import PermanentError, TransientError
 from worker.providers.base import IdentityCenterUser, PlannedCall
 from worker.providers.http import JsonHttpClient
 
 T = TypeVar("T")
 
+
+def _snake(operation: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in operation).lstrip("_")
+
+
 #: error codes worth retrying; everything else from AWS is a human's problem
 TRANSIENT_CODES = frozenset(
     {
         "ThrottlingException",
+        # "There is a conflicting operation in process": an earlier provisioning runs
+        "ConflictException",
         "TooManyRequestsException",
         "InternalServerException",
         "InternalFailure",
@@ -80,6 +89,7 @@ class AwsIdentityCenter:
         self._identitystore: Any = None
         self._sso_admin: Any = None
         self._scim: JsonHttpClient | None = None
+        self._permission_sets: dict[str, tuple[str, timedelta | None]] = {}
         if config.scim is not None:
             token = config.scim.token.resolve("identity_center.scim.token")
             self._scim = JsonHttpClient(
@@ -185,6 +195,178 @@ class AwsIdentityCenter:
                 "Operations": [{"op": "replace", "path": "active", "value": False}],
             },
             content_type="application/scim+json",
+        )
+
+    async def _pages(self, client: Any, service: str, operation: str, **params: Any) -> list[Any]:
+        """Every page of a paginated call, each page retried as a unit by the caller."""
+        paginator = client.get_paginator(_snake(operation))
+
+        async def collect() -> list[Any]:
+            return [page async for page in paginator.paginate(**params)]
+
+        return await self._aws(service, operation, collect())
+
+    async def group_memberships(self, user_id: str) -> list[tuple[str, str]]:
+        """(membership id, group id) of every group the user belongs to."""
+        pages = await self._pages(
+            self._identitystore,
+            "identitystore",
+            "ListGroupMembershipsForMember",
+            IdentityStoreId=self.config.identity_store_id,
+            MemberId={"UserId": user_id},
+        )
+        return [
+            (m["MembershipId"], m["GroupId"]) for page in pages for m in page["GroupMemberships"]
+        ]
+
+    async def assignments(self, principal_type: str, principal_id: str) -> list[tuple[str, str]]:
+        """(account id, permission set arn) assigned to this principal itself."""
+        pages = await self._pages(
+            self._sso_admin,
+            "sso-admin",
+            "ListAccountAssignmentsForPrincipal",
+            InstanceArn=self.config.instance_arn,
+            PrincipalId=principal_id,
+            PrincipalType=principal_type,
+        )
+        return [
+            (a["AccountId"], a["PermissionSetArn"])
+            for page in pages
+            for a in page["AccountAssignments"]
+        ]
+
+    async def permission_set(self, arn: str) -> tuple[str, timedelta | None]:
+        """(name, session duration) of a permission set, cached for the process's life."""
+        if arn not in self._permission_sets:
+            described = await self._aws(
+                "sso-admin",
+                "DescribePermissionSet",
+                self._sso_admin.describe_permission_set(
+                    InstanceArn=self.config.instance_arn, PermissionSetArn=arn
+                ),
+            )
+            ps = described["PermissionSet"]
+            duration: timedelta | None
+            try:
+                duration = parse_iso_duration(str(ps.get("SessionDuration", "")))
+            except ValueError:
+                duration = None  # unknown: the countdown takes the 12 h maximum
+            self._permission_sets[arn] = (str(ps.get("Name", "")), duration)
+        return self._permission_sets[arn]
+
+    async def reachable_permission_sets(self, user_id: str) -> list[ReachablePermissionSet]:
+        """Every permission set the user reaches, directly and through each group."""
+        reach: dict[str, tuple[set[str], set[str]]] = {}
+        principals = [("USER", user_id, "USER")] + [
+            ("GROUP", group_id, f"GROUP:{group_id}")
+            for _, group_id in await self.group_memberships(user_id)
+        ]
+        for principal_type, principal_id, via in principals:
+            for account, arn in await self.assignments(principal_type, principal_id):
+                accounts, vias = reach.setdefault(arn, (set(), set()))
+                accounts.add(account)
+                vias.add(via)
+        result = []
+        for arn, (accounts, vias) in sorted(reach.items()):
+            name, duration = await self.permission_set(arn)
+            result.append(
+                ReachablePermissionSet(
+                    arn=arn,
+                    name=name,
+                    session_duration=duration,
+                    accounts=tuple(sorted(accounts)),
+                    via=tuple(sorted(vias)),
+                )
+            )
+        return result
+
+    async def inline_policy(self, arn: str) -> str:
+        answer = await self._aws(
+            "sso-admin",
+            "GetInlinePolicyForPermissionSet",
+            self._sso_admin.get_inline_policy_for_permission_set(
+                InstanceArn=self.config.instance_arn, PermissionSetArn=arn
+            ),
+        )
+        return str(answer.get("InlinePolicy") or "")
+
+    async def put_inline_policy(self, arn: str, policy: str) -> None:
+        await self._aws(
+            "sso-admin",
+            "PutInlinePolicyToPermissionSet",
+            self._sso_admin.put_inline_policy_to_permission_set(
+                InstanceArn=self.config.instance_arn, PermissionSetArn=arn, InlinePolicy=policy
+            ),
+        )
+
+    async def delete_inline_policy(self, arn: str) -> None:
+        await self._aws(
+            "sso-admin",
+            "DeleteInlinePolicyFromPermissionSet",
+            self._sso_admin.delete_inline_policy_from_permission_set(
+                InstanceArn=self.config.instance_arn, PermissionSetArn=arn
+            ),
+        )
+
+    async def provision(self, arn: str) -> str:
+        """Start provisioning to every account the set is provisioned to; the request id."""
+        answer = await self._aws(
+            "sso-admin",
+            "ProvisionPermissionSet",
+            self._sso_admin.provision_permission_set(
+                InstanceArn=self.config.instance_arn,
+                PermissionSetArn=arn,
+                TargetType="ALL_PROVISIONED_ACCOUNTS",
+            ),
+        )
+        return str(answer["PermissionSetProvisioningStatus"]["RequestId"])
+
+    async def provisioning_status(self, request_id: str) -> tuple[str, str]:
+        """(IN_PROGRESS | FAILED | SUCCEEDED, failure reason)."""
+        answer = await self._aws(
+            "sso-admin",
+            "DescribePermissionSetProvisioningStatus",
+            self._sso_admin.describe_permission_set_provisioning_status(
+                InstanceArn=self.config.instance_arn, ProvisionPermissionSetRequestId=request_id
+            ),
+        )
+        status = answer["PermissionSetProvisioningStatus"]
+        return str(status["Status"]), str(status.get("FailureReason", ""))
+
+    async def delete_assignment(self, user_id: str, account_id: str, arn: str) -> str:
+        """Delete one of the USER's own assignments; the deletion request id."""
+        answer = await self._aws(
+            "sso-admin",
+            "DeleteAccountAssignment",
+            self._sso_admin.delete_account_assignment(
+                InstanceArn=self.config.instance_arn,
+                TargetId=account_id,
+                TargetType="AWS_ACCOUNT",
+                PermissionSetArn=arn,
+                PrincipalType="USER",  # never a GROUP: that would take access from others
+                PrincipalId=user_id,
+            ),
+        )
+        return str(answer["AccountAssignmentDeletionStatus"]["RequestId"])
+
+    async def deletion_status(self, request_id: str) -> tuple[str, str]:
+        answer = await self._aws(
+            "sso-admin",
+            "DescribeAccountAssignmentDeletionStatus",
+            self._sso_admin.describe_account_assignment_deletion_status(
+                InstanceArn=self.config.instance_arn, AccountAssignmentDeletionRequestId=request_id
+            ),
+        )
+        status = answer["AccountAssignmentDeletionStatus"]
+        return str(status["Status"]), str(status.get("FailureReason", ""))
+
+    async def delete_membership(self, membership_id: str) -> None:
+        await self._aws(
+            "identitystore",
+            "DeleteGroupMembership",
+            self._identitystore.delete_group_membership(
+                IdentityStoreId=self.config.identity_store_id, MembershipId=membership_id
+            ),
         )
 
     def console_user_url(self, user_id: str) -> str:

@@ -9,6 +9,10 @@ Identity Center directory, delete portal sessions). `/_sandbox/identity-center/`
 Asynchronous operations (ProvisionPermissionSet, DeleteAccountAssignment) answer IN_PROGRESS
 and report SUCCEEDED once `provisioning_delay` seconds have passed on the clock; nothing runs
 in the background, the state is settled lazily whenever it is read.
+
+`sessions` is a model of the users' sessions (worker.sandbox.sessions) over a timeline that
+every mutation here feeds with its time; `POST /_sandbox/identity-center/users/{id}/simulate`
+runs a simulated leaver against it.
 """
 
 from __future__ import annotations
@@ -32,8 +36,15 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from worker.clock import Clock, utc_iso
+from worker.clock import Clock, parse_iso, utc_iso
 from worker.sandbox.common import AuditLog, FaultPlan
+from worker.sandbox.sessions import (
+    AwsSessionFacts,
+    SessionModel,
+    SimulatedLeaver,
+    Timeline,
+    parse_session_duration,
+)
 
 __all__ = ["IdentityCenterEmulator"]
 
@@ -48,6 +59,10 @@ TARGET_PREFIXES = {"AWSIdentityStore": "identitystore", "SWBExternalService": "s
 STATUSES = ("ENABLED", "DISABLED")
 PRINCIPAL_TYPES = ("USER", "GROUP")
 MAX_INLINE_POLICY_BYTES = 32768
+#: The emulator has no applications API: the session model gives every user one AWS managed
+#: application set to "do not require assignments", so application sessions are simulated.
+SANDBOX_APPLICATION = "sandbox-managed-application"
+MAX_SIMULATION_STEPS = 200_000
 
 SCIM_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 SCIM_LIST = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
@@ -308,6 +323,7 @@ class IdentityCenterEmulator:
         instance_arn: str = "arn:aws:sso:::instance/ssoins-7223c0ffee000001",
         provisioning_delay: float = 0.0,
         secret_access_key: str | None = None,
+        session_facts: AwsSessionFacts | None = None,
     ) -> None:
         """`secret_access_key`, when given, makes SigV4 verification full, not presence-only."""
         self.audit = audit
@@ -330,6 +346,9 @@ class IdentityCenterEmulator:
         self._assignments: set[Assignment] = set()
         self._provisioning: dict[str, AsyncOperation] = {}
         self._deletions: dict[str, AsyncOperation] = {}
+        #: What happened when, for the session model; fed by the mutations below.
+        self.session_timeline = Timeline(session_facts, open_applications=[SANDBOX_APPLICATION])
+        self.sessions = SessionModel(self.session_timeline)
         self._operations: dict[str, Callable[[Json], Json]] = {
             "AWSIdentityStore.GetUserId": self._get_user_id,
             "AWSIdentityStore.DescribeUser": self._describe_user,
@@ -402,6 +421,7 @@ class IdentityCenterEmulator:
         app.router.add_post(admin + "/memberships", self._admin_add_membership)
         app.router.add_post(admin + "/permission-sets", self._admin_add_permission_set)
         app.router.add_post(admin + "/assignments", self._admin_add_assignment)
+        app.router.add_post(admin + "/users/{user_id}/simulate", self._admin_simulate)
         return app
 
     def _name_endpoint(self, request: web.Request) -> str:
@@ -447,6 +467,7 @@ class IdentityCenterEmulator:
             seq=self._next_seq(),
         )
         self._users[user.user_id] = user
+        self.session_timeline.set_user_enabled(user.user_id, status == "ENABLED", now)
         return user.user_id
 
     def add_group(self, display_name: str) -> str:
@@ -465,11 +486,13 @@ class IdentityCenterEmulator:
             str(uuid.uuid4()), group_id, user_id, self.clock.now(), self._next_seq()
         )
         self._memberships[membership.membership_id] = membership
+        self.session_timeline.add_member(group_id, user_id, at=membership.created_at)
         return membership.membership_id
 
     def add_permission_set(
         self, name: str, *, session_duration: str = "PT1H", inline_policy: str = ""
     ) -> str:
+        duration = parse_session_duration(session_duration)
         arn = f"arn:aws:sso:::permissionSet/{self.instance_id}/ps-{secrets.token_hex(8)}"
         self._permission_sets[arn] = PermissionSet(
             arn=arn,
@@ -479,6 +502,7 @@ class IdentityCenterEmulator:
             created_at=self.clock.now(),
             seq=self._next_seq(),
         )
+        self.session_timeline.define_permission_set(arn, duration)
         return arn
 
     def add_account_assignment(
@@ -498,13 +522,22 @@ class IdentityCenterEmulator:
                 account_id, permission_set_arn, principal_type, principal_id, self._next_seq()
             )
         )
+        now = self.clock.now()
+        self.session_timeline.assign(principal_id, permission_set_arn, account_id, at=now)
         # Creating an assignment provisions the set's role into an account that lacks it;
         # an account provisioned earlier keeps its (maybe stale) revision.
+        if account_id not in permission_set.provisioned:
+            self.session_timeline.provision_policy(
+                permission_set_arn, permission_set.inline_policy, now, accounts=[account_id]
+            )
         permission_set.provisioned.setdefault(account_id, permission_set.revision)
 
     def open_portal_session(self, user_id: str) -> str:
         session_id = str(uuid.uuid4())
-        self._user(user_id).portal_sessions[session_id] = self.clock.now()
+        now = self.clock.now()
+        self._user(user_id).portal_sessions[session_id] = now
+        # A fresh sign-in: its cached validation starts now.
+        self.sessions.add_sign_in_session(user_id, issued_at=now, session_id=session_id)
         return session_id
 
     def user_status(self, user_id: str) -> str:
@@ -572,6 +605,7 @@ class IdentityCenterEmulator:
         user.status = status
         user.updated_at = self.clock.now()
         user.revision += 1
+        self.session_timeline.set_user_enabled(user.user_id, status == "ENABLED", user.updated_at)
         return True
 
     # ------------------------------------------------------------ AWS JSON 1.1 front door
@@ -784,6 +818,9 @@ class IdentityCenterEmulator:
                 ResourceType="GROUP_MEMBERSHIP",
                 ResourceId=membership_id,
             )
+        self.session_timeline.remove_member(
+            membership.group_id, membership.user_id, self.clock.now()
+        )
         self.audit.record(
             SERVICE,
             "identitystore.DeleteGroupMembership",
@@ -983,6 +1020,10 @@ class IdentityCenterEmulator:
         if target_type == "AWS_ACCOUNT":
             fields["AccountId"] = accounts[0]
         operation = self._new_operation(fields, provisioned)
+        # The success time is fixed now (settling is lazy), so the deny it carries is too.
+        self.session_timeline.provision_policy(
+            permission_set.arn, permission_set.inline_policy, operation.due, accounts=accounts
+        )
         self.audit.record(
             SERVICE,
             "sso-admin.ProvisionPermissionSet",
@@ -1047,6 +1088,10 @@ class IdentityCenterEmulator:
                 "PrincipalType": wanted.principal_type,
                 "PrincipalId": wanted.principal_id,
             }
+        )
+        # Removed for new sessions from the deletion's success on (plus propagation).
+        self.session_timeline.unassign(
+            wanted.principal_id, wanted.permission_set_arn, wanted.account_id, operation.due
         )
         self.audit.record(
             SERVICE,
@@ -1170,6 +1215,7 @@ class IdentityCenterEmulator:
         user = self._console_user(request)
         deleted = len(user.portal_sessions)
         user.portal_sessions.clear()
+        self.session_timeline.delete_sign_in_sessions(user.user_id, self.clock.now())
         self.audit.record(SERVICE, "console.delete_portal_sessions", user.user_id, deleted=deleted)
         return web.json_response({"deleted": deleted})
 
@@ -1226,6 +1272,30 @@ class IdentityCenterEmulator:
             return {"id": user_id, "status": self.user_status(user_id)}
 
         return _admin_call(set_status, status=200)
+
+    async def _admin_simulate(self, request: web.Request) -> web.Response:
+        data = await _admin_body(request)
+
+        def simulate() -> Json:
+            user_id = request.match_info["user_id"]
+            self._user(user_id)
+            until = parse_iso(need(data, "until"))
+            step = data.get("step_seconds", 60)
+            if (
+                isinstance(step, bool)
+                or not isinstance(step, int | float)
+                or not (step > 0 and math.isfinite(step))
+            ):
+                raise ValueError("step_seconds must be a positive number")
+            start = self.clock.now()
+            if until < start:
+                raise ValueError("until is before the emulator's now")
+            if (until - start).total_seconds() / step > MAX_SIMULATION_STEPS:
+                raise ValueError(f"more than {MAX_SIMULATION_STEPS} steps")
+            leaver = SimulatedLeaver(self.sessions.fork(), user_id, step=timedelta(seconds=step))
+            return leaver.run(start, until).as_json()
+
+        return _admin_call(simulate, status=200)
 
     async def _admin_add_group(self, request: web.Request) -> web.Response:
         data = await _admin_body(request)

@@ -14,6 +14,7 @@ from worker.domain import (
     OperatorTask,
     StepRecord,
     StepStatus,
+    Timer,
 )
 
 
@@ -110,6 +111,30 @@ class Store(Protocol):
     ) -> OperatorTask: ...
 
     async def open_tasks(self) -> list[OperatorTask]: ...
+
+    # countdown and its timers
+    async def save_countdown(
+        self,
+        case_id: str,
+        countdown: dict[str, Any],
+        epoch: int,
+        timers: list[Timer],
+        now: datetime,
+    ) -> None:
+        """Store the countdown and (re)schedule its milestones in one transaction.
+
+        Unfired timers of older epochs are dropped; within an epoch an unfired timer
+        moves to its new time and a fired one stays fired."""
+        ...
+
+    async def claim_due_timer(self, worker_id: str, now: datetime) -> Timer | None:
+        """Fire the earliest due timer: mark it, record a `milestone_reached` event and,
+        for the last milestone, close the case, all in one transaction (exactly once)."""
+        ...
+
+    async def timers(self, case_id: str) -> list[Timer]: ...
+
+    async def next_timer_due(self) -> datetime | None: ...
 
     # timeline
     async def append_event(

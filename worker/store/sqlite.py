@@ -6,11 +6,13 @@ database's write lock, so two processes can never claim the same case.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from worker.domain import (
     PlannedStep,
     StepRecord,
     StepStatus,
+    Timer,
 )
 from worker.errors import NotFound, StoreError
 
@@ -97,11 +100,28 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (case_id, seq)
     );
     """,
+    """
+    ALTER TABLE cases ADD COLUMN countdown TEXT;
+    CREATE TABLE timers (
+        case_id TEXT NOT NULL REFERENCES cases (id),
+        name TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        due_at TEXT NOT NULL,
+        fired_at TEXT,
+        fired_by TEXT,
+        closes_case INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (case_id, name, epoch)
+    );
+    CREATE INDEX timers_due ON timers (fired_at, due_at);
+    """,
 )
+
+#: set while the current task holds the connection inside a transaction
+_IN_TRANSACTION: ContextVar[bool] = ContextVar("_IN_TRANSACTION", default=False)
 
 _CASE_COLUMNS = (
     "id, playbook, subject, status, priority, steps, trigger, created_at, updated_at, "
-    "run_after, lease_owner, lease_expires_at, halt_reason, idempotency_key"
+    "run_after, lease_owner, lease_expires_at, halt_reason, idempotency_key, countdown"
 )
 
 
@@ -139,6 +159,19 @@ def _case(row: sqlite3.Row) -> Case:
         lease_expires_at=_dt(row["lease_expires_at"]),
         halt_reason=row["halt_reason"],
         idempotency_key=row["idempotency_key"],
+        countdown=json.loads(row["countdown"]) if row["countdown"] else None,
+    )
+
+
+def _timer(row: sqlite3.Row) -> Timer:
+    return Timer(
+        case_id=row["case_id"],
+        name=row["name"],
+        epoch=row["epoch"],
+        due_at=parse_iso(row["due_at"]),
+        fired_at=_dt(row["fired_at"]),
+        fired_by=row["fired_by"],
+        closes_case=bool(row["closes_case"]),
     )
 
 
@@ -188,6 +221,9 @@ class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._db: aiosqlite.Connection | None = None
+        # One connection serves every coroutine of the process; a transaction must
+        # not interleave with another coroutine's statements.
+        self._lock = asyncio.Lock()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -201,16 +237,28 @@ class SqliteStore:
         # isolation_level=None: we issue BEGIN ourselves, so transactions are explicit.
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed step record survives a power cut as well as kill -9.
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.execute("PRAGMA busy_timeout=10000")
-        await self._db.execute("PRAGMA foreign_keys=ON")
         try:
+            await self._db.execute("PRAGMA busy_timeout=10000")
+            await self._enable_wal()
+            # FULL: a committed step record survives a power cut as well as kill -9.
+            await self._db.execute("PRAGMA synchronous=FULL")
+            await self._db.execute("PRAGMA foreign_keys=ON")
             await self._migrate()
         except BaseException:
             await self.close()  # a refused database must not leave its connection thread behind
             raise
+
+    async def _enable_wal(self) -> None:
+        # Switching a new file to WAL takes an exclusive lock that busy_timeout does
+        # not wait for: processes starting together must take turns.
+        for attempt in range(50):
+            try:
+                await self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                await asyncio.sleep(0.02 * (attempt + 1))
 
     async def close(self) -> None:
         if self._db is not None:
@@ -218,7 +266,7 @@ class SqliteStore:
             self._db = None
 
     async def ping(self) -> None:
-        await self.db.execute("SELECT 1")
+        await self._one("SELECT 1")
 
     async def _migrate(self) -> None:
         async with self._transaction():
@@ -239,29 +287,44 @@ class SqliteStore:
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
-        """BEGIN IMMEDIATE takes the write lock at once, so a read-then-write cannot race."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        """BEGIN IMMEDIATE takes the database's write lock at once (other processes),
+        the asyncio lock keeps this process's other coroutines out."""
+        async with self._lock:
+            token = _IN_TRANSACTION.set(True)
+            try:
+                await self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                except BaseException:
+                    await self.db.execute("ROLLBACK")
+                    raise
+                await self.db.execute("COMMIT")
+            finally:
+                _IN_TRANSACTION.reset(token)
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        if _IN_TRANSACTION.get():
             yield
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
-        await self.db.execute("COMMIT")
+            return
+        async with self._lock:
+            yield
 
     async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row | None:
-        async with self.db.execute(sql, params) as cursor:
+        async with self._exclusive(), self.db.execute(sql, params) as cursor:
             row: sqlite3.Row | None = await cursor.fetchone()
             return row
 
     async def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        async with self.db.execute(sql, params) as cursor:
+        async with self._exclusive(), self.db.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
 
     async def _write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
-        cursor = await self.db.execute(sql, params)
-        count = cursor.rowcount
-        await cursor.close()
-        return count
+        async with self._exclusive():
+            cursor = await self.db.execute(sql, params)
+            count = cursor.rowcount
+            await cursor.close()
+            return count
 
     # cases
 
@@ -283,7 +346,7 @@ class SqliteStore:
             )
             await self._write(
                 f"INSERT INTO cases ({_CASE_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, NULL)",
                 (
                     case_id,
                     new.playbook,
@@ -533,6 +596,82 @@ class SqliteStore:
             "SELECT * FROM operator_tasks WHERE confirmed_at IS NULL ORDER BY opened_at"
         )
         return [_task(r) for r in rows]
+
+    # countdown and timers
+
+    async def save_countdown(
+        self,
+        case_id: str,
+        countdown: dict[str, Any],
+        epoch: int,
+        timers: list[Timer],
+        now: datetime,
+    ) -> None:
+        async with self._transaction():
+            await self._write(
+                "UPDATE cases SET countdown = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(countdown), utc_iso(now), case_id),
+            )
+            await self._write(
+                "DELETE FROM timers WHERE case_id = ? AND epoch < ? AND fired_at IS NULL",
+                (case_id, epoch),
+            )
+            for timer in timers:
+                await self._write(
+                    "INSERT INTO timers (case_id, name, epoch, due_at, closes_case) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (case_id, name, epoch) "
+                    "DO UPDATE SET due_at = excluded.due_at WHERE fired_at IS NULL",
+                    (case_id, timer.name, epoch, utc_iso(timer.due_at), int(timer.closes_case)),
+                )
+
+    async def claim_due_timer(self, worker_id: str, now: datetime) -> Timer | None:
+        async with self._transaction():
+            row = await self._one(
+                "SELECT * FROM timers WHERE fired_at IS NULL AND due_at <= ? "
+                "ORDER BY due_at, case_id, name LIMIT 1",
+                (utc_iso(now),),
+            )
+            if row is None:
+                return None
+            await self._write(
+                "UPDATE timers SET fired_at = ?, fired_by = ? "
+                "WHERE case_id = ? AND name = ? AND epoch = ?",
+                (utc_iso(now), worker_id, row["case_id"], row["name"], row["epoch"]),
+            )
+            timer = _timer(row)
+            await self._append_event(
+                timer.case_id,
+                "milestone_reached",
+                now,
+                None,
+                {"milestone": timer.name, "epoch": timer.epoch, "due_at": utc_iso(timer.due_at)},
+            )
+            if timer.closes_case:
+                await self._write(
+                    "UPDATE cases SET status = 'access_lapsed', updated_at = ? "
+                    "WHERE id = ? AND status = 'contained'",
+                    (utc_iso(now), timer.case_id),
+                )
+                await self._append_event(timer.case_id, "case_access_lapsed", now, None, {})
+        return Timer(
+            case_id=timer.case_id,
+            name=timer.name,
+            epoch=timer.epoch,
+            due_at=timer.due_at,
+            fired_at=now,
+            fired_by=worker_id,
+            closes_case=timer.closes_case,
+        )
+
+    async def timers(self, case_id: str) -> list[Timer]:
+        rows = await self._all(
+            "SELECT * FROM timers WHERE case_id = ? ORDER BY epoch, due_at, name", (case_id,)
+        )
+        return [_timer(r) for r in rows]
+
+    async def next_timer_due(self) -> datetime | None:
+        row = await self._one("SELECT MIN(due_at) AS due FROM timers WHERE fired_at IS NULL")
+        return _dt(row["due"]) if row else None
 
     # timeline
 

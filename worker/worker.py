@@ -1,0 +1,133 @@
+"""The worker loop: claim runnable cases, fire due milestones, watch for drift.
+
+`offboard worker` runs it alone; `offboard serve` (HTTP triggers) runs it beside
+the web server. Stopping sets an event: no new case is claimed, cases in flight
+finish their current step (bounded by a grace period), the rest stay retryable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime
+
+import structlog
+
+from worker.clock import seconds_until, utc_iso
+from worker.countdown import parse_iso_duration
+from worker.domain import Timer
+from worker.notify import Notification, deliver
+from worker.service import Runtime
+from worker.watchdog import WATCHED, check_case
+
+log = structlog.get_logger(__name__)
+
+
+class Worker:
+    def __init__(self, runtime: Runtime, *, grace_seconds: float = 30.0) -> None:
+        self.runtime = runtime
+        self.engine = runtime.engine
+        self.store = runtime.store
+        self.clock = runtime.clock
+        config = runtime.config.worker
+        self.concurrency = config.concurrency
+        self.poll = config.poll_seconds
+        self.watchdog_interval = parse_iso_duration(runtime.config.countdown.watchdog_interval)
+        self.grace = grace_seconds
+        self._running: set[asyncio.Task[object]] = set()
+        self._next_watchdog: datetime | None = None
+        self.wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("worker_started", worker_id=self.engine.worker_id, concurrency=self.concurrency)
+        try:
+            while not stop.is_set():
+                busy = await self.tick()
+                if not busy:
+                    await self._idle(stop)
+        finally:
+            await self._drain()
+            log.info("worker_stopped", worker_id=self.engine.worker_id)
+
+    async def tick(self) -> bool:
+        """One round of work; True if anything was done (so look again at once)."""
+        busy = False
+        while len(self._running) < self.concurrency:
+            case = await self.store.claim_next(
+                self.engine.worker_id, self.clock.now(), self.engine.settings.lease_seconds
+            )
+            if case is None:
+                break
+            task: asyncio.Task[object] = asyncio.create_task(self.engine.run_claimed(case))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+            busy = True
+        while (
+            timer := await self.store.claim_due_timer(self.engine.worker_id, self.clock.now())
+        ) is not None:
+            await self._milestone(timer)
+            busy = True
+        now = self.clock.now()
+        if self._next_watchdog is None or now >= self._next_watchdog:
+            self._next_watchdog = now + self.watchdog_interval
+            await self.watchdog_pass()
+        return busy
+
+    async def watchdog_pass(self) -> int:
+        drifted = 0
+        for case in await self.store.list_cases(WATCHED):
+            try:
+                drifted += await check_case(self.engine, case)
+            except Exception as exc:  # one unreadable user must not stop the others
+                log.error("watchdog_check_failed", case_id=case.id, error=str(exc))
+        return drifted
+
+    async def _milestone(self, timer: Timer) -> None:
+        case = await self.store.get_case(timer.case_id)
+        log.info(
+            "milestone_reached",
+            case_id=timer.case_id,
+            milestone=timer.name,
+            epoch=timer.epoch,
+            due_at=utc_iso(timer.due_at),
+        )
+        await deliver(
+            self.engine.notifier,
+            Notification(
+                kind="milestone",
+                case_id=timer.case_id,
+                subject=case.subject,
+                title=f"{case.subject}: {timer.name}",
+                data={"milestone": timer.name, "due_at": utc_iso(timer.due_at)},
+            ),
+        )
+
+    def _finished(self, task: asyncio.Task[object]) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("case_run_failed", error=str(task.exception()))
+        self.wake.set()
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        delay = self.poll
+        due = await self.store.next_timer_due()
+        if due is not None:
+            delay = max(0.0, min(delay, seconds_until(due, self.clock.now())))
+        self.wake.clear()
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED), delay
+            )
+        for waiter in waiters:
+            waiter.cancel()
+
+    async def _drain(self) -> None:
+        if not self._running:
+            return
+        log.info("worker_draining", cases=len(self._running), grace_seconds=self.grace)
+        _, pending = await asyncio.wait(self._running, timeout=self.grace)
+        for task in pending:
+            # The lease lapses and another worker (or a restart) resumes the case.
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
