@@ -122,6 +122,11 @@ class Worker:
         for waiter in waiters:
             waiter.cancel()
 
+    async def join(self) -> None:
+        """Wait for the cases this worker is running to stop."""
+        while self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
     async def _drain(self) -> None:
         if not self._running:
             return

@@ -29,6 +29,7 @@ from worker.domain import (
     OperatorTask,
     PlannedStep,
     StepStatus,
+    Timer,
 )
 from worker.errors import NotFound, StoreError
 from worker.store.base import Store
@@ -700,3 +701,83 @@ class StoreContract:
 
     async def test_ping(self, store: Store) -> None:
         await store.ping()
+
+    # countdown and timers
+
+    async def _contained(self, store: Store) -> Case:
+        case, _ = await store.create_case(new_case(), at(0))
+        await store.claim_case(case.id, "w1", at(0), LEASE)
+        await store.release_case(case.id, "w1", CaseStatus.CONTAINED, at(1))
+        return case
+
+    @staticmethod
+    def _timers(case: Case, epoch: int, **due: float) -> list[Timer]:
+        return [
+            Timer(
+                case_id=case.id,
+                name=name,
+                epoch=epoch,
+                due_at=at(seconds),
+                closes_case=name == "all-lapsed",
+            )
+            for name, seconds in due.items()
+        ]
+
+    async def test_save_countdown_stores_it_on_the_case(self, store: Store) -> None:
+        case = await self._contained(store)
+        record = {"milestones": [{"name": "all-lapsed", "at": "x"}], "epoch": 0}
+        await store.save_countdown(case.id, record, 0, self._timers(case, 0, a=10), at(2))
+        assert (await store.get_case(case.id)).countdown == record
+        assert [t.name for t in await store.timers(case.id)] == ["a"]
+        assert await store.next_timer_due() == at(10)
+
+    async def test_timer_fires_once_when_due_with_an_event(self, store: Store) -> None:
+        case = await self._contained(store)
+        await store.save_countdown(case.id, {}, 0, self._timers(case, 0, a=10, b=20), at(2))
+
+        assert await store.claim_due_timer("w1", at(9)) is None
+        fired = await store.claim_due_timer("w1", at(15))
+        assert fired is not None and fired.name == "a" and fired.fired_at == at(15)
+        assert fired.fired_by == "w1"
+        assert await store.claim_due_timer("w2", at(15)) is None
+        events = [e for e in await store.events(case.id) if e.kind == "milestone_reached"]
+        assert [e.data["milestone"] for e in events] == ["a"]
+        assert await store.next_timer_due() == at(20)
+
+    async def test_last_milestone_closes_the_case(self, store: Store) -> None:
+        case = await self._contained(store)
+        timers = self._timers(case, 0, **{"roles": 10, "all-lapsed": 20})
+        await store.save_countdown(case.id, {}, 0, timers, at(2))
+        await store.claim_due_timer("w1", at(30))
+        assert (await store.get_case(case.id)).status is CaseStatus.CONTAINED
+        closing = await store.claim_due_timer("w1", at(30))
+        assert closing is not None and closing.name == "all-lapsed"
+        assert (await store.get_case(case.id)).status is CaseStatus.ACCESS_LAPSED
+        kinds = [e.kind for e in await store.events(case.id)]
+        assert kinds.count("milestone_reached") == 2 and kinds[-1] == "case_access_lapsed"
+
+    async def test_rescheduling_moves_unfired_timers_and_keeps_fired_ones(
+        self, store: Store
+    ) -> None:
+        case = await self._contained(store)
+        await store.save_countdown(case.id, {}, 0, self._timers(case, 0, a=10, b=100), at(2))
+        await store.claim_due_timer("w1", at(11))
+        await store.save_countdown(case.id, {}, 0, self._timers(case, 0, a=50, b=40), at(12))
+
+        timers = {t.name: t for t in await store.timers(case.id)}
+        assert timers["a"].fired_at == at(11) and timers["a"].due_at == at(10)
+        assert timers["b"].due_at == at(40) and timers["b"].fired_at is None
+
+    async def test_a_new_epoch_drops_unfired_timers_and_fires_anew(self, store: Store) -> None:
+        case = await self._contained(store)
+        await store.save_countdown(case.id, {}, 0, self._timers(case, 0, a=10, b=100), at(2))
+        await store.claim_due_timer("w1", at(11))
+        await store.save_countdown(case.id, {}, 1, self._timers(case, 1, a=60, b=160), at(20))
+
+        timers = [(t.name, t.epoch, t.fired_at is not None) for t in await store.timers(case.id)]
+        assert timers == [("a", 0, True), ("a", 1, False), ("b", 1, False)]
+        fired = await store.claim_due_timer("w1", at(61))
+        assert fired is not None and (fired.name, fired.epoch) == ("a", 1)
+
+    async def test_next_timer_due_is_none_without_timers(self, store: Store) -> None:
+        assert await store.next_timer_due() is None

@@ -1,0 +1,293 @@
+"""The countdown from a user's real access, the hardening steps, durable milestones
+and the drift watchdog, end to end against the sandbox over loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import LEAVER
+from tests.flows import CONTAINMENT_ORDER, contain, mutations
+from worker.clock import ManualClock, parse_iso
+from worker.config import parse_config
+from worker.domain import CaseStatus, StepStatus
+from worker.notify import RecordingNotifier
+from worker.sandbox import Sandbox, SeededUser
+from worker.sandbox.sessions import AccessKind, SimulatedLeaver
+from worker.service import Runtime, open_case, open_runtime, remove_deny_statements
+from worker.steps import deny_sid
+from worker.worker import Worker
+
+
+@pytest.fixture
+async def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def sandbox(monkeypatch: pytest.MonkeyPatch, clock: ManualClock) -> AsyncIterator[Sandbox]:
+    # the emulators and the worker share one controllable clock
+    async with Sandbox(clock=clock) as sb:
+        for name, value in sb.environment().items():
+            monkeypatch.setenv(name, value)
+        yield sb
+
+
+@pytest.fixture
+async def notifier() -> RecordingNotifier:
+    return RecordingNotifier()
+
+
+@pytest.fixture
+async def runtime(
+    config_data: dict[str, Any], tmp_path: Path, clock: ManualClock, notifier: RecordingNotifier
+) -> AsyncIterator[Runtime]:
+    config = parse_config(config_data, "test")
+    async with open_runtime(config, base_dir=tmp_path, clock=clock, notifier=notifier) as rt:
+        yield rt
+
+
+def at(countdown: dict[str, Any], name: str) -> Any:
+    return parse_iso(next(m["at"] for m in countdown["milestones"] if m["name"] == name))
+
+
+async def test_leaver_countdown_comes_from_the_users_real_access(
+    runtime: Runtime, sandbox: Sandbox, leaver: SeededUser
+) -> None:
+    case = await contain(runtime, sandbox, leaver)
+    countdown = (await runtime.store.get_case(case.id)).countdown
+    assert countdown is not None
+
+    sets = {p["name"]: p for p in countdown["inputs"]["permission_sets"]}
+    assert sets["AdministratorAccess"]["session_duration"] == "PT12H"
+    assert sets["AdministratorAccess"]["via"] == ["USER"]
+    assert sets["ReadOnly"]["session_duration"] == "PT4H"
+    assert sets["ReadOnly"]["via"][0].startswith("GROUP:")
+    disabled = parse_iso(countdown["inputs"]["ic_disabled_at"])
+    assert at(countdown, "new-sessions-end") == disabled + timedelta(hours=1)
+    assert at(countdown, "applications-lapse") == disabled + timedelta(hours=2)
+    assert at(countdown, "all-lapsed") == disabled + timedelta(hours=13)
+    assert any("deny_role_sessions" in s for s in countdown["would_shorten"])
+    timers = await runtime.store.timers(case.id)
+    assert {t.name for t in timers} == {
+        "new-sessions-end",
+        "applications-lapse",
+        "role-sessions-lapse",
+        "all-lapsed",
+    }
+
+
+async def test_reported_time_is_never_before_the_true_last_access(
+    runtime: Runtime, sandbox: Sandbox, leaver: SeededUser, clock: ManualClock
+) -> None:
+    seeded_at = clock.now()
+    clock.advance(timedelta(minutes=37))  # the leaver has been working a while
+    case = await contain(runtime, sandbox, leaver)
+    countdown = (await runtime.store.get_case(case.id)).countdown
+    assert countdown is not None
+
+    truth = SimulatedLeaver(
+        sandbox.identity_center.sessions.fork(), leaver.ic_user_id, step=timedelta(minutes=1)
+    ).run(seeded_at, seeded_at + timedelta(hours=16))
+
+    assert truth.last_access is not None
+    assert truth.last_access <= at(countdown, "all-lapsed")
+    # tight: the model's leaver gets within minutes of the bound
+    assert at(countdown, "all-lapsed") - truth.last_access < timedelta(minutes=40)
+
+
+async def test_incident_deny_cuts_role_sessions_to_minutes(
+    runtime: Runtime, sandbox: Sandbox, leaver: SeededUser, clock: ManualClock
+) -> None:
+    seeded_at = clock.now()
+    case = await contain(runtime, sandbox, leaver, playbook="incident")
+    assert case.status is CaseStatus.CONTAINED, case.halt_reason
+    steps = await runtime.store.steps(case.id)
+    deny = steps[-1]
+    assert deny.status is StepStatus.DONE
+    for arn in deny.evidence["permission_sets"]:
+        policy = json.loads(sandbox.identity_center.inline_policy(arn))
+        ours = [s for s in policy["Statement"] if s.get("Sid") == deny_sid(leaver.ic_user_id)]
+        assert ours == [
+            {
+                "Sid": deny_sid(leaver.ic_user_id),
+                "Effect": "Deny",
+                "Action": "*",
+                "Resource": "*",
+                "Condition": {"StringEquals": {"identitystore:userId": leaver.ic_user_id}},
+            }
+        ]
+    # the hardening came after the whole containment order
+    applied = mutations(sandbox)
+    assert applied[: len(CONTAINMENT_ORDER)] == list(CONTAINMENT_ORDER)
+    assert set(applied[len(CONTAINMENT_ORDER) :]) == {
+        "sso-admin.PutInlinePolicyToPermissionSet",
+        "sso-admin.ProvisionPermissionSet",
+    }
+    countdown = (await runtime.store.get_case(case.id)).countdown
+    assert countdown is not None
+    provisioned = parse_iso(countdown["inputs"]["deny_provisioned_at"])
+    assert at(countdown, "role-sessions-lapse") == provisioned + timedelta(minutes=15)
+    # application sessions are not touched by IAM policy: they still take up to 2 h
+    disabled = parse_iso(countdown["inputs"]["ic_disabled_at"])
+    assert at(countdown, "all-lapsed") == disabled + timedelta(hours=2)
+
+    truth = SimulatedLeaver(
+        sandbox.identity_center.sessions.fork(), leaver.ic_user_id, step=timedelta(minutes=1)
+    ).run(seeded_at, seeded_at + timedelta(hours=16))
+    last_role = truth.last(AccessKind.AWS_ACCOUNT)
+    assert last_role is not None and last_role <= at(countdown, "role-sessions-lapse")
+
+    # the step again (a second incident for the same person) adds no second statement
+    again = await contain(runtime, sandbox, leaver, playbook="incident")
+    assert again.status is CaseStatus.CONTAINED
+    for arn in deny.evidence["permission_sets"]:
+        policy = json.loads(sandbox.identity_center.inline_policy(arn))
+        assert [s["Sid"] for s in policy["Statement"]].count(deny_sid(leaver.ic_user_id)) == 1
+
+
+async def test_deny_that_would_exceed_the_policy_limit_halts_clearly(
+    runtime: Runtime, sandbox: Sandbox, leaver: SeededUser
+) -> None:
+    ic = sandbox.identity_center
+    statements: list[dict[str, str]] = []
+    text = ""
+    while len(text) < 32_768 - 150:  # room left, but not for our ~170-byte statement
+        statements.append(
+            {"Sid": f"S{len(statements)}", "Effect": "Allow", "Action": "s3:Get*", "Resource": "*"}
+        )
+        text = json.dumps({"Version": "2012-10-17", "Statement": statements}, separators=(",", ":"))
+    assert len(text) <= 32_768
+    arn = ic.add_permission_set("Huge", session_duration="PT8H", inline_policy=text)
+    ic.add_account_assignment(
+        account_id="777788889999",
+        permission_set_arn=arn,
+        principal_type="USER",
+        principal_id=leaver.ic_user_id,
+    )
+
+    case = await contain(runtime, sandbox, leaver, playbook="incident")
+
+    assert case.status is CaseStatus.HALTED
+    assert "32768" in (case.halt_reason or "") and arn in (case.halt_reason or "")
+    assert ic.inline_policy(arn) == text
+
+
+async def test_remove_access_deletes_only_the_users_own(
+    runtime: Runtime, sandbox: Sandbox, leaver: SeededUser, tmp_path: Path
+) -> None:
+    playbook = tmp_path / "strict-leaver.yaml"
+    playbook.write_text(
+        (Path(__file__).parents[2] / "playbooks" / "leaver.yaml")
+        .read_text()
+        .replace("name: leaver", "name: strict-leaver")
+        + "  - id: remove-access\n"
+        "    action: identity_center.remove_access\n"
+        "    verify: identity_center.access_removed\n"
+    )
+    ic = sandbox.identity_center
+    group = ic.group_ids(leaver.ic_user_id)[0]
+
+    case = await contain(runtime, sandbox, leaver, playbook=str(playbook))
+
+    assert case.status is CaseStatus.CONTAINED, case.halt_reason
+    step = (await runtime.store.steps(case.id))[-1]
+    assert step.evidence["removed_assignments"][0]["account"] == "111122223333"
+    assert step.evidence["left_groups"] == [group]
+    assert ic.group_ids(leaver.ic_user_id) == []
+    # the group keeps its assignment: other people use it
+    assert "sso-admin.DeleteAccountAssignment" in mutations(sandbox)
+    assert all(
+        e.detail.get("principal_type", "USER") == "USER"
+        for e in sandbox.audit.entries(action="sso-admin.DeleteAccountAssignment")
+    )
+    countdown = (await runtime.store.get_case(case.id)).countdown
+    assert countdown is not None and countdown["inputs"]["unassigned_at"] is not None
+
+
+async def test_milestones_fire_once_and_close_the_case_then_deny_is_cleaned(
+    runtime: Runtime,
+    sandbox: Sandbox,
+    leaver: SeededUser,
+    clock: ManualClock,
+    notifier: RecordingNotifier,
+) -> None:
+    case = await contain(runtime, sandbox, leaver, playbook="incident")
+    worker = Worker(runtime)
+    await worker.tick()
+    assert [n.kind for n in notifier.sent if n.kind == "milestone"] == []
+
+    clock.advance(timedelta(hours=3))
+    for _ in range(3):
+        await worker.tick()
+
+    fired = [n.data["milestone"] for n in notifier.sent if n.kind == "milestone"]
+    assert sorted(fired) == sorted(
+        ["new-sessions-end", "applications-lapse", "role-sessions-lapse", "all-lapsed"]
+    )
+    closed = await runtime.store.get_case(case.id)
+    assert closed.status is CaseStatus.ACCESS_LAPSED
+
+    cleaned = await remove_deny_statements(runtime)
+    assert [c for c, _ in cleaned] == [case.id]
+    for arn in cleaned[0][1]:
+        assert deny_sid(leaver.ic_user_id) not in sandbox.identity_center.inline_policy(arn)
+    assert await remove_deny_statements(runtime) == []
+
+
+async def test_watchdog_disables_a_reenabled_user_again_in_order(
+    runtime: Runtime,
+    sandbox: Sandbox,
+    leaver: SeededUser,
+    clock: ManualClock,
+    notifier: RecordingNotifier,
+) -> None:
+    case = await contain(runtime, sandbox, leaver)
+    before = (await runtime.store.get_case(case.id)).countdown
+    assert before is not None
+    worker = Worker(runtime)
+    assert await worker.watchdog_pass() == 0
+
+    clock.advance(timedelta(minutes=20))
+    sandbox.okta.reactivate(leaver.login)
+    sandbox.identity_center.set_user_status(leaver.ic_user_id, "ENABLED", actor="scim-push")
+    audit_mark = len(sandbox.audit.entries())
+
+    assert await worker.watchdog_pass() == 1
+
+    redo = [e.action for e in sandbox.audit.entries()[audit_mark:]]
+    assert redo == ["okta.deactivate", "scim.patch_user"]
+    assert sandbox.okta.user_status(leaver.login) == "DEPROVISIONED"
+    assert sandbox.identity_center.user_status(leaver.ic_user_id) == "DISABLED"
+    alerts = [n for n in notifier.sent if n.kind == "drift"]
+    assert len(alerts) == 1 and LEAVER in alerts[0].title
+    after = (await runtime.store.get_case(case.id)).countdown
+    assert after is not None and after["epoch"] == 1
+    assert at(after, "all-lapsed") >= at(before, "all-lapsed") + timedelta(minutes=20)
+    # the portal sessions are no longer trusted as revoked after a re-enable
+    assert after["inputs"]["portal_revoked_at"] is None
+    timers = await runtime.store.timers(case.id)
+    assert {t.epoch for t in timers if t.fired_at is None} == {1}
+    kinds = [e.kind for e in await runtime.store.events(case.id)]
+    assert "drift_detected" in kinds and "recontained" in kinds
+    assert await worker.watchdog_pass() == 0
+
+
+async def test_worker_runs_new_cases_by_priority(
+    runtime: Runtime, sandbox: Sandbox, notifier: RecordingNotifier
+) -> None:
+    users = [sandbox.seed_leaver(f"user{i}@example.com") for i in range(3)]
+    for user in users[:2]:
+        await open_case(runtime, runtime.playbook("leaver"), user.login, {})
+    await open_case(runtime, runtime.playbook("incident"), users[2].login, {})
+    worker = Worker(runtime)
+    worker.concurrency = 1
+    await worker.tick()
+    await worker.join()
+    first = sandbox.audit.entries(action="okta.deactivate")[0]
+    assert first.target == users[2].okta_id
