@@ -197,6 +197,8 @@ class Config(_Model):
     retry: RetryConfig = RetryConfig()
     worker: WorkerConfig = WorkerConfig()
     countdown: CountdownConfig = CountdownConfig()
+    #: break-glass and service identities no trigger may offboard (exact or glob, any case)
+    protected_identities: list[str] = Field(default_factory=list)
 
 
 def parse_config(data: Any, source: str) -> Config:

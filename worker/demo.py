@@ -16,12 +16,13 @@ import aiohttp
 
 from worker.clock import utc_iso
 from worker.config import parse_config
-from worker.domain import CaseStatus
+from worker.domain import Case, CaseStatus
 from worker.report import case_header, countdown_text, step_table, task_text, timeline
 from worker.sandbox import Sandbox
-from worker.service import confirm_task, drive_case, open_case, open_runtime
+from worker.service import Runtime, confirm_task, drive_case, open_case, open_runtime
 
 DEMO_USER = "alice@example.com"
+INCIDENT_USER = "mallory@example.com"
 
 
 async def run_demo(out: TextIO, *, base_dir: Path, db_path: Path | None = None) -> int:
@@ -64,6 +65,7 @@ async def run_demo(out: TextIO, *, base_dir: Path, db_path: Path | None = None) 
                 print(countdown_text(case.countdown, runtime.clock.now()), file=out)
                 print("\ntimeline:", file=out)
                 print(timeline(await runtime.store.events(case.id)), file=out)
+                incident = await _incident(runtime, sandbox, out)
         print("\nwhat the providers saw (emulator audit log, in order):", file=out)
         for entry in sandbox.audit.entries():
             print(
@@ -77,7 +79,27 @@ async def run_demo(out: TextIO, *, base_dir: Path, db_path: Path | None = None) 
             f"{len(sandbox.identity_center.portal_sessions(seeded.ic_user_id))} portal sessions",
             file=out,
         )
-        return 0 if case.status is CaseStatus.CONTAINED else 1
+        return 0 if case.status is incident.status is CaseStatus.CONTAINED else 1
+
+
+async def _incident(runtime: Runtime, sandbox: Sandbox, out: TextIO) -> Case:
+    """The same person's colleague, compromised: the incident playbook adds the deny
+    statement, and AWS account access ends minutes later instead of 13 hours."""
+    seeded = sandbox.seed_leaver(INCIDENT_USER)
+    print(f"\n--- incident: {INCIDENT_USER} is compromised (playbooks/incident.yaml) ---", file=out)
+    case, _ = await open_case(
+        runtime, runtime.playbook("incident"), INCIDENT_USER, {"source": "demo"}
+    )
+    case = await drive_case(runtime, case.id)
+    await _play_operator(sandbox.identity_center_url, seeded.ic_user_id)
+    await confirm_task(runtime, case.id, "portal-sessions", "demo-operator")
+    case = await drive_case(runtime, case.id)
+    print(case_header(case), file=out)
+    print(step_table(await runtime.store.steps(case.id)), file=out)
+    case = await runtime.store.get_case(case.id)
+    print("", file=out)
+    print(countdown_text(case.countdown, runtime.clock.now()), file=out)
+    return case
 
 
 async def _play_operator(console_url: str, user_id: str) -> int:

@@ -21,6 +21,8 @@ class CaseStatus(StrEnum):
     CONTAINED = "contained"
     #: the countdown reached its last milestone: no access can remain
     ACCESS_LAPSED = "access_lapsed"
+    #: withdrawn before any step ran (a rescinded termination, an operator's cancel)
+    CANCELLED = "cancelled"
 
 
 class StepStatus(StrEnum):
@@ -140,6 +142,27 @@ class CaseEvent:
     kind: str
     step_id: str | None
     data: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delivery:
+    """A trigger delivery already processed: a replay gets the same answer."""
+
+    key: str
+    case_id: str | None
+    #: the answer given the first time (status and body), replayed as it was
+    outcome: dict[str, Any]
+    received_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Refusal:
+    """A trigger refused for a reason an auditor should see (a protected identity)."""
+
+    at: datetime
+    source: str
+    subject: str
+    reason: str
 
 
 @dataclass(frozen=True, kw_only=True)

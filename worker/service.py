@@ -4,8 +4,10 @@ drive it, confirm an operator task, and assemble the runtime from configuration.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,9 +17,9 @@ import structlog
 
 from worker.clock import Clock, SystemClock, seconds_until
 from worker.config import Config
-from worker.domain import Case, CaseStatus, NewCase, OperatorTask, StepStatus
+from worker.domain import Case, CaseStatus, NewCase, OperatorTask, Refusal, StepStatus
 from worker.engine import Engine, EngineSettings
-from worker.errors import NotFound, OffboardError
+from worker.errors import NotFound, OffboardError, StoreError
 from worker.notify import Notifier
 from worker.playbook import Playbook, find_playbook, load_playbook
 from worker.providers.identity_center import AwsIdentityCenter
@@ -32,7 +34,12 @@ T = TypeVar("T")
 DENY_ACTION = "identity_center.deny_role_sessions"
 
 #: case states in which nothing more will happen without a human
-FINAL = (CaseStatus.CONTAINED, CaseStatus.HALTED)
+FINAL = (
+    CaseStatus.CONTAINED,
+    CaseStatus.HALTED,
+    CaseStatus.ACCESS_LAPSED,
+    CaseStatus.CANCELLED,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,19 +113,53 @@ async def open_runtime(
         )
 
 
+class ProtectedIdentity(OffboardError):
+    """A break-glass or service identity that no trigger may offboard."""
+
+
+def protected_pattern(subject: str, patterns: list[str]) -> str | None:
+    lowered = subject.lower()
+    return next((p for p in patterns if fnmatch.fnmatchcase(lowered, p.lower())), None)
+
+
 async def open_case(
-    runtime: Runtime, playbook: Playbook, subject: str, trigger: dict[str, Any]
+    runtime: Runtime,
+    playbook: Playbook,
+    subject: str,
+    trigger: dict[str, Any],
+    *,
+    run_after: datetime | None = None,
+    idempotency_key: str | None = None,
 ) -> tuple[Case, bool]:
-    """A new case, or the open case this playbook already has for this subject
-    (so re-running a command after a crash resumes instead of starting twice)."""
+    """A new case, or the open case this playbook already has for this person.
+
+    Re-running a command after a crash resumes instead of starting twice; a later
+    trigger for a termination not yet started moves it to the new time."""
     subject = subject.strip()
-    if not subject or "@" not in subject:
-        raise OffboardError(
-            f"--user must be the person's login (an email address), not {subject!r}"
+    if not subject or "@" not in subject or " " in subject:
+        raise OffboardError(f"the subject must be the person's login (an email), not {subject!r}")
+    pattern = protected_pattern(subject, runtime.config.protected_identities)
+    if pattern is not None:
+        reason = f"{subject} is a protected identity (matches {pattern!r}): never offboarded"
+        await runtime.store.record_refusal(
+            Refusal(
+                at=runtime.clock.now(),
+                source=str(trigger.get("source", "unknown")),
+                subject=subject,
+                reason=reason,
+            )
         )
-    for case in await runtime.store.list_cases():
-        if case.subject == subject and case.playbook == playbook.name and case.status not in FINAL:
-            return case, False
+        raise ProtectedIdentity(reason)
+    existing = await runtime.store.find_open_case(subject, playbook.name)
+    if existing is not None:
+        due = run_after or runtime.clock.now()
+        scheduled = existing.status is CaseStatus.PENDING and existing.run_after is not None
+        if scheduled and existing.run_after != due:
+            with contextlib.suppress(StoreError):  # it started meanwhile: leave it be
+                existing = await runtime.store.reschedule_case(
+                    existing.id, due, runtime.clock.now()
+                )
+        return existing, False
     return await runtime.store.create_case(
         NewCase(
             playbook=playbook.name,
@@ -126,6 +167,8 @@ async def open_case(
             steps=playbook.steps,
             trigger=trigger,
             priority=playbook.priority,
+            run_after=run_after,
+            idempotency_key=idempotency_key,
         ),
         runtime.clock.now(),
     )

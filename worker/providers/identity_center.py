@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from worker.config import IdentityCenterConfig
 from worker.countdown import ReachablePermissionSet, parse_iso_duration
@@ -134,6 +134,9 @@ class AwsIdentityCenter:
             return await call
         except ClientError as exc:
             raise classify_client_error(service, operation, exc) from None
+        except ParamValidationError as exc:
+            # botocore refused to send it: a bad identifier, not a passing fault
+            raise PermanentError(service, f"{operation} not sent: {exc}") from None
         except (BotoCoreError, aiohttp.ClientError, TimeoutError) as exc:
             # connection refused/reset, read timeouts: the request may not have arrived
             raise TransientError(service, f"{operation} failed: {type(exc).__name__}") from None
@@ -156,7 +159,9 @@ class AwsIdentityCenter:
         except PermanentError as exc:
             if exc.code == "ResourceNotFoundException":
                 raise PermanentError(
-                    "identitystore", f"no Identity Center user with userName {user_name!r}"
+                    "identitystore",
+                    f"no Identity Center user with userName {user_name!r}",
+                    code=exc.code,
                 ) from None
             raise
         return await self.get_user(str(found["UserId"]))

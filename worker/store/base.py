@@ -9,9 +9,11 @@ from worker.domain import (
     Case,
     CaseEvent,
     CaseStatus,
+    Delivery,
     LedgerEntry,
     NewCase,
     OperatorTask,
+    Refusal,
     StepRecord,
     StepStatus,
     Timer,
@@ -65,6 +67,18 @@ class Store(Protocol):
         run_after: datetime | None = None,
         halt_reason: str | None = None,
     ) -> None: ...
+
+    async def find_open_case(self, subject: str, playbook: str) -> Case | None:
+        """The case of this playbook for this person that has not finished, if any."""
+        ...
+
+    async def reschedule_case(self, case_id: str, run_after: datetime, now: datetime) -> Case:
+        """Move a case that has not started yet; StoreError if it has."""
+        ...
+
+    async def cancel_case(self, case_id: str, now: datetime, reason: str) -> Case:
+        """Withdraw a case no step of which has run; StoreError if one has."""
+        ...
 
     async def resume_case(self, case_id: str, now: datetime) -> Case:
         """Make a waiting or halted case runnable again (an operator confirmed its task,
@@ -135,6 +149,17 @@ class Store(Protocol):
     async def timers(self, case_id: str) -> list[Timer]: ...
 
     async def next_timer_due(self) -> datetime | None: ...
+
+    # trigger deliveries and refusals
+    async def record_delivery(self, delivery: Delivery) -> tuple[Delivery, bool]:
+        """Record a processed delivery; if its key is known, the first record and False."""
+        ...
+
+    async def get_delivery(self, key: str) -> Delivery | None: ...
+
+    async def record_refusal(self, refusal: Refusal) -> None: ...
+
+    async def refusals(self) -> list[Refusal]: ...
 
     # timeline
     async def append_event(

@@ -24,11 +24,13 @@ from worker.domain import (
     Case,
     CaseEvent,
     CaseStatus,
+    Delivery,
     LedgerEntry,
     LedgerState,
     NewCase,
     OperatorTask,
     PlannedStep,
+    Refusal,
     StepRecord,
     StepStatus,
     Timer,
@@ -113,6 +115,22 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (case_id, name, epoch)
     );
     CREATE INDEX timers_due ON timers (fired_at, due_at);
+    """,
+    """
+    CREATE INDEX cases_subject ON cases (subject, playbook, status);
+    CREATE TABLE deliveries (
+        key TEXT PRIMARY KEY,
+        case_id TEXT,
+        outcome TEXT NOT NULL,
+        received_at TEXT NOT NULL
+    );
+    CREATE TABLE refusals (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        source TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
     """,
 )
 
@@ -464,6 +482,48 @@ class SqliteStore:
         if count != 1:
             raise StoreError(f"case {case_id} is not held by worker {worker_id}")
 
+    async def find_open_case(self, subject: str, playbook: str) -> Case | None:
+        row = await self._one(
+            f"SELECT {_CASE_COLUMNS} FROM cases WHERE subject = ? AND playbook = ? "
+            "AND status IN ('pending', 'running', 'waiting') ORDER BY created_at LIMIT 1",
+            (subject, playbook),
+        )
+        return None if row is None else _case(row)
+
+    async def _not_started(self, case_id: str) -> None:
+        case = await self.get_case(case_id)
+        row = await self._one(
+            "SELECT COUNT(*) AS n FROM steps WHERE case_id = ? AND attempts > 0", (case_id,)
+        )
+        if case.status is not CaseStatus.PENDING or (row is not None and row["n"]):
+            raise StoreError(
+                f"case {case_id} has started (status {case.status.value}): "
+                "containment cannot be withdrawn or moved once it began"
+            )
+
+    async def reschedule_case(self, case_id: str, run_after: datetime, now: datetime) -> Case:
+        async with self._transaction():
+            await self._not_started(case_id)
+            await self._write(
+                "UPDATE cases SET run_after = ?, updated_at = ? WHERE id = ?",
+                (utc_iso(run_after), utc_iso(now), case_id),
+            )
+            await self._append_event(
+                case_id, "case_rescheduled", now, None, {"run_after": utc_iso(run_after)}
+            )
+        return await self.get_case(case_id)
+
+    async def cancel_case(self, case_id: str, now: datetime, reason: str) -> Case:
+        async with self._transaction():
+            await self._not_started(case_id)
+            await self._write(
+                "UPDATE cases SET status = 'cancelled', halt_reason = ?, updated_at = ? "
+                "WHERE id = ?",
+                (reason, utc_iso(now), case_id),
+            )
+            await self._append_event(case_id, "case_cancelled", now, None, {"reason": reason})
+        return await self.get_case(case_id)
+
     async def resume_case(self, case_id: str, now: datetime) -> Case:
         await self._write(
             "UPDATE cases SET status = 'pending', run_after = NULL, halt_reason = NULL, "
@@ -672,6 +732,50 @@ class SqliteStore:
     async def next_timer_due(self) -> datetime | None:
         row = await self._one("SELECT MIN(due_at) AS due FROM timers WHERE fired_at IS NULL")
         return _dt(row["due"]) if row else None
+
+    # deliveries and refusals
+
+    async def record_delivery(self, delivery: Delivery) -> tuple[Delivery, bool]:
+        async with self._transaction():
+            existing = await self.get_delivery(delivery.key)
+            if existing is not None:
+                return existing, False
+            await self._write(
+                "INSERT INTO deliveries (key, case_id, outcome, received_at) VALUES (?, ?, ?, ?)",
+                (
+                    delivery.key,
+                    delivery.case_id,
+                    json.dumps(delivery.outcome),
+                    utc_iso(delivery.received_at),
+                ),
+            )
+        return delivery, True
+
+    async def get_delivery(self, key: str) -> Delivery | None:
+        row = await self._one("SELECT * FROM deliveries WHERE key = ?", (key,))
+        if row is None:
+            return None
+        return Delivery(
+            key=row["key"],
+            case_id=row["case_id"],
+            outcome=json.loads(row["outcome"]),
+            received_at=parse_iso(row["received_at"]),
+        )
+
+    async def record_refusal(self, refusal: Refusal) -> None:
+        await self._write(
+            "INSERT INTO refusals (at, source, subject, reason) VALUES (?, ?, ?, ?)",
+            (utc_iso(refusal.at), refusal.source, refusal.subject, refusal.reason),
+        )
+
+    async def refusals(self) -> list[Refusal]:
+        rows = await self._all("SELECT * FROM refusals ORDER BY id")
+        return [
+            Refusal(
+                at=parse_iso(r["at"]), source=r["source"], subject=r["subject"], reason=r["reason"]
+            )
+            for r in rows
+        ]
 
     # timeline
 

@@ -1,0 +1,1 @@
+"""Benchmarks and measurement scripts; importable so tests can share their generators."""
