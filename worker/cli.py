@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate playbook files")
     check.add_argument("playbooks", nargs="+")
 
+    serve = commands.add_parser(
+        "serve", help="take webhooks and API calls, and run the worker, until SIGTERM"
+    )
+    serve.add_argument("--host", default=None, help="override server.host")
+    serve.add_argument("--port", type=int, default=None, help="override server.port")
     commands.add_parser("cases", help="open cases with their next countdown milestone")
     commands.add_parser(
         "worker", help="run cases, fire countdown milestones and watch for drift until stopped"
@@ -120,6 +125,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
     async with open_runtime(config, base_dir=base_dir, clock=_clock()) as runtime:
         if args.command == "worker":
             return await _run_worker(runtime)
+        if args.command == "serve":
+            return await _serve(runtime, args.host, args.port)
         if args.command == "cases":
             return await _print_cases(runtime)
         if args.command == "cleanup":
@@ -206,6 +213,31 @@ async def _run_worker(runtime: Runtime) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await Worker(runtime).run(stop)
+    return EXIT_OK
+
+
+async def _serve(runtime: Runtime, host: str | None, port: int | None) -> int:
+    from aiohttp import web
+
+    from worker.server import build_app
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(build_app(runtime), access_log=None, shutdown_timeout=30)
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        host or runtime.config.server.host,
+        port if port is not None else runtime.config.server.port,
+    )
+    await site.start()
+    # the real address, also when port 0 asked for any free one
+    address = runner.addresses[0]
+    print(f"offboard serving on http://{address[0]}:{address[1]}", flush=True)
+    await stop.wait()
+    await runner.cleanup()  # stops taking requests, then drains the worker
     return EXIT_OK
 
 

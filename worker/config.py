@@ -8,6 +8,7 @@ in `Secret` objects whose repr hides them, and registered with the log redactor.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -189,6 +190,30 @@ class CountdownConfig(_Model):
         )
 
 
+class TriggerSource(_Model):
+    """One configured sender of webhooks, e.g. `bamboohr-prod`."""
+
+    kind: Literal["standard-webhooks", "bamboohr", "hibob", "pagerduty", "bearer"]
+    #: several during a rotation: a delivery verified by any of them is accepted
+    secrets: list[SecretRef] = Field(min_length=1)
+    #: default: leaver for HR sources, incident for incident sources
+    playbook: str | None = None
+    tolerance_seconds: float = Field(default=300, gt=0)
+
+    def tolerance(self) -> timedelta:
+        return timedelta(seconds=self.tolerance_seconds)
+
+
+class ServerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    #: bearer tokens of the manual API, by name (the name is recorded as who acted)
+    api_tokens: dict[str, SecretRef] = Field(default_factory=dict)
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    hr_sources: dict[str, TriggerSource] = Field(default_factory=dict)
+    incident_sources: dict[str, TriggerSource] = Field(default_factory=dict)
+
+
 class Config(_Model):
     store: StoreConfig = StoreConfig()
     playbook_dirs: list[str] = Field(default_factory=lambda: ["playbooks"])
@@ -197,6 +222,7 @@ class Config(_Model):
     retry: RetryConfig = RetryConfig()
     worker: WorkerConfig = WorkerConfig()
     countdown: CountdownConfig = CountdownConfig()
+    server: ServerConfig = ServerConfig()
     #: break-glass and service identities no trigger may offboard (exact or glob, any case)
     protected_identities: list[str] = Field(default_factory=list)
 

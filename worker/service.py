@@ -51,12 +51,14 @@ class Runtime:
     clock: Clock
     base_dir: Path
 
-    def playbook(self, name_or_path: str) -> Playbook:
-        dirs = [
+    def playbook_dirs(self) -> list[Path]:
+        return [
             Path(d) if Path(d).is_absolute() else self.base_dir / d
             for d in self.config.playbook_dirs
         ]
-        return load_playbook(find_playbook(name_or_path, dirs))
+
+    def playbook(self, name_or_path: str) -> Playbook:
+        return load_playbook(find_playbook(name_or_path, self.playbook_dirs()))
 
 
 @contextlib.asynccontextmanager

@@ -340,7 +340,9 @@ class HiBobAdapter(_Adapter):
         doc = _json_object(body)
         event_type = doc.get("type")
         if event_type not in _HIBOB_TYPES:
-            raise IgnoredEvent(f"type {_shown(event_type)} is not acted on; {_accepted(_HIBOB_TYPES)}")
+            raise IgnoredEvent(
+                f"type {_shown(event_type)} is not acted on; {_accepted(_HIBOB_TYPES)}"
+            )
         data = _object(doc.get("data"), "data")
         event_id = doc.get("id")
         if event_id is None:
@@ -433,7 +435,7 @@ class BearerAdapter(_Adapter):
         else:
             raise BadSignature("no credentials: send Authorization: Bearer <token> or X-API-Key")
         # compare digests, so the comparison time depends on neither the token nor its length
-        presented = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        presented = hashlib.sha256(token.encode()).digest()
         expected = [hashlib.sha256(s.encode()).digest() for s in self._secrets]
         if not _any_equal(expected, [presented]):
             raise BadSignature("the token matches no configured secret")
@@ -448,7 +450,7 @@ class BearerAdapter(_Adapter):
         return _generic(source, self._purpose, body, delivery_id)
 
 
-_ADAPTERS: Final[Mapping[str, tuple[type[_Adapter], tuple[Purpose, ...]]]] = {
+_ADAPTERS: Final[Mapping[str, tuple[Callable[..., TriggerAdapter], tuple[Purpose, ...]]]] = {
     "standard-webhooks": (StandardWebhooksAdapter, ("hr", "incident")),
     "bamboohr": (BambooHRAdapter, ("hr",)),
     "hibob": (HiBobAdapter, ("hr",)),

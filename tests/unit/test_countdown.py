@@ -1,0 +1,470 @@
+"""The residual-access countdown: AWS's worked examples, and never earlier than the truth.
+
+The table in AWS's "Authentication sessions" page (seed 002): after a disable, no new
+sign-in; new application and role sessions for up to 1 h; applications up to 2 h; AWS
+accounts up to 1 h + the permission set's session duration (13 h with 12 h).
+
+The truth is the mechanistic session model (worker.sandbox.sessions): a leaver who tries
+every way in, every step. Its propagation delays are at most the worker's configured
+margins (the real-world assumption), and the worker only ever sees a change after it
+happened, so each prediction must be at or after the model's last access of its kind.
+The random leavers come from bench/countdown_tightness.py (one generator for both).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from contextlib import redirect_stdout
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.countdown_tightness import (
+    ACCOUNTS,
+    HeldSession,
+    Outcome,
+    PermissionSetSpec,
+    Scenario,
+    arn,
+    draw_scenario,
+    evaluate,
+    evidence_of,
+    main,
+    milestone_times,
+    observed_inputs,
+    restart,
+)
+from worker.countdown import (
+    Countdown,
+    CountdownInputs,
+    ReachablePermissionSet,
+    SessionSettings,
+    compute,
+    inputs_from_evidence,
+    inputs_from_json,
+    iso_duration,
+    parse_iso_duration,
+)
+from worker.sandbox.sessions import AccessKind
+
+D = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # the disable, as the worker verified it
+H = timedelta(hours=1)
+MIN = timedelta(minutes=1)
+STEP = MIN
+SETTINGS = SessionSettings()
+MILESTONES = ("new-sessions-end", "applications-lapse", "role-sessions-lapse", "all-lapsed")
+
+
+def permission_set(
+    duration: timedelta | None, *, index: int = 1, via: tuple[str, ...] = ("USER",)
+) -> ReachablePermissionSet:
+    return ReachablePermissionSet(
+        arn=arn(index),
+        name=f"Set{index}",
+        session_duration=duration,
+        accounts=(ACCOUNTS[0],),
+        via=via,
+    )
+
+
+def predict(
+    *sets: ReachablePermissionSet,
+    portal: datetime | None = None,
+    unassigned: datetime | None = None,
+    deny: datetime | None = None,
+) -> Countdown:
+    return compute(
+        CountdownInputs(
+            ic_disabled_at=D,
+            permission_sets=sets,
+            portal_revoked_at=portal,
+            unassigned_at=unassigned,
+            deny_provisioned_at=deny,
+        ),
+        SETTINGS,
+    )
+
+
+def times(countdown: Countdown) -> dict[str, datetime]:
+    return {m.name: m.at for m in countdown.milestones}
+
+
+# ---------------------------------------------------------------- the worked examples
+
+
+def test_a_12h_permission_set_without_hardening_follows_the_table() -> None:
+    countdown = predict(permission_set(12 * H))
+    assert times(countdown) == {
+        "new-sessions-end": D + H,  # "up to 1 hour"
+        "applications-lapse": D + 2 * H,  # "up to 2 hours"
+        "role-sessions-lapse": D + 13 * H,  # "up to 13 hours"
+        "all-lapsed": D + 13 * H,
+    }
+    assert [m.name for m in countdown.milestones] == list(MILESTONES)
+    assert countdown.all_lapsed == D + 13 * H
+    assert "longest reachable role session: Set1 (12 h)" in countdown.reasons
+    # Both hardening steps are offered, with what they would change.
+    assert len(countdown.would_shorten) == 2
+    assert "deny_role_sessions" in countdown.would_shorten[0]
+    assert "2026-03-03T03:00:00.000Z" in countdown.would_shorten[0]
+    assert "remove_access" in countdown.would_shorten[1]
+
+
+def test_a_deny_five_minutes_after_the_disable_cuts_role_sessions_to_minutes() -> None:
+    deny = D + 5 * MIN
+    countdown = predict(permission_set(12 * H), deny=deny)
+    at = times(countdown)
+    # Role sessions end a margin after the deny, no longer hours after the disable ...
+    assert at["role-sessions-lapse"] == deny + 15 * MIN == D + 20 * MIN
+    # ... but a deny on permission sets does not touch applications: still up to 2 h.
+    assert at["applications-lapse"] == D + 2 * H
+    assert at["new-sessions-end"] == D + H
+    # So all-lapsed is the later of the two: the applications, at disable + 2 h.
+    assert at["all-lapsed"] == max(at["applications-lapse"], at["role-sessions-lapse"])
+    assert at["all-lapsed"] == D + 2 * H
+    assert any("deny statement provisioned" in r for r in countdown.reasons)
+    assert not any("deny_role_sessions" in s for s in countdown.would_shorten)
+
+
+def test_a_late_deny_is_what_all_lapsed_waits_for() -> None:
+    deny = D + 3 * H
+    at = times(predict(permission_set(12 * H), deny=deny))
+    assert at["role-sessions-lapse"] == deny + 15 * MIN
+    assert at["all-lapsed"] == at["role-sessions-lapse"] == D + 3 * H + 15 * MIN
+    # A deny after the sessions have lapsed on their own changes nothing.
+    short = times(predict(permission_set(2 * H), deny=D + 5 * H))
+    assert short["role-sessions-lapse"] == D + 3 * H
+    assert short["all-lapsed"] == D + 3 * H
+
+
+def test_an_unknown_duration_counts_as_12_hours() -> None:
+    unknown = predict(permission_set(None))
+    assert times(unknown) == times(predict(permission_set(12 * H)))
+    assert unknown.all_lapsed == D + 13 * H
+    # Even beside a known, shorter set; and the longest one is named.
+    mixed = predict(permission_set(4 * H, index=1), permission_set(None, index=2))
+    assert mixed.milestone("role-sessions-lapse").at == D + 13 * H
+    assert "longest reachable role session: Set2 (12 h)" in mixed.reasons
+    # A configured maximum is what "unknown" means.
+    longer = compute(unknown.inputs, replace(SETTINGS, max_role_session=14 * H))
+    assert longer.all_lapsed == D + 15 * H
+
+
+def test_the_longest_reachable_set_decides() -> None:
+    countdown = predict(
+        permission_set(H, index=1),
+        permission_set(4 * H + 30 * MIN, index=2, via=("GROUP:engineers",)),
+        permission_set(2 * H, index=3, via=("USER", "GROUP:oncall")),
+    )
+    assert countdown.milestone("role-sessions-lapse").at == D + 5 * H + 30 * MIN
+    assert countdown.all_lapsed == D + 5 * H + 30 * MIN
+    assert "longest reachable role session: Set2 (4 h 30 min)" in countdown.reasons
+
+
+def test_no_permission_sets() -> None:
+    countdown = predict()
+    at = times(countdown)
+    # No role session can outlive the new ones; the applications are what is left.
+    assert at["role-sessions-lapse"] == at["new-sessions-end"] == D + H
+    assert at["applications-lapse"] == at["all-lapsed"] == D + 2 * H
+    assert countdown.would_shorten == ()
+    assert any("no permission set reachable" in r for r in countdown.reasons)
+    # A deny has nothing to cut, and removal nothing to stop.
+    assert times(predict(deny=D + 5 * MIN, unassigned=D + 5 * MIN)) == at
+
+
+def test_removing_access_shortens_new_role_sessions_only() -> None:
+    unassigned = D + 10 * MIN
+    at = times(predict(permission_set(12 * H), unassigned=unassigned))
+    # No new role session after the removal's margin; each lives its full 12 h.
+    assert at["role-sessions-lapse"] == unassigned + 15 * MIN + 12 * H == D + 12 * H + 25 * MIN
+    assert at["all-lapsed"] == at["role-sessions-lapse"]
+    # Applications hang on the sign-in session, not on account assignments.
+    assert at["new-sessions-end"] == D + H
+    assert at["applications-lapse"] == D + 2 * H
+    # Removed late (after the cached sign-in session is gone anyway): nothing changes.
+    late = times(predict(permission_set(12 * H), unassigned=D + 50 * MIN))
+    assert late == times(predict(permission_set(12 * H)))
+    # With a deny as well, the deny wins for role sessions.
+    both = times(predict(permission_set(12 * H), unassigned=unassigned, deny=D + 5 * MIN))
+    assert both["role-sessions-lapse"] == D + 20 * MIN
+    assert both["all-lapsed"] == D + 2 * H
+
+
+def test_portal_sessions_deleted_after_the_disable_change_nothing() -> None:
+    """The disabled user's cached sign-in sessions already end within the hour."""
+    alone = times(predict(permission_set(12 * H)))
+    assert times(predict(permission_set(12 * H), portal=D + 2 * MIN)) == alone
+    # Deleted before the disable (confirmed earlier): the CLI stops an hour after that.
+    early = times(predict(permission_set(12 * H), portal=D - 30 * MIN))
+    assert early["new-sessions-end"] == D + 30 * MIN
+    assert early["applications-lapse"] == D + 90 * MIN
+    assert early["role-sessions-lapse"] == D + 12 * H + 30 * MIN
+
+
+# ---------------------------------------------------------------- durations and JSON
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("PT1H", H),
+        ("PT12H", 12 * H),
+        ("PT90M", 90 * MIN),
+        ("PT1H30M", 90 * MIN),
+        ("PT30S", timedelta(seconds=30)),
+        ("PT1H0M30S", H + timedelta(seconds=30)),
+        ("PT0.5H", 30 * MIN),
+    ],
+)
+def test_parse_iso_duration(text: str, expected: timedelta) -> None:
+    assert parse_iso_duration(text) == expected
+    assert parse_iso_duration(str(iso_duration(expected))) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["PT", "P1D", "1H", "PT-1H", "", "PTH", "PT1X", "PT1H30", "PT0S", "PT0H", "P1DT1H"]
+)
+def test_parse_iso_duration_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="not an ISO-8601 time duration"):
+        parse_iso_duration(text)
+
+
+def test_iso_duration_writes_what_aws_writes() -> None:
+    assert iso_duration(None) is None
+    assert iso_duration(H) == "PT1H"
+    assert iso_duration(12 * H) == "PT12H"
+    assert iso_duration(90 * MIN) == "PT1H30M"
+    assert iso_duration(45 * MIN) == "PT45M"
+    assert iso_duration(H + timedelta(seconds=5)) == "PT1H5S"
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(seconds=st.integers(min_value=1, max_value=7 * 24 * 3600))
+def test_iso_duration_round_trips(seconds: int) -> None:
+    delta = timedelta(seconds=seconds)
+    text = iso_duration(delta)
+    assert text is not None
+    assert parse_iso_duration(text) == delta
+    assert iso_duration(parse_iso_duration(text)) == text
+
+
+def test_permission_set_json_round_trip() -> None:
+    for duration in (None, 12 * H, 90 * MIN):
+        ps = permission_set(duration, via=("USER", "GROUP:engineers"))
+        assert ReachablePermissionSet.from_json(ps.as_json()) == ps
+    assert permission_set(None).as_json()["session_duration"] is None
+
+
+def test_restarts_recompute_the_same_milestones() -> None:
+    countdown = predict(
+        permission_set(None, index=1),
+        permission_set(4 * H, index=2, via=("GROUP:engineers",)),
+        portal=D + 3 * MIN,
+        unassigned=D + 20 * MIN,
+        deny=D + 7 * MIN,
+    )
+    for how in ("json", "evidence"):
+        again = restart(countdown, how)
+        assert again.inputs == countdown.inputs
+        assert milestone_times(again) == milestone_times(countdown)
+    assert inputs_from_json(countdown.as_json()["inputs"]) == countdown.inputs
+    assert inputs_from_evidence(evidence_of(countdown.inputs)) == countdown.inputs
+
+
+def test_evidence_without_a_verified_disable_has_no_countdown() -> None:
+    assert inputs_from_evidence({}) is None
+    assert inputs_from_evidence({"identity_center.disable_user": {"method": "console"}}) is None
+
+
+def test_after_drift_the_countdown_restarts_from_the_new_disable_without_hardening() -> None:
+    inputs = predict(permission_set(12 * H), deny=D + 5 * MIN, unassigned=D + 6 * MIN).inputs
+    drift = {
+        "redisabled_at": "2026-03-02T16:00:00.000Z",
+        "permission_sets": [permission_set(2 * H).as_json()],
+    }
+    after = inputs_from_evidence(evidence_of(inputs), drift)
+    assert after is not None
+    assert after.ic_disabled_at == D + 2 * H
+    assert after.deny_provisioned_at is None and after.unassigned_at is None
+    assert compute(after, SETTINGS).all_lapsed == D + 2 * H + 3 * H
+
+
+# ---------------------------------------------------------------- the model agrees
+
+
+def worked(
+    durations: Sequence[timedelta],
+    *,
+    known: bool = True,
+    deny: datetime | None = None,
+    unassigned: datetime | None = None,
+    applications: tuple[tuple[str, str], ...] = (("app-1", "open"),),
+) -> Scenario:
+    """A worked example in the worst phase: the session validated at the very disable,
+    every change seen the moment it happened, true propagation equal to the margin."""
+    sets = tuple(
+        PermissionSetSpec(
+            arn=arn(i + 1),
+            name=f"Set{i + 1}",
+            duration=d,
+            known=known,
+            accounts=(ACCOUNTS[0],),
+            direct=True,
+            groups=(),
+        )
+        for i, d in enumerate(durations)
+    )
+    return Scenario(
+        disabled_at=D,
+        disable_seen_at=D,
+        idp_deactivated_at=D - 2 * H,
+        sessions=(HeldSession(issued_at=D - 3 * H, validated_at=D, cli_validated_at=D),),
+        permission_sets=sets,
+        applications=applications,
+        portal_deleted_at=None,
+        portal_seen_at=None,
+        deny_succeeded=tuple(deny for _ in sets) if deny else (),
+        deny_seen_at=deny,
+        deny_propagation=SETTINGS.deny_propagation,
+        assignments_removed=tuple((ps.arn, ACCOUNTS[0], unassigned) for ps in sets)
+        if unassigned
+        else (),
+        memberships_removed=(),
+        removal_seen_at=unassigned,
+        assignment_propagation=SETTINGS.unassign_propagation,
+        restarts=("json", "evidence"),
+        step=STEP,
+    )
+
+
+def true_last(outcome: Outcome, kind: AccessKind | None) -> datetime:
+    when = outcome.report.last(kind)
+    assert when is not None, f"no {kind or 'access'} at all"
+    return when
+
+
+def assert_tight(outcome: Outcome, name: str, kind: AccessKind | None) -> None:
+    """At or before the prediction, and within two steps of it."""
+    predicted = outcome.countdown.milestone(name).at
+    assert predicted - 2 * STEP <= true_last(outcome, kind) <= predicted, name
+
+
+def test_the_model_agrees_on_a_12h_set_without_hardening() -> None:
+    outcome = evaluate(worked([12 * H]))
+    assert outcome.violations == ()
+    assert outcome.countdown.all_lapsed == D + 13 * H
+    assert_tight(outcome, "new-sessions-end", AccessKind.SESSION_START)
+    assert_tight(outcome, "applications-lapse", AccessKind.APPLICATION)
+    assert_tight(outcome, "role-sessions-lapse", AccessKind.AWS_ACCOUNT)
+    assert_tight(outcome, "all-lapsed", None)
+    assert outcome.report.last(AccessKind.SIGN_IN) is None
+
+
+def test_the_model_agrees_on_a_deny_five_minutes_after_the_disable() -> None:
+    outcome = evaluate(worked([12 * H], deny=D + 5 * MIN))
+    assert outcome.violations == ()
+    assert outcome.countdown.milestone("role-sessions-lapse").at == D + 20 * MIN
+    assert_tight(outcome, "role-sessions-lapse", AccessKind.AWS_ACCOUNT)
+    # The last access of all is an application, just before disable + 2 h.
+    assert_tight(outcome, "applications-lapse", AccessKind.APPLICATION)
+    assert_tight(outcome, "all-lapsed", None)
+    assert outcome.report.last_access == outcome.report.last(AccessKind.APPLICATION)
+    # With the model's own (shorter) propagation the truth comes sooner, never later.
+    quicker = evaluate(replace(worked([12 * H], deny=D + 5 * MIN), deny_propagation=5 * MIN))
+    assert quicker.violations == ()
+    assert true_last(quicker, AccessKind.AWS_ACCOUNT) < D + 10 * MIN
+
+
+def test_the_model_agrees_on_an_unknown_duration() -> None:
+    outcome = evaluate(worked([12 * H], known=False))
+    assert outcome.violations == ()
+    assert outcome.countdown.all_lapsed == D + 13 * H
+    assert_tight(outcome, "role-sessions-lapse", AccessKind.AWS_ACCOUNT)
+    # Really one hour: the 12 h assumption is safe, and loose by 11 h.
+    short = evaluate(worked([H], known=False))
+    assert short.violations == ()
+    assert short.countdown.all_lapsed - true_last(short, None) >= 11 * H
+
+
+def test_the_model_agrees_without_permission_sets() -> None:
+    outcome = evaluate(worked([]))
+    assert outcome.violations == ()
+    assert outcome.report.last(AccessKind.AWS_ACCOUNT) is None
+    assert_tight(outcome, "new-sessions-end", AccessKind.SESSION_START)
+    assert_tight(outcome, "all-lapsed", None)
+    assert outcome.countdown.all_lapsed == D + 2 * H
+
+
+def test_the_model_agrees_on_removed_access() -> None:
+    outcome = evaluate(worked([12 * H], unassigned=D + 10 * MIN))
+    assert outcome.violations == ()
+    assert outcome.countdown.all_lapsed == D + 12 * H + 25 * MIN
+    assert_tight(outcome, "role-sessions-lapse", AccessKind.AWS_ACCOUNT)
+    assert_tight(outcome, "all-lapsed", None)
+    # Applications and their starts go on off the sign-in session.
+    assert_tight(outcome, "new-sessions-end", AccessKind.SESSION_START)
+    assert_tight(outcome, "applications-lapse", AccessKind.APPLICATION)
+
+
+# ---------------------------------------------------------------- the property
+
+
+class HypothesisDraw:
+    """The bench generator's `Draw`, taking its choices from Hypothesis (so they shrink)."""
+
+    def __init__(self, data: st.DataObject) -> None:
+        self.data = data
+
+    def integer(self, low: int, high: int) -> int:
+        return self.data.draw(st.integers(min_value=low, max_value=high))
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_never_earlier_than_the_truth(data: st.DataObject) -> None:
+    """Random leavers: sets direct and through groups, any phase, hardening or not,
+    true delays within the margins, observed late, and restarts in between."""
+    scenario = draw_scenario(HypothesisDraw(data), SETTINGS)
+    # The real-world assumption: AWS's true delays are within the configured margins.
+    assert scenario.facts.deny_propagation <= SETTINGS.deny_propagation
+    assert scenario.facts.assignment_propagation <= SETTINGS.unassign_propagation
+    # The worker observes every change at or after it happened.
+    assert scenario.disable_seen_at >= scenario.disabled_at
+    if scenario.deny_seen_at is not None:
+        assert scenario.deny_seen_at >= max(scenario.deny_succeeded)
+
+    outcome = evaluate(scenario, SETTINGS)
+
+    # Restarting from the persisted inputs gives back the very same countdown.
+    assert outcome.countdown.inputs == observed_inputs(scenario)
+    first = compute(observed_inputs(scenario), SETTINGS)
+    assert milestone_times(outcome.countdown) == milestone_times(first)
+
+    at, report = times(outcome.countdown), outcome.report
+    for name, kind in [
+        ("new-sessions-end", AccessKind.SESSION_START),
+        ("applications-lapse", AccessKind.APPLICATION),
+        ("role-sessions-lapse", AccessKind.AWS_ACCOUNT),
+        ("all-lapsed", None),
+    ]:
+        truth = report.last(kind)
+        assert truth is None or truth <= at[name], (name, truth, at[name])
+    assert report.last(AccessKind.SIGN_IN) is None
+    assert at["all-lapsed"] == max(at["applications-lapse"], at["role-sessions-lapse"])
+    assert outcome.violations == ()
+
+
+def test_the_bench_runs_tiny() -> None:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["--samples", "5", "--seed", "1"]) == 0
+    text = out.getvalue()
+    assert "samples:    5" in text
+    assert "violations: 0" in text
+    for label in ("overall", "with deny", "without deny"):
+        assert label in text
