@@ -90,6 +90,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("cleanup", help="remove deny statements of cases whose access has lapsed")
     commands.add_parser("demo", help="run the leaver playbook against the sandbox emulators")
+    sandbox = commands.add_parser(
+        "sandbox", help="run the Okta and Identity Center emulators on loopback until stopped"
+    )
+    sandbox.add_argument("--okta-port", type=int, default=18080)
+    sandbox.add_argument("--identity-center-port", type=int, default=18081)
+    sandbox.add_argument(
+        "--seed", action="append", default=None, help="a person to seed (repeatable)"
+    )
+    sandbox.add_argument(
+        "--env-file", default="var/sandbox.env", help="where to write the sandbox's secrets"
+    )
     return parser
 
 
@@ -114,6 +125,15 @@ async def _dispatch(args: argparse.Namespace) -> int:
         from worker.demo import run_demo
 
         return await run_demo(sys.stdout, base_dir=_project_dir())
+    if args.command == "sandbox":
+        from worker.sandbox.run import run_sandbox
+
+        return await run_sandbox(
+            okta_port=args.okta_port,
+            identity_center_port=args.identity_center_port,
+            seed=args.seed or ["alice@example.com", "bob@example.com"],
+            env_file=Path(args.env_file),
+        )
     if args.command == "check":
         for name in args.playbooks:
             playbook = load_playbook(find_playbook(name, [base_dir / "playbooks"]))

@@ -131,6 +131,8 @@ class IgnoredEvent(NotATermination):
 
 @dataclass(frozen=True, kw_only=True)
 class Trigger:
+    """A verified request to act on one person, as the sender stated it."""
+
     #: the configured source name, e.g. "bamboohr-prod"
     source: str
     kind: Kind
@@ -206,6 +208,7 @@ _HR_TYPES: Final[Mapping[str, Kind]] = {
     "employee.termination_rescinded": "rescind",
 }
 _INCIDENT_TYPES: Final[Mapping[str, Kind]] = {"identity.compromised": "incident"}
+# HiBob also sends employee.inactivated when someone goes on leave: it is acted on as asked
 _HIBOB_TYPES: Final = ("employee.left", "employee.inactivated")
 _PAGERDUTY_TYPES: Final = ("incident.triggered",)
 
@@ -294,7 +297,9 @@ class BambooHRAdapter(_Adapter):
             source=source,
             kind="terminate",
             subject=_email(fields.get("workEmail"), f"{where}.fields.workEmail"),
-            effective_at=_vendor_date(fields.get("terminationDate"), f"{where}.terminationDate"),
+            effective_at=_vendor_date(
+                fields.get("terminationDate"), f"{where}.fields.terminationDate"
+            ),
             reason="BambooHR employmentStatus Terminated",
             reference=_reference(employee.get("id"), f"{where}.id"),
             delivery_id=f"bamboohr:{timestamp}:{hashlib.sha256(body).hexdigest()[:16]}",
@@ -435,7 +440,7 @@ class BearerAdapter(_Adapter):
         else:
             raise BadSignature("no credentials: send Authorization: Bearer <token> or X-API-Key")
         # compare digests, so the comparison time depends on neither the token nor its length
-        presented = hashlib.sha256(token.encode()).digest()
+        presented = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         expected = [hashlib.sha256(s.encode()).digest() for s in self._secrets]
         if not _any_equal(expected, [presented]):
             raise BadSignature("the token matches no configured secret")
