@@ -221,7 +221,10 @@ def draw_scenario(draw: Draw, settings: SessionSettings | None = None) -> Scenar
             PermissionSetSpec(
                 arn=arn(index + 1),
                 name=f"Set{index + 1}",
-                duration=timedelta(minutes=30 * draw.integer(2, 24)),  # 1-12 h, half hours
+                # 1-12 h in whole or half hours; the 12 h maximum more often
+                duration=timedelta(
+                    minutes=30 * (24 if draw.integer(0, 3) == 0 else draw.integer(2, 24))
+                ),
                 known=draw.integer(0, 3) > 0,
                 accounts=accounts,
                 direct=reach != 1,
@@ -275,7 +278,8 @@ def draw_scenario(draw: Draw, settings: SessionSettings | None = None) -> Scenar
         disabled_at=disabled_at,
         disable_seen_at=disable_seen_at,
         # the playbook deactivates in the IdP first: the leaver cannot sign in again
-        idp_deactivated_at=min(s.validated_at for s in sessions) - 10 * MINUTE,
+        idp_deactivated_at=min(min(s.validated_at, s.cli_validated_at) for s in sessions)
+        - 10 * MINUTE,
         sessions=tuple(sessions),
         permission_sets=tuple(sets),
         applications=tuple(applications),

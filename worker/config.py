@@ -19,6 +19,7 @@ from worker import yamlfile
 from worker.countdown import SessionSettings, parse_iso_duration
 from worker.errors import ConfigError
 from worker.logging import register_secret
+from worker.ratelimit import Limits, RateLimiter
 from worker.retry import RetryPolicy
 
 
@@ -80,13 +81,48 @@ class OktaConfig(_Model):
     timeout_seconds: float = 10.0
 
 
+class EntraConfig(_Model):
+    tenant_id: str
+    client_id: str
+    #: a client secret, or a certificate (PEM private key + its certificate) for the assertion
+    client_secret: SecretRef | None = None
+    certificate_key: SecretRef | None = None
+    certificate: SecretRef | None = None
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+    login_url: str = "https://login.microsoftonline.com"
+    timeout_seconds: float = 10.0
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> EntraConfig:
+        with_cert = self.certificate_key is not None and self.certificate is not None
+        if (self.client_secret is None) == (not with_cert):
+            raise ValueError("give client_secret, or certificate_key and certificate (not both)")
+        return self
+
+
+class GoogleConfig(_Model):
+    #: the service account's JSON key file (domain-wide delegation)
+    service_account: SecretRef
+    #: the admin the service account acts as
+    delegated_admin: str
+    directory_url: str = "https://admin.googleapis.com/admin/directory/v1"
+    token_url: str | None = None  # default: the key file's token_uri
+    timeout_seconds: float = 10.0
+
+
 class IdpConfig(_Model):
     okta: OktaConfig | None = None
+    entra: EntraConfig | None = None
+    google: GoogleConfig | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> IdpConfig:
-        if self.okta is None:
-            raise ValueError("configure one identity provider (okta)")
+        configured = [n for n in ("okta", "entra", "google") if getattr(self, n) is not None]
+        if len(configured) != 1:
+            raise ValueError(
+                "configure exactly one identity provider (okta, entra or google), "
+                f"not {len(configured)}"
+            )
         return self
 
 
@@ -190,6 +226,35 @@ class CountdownConfig(_Model):
         )
 
 
+class LimitsConfig(_Model):
+    """Client-side limits, below the providers' documented ones."""
+
+    #: AWS: 20 TPS collective across identitystore, sso-admin and SCIM, not adjustable
+    identity_center_per_second: float = Field(default=18.0, gt=0)
+    identity_center_burst: int = Field(default=4, ge=1)
+    #: Okta: 75 concurrent requests per org; the per-minute budget is read from headers
+    okta_concurrency: int = Field(default=70, ge=1)
+    okta_per_second: float | None = Field(default=None, gt=0)
+    entra_per_second: float | None = Field(default=None, gt=0)
+    google_per_second: float | None = Field(default=None, gt=0)
+
+    def limits(self) -> Limits:
+        return Limits(
+            {
+                "identity-center": RateLimiter(
+                    "identity-center",
+                    per_second=self.identity_center_per_second,
+                    burst=self.identity_center_burst,
+                ),
+                "okta": RateLimiter(
+                    "okta", per_second=self.okta_per_second, concurrency=self.okta_concurrency
+                ),
+                "entra": RateLimiter("entra", per_second=self.entra_per_second),
+                "google": RateLimiter("google", per_second=self.google_per_second),
+            }
+        )
+
+
 class TriggerSource(_Model):
     """One configured sender of webhooks, e.g. `bamboohr-prod`."""
 
@@ -223,6 +288,7 @@ class Config(_Model):
     worker: WorkerConfig = WorkerConfig()
     countdown: CountdownConfig = CountdownConfig()
     server: ServerConfig = ServerConfig()
+    limits: LimitsConfig = LimitsConfig()
     #: break-glass and service identities no trigger may offboard (exact or glob, any case)
     protected_identities: list[str] = Field(default_factory=list)
 

@@ -85,9 +85,12 @@ async def open_runtime(
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(config, base_dir))
         http = await stack.enter_async_context(aiohttp.ClientSession())
+        limits = config.limits.limits()
         assert config.idp.okta is not None
-        idp = Okta(config.idp.okta, http)
-        ic = await stack.enter_async_context(AwsIdentityCenter(config.identity_center, http))
+        idp = Okta(config.idp.okta, http, limits["okta"])
+        ic = await stack.enter_async_context(
+            AwsIdentityCenter(config.identity_center, http, limits["identity-center"])
+        )
         providers = Providers(idp=idp, identity_center=ic)
         settings = EngineSettings(
             lease_seconds=config.worker.lease_seconds,

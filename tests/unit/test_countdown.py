@@ -173,8 +173,11 @@ def test_no_permission_sets() -> None:
     assert at["applications-lapse"] == at["all-lapsed"] == D + 2 * H
     assert countdown.would_shorten == ()
     assert any("no permission set reachable" in r for r in countdown.reasons)
-    # A deny has nothing to cut, and removal nothing to stop.
-    assert times(predict(deny=D + 5 * MIN, unassigned=D + 5 * MIN)) == at
+    # A deny has nothing to cut; a removal only moves the (empty) role milestone earlier.
+    assert times(predict(deny=D + 5 * MIN)) == at
+    removed = times(predict(unassigned=D + 5 * MIN))
+    assert removed["role-sessions-lapse"] == D + 20 * MIN
+    assert removed["all-lapsed"] == at["all-lapsed"]
 
 
 def test_removing_access_shortens_new_role_sessions_only() -> None:
@@ -395,7 +398,9 @@ def test_the_model_agrees_without_permission_sets() -> None:
     outcome = evaluate(worked([]))
     assert outcome.violations == ()
     assert outcome.report.last(AccessKind.AWS_ACCOUNT) is None
-    assert_tight(outcome, "new-sessions-end", AccessKind.SESSION_START)
+    # The one application session opened at once is refreshed, not started again.
+    assert true_last(outcome, AccessKind.SESSION_START) <= D + H
+    assert_tight(outcome, "applications-lapse", AccessKind.APPLICATION)
     assert_tight(outcome, "all-lapsed", None)
     assert outcome.countdown.all_lapsed == D + 2 * H
 
@@ -406,8 +411,11 @@ def test_the_model_agrees_on_removed_access() -> None:
     assert outcome.countdown.all_lapsed == D + 12 * H + 25 * MIN
     assert_tight(outcome, "role-sessions-lapse", AccessKind.AWS_ACCOUNT)
     assert_tight(outcome, "all-lapsed", None)
-    # Applications and their starts go on off the sign-in session.
-    assert_tight(outcome, "new-sessions-end", AccessKind.SESSION_START)
+    # The last new role session: just before the removal's margin ran out.
+    last_start = true_last(outcome, AccessKind.SESSION_START)
+    assert D + 25 * MIN - 2 * STEP <= last_start < D + 25 * MIN
+    assert last_start <= outcome.countdown.milestone("new-sessions-end").at
+    # Applications go on off the sign-in session.
     assert_tight(outcome, "applications-lapse", AccessKind.APPLICATION)
 
 

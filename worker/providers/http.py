@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from worker.errors import PermanentError, TransientError
+from worker.ratelimit import RateLimiter
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -69,7 +70,9 @@ class JsonHttpClient:
         authorization: str,
         session: aiohttp.ClientSession,
         timeout: float = 10.0,
+        limiter: RateLimiter | None = None,
     ) -> None:
+        self.limiter = limiter or RateLimiter(provider)
         self.provider = provider
         self.base_url = base_url.rstrip("/")
         self._authorization = authorization
@@ -99,6 +102,23 @@ class JsonHttpClient:
             all_headers["Content-Type"] = content_type
         where = f"{method} {path}"
         try:
+            async with self.limiter.slot():
+                return await self._send(method, url, where, body, params, all_headers)
+        except TransientError as exc:
+            if exc.retry_after is not None:
+                self.limiter.pause(exc.retry_after)  # every case waits, not only this one
+            raise
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        where: str,
+        body: Any,
+        params: Mapping[str, str] | None,
+        all_headers: dict[str, str],
+    ) -> HttpResult:
+        try:
             async with self._session.request(
                 method,
                 url,
@@ -110,6 +130,7 @@ class JsonHttpClient:
                 raw = await response.read()
                 decoded = _decode(raw)
                 if response.status < 400:
+                    self._observe_budget(response.headers)
                     return HttpResult(
                         status=response.status, body=decoded, headers=response.headers
                     )
@@ -127,6 +148,19 @@ class JsonHttpClient:
             raise TransientError(self.provider, f"{where} timed out") from None
         except aiohttp.ClientError as exc:
             raise TransientError(self.provider, f"{where} failed: {type(exc).__name__}") from None
+
+    def _observe_budget(self, headers: Any) -> None:
+        """Okta's X-Rate-Limit-Remaining/-Reset: pause before the budget is spent."""
+        remaining = headers.getall("X-Rate-Limit-Remaining", [])
+        resets = headers.getall("X-Rate-Limit-Reset", [])
+        if not remaining or not resets:
+            return
+        try:
+            left = min(int(v) for v in remaining)
+            reset_in = min(float(v) for v in resets) - time.time()
+        except ValueError:
+            return
+        self.limiter.budget(left, reset_in)
 
 
 def _decode(raw: bytes) -> Any:

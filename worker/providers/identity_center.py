@@ -22,6 +22,7 @@ from worker.countdown import ReachablePermissionSet, parse_iso_duration
 from worker.errors import PermanentError, TransientError
 from worker.providers.base import IdentityCenterUser, PlannedCall
 from worker.providers.http import JsonHttpClient
+from worker.ratelimit import RateLimiter
 
 T = TypeVar("T")
 
@@ -82,7 +83,14 @@ def _retry_after(response: dict[str, Any]) -> float | None:
 class AwsIdentityCenter:
     """Use as `async with AwsIdentityCenter(config, session) as ic:`."""
 
-    def __init__(self, config: IdentityCenterConfig, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        config: IdentityCenterConfig,
+        http: aiohttp.ClientSession,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        # one limiter for identitystore, sso-admin and SCIM: AWS's 20 TPS is collective
+        self.limiter = limiter or RateLimiter("identity-center")
         self.config = config
         self.identity_source: str = config.identity_source
         self._stack = contextlib.AsyncExitStack()
@@ -98,6 +106,7 @@ class AwsIdentityCenter:
                 authorization=f"Bearer {token.reveal()}",
                 session=http,
                 timeout=config.scim.timeout_seconds,
+                limiter=self.limiter,
             )
 
     async def __aenter__(self) -> AwsIdentityCenter:
@@ -130,10 +139,17 @@ class AwsIdentityCenter:
         await self._stack.aclose()
 
     async def _aws(self, service: str, operation: str, call: Awaitable[T]) -> T:
+        async with self.limiter.slot():
+            return await self._unlimited(service, operation, call)
+
+    async def _unlimited(self, service: str, operation: str, call: Awaitable[T]) -> T:
         try:
             return await call
         except ClientError as exc:
-            raise classify_client_error(service, operation, exc) from None
+            error = classify_client_error(service, operation, exc)
+            if isinstance(error, TransientError) and error.retry_after is not None:
+                self.limiter.pause(error.retry_after)
+            raise error from None
         except ParamValidationError as exc:
             # botocore refused to send it: a bad identifier, not a passing fault
             raise PermanentError(service, f"{operation} not sent: {exc}") from None
@@ -204,12 +220,16 @@ class AwsIdentityCenter:
 
     async def _pages(self, client: Any, service: str, operation: str, **params: Any) -> list[Any]:
         """Every page of a paginated call, each page retried as a unit by the caller."""
-        paginator = client.get_paginator(_snake(operation))
-
-        async def collect() -> list[Any]:
-            return [page async for page in paginator.paginate(**params)]
-
-        return await self._aws(service, operation, collect())
+        pages = aiter(client.get_paginator(_snake(operation)).paginate(**params))
+        collected: list[Any] = []
+        while True:
+            # each page is one request against the collective rate limit
+            async with self.limiter.slot():
+                try:
+                    page = await self._unlimited(service, operation, anext(pages))
+                except StopAsyncIteration:
+                    return collected
+            collected.append(page)
 
     async def group_memberships(self, user_id: str) -> list[tuple[str, str]]:
         """(membership id, group id) of every group the user belongs to."""

@@ -10,12 +10,18 @@ from worker.config import OktaConfig
 from worker.errors import PermanentError
 from worker.providers.base import IdpUser, PlannedCall
 from worker.providers.http import JsonHttpClient
+from worker.ratelimit import RateLimiter
 
 
 class Okta:
     name = "okta"
 
-    def __init__(self, config: OktaConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        config: OktaConfig,
+        session: aiohttp.ClientSession,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.org_url = config.org_url.rstrip("/")
         self._http = JsonHttpClient(
             provider="okta",
@@ -23,6 +29,7 @@ class Okta:
             authorization=f"SSWS {config.token.resolve('idp.okta.token').reveal()}",
             session=session,
             timeout=config.timeout_seconds,
+            limiter=limiter,
         )
 
     async def find_user(self, subject: str) -> IdpUser:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -127,12 +128,48 @@ class FaultRule:
         return cls(**data)
 
 
+@dataclass(kw_only=True)
+class ServiceLimit:
+    """A rate limit enforced like the real service: a token bucket over the endpoints
+    it names (prefixes ending in "*"), refilled `per_second`, holding `burst`."""
+
+    endpoints: tuple[str, ...]
+    per_second: float
+    burst: float = 1.0
+    retry_after: float = 1.0
+    _tokens: float = field(default=-1.0)
+    _at: float = field(default=0.0)
+
+    def matches(self, endpoint: str) -> bool:
+        return any(
+            endpoint.startswith(p[:-1]) if p.endswith("*") else endpoint == p
+            for p in self.endpoints
+        )
+
+    def admit(self) -> bool:
+        now = time.monotonic()
+        if self._tokens < 0:
+            self._tokens, self._at = self.burst, now
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.per_second)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
 class FaultPlan:
-    """Seeded, per-endpoint faults shared by all emulators of a sandbox."""
+    """Seeded, per-endpoint faults shared by all emulators of a sandbox, and the
+    services' own rate limits."""
 
     def __init__(self, seed: int = 0) -> None:
         self.rules: list[FaultRule] = []
+        self.limits: list[ServiceLimit] = []
         self._random = random.Random(seed)
+
+    def limit(self, limit: ServiceLimit) -> ServiceLimit:
+        self.limits.append(limit)
+        return limit
 
     def add(self, rule: FaultRule) -> FaultRule:
         self.rules.append(rule)
@@ -179,6 +216,11 @@ class FaultPlan:
                 return await handler(request)
             endpoint = namer(request)
             audit.calls[endpoint] += 1
+            for limit in self.limits:
+                if limit.matches(endpoint) and not limit.admit():
+                    audit.throttled[endpoint] += 1
+                    audit.requests.append((audit.clock.now(), endpoint, "rate-limited"))
+                    return throttle(limit.retry_after)
             faults = self.pick(endpoint)
             outcome = next((f.kind for f in faults if f.kind != "latency"), "ok")
             audit.requests.append((audit.clock.now(), endpoint, outcome))
