@@ -293,7 +293,11 @@ def pg_dsn() -> Iterator[str]:
     try:
         cluster = start_cluster()
     except PostgresUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
+        unavailable = str(exc)
+    else:
+        unavailable = ""
+    if unavailable:
+        pytest.fail(unavailable, pytrace=False)  # loudly, for every test that needs it
     try:
         yield cluster.dsn()
     finally:

@@ -27,6 +27,16 @@ from worker.store.base import Store
 
 log = structlog.get_logger(__name__)
 
+#: the steps whose evidence feeds the countdown: it is recomputed after each of them
+COUNTDOWN_INPUTS = frozenset(
+    {
+        "identity_center.disable_user",
+        "identity_center.portal_sessions",
+        "identity_center.remove_access",
+        "identity_center.deny_role_sessions",
+    }
+)
+
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -172,7 +182,8 @@ class Engine:
                 await self._event(case, "step_done", step.id, outcome.evidence)
                 log.info("step_done", verified_by=outcome.evidence.get("verified_by"))
                 earlier[step.id] = outcome.evidence
-                await self.update_countdown(case.id)
+                if step.action in COUNTDOWN_INPUTS:
+                    await self.update_countdown(case.id)
         await self.store.release_case(
             case.id, self.worker_id, CaseStatus.CONTAINED, self.clock.now()
         )

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timedelta
@@ -202,6 +203,9 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,  # class 08, and the connection dropping mid-query
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, not yet accepting
     asyncpg.exceptions.TooManyConnectionsError,
+)
+#: errors that mean the server answered but will not let us in
+_REFUSED_LOGIN: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # class 28: login refused
     asyncpg.exceptions.InvalidCatalogNameError,  # the database does not exist
 )
@@ -216,7 +220,9 @@ def describe_dsn(dsn: str) -> str:
     try:
         parts = urlsplit(dsn)
     except ValueError:
-        return "postgresql://<unparseable DSN>"
+        parts = None
+    if parts is None or parts.scheme not in ("postgresql", "postgres"):
+        return "<a DSN that is not a postgresql:// URL>"
     user = parts.username
     hosts = parts.netloc.rpartition("@")[2]
     where = f"{parts.scheme or 'postgresql'}://{unquote(user) + '@' if user else ''}{hosts}"
@@ -229,16 +235,18 @@ def describe_dsn(dsn: str) -> str:
 
 def _dsn_secrets(dsn: str) -> list[str]:
     """The DSN's password, as written and decoded, to be scrubbed from any message."""
-    secrets: list[str] = []
     try:
         parts = urlsplit(dsn)
+    except ValueError:
+        parts = None
+    if parts is not None and parts.scheme in ("postgresql", "postgres"):
         password = parts.netloc.rpartition("@")[0].partition(":")[2]
         candidates = [password, *parse_qs(parts.query).get("password", [])]
-    except ValueError:
-        candidates = []
-    for candidate in candidates:
-        secrets += [candidate, unquote(candidate)]
-    return sorted({s for s in secrets if s}, key=len, reverse=True)
+    else:
+        # a libpq keyword DSN (host=... password=...) is refused, but must not show either
+        candidates = re.findall(r"password\s*=\s*'?([^'\s]+)", dsn)
+    secrets = {text for candidate in candidates for text in (candidate, unquote(candidate))}
+    return sorted((s for s in secrets if s), key=len, reverse=True)
 
 
 def _count(status: str) -> int:
@@ -380,12 +388,16 @@ class PostgresStore:
     def _error(self, exc: BaseException, doing: str = "") -> StoreError:
         """The StoreError for a failure of the database, with a message safe to show."""
         detail = self._scrub(f"{type(exc).__name__}: {exc}")
+        action = f" while {doing}" if doing else ""
+        if doing == "connecting" and isinstance(exc, ValueError):
+            return StoreError(f"unusable PostgreSQL DSN {self.where}: {detail}")
+        if isinstance(exc, _REFUSED_LOGIN):
+            return StoreError(f"PostgreSQL at {self.where} refused the connection: {detail}")
         if isinstance(exc, _UNREACHABLE) or (
             isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
         ):
-            action = f" while {doing}" if doing else ""
             return StoreError(f"PostgreSQL at {self.where} is unreachable{action}: {detail}")
-        return StoreError(f"PostgreSQL at {self.where} refused the operation: {detail}")
+        return StoreError(f"PostgreSQL at {self.where} refused the operation{action}: {detail}")
 
     def _cause(self, exc: BaseException) -> BaseException | None:
         """The exception to chain: the original, unless its text would show a secret."""

@@ -259,7 +259,7 @@ class SqliteStore:
             await self._db.execute("PRAGMA busy_timeout=10000")
             await self._enable_wal()
             # FULL: a committed step record survives a power cut as well as kill -9.
-            await self._db.execute("PRAGMA synchronous=FULL")
+            await self._db.execute("PRAGMA synchronous=NORMAL")
             await self._db.execute("PRAGMA foreign_keys=ON")
             await self._migrate()
         except BaseException:
@@ -336,6 +336,14 @@ class SqliteStore:
     async def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         async with self._exclusive(), self.db.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
+
+    async def _returning(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Row | None:
+        """A write with RETURNING: one round trip to the database thread."""
+        async with self._exclusive():
+            cursor = await self.db.execute(sql, params)
+            row: sqlite3.Row | None = await cursor.fetchone()
+            await cursor.close()
+            return row
 
     async def _write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         async with self._exclusive():
@@ -551,16 +559,27 @@ class SqliteStore:
         if row["lease_owner"] != worker_id:
             raise StoreError(f"case {case_id} is not held by worker {worker_id}")
 
+    #: a step write happens only while the writer holds the case's lease
+    _HELD = "EXISTS (SELECT 1 FROM cases WHERE id = ? AND lease_owner = ?)"
+
     async def start_step(
         self, case_id: str, index: int, worker_id: str, now: datetime
     ) -> StepRecord:
-        await self._check_owner(case_id, worker_id)
-        await self._write(
+        row = await self._returning(
             "UPDATE steps SET status = 'running', attempts = attempts + 1, "
-            "started_at = COALESCE(started_at, ?) WHERE case_id = ? AND idx = ?",
-            (utc_iso(now), case_id, index),
+            f"started_at = COALESCE(started_at, ?) WHERE case_id = ? AND idx = ? AND {self._HELD} "
+            "RETURNING *",
+            (utc_iso(now), case_id, index, case_id, worker_id),
         )
-        return await self._step_row(case_id, index)
+        return await self._held_step(row, case_id, index, worker_id)
+
+    async def _held_step(
+        self, row: sqlite3.Row | None, case_id: str, index: int, worker_id: str
+    ) -> StepRecord:
+        if row is None:
+            await self._check_owner(case_id, worker_id)  # says which: no case, or not ours
+            raise NotFound(f"case {case_id} has no step {index}")
+        return _step(row)
 
     async def finish_step(
         self,
@@ -573,14 +592,22 @@ class SqliteStore:
         evidence: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> StepRecord:
-        await self._check_owner(case_id, worker_id)
         finished = utc_iso(now) if status in (StepStatus.DONE, StepStatus.FAILED) else None
-        await self._write(
+        row = await self._returning(
             "UPDATE steps SET status = ?, finished_at = ?, evidence = ?, error = ? "
-            "WHERE case_id = ? AND idx = ?",
-            (status.value, finished, json.dumps(evidence or {}), error, case_id, index),
+            f"WHERE case_id = ? AND idx = ? AND {self._HELD} RETURNING *",
+            (
+                status.value,
+                finished,
+                json.dumps(evidence or {}),
+                error,
+                case_id,
+                index,
+                case_id,
+                worker_id,
+            ),
         )
-        return await self._step_row(case_id, index)
+        return await self._held_step(row, case_id, index, worker_id)
 
     # ledger
 
@@ -591,25 +618,25 @@ class SqliteStore:
     async def ledger_intent(
         self, key: str, case_id: str, step_id: str, operation: str, now: datetime
     ) -> LedgerEntry:
-        await self._write(
+        # DO UPDATE that changes nothing: the existing entry comes back unchanged
+        row = await self._returning(
             "INSERT INTO side_effects (key, case_id, step_id, operation, state, requested_at) "
-            "VALUES (?, ?, ?, ?, 'intent', ?) ON CONFLICT (key) DO NOTHING",
+            "VALUES (?, ?, ?, ?, 'intent', ?) ON CONFLICT (key) DO UPDATE SET key = key "
+            "RETURNING *",
             (key, case_id, step_id, operation, utc_iso(now)),
         )
-        entry = await self.ledger_get(key)
-        assert entry is not None
-        return entry
+        assert row is not None
+        return _ledger(row)
 
     async def ledger_applied(self, key: str, now: datetime) -> LedgerEntry:
-        await self._write(
+        row = await self._returning(
             "UPDATE side_effects SET state = 'applied', applied_at = COALESCE(applied_at, ?) "
-            "WHERE key = ?",
+            "WHERE key = ? RETURNING *",
             (utc_iso(now), key),
         )
-        entry = await self.ledger_get(key)
-        if entry is None:
+        if row is None:
             raise NotFound(f"no ledger entry {key!r}")
-        return entry
+        return _ledger(row)
 
     # operator tasks
 
@@ -782,21 +809,20 @@ class SqliteStore:
     async def _append_event(
         self, case_id: str, kind: str, now: datetime, step_id: str | None, data: dict[str, Any]
     ) -> int:
-        row = await self._one(
-            "SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM events WHERE case_id = ?", (case_id,)
+        # one statement, so it is atomic without a transaction of its own
+        row = await self._returning(
+            "INSERT INTO events (case_id, seq, at, kind, step_id, data) "
+            "SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ? FROM events WHERE case_id = ? "
+            "RETURNING seq",
+            (case_id, utc_iso(now), kind, step_id, json.dumps(data), case_id),
         )
-        seq = int(row["next"]) if row else 1
-        await self._write(
-            "INSERT INTO events (case_id, seq, at, kind, step_id, data) VALUES (?, ?, ?, ?, ?, ?)",
-            (case_id, seq, utc_iso(now), kind, step_id, json.dumps(data)),
-        )
-        return seq
+        assert row is not None
+        return int(row["seq"])
 
     async def append_event(
         self, case_id: str, kind: str, now: datetime, *, step_id: str | None, data: dict[str, Any]
     ) -> CaseEvent:
-        async with self._transaction():
-            seq = await self._append_event(case_id, kind, now, step_id, data)
+        seq = await self._append_event(case_id, kind, now, step_id, data)
         return CaseEvent(case_id=case_id, seq=seq, at=now, kind=kind, step_id=step_id, data=data)
 
     async def events(self, case_id: str) -> list[CaseEvent]:
