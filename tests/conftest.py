@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.pg import pg_dsn, pg_fresh_dsn  # noqa: F401  (fixtures)
 from worker.config import Config, parse_config
 from worker.sandbox import Sandbox, SeededUser
 from worker.service import Runtime, open_runtime

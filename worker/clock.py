@@ -70,8 +70,17 @@ class OffsetClock:
 
 
 def utc_iso(when: datetime) -> str:
-    """ISO-8601 in UTC with a Z, to the millisecond: how every timestamp is shown."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    """ISO-8601 in UTC with a Z, to the millisecond: how every timestamp is stored and shown.
+
+    Rounded up, never down: a stored time that feeds the countdown must not move
+    earlier, or a recomputed milestone could come before the truth."""
+    when = when.astimezone(UTC)
+    if when.microsecond % 1000:
+        when += timedelta(microseconds=1000 - when.microsecond % 1000)
+    return (
+        f"{when.year:04d}-{when.month:02d}-{when.day:02d}T"
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d}.{when.microsecond // 1000:03d}Z"
+    )
 
 
 def parse_iso(text: str) -> datetime:

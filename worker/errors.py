@@ -53,3 +53,7 @@ class StoreError(OffboardError):
 
 class NotFound(StoreError):
     pass
+
+
+class CaseStarted(StoreError):
+    """The case has begun containment: it can no longer be withdrawn or moved."""

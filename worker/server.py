@@ -12,9 +12,10 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -31,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from worker.clock import utc_iso
 from worker.config import TriggerSource
 from worker.domain import Case, CaseStatus, Delivery
-from worker.errors import NotFound, OffboardError, PlaybookError, StoreError
+from worker.errors import CaseStarted, NotFound, OffboardError, PlaybookError
 from worker.openapi import OPENAPI
 from worker.service import (
     ProtectedIdentity,
@@ -43,6 +44,9 @@ from worker.triggers import IgnoredEvent, Trigger, TriggerAdapter, TriggerError,
 from worker.worker import Worker
 
 log = structlog.get_logger(__name__)
+
+#: a login: printable ASCII without spaces, exactly one @ (the OpenAPI document says the same)
+EMAIL = re.compile(r"[!-?A-~]+@[!-?A-~]+")
 
 RUNTIME = web.AppKey("runtime", Runtime)
 WORKER = web.AppKey("worker", Worker)
@@ -266,7 +270,7 @@ async def _act(
             case = await runtime.store.cancel_case(
                 case.id, now, f"termination rescinded by {trigger.source} ({trigger.reference})"
             )
-        except StoreError as exc:
+        except CaseStarted as exc:
             raise Problem(409, "already started", str(exc)) from None
         return 200, {"outcome": "cancelled", **_summary(case)}, case.id
     run_after = (
@@ -313,8 +317,10 @@ def _caller(request: web.Request) -> str:
             headers={"WWW-Authenticate": 'Bearer realm="offboard"'},
         )
     found = None
+    # aiohttp keeps undecodable header bytes as surrogates: encode them back, never fail
+    presented = token.encode("utf-8", "surrogateescape")
     for name, expected in request.app[STATE].api_tokens.items():
-        if hmac.compare_digest(token.encode(), expected.encode()):
+        if hmac.compare_digest(presented, expected.encode()):
             found = name
     if found is None:
         raise Problem(
@@ -338,23 +344,28 @@ class CaseRequest(BaseModel):
     @classmethod
     def _email(cls, value: str) -> str:
         value = value.strip()
-        if value.count("@") != 1 or " " in value or value.startswith("@") or value.endswith("@"):
+        if not EMAIL.fullmatch(value) or not value.isprintable():
             raise ValueError("must be the person's login, an email address")
         return value
 
     @field_validator("effective_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("must carry a time zone offset, e.g. 2026-01-31T17:00:00Z")
-        return value
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("is outside the range of dates this service handles") from None
 
 
 async def _json_body(request: web.Request) -> Any:
     _json_content(request)
     try:
         return json.loads(await request.read())
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise Problem(400, "malformed json", "the body is not valid JSON") from None
 
 
@@ -399,8 +410,12 @@ async def create_case(request: web.Request) -> web.Response:
         _, answer, _ = await _act(request, "", trigger, body.playbook)
         request.app[WORKER].wake.set()
         return web.json_response(answer, status=201 if answer["outcome"] == "created" else 200)
-    if not 1 <= len(idem) <= 200:
-        raise Problem(400, "bad idempotency key", "Idempotency-Key must be 1 to 200 characters")
+    if not 1 <= len(idem) <= 200 or not (idem.isascii() and idem.isprintable()):
+        raise Problem(
+            400,
+            "bad idempotency key",
+            "Idempotency-Key must be 1 to 200 printable ASCII characters",
+        )
     key = f"api:{caller}:{idem}"
     seen = await runtime.store.get_delivery(key)
     if seen is not None and seen.outcome["body"].get("fingerprint") != fingerprint:
@@ -526,7 +541,7 @@ async def cancel(request: web.Request) -> web.Response:
         case = await runtime.store.cancel_case(
             case.id, runtime.clock.now(), f"cancelled by api:{caller}"
         )
-    except StoreError as exc:
+    except CaseStarted as exc:
         raise Problem(409, "already started", str(exc)) from None
     return web.json_response(_summary(case))
 

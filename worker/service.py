@@ -19,7 +19,7 @@ from worker.clock import Clock, SystemClock, seconds_until
 from worker.config import Config
 from worker.domain import Case, CaseStatus, NewCase, OperatorTask, Refusal, StepStatus
 from worker.engine import Engine, EngineSettings
-from worker.errors import NotFound, OffboardError, StoreError
+from worker.errors import CaseStarted, NotFound, OffboardError
 from worker.notify import Notifier
 from worker.playbook import Playbook, find_playbook, load_playbook
 from worker.providers.identity_center import AwsIdentityCenter
@@ -160,7 +160,7 @@ async def open_case(
         due = run_after or runtime.clock.now()
         scheduled = existing.status is CaseStatus.PENDING and existing.run_after is not None
         if scheduled and existing.run_after != due:
-            with contextlib.suppress(StoreError):  # it started meanwhile: leave it be
+            with contextlib.suppress(CaseStarted):  # it started meanwhile: leave it be
                 existing = await runtime.store.reschedule_case(
                     existing.id, due, runtime.clock.now()
                 )

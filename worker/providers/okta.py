@@ -7,7 +7,7 @@ from urllib.parse import quote
 import aiohttp
 
 from worker.config import OktaConfig
-from worker.errors import PermanentError
+from worker.errors import PermanentError, TransientError
 from worker.providers.base import IdpUser, PlannedCall
 from worker.providers.http import JsonHttpClient
 from worker.ratelimit import RateLimiter
@@ -69,8 +69,14 @@ class Okta:
             )
         except PermanentError:
             # Okta refuses to deactivate a DEPROVISIONED user: that is the goal reached.
-            if (await self.get_user(user_id)).deactivated:
+            user = await self.get_user(user_id)
+            if user.deactivated:
                 return
+            if "-> DEPROVISIONED" in user.status:
+                # someone else's asynchronous deactivation is under way: wait for it
+                raise TransientError(
+                    "okta", f"a deactivation of {user_id} is under way ({user.status})"
+                ) from None
             raise
 
     async def revoke_sessions(self, user_id: str) -> None:

@@ -59,7 +59,7 @@ from worker.domain import (
     StepStatus,
     Timer,
 )
-from worker.errors import NotFound, StoreError
+from worker.errors import CaseStarted, NotFound, StoreError
 
 #: The channel `wait_for_work` listens on.
 WORK_CHANNEL = "offboard_work"
@@ -709,7 +709,7 @@ class PostgresStore:
         if row is None:
             raise NotFound(f"no case {case_id!r}")
         if row["status"] != CaseStatus.PENDING.value or row["started"]:
-            raise StoreError(
+            raise CaseStarted(
                 f"case {case_id} has started (status {row['status']}): "
                 "containment cannot be withdrawn or moved once it began"
             )

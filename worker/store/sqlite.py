@@ -35,7 +35,7 @@ from worker.domain import (
     StepStatus,
     Timer,
 )
-from worker.errors import NotFound, StoreError
+from worker.errors import CaseStarted, NotFound, StoreError
 
 #: Versioned schema: each entry upgrades from the previous version. Never edit a
 #: released entry; append a new one.
@@ -259,7 +259,7 @@ class SqliteStore:
             await self._db.execute("PRAGMA busy_timeout=10000")
             await self._enable_wal()
             # FULL: a committed step record survives a power cut as well as kill -9.
-            await self._db.execute("PRAGMA synchronous=NORMAL")
+            await self._db.execute("PRAGMA synchronous=FULL")
             await self._db.execute("PRAGMA foreign_keys=ON")
             await self._migrate()
         except BaseException:
@@ -504,7 +504,7 @@ class SqliteStore:
             "SELECT COUNT(*) AS n FROM steps WHERE case_id = ? AND attempts > 0", (case_id,)
         )
         if case.status is not CaseStatus.PENDING or (row is not None and row["n"]):
-            raise StoreError(
+            raise CaseStarted(
                 f"case {case_id} has started (status {case.status.value}): "
                 "containment cannot be withdrawn or moved once it began"
             )
