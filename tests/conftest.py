@@ -32,7 +32,8 @@ def fast_settings(data: dict[str, Any]) -> dict[str, Any]:
         "maximum_seconds": 0.2,
         "give_up_after_seconds": 10,
     }
-    data["idp"]["okta"]["timeout_seconds"] = 0.5
+    for idp in data["idp"].values():
+        idp["timeout_seconds"] = 0.5
     data["identity_center"]["timeout_seconds"] = 0.5
     data["identity_center"]["scim"]["timeout_seconds"] = 0.5
     data["playbook_dirs"] = [str(REPO / "playbooks")]

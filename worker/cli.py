@@ -205,14 +205,13 @@ async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> 
     """The plan, built without opening the store or calling anything."""
     import aiohttp
 
+    from worker.providers import identity_provider
     from worker.providers.identity_center import AwsIdentityCenter
-    from worker.providers.okta import Okta
 
     dirs = [base_dir / d for d in config.playbook_dirs]
     playbook = load_playbook(find_playbook(args.playbook, dirs))
     async with aiohttp.ClientSession() as http:
-        assert config.idp.okta is not None
-        idp = Okta(config.idp.okta, http)
+        idp = identity_provider(config.idp, http, config.limits.limits(), SystemClock())
         ic = AwsIdentityCenter(config.identity_center, http)
         print(f"dry run: playbook {playbook.name} ({playbook.source}) for {args.user}")
         print("nothing is read or changed; the calls each step would make:")

@@ -22,8 +22,8 @@ from worker.engine import Engine, EngineSettings
 from worker.errors import CaseStarted, NotFound, OffboardError
 from worker.notify import Notifier
 from worker.playbook import Playbook, find_playbook, load_playbook
+from worker.providers import identity_provider
 from worker.providers.identity_center import AwsIdentityCenter
-from worker.providers.okta import Okta
 from worker.retry import with_retry
 from worker.steps import Providers, remove_deny
 from worker.store.base import Store
@@ -86,8 +86,7 @@ async def open_runtime(
         store = await stack.enter_async_context(open_store(config, base_dir))
         http = await stack.enter_async_context(aiohttp.ClientSession())
         limits = config.limits.limits()
-        assert config.idp.okta is not None
-        idp = Okta(config.idp.okta, http, limits["okta"])
+        idp = identity_provider(config.idp, http, limits, clock)
         ic = await stack.enter_async_context(
             AwsIdentityCenter(config.identity_center, http, limits["identity-center"])
         )

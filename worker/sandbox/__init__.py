@@ -1,21 +1,37 @@
-"""The sandbox: Okta and Identity Center emulators on loopback, sharing one audit log
-and one fault plan. It serves `offboard demo`, the tests and the benchmarks."""
+"""The sandbox: emulators of Okta, Entra ID, Google Workspace and Identity Center on
+loopback, sharing one audit log and one fault plan. It serves `offboard demo`, the
+tests and the benchmarks."""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from worker.clock import Clock, SystemClock
 from worker.sandbox.common import AuditLog, FaultPlan, Served, serve_on_loopback
+from worker.sandbox.entra import EntraEmulator
+from worker.sandbox.google import API_PREFIX as GOOGLE_API_PREFIX
+from worker.sandbox.google import (
+    GOOGLE_TOKEN_URI,
+    GoogleWorkspaceEmulator,
+    ServiceAccount,
+    make_service_account_key,
+)
 from worker.sandbox.identity_center import IdentityCenterEmulator
 from worker.sandbox.okta import OktaEmulator
+
+IdpName = Literal["okta", "entra", "google"]
+ENTRA_TENANT = "7d0c0ffe-0000-4000-8000-00000000c0de"
+ENTRA_CLIENT = "0ff80a2d-0000-4000-8000-0000000000a1"
+GOOGLE_ADMIN = "offboard-admin@example.com"
 
 
 @dataclass(frozen=True, kw_only=True)
 class SandboxCredentials:
     okta_token: str = field(default_factory=lambda: "00" + secrets.token_urlsafe(30))
+    entra_client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(30))
+    google_key: str = field(default_factory=lambda: make_service_account_key(GOOGLE_TOKEN_URI))
     scim_token: str = field(default_factory=lambda: secrets.token_urlsafe(48))
     aws_access_key_id: str = "AKIASANDBOX0000001"
     aws_secret_access_key: str = field(default_factory=lambda: secrets.token_urlsafe(30))
@@ -36,7 +52,10 @@ class Sandbox:
         clock: Clock | None = None,
         credentials: SandboxCredentials | None = None,
         seed: int = 0,
+        idp: IdpName = "okta",
     ) -> None:
+        #: the identity provider seeded users live in and the config points at
+        self.idp: IdpName = idp
         self.clock = clock or SystemClock()
         self.credentials = credentials or SandboxCredentials()
         self.audit = AuditLog(self.clock)
@@ -54,16 +73,37 @@ class Sandbox:
             scim_token=self.credentials.scim_token,
             access_key_id=self.credentials.aws_access_key_id,
         )
+        self.entra = EntraEmulator(
+            audit=self.audit,
+            faults=self.faults,
+            clock=self.clock,
+            tenant_id=ENTRA_TENANT,
+            client_id=ENTRA_CLIENT,
+            client_secret=self.credentials.entra_client_secret,
+        )
+        self.google = GoogleWorkspaceEmulator(
+            audit=self.audit,
+            faults=self.faults,
+            clock=self.clock,
+            service_account=ServiceAccount.from_key_file(self.credentials.google_key),
+        )
+        self.google.add_user(GOOGLE_ADMIN, admin=True)
         self._served: list[Served] = []
         self.okta_url = ""
         self.identity_center_url = ""
+        self.entra_url = ""
+        self.google_url = ""
 
     async def start(self, *, okta_port: int = 0, identity_center_port: int = 0) -> Sandbox:
         okta = await serve_on_loopback(self.okta.app(), okta_port)
         ic = await serve_on_loopback(self.identity_center.app(), identity_center_port)
-        self._served = [okta, ic]
+        entra = await serve_on_loopback(self.entra.app())
+        google = await serve_on_loopback(self.google.app())
+        self._served = [okta, ic, entra, google]
         self.okta_url = okta.url
         self.identity_center_url = ic.url
+        self.entra_url = entra.url
+        self.google_url = google.url
         return self
 
     async def stop(self) -> None:
@@ -83,9 +123,18 @@ class Sandbox:
         """A person as they stand on their last day: active everywhere, signed in,
         with AWS access directly and through a group."""
         first = login.partition("@")[0]
-        okta_id = self.okta.add_user(
-            login, first_name=first.capitalize(), last_name="Leaver", sessions=okta_sessions
-        )
+        if self.idp == "entra":
+            idp_id = self.entra.add_user(
+                login, display_name=first.capitalize(), sessions=okta_sessions
+            )
+        elif self.idp == "google":
+            idp_id = self.google.add_user(
+                login, given_name=first.capitalize(), family_name="Leaver", sessions=okta_sessions
+            )
+        else:
+            idp_id = self.okta.add_user(
+                login, first_name=first.capitalize(), last_name="Leaver", sessions=okta_sessions
+            )
         ic = self.identity_center
         user_id = ic.add_user(login, display_name=first.capitalize(), email=login)
         admin = ic.add_permission_set("AdministratorAccess", session_duration="PT12H")
@@ -105,9 +154,7 @@ class Sandbox:
             principal_id=group,
         )
         sessions = tuple(ic.open_portal_session(user_id) for _ in range(portal_sessions))
-        return SeededUser(
-            login=login, okta_id=okta_id, ic_user_id=user_id, portal_sessions=sessions
-        )
+        return SeededUser(login=login, okta_id=idp_id, ic_user_id=user_id, portal_sessions=sessions)
 
     def config_data(
         self, *, sqlite_path: str, env_prefix: str = "OFFBOARD_SANDBOX_"
@@ -115,9 +162,7 @@ class Sandbox:
         """Configuration for a worker pointed at this sandbox; secrets by env reference."""
         return {
             "store": {"sqlite": sqlite_path},
-            "idp": {
-                "okta": {"org_url": self.okta_url, "token": {"env": f"{env_prefix}OKTA_TOKEN"}}
-            },
+            "idp": self._idp_config(env_prefix),
             "identity_center": {
                 "region": "us-east-1",
                 "identity_store_id": self.identity_center.identity_store_id,
@@ -135,9 +180,33 @@ class Sandbox:
             },
         }
 
+    def _idp_config(self, env_prefix: str) -> dict[str, Any]:
+        if self.idp == "entra":
+            return {
+                "entra": {
+                    "tenant_id": ENTRA_TENANT,
+                    "client_id": ENTRA_CLIENT,
+                    "client_secret": {"env": f"{env_prefix}ENTRA_CLIENT_SECRET"},
+                    "login_url": self.entra_url,
+                    "graph_url": f"{self.entra_url}/v1.0",
+                }
+            }
+        if self.idp == "google":
+            return {
+                "google": {
+                    "service_account": {"env": f"{env_prefix}GOOGLE_KEY"},
+                    "delegated_admin": GOOGLE_ADMIN,
+                    "directory_url": f"{self.google_url}{GOOGLE_API_PREFIX.rstrip('/')}",
+                    "token_url": f"{self.google_url}/token",
+                }
+            }
+        return {"okta": {"org_url": self.okta_url, "token": {"env": f"{env_prefix}OKTA_TOKEN"}}}
+
     def environment(self, env_prefix: str = "OFFBOARD_SANDBOX_") -> dict[str, str]:
         return {
             f"{env_prefix}OKTA_TOKEN": self.credentials.okta_token,
+            f"{env_prefix}ENTRA_CLIENT_SECRET": self.credentials.entra_client_secret,
+            f"{env_prefix}GOOGLE_KEY": self.credentials.google_key,
             f"{env_prefix}SCIM_TOKEN": self.credentials.scim_token,
             f"{env_prefix}AWS_ACCESS_KEY_ID": self.credentials.aws_access_key_id,
             f"{env_prefix}AWS_SECRET_ACCESS_KEY": self.credentials.aws_secret_access_key,
