@@ -164,7 +164,11 @@ class IdentityCenterConfig(_Model):
 
 
 class StoreConfig(_Model):
+    """SQLite (one process, the default) or PostgreSQL (several replicas)."""
+
     sqlite: str = "var/offboard.db"
+    #: a postgresql:// DSN; when set, PostgreSQL is used and `sqlite` is ignored
+    postgres: SecretRef | None = None
 
 
 class RetryConfig(_Model):
@@ -279,6 +283,24 @@ class ServerConfig(_Model):
     incident_sources: dict[str, TriggerSource] = Field(default_factory=dict)
 
 
+class SlackConfig(_Model):
+    #: the incoming-webhook URL is itself a secret
+    webhook_url: SecretRef
+
+
+class WebhookNotifierConfig(_Model):
+    url: str
+    #: Standard Webhooks secret (whsec_<base64>) the deliveries are signed with
+    secret: SecretRef
+
+
+class NotifiersConfig(_Model):
+    slack: SlackConfig | None = None
+    webhooks: list[WebhookNotifierConfig] = Field(default_factory=list)
+    #: attempts per delivery before it is recorded as failed
+    attempts: int = Field(default=5, ge=1)
+
+
 class Config(_Model):
     store: StoreConfig = StoreConfig()
     playbook_dirs: list[str] = Field(default_factory=lambda: ["playbooks"])
@@ -289,6 +311,7 @@ class Config(_Model):
     countdown: CountdownConfig = CountdownConfig()
     server: ServerConfig = ServerConfig()
     limits: LimitsConfig = LimitsConfig()
+    notifiers: NotifiersConfig = NotifiersConfig()
     #: break-glass and service identities no trigger may offboard (exact or glob, any case)
     protected_identities: list[str] = Field(default_factory=list)
 

@@ -27,6 +27,7 @@ from worker.providers.identity_center import AwsIdentityCenter
 from worker.retry import with_retry
 from worker.steps import Providers, remove_deny
 from worker.store.base import Store
+from worker.store.postgres import PostgresStore
 from worker.store.sqlite import SqliteStore
 
 log = structlog.get_logger(__name__)
@@ -63,8 +64,12 @@ class Runtime:
 
 @contextlib.asynccontextmanager
 async def open_store(config: Config, base_dir: Path) -> AsyncIterator[Store]:
-    path = Path(config.store.sqlite)
-    store = SqliteStore(path if path.is_absolute() else base_dir / path)
+    store: Store
+    if config.store.postgres is not None:
+        store = PostgresStore(config.store.postgres.resolve("store.postgres").reveal())
+    else:
+        path = Path(config.store.sqlite)
+        store = SqliteStore(path if path.is_absolute() else base_dir / path)
     await store.open()
     try:
         yield store

@@ -115,6 +115,10 @@ class Worker:
             delay = max(0.0, min(delay, seconds_until(due, self.clock.now())))
         self.wake.clear()
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
+        notified = getattr(self.store, "wait_for_work", None)
+        if notified is not None:
+            # PostgreSQL: another replica's new case wakes this one at once (LISTEN/NOTIFY)
+            waiters.append(asyncio.ensure_future(notified(delay)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
                 asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED), delay
