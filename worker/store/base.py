@@ -1,8 +1,15 @@
-"""The store interface. Every backend implements it; no SQL lives outside the backends."""
+"""The store interface. Every backend implements it; no SQL lives outside the backends.
+
+It also defines the evidence chain both backends keep over a case's events, so
+that the two hash the same way and `worker.evidence` can check either offline.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from worker.domain import (
@@ -18,6 +25,69 @@ from worker.domain import (
     StepStatus,
     Timer,
 )
+
+#: Names the encoding below; it is hashed into every link, so a change of encoding
+#: can never be mistaken for this one. Never change what it means: add a new one.
+CHAIN_VERSION = "offboard-evidence-v1"
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON text of a value that is hashed: keys sorted, no whitespace, ASCII
+    only (everything else as \\u escapes)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _sha256(parts: list[Any]) -> str:
+    return hashlib.sha256(canonical_json(parts).encode("ascii")).hexdigest()
+
+
+def genesis_hash(case_id: str) -> str:
+    """The `prev_hash` of a case's first event: fixed, derived from the case id."""
+    return _sha256([CHAIN_VERSION, "genesis", case_id])
+
+
+def event_hash(
+    case_id: str,
+    seq: int,
+    at: str,
+    kind: str,
+    step_id: str | None,
+    data: dict[str, Any],
+    prev_hash: str,
+) -> str:
+    """SHA-256 (hex) of one event, linked to the one before it.
+
+    The hashed text is the canonical JSON array ``[CHAIN_VERSION, case_id, seq, at,
+    kind, step_id, canonical_json(data), prev_hash]`` in ASCII: a JSON array, so no
+    field can run into the next; `at` is the stored timestamp text (`chain_time`).
+    """
+    return _sha256(
+        [CHAIN_VERSION, case_id, seq, at, kind, step_id, canonical_json(data), prev_hash]
+    )
+
+
+def chain_time(when: datetime) -> str:
+    """The text hashed for a timestamp a backend stores as a time value, not as text
+    (PostgreSQL): UTC, every microsecond it keeps, and a Z."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvidenceRecord:
+    """One event as stored, with the links of its case's hash chain.
+
+    `at` is the timestamp exactly as it was hashed (SQLite: the stored text, to the
+    millisecond; PostgreSQL: `chain_time` of the stored value, to the microsecond).
+    """
+
+    case_id: str
+    seq: int
+    at: str
+    kind: str
+    step_id: str | None
+    data: dict[str, Any]
+    prev_hash: str
+    hash: str
 
 
 class Store(Protocol):
@@ -167,3 +237,16 @@ class Store(Protocol):
     ) -> CaseEvent: ...
 
     async def events(self, case_id: str) -> list[CaseEvent]: ...
+
+    # evidence: the events with their hash chain. Events are only ever inserted; each
+    # insert also moves the case's chain head, in the same transaction.
+    async def evidence(self, case_id: str) -> list[EvidenceRecord]:
+        """The case's events as stored, in seq order, with their hashes; [] for an
+        unknown case. Reads what is there: checking it is `worker.evidence.verify`."""
+        ...
+
+    async def evidence_head(self, case_id: str) -> tuple[str, int]:
+        """The case's chain head as the case row records it: the hash of its last event
+        (the genesis hash before any) and how many events were appended. NotFound for
+        an unknown case."""
+        ...

@@ -11,7 +11,7 @@ import contextlib
 import json
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,10 +36,93 @@ from worker.domain import (
     Timer,
 )
 from worker.errors import CaseStarted, NotFound, StoreError
+from worker.store.base import EvidenceRecord, event_hash, genesis_hash
+
+#: A migration step that SQL alone cannot express; it runs inside the migration's
+#: transaction, on the store's connection.
+PythonMigration = Callable[[aiosqlite.Connection], Awaitable[None]]
+
+#: The events table from version 4 on: the hash chain, and nothing can change a row.
+_CHAINED_EVENTS = (
+    """
+    CREATE TABLE events_chained (
+        case_id TEXT NOT NULL REFERENCES cases (id),
+        seq INTEGER NOT NULL,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        step_id TEXT,
+        data TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        PRIMARY KEY (case_id, seq)
+    )
+    """,
+    "ALTER TABLE cases ADD COLUMN events_head TEXT",
+    "ALTER TABLE cases ADD COLUMN events_count INTEGER NOT NULL DEFAULT 0",
+)
+_APPEND_ONLY = (
+    """
+    CREATE TRIGGER events_append_only_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END
+    """,
+    """
+    CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END
+    """,
+)
+
+
+async def _chain_events(db: aiosqlite.Connection) -> None:
+    """Version 4: hash-chain every case's events, those already stored included.
+
+    The table is rebuilt (SQLite cannot add NOT NULL columns to it otherwise): each
+    existing row is copied as it is, with the links computed in seq order from the
+    case's genesis, and the case row gets its head. A gap already in the numbers is
+    kept, not renumbered: the chain then shows it, as it must. From here on the events
+    table refuses UPDATE and DELETE."""
+    for statement in _CHAINED_EVENTS:
+        await db.execute(statement)
+    heads: list[tuple[str, int, str]] = []
+    case_id: str | None = None
+    prev, last = "", 0
+    async with db.execute(
+        "SELECT case_id, seq, at, kind, step_id, data FROM events ORDER BY case_id, seq"
+    ) as cursor:
+        while rows := list(await cursor.fetchmany(500)):
+            batch = []
+            for row in rows:
+                if row["case_id"] != case_id:
+                    if case_id is not None:
+                        heads.append((prev, last, case_id))
+                    case_id, prev = row["case_id"], genesis_hash(row["case_id"])
+                digest = event_hash(
+                    row["case_id"],
+                    row["seq"],
+                    row["at"],
+                    row["kind"],
+                    row["step_id"],
+                    json.loads(row["data"]),
+                    prev,
+                )
+                batch.append((*tuple(row), prev, digest))
+                prev, last = digest, row["seq"]
+            await db.executemany(
+                "INSERT INTO events_chained (case_id, seq, at, kind, step_id, data, prev_hash, "
+                "hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                batch,
+            )
+    if case_id is not None:
+        heads.append((prev, last, case_id))
+    await db.executemany("UPDATE cases SET events_head = ?, events_count = ? WHERE id = ?", heads)
+    await db.execute("DROP TABLE events")
+    await db.execute("ALTER TABLE events_chained RENAME TO events")
+    for statement in _APPEND_ONLY:
+        await db.execute(statement)
+
 
 #: Versioned schema: each entry upgrades from the previous version. Never edit a
-#: released entry; append a new one.
-MIGRATIONS: tuple[str, ...] = (
+#: released entry; append a new one. A string is SQL statements separated by `;`.
+MIGRATIONS: tuple[str | PythonMigration, ...] = (
     """
     CREATE TABLE cases (
         id TEXT PRIMARY KEY,
@@ -132,6 +215,7 @@ MIGRATIONS: tuple[str, ...] = (
         reason TEXT NOT NULL
     );
     """,
+    _chain_events,
 )
 
 #: set while the current task holds the connection inside a transaction
@@ -299,8 +383,11 @@ class SqliteStore:
                     f"offboard ({len(MIGRATIONS)}): upgrade offboard"
                 )
             for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-                for statement in filter(str.strip, script.split(";")):
-                    await self.db.execute(statement)
+                if isinstance(script, str):
+                    for statement in filter(str.strip, script.split(";")):
+                        await self.db.execute(statement)
+                else:
+                    await script(self.db)
                 await self.db.execute("INSERT INTO schema_version VALUES (?)", (version,))
 
     @contextlib.asynccontextmanager
@@ -394,7 +481,13 @@ class SqliteStore:
                     for i, s in enumerate(new.steps)
                 ],
             )
-            await self._append_event(case_id, "case_created", now, None, {"trigger": new.trigger})
+            await self._append_event(
+                case_id,
+                "case_created",
+                now,
+                None,
+                {"trigger": new.trigger, "subject": new.subject, "playbook": new.playbook},
+            )
         return await self.get_case(case_id), True
 
     async def get_case(self, case_id: str) -> Case:
@@ -809,15 +902,32 @@ class SqliteStore:
     async def _append_event(
         self, case_id: str, kind: str, now: datetime, step_id: str | None, data: dict[str, Any]
     ) -> int:
-        # one statement, so it is atomic without a transaction of its own
-        row = await self._returning(
-            "INSERT INTO events (case_id, seq, at, kind, step_id, data) "
-            "SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ? FROM events WHERE case_id = ? "
-            "RETURNING seq",
-            (case_id, utc_iso(now), kind, step_id, json.dumps(data), case_id),
+        """Insert the event, linked to the case's chain head, and move the head to it,
+        in one transaction (the caller's, or one of its own)."""
+        if not _IN_TRANSACTION.get():
+            async with self._transaction():
+                return await self._append_event(case_id, kind, now, step_id, data)
+        head = await self._one(
+            "SELECT events_head, events_count FROM cases WHERE id = ?", (case_id,)
         )
-        assert row is not None
-        return int(row["seq"])
+        if head is None:
+            raise StoreError(f"no case {case_id!r} to record the event {kind!r} for")
+        # The counter, not MAX(seq): a deleted last event leaves a gap the chain shows.
+        seq = int(head["events_count"]) + 1
+        prev = head["events_head"] or genesis_hash(case_id)
+        at, text = utc_iso(now), json.dumps(data)
+        # hashed as it will be read back: what was stored, not what was passed
+        digest = event_hash(case_id, seq, at, kind, step_id, json.loads(text), prev)
+        await self._write(
+            "INSERT INTO events (case_id, seq, at, kind, step_id, data, prev_hash, hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (case_id, seq, at, kind, step_id, text, prev, digest),
+        )
+        await self._write(
+            "UPDATE cases SET events_head = ?, events_count = ? WHERE id = ?",
+            (digest, seq, case_id),
+        )
+        return seq
 
     async def append_event(
         self, case_id: str, kind: str, now: datetime, *, step_id: str | None, data: dict[str, Any]
@@ -838,3 +948,38 @@ class SqliteStore:
             )
             for r in rows
         ]
+
+    async def evidence(self, case_id: str) -> list[EvidenceRecord]:
+        rows = await self._all("SELECT * FROM events WHERE case_id = ? ORDER BY seq", (case_id,))
+        return [
+            EvidenceRecord(
+                case_id=r["case_id"],
+                seq=r["seq"],
+                at=r["at"],
+                kind=r["kind"],
+                step_id=r["step_id"],
+                data=_stored_data(r["data"]),
+                prev_hash=r["prev_hash"] or "",
+                hash=r["hash"] or "",
+            )
+            for r in rows
+        ]
+
+    async def evidence_head(self, case_id: str) -> tuple[str, int]:
+        row = await self._one(
+            "SELECT events_head, events_count FROM cases WHERE id = ?", (case_id,)
+        )
+        if row is None:
+            raise NotFound(f"no case {case_id!r}")
+        return row["events_head"] or genesis_hash(case_id), int(row["events_count"])
+
+
+def _stored_data(text: str) -> dict[str, Any]:
+    """An event's data as stored; text that is no longer a JSON object (someone wrote
+    to the file) is kept as it is, under a key of its own, so its hash fails and the
+    check says which event it was instead of stopping there."""
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError):
+        data = None
+    return data if isinstance(data, dict) else {"<unreadable stored data>": str(text)}
