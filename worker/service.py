@@ -20,7 +20,7 @@ from worker.config import Config
 from worker.domain import Case, CaseStatus, NewCase, OperatorTask, Refusal, StepStatus
 from worker.engine import Engine, EngineSettings
 from worker.errors import CaseStarted, NotFound, OffboardError
-from worker.notify import Notifier
+from worker.notify import Notifier, notifier_from_config, record_in_timeline
 from worker.playbook import Playbook, find_playbook, load_playbook
 from worker.providers import identity_provider
 from worker.providers.identity_center import AwsIdentityCenter
@@ -90,6 +90,14 @@ async def open_runtime(
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(config, base_dir))
         http = await stack.enter_async_context(aiohttp.ClientSession())
+        if notifier is None:
+            fanout = notifier_from_config(
+                config.notifiers, http, record=record_in_timeline(store, clock), clock=clock
+            )
+            # closes before the store and the session: deliveries in flight finish
+            # (or are cancelled after 20 s) and are recorded in the case timeline
+            stack.push_async_callback(fanout.aclose, 20.0)
+            notifier = fanout
         limits = config.limits.limits()
         idp = identity_provider(config.idp, http, limits, clock)
         ic = await stack.enter_async_context(

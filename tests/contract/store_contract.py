@@ -15,12 +15,15 @@ store promises to keep. The tests move time only through the `now` they pass.
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from worker.clock import parse_iso
 from worker.domain import (
     Case,
     CaseStatus,
@@ -32,7 +35,8 @@ from worker.domain import (
     Timer,
 )
 from worker.errors import NotFound, StoreError
-from worker.store.base import Store
+from worker.evidence import check_chain
+from worker.store.base import EvidenceRecord, Store, event_hash, genesis_hash
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 LEASE = 30.0
@@ -701,6 +705,149 @@ class StoreContract:
 
     async def test_ping(self, store: Store) -> None:
         await store.ping()
+
+    # the evidence chain over the timeline
+
+    async def _assert_chained(self, store: Store, case_id: str) -> list[EvidenceRecord]:
+        """The case's events form a valid chain, the head points at its last link,
+        and the records are the events, with their hashes."""
+        records = await store.evidence(case_id)
+        events = await store.events(case_id)
+        assert [(r.case_id, r.seq, r.kind, r.step_id, r.data) for r in records] == [
+            (e.case_id, e.seq, e.kind, e.step_id, e.data) for e in events
+        ]
+        assert [parse_iso(r.at) for r in records] == [e.at for e in events]
+        prev = genesis_hash(case_id)
+        for seq, r in enumerate(records, start=1):
+            assert r.seq == seq
+            assert r.prev_hash == prev, f"event {seq} does not link to event {seq - 1}"
+            assert re.fullmatch(r"[0-9a-f]{64}", r.hash)
+            assert r.hash == event_hash(case_id, r.seq, r.at, r.kind, r.step_id, r.data, prev)
+            prev = r.hash
+        assert await store.evidence_head(case_id) == (prev, len(records))
+        assert check_chain(case_id, records, prev, len(records)) == []
+        return records
+
+    async def test_events_get_a_valid_hash_chain(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(trigger={"source": "hr", "id": "E1"}), T0)
+        first = await self._assert_chained(store, case.id)
+        assert len(first) == 1 and first[0].kind == "case_created"
+        assert first[0].prev_hash == genesis_hash(case.id)
+        assert first[0].data["trigger"] == {"source": "hr", "id": "E1"}
+
+        await store.append_event(
+            case.id, "step_started", at(1), step_id="idp-deactivate", data={"attempt": 1}
+        )
+        await store.append_event(
+            case.id,
+            "step_done",
+            at(2),
+            step_id="idp-deactivate",
+            data={"verified_by": "okta.user_status", "nested": {"b": [1, 2.5], "a": None}},
+        )
+        await store.append_event(
+            case.id,
+            "operator_confirmed",
+            at(3),
+            step_id="portal-sessions",
+            data={"confirmed_by": "grace@example.com", "note": 'ünï ✓ "quoted", \n'},
+        )
+        records = await self._assert_chained(store, case.id)
+        assert [r.kind for r in records] == [
+            "case_created",
+            "step_started",
+            "step_done",
+            "operator_confirmed",
+        ]
+        # the genesis is the case's own: chains of two cases never share a link
+        other, _ = await store.create_case(new_case("b@example.com"), T0)
+        assert (await store.evidence(other.id))[0].prev_hash != genesis_hash(case.id)
+
+    async def test_values_the_backend_normalises_still_verify(self, store: Store) -> None:
+        """What is hashed is what is stored: numbers a database rewrites and times finer
+        than it keeps still verify when read back."""
+        case, _ = await store.create_case(new_case(), T0)
+        data = {
+            "huge": 1e300,
+            "tiny": 1.5e-300,
+            "negative_zero": -0.0,
+            "tenth": 0.1,
+            "big_int": 2**62,
+            "keys": {"z": 1, "a": 2, "é": 3},
+            "text": "ünï ✓ \u2028 \U0001f600",
+        }
+        await store.append_event(
+            case.id, "note", T0 + timedelta(microseconds=123456), step_id=None, data=data
+        )
+        await store.append_event(case.id, "note", at(1), step_id=None, data={"after": True})
+        await self._assert_chained(store, case.id)
+
+    async def test_chain_head_moves_with_every_event(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), T0)
+        other, _ = await store.create_case(new_case("b@example.com"), T0)
+        head = await store.evidence_head(case.id)
+        assert head == ((await store.evidence(case.id))[0].hash, 1)
+
+        # events the store writes itself, in the transactions of other changes
+        await store.reschedule_case(case.id, at(100), at(1))
+        await self._assert_chained(store, case.id)
+        assert (await store.evidence_head(case.id))[1] == 2
+        await store.cancel_case(other.id, at(2), "rescinded")
+        assert [r.kind for r in await self._assert_chained(store, other.id)] == [
+            "case_created",
+            "case_cancelled",
+        ]
+
+        contained = await self._contained(store)
+        await store.save_countdown(
+            contained.id, {}, 0, self._timers(contained, 0, **{"a": 10, "all-lapsed": 20}), at(2)
+        )
+        await store.claim_due_timer("w1", at(30))
+        await store.claim_due_timer("w1", at(30))
+        kinds = [r.kind for r in await self._assert_chained(store, contained.id)]
+        assert kinds[-3:] == ["milestone_reached", "milestone_reached", "case_access_lapsed"]
+
+        before = await store.evidence_head(case.id)
+        appended = await store.append_event(case.id, "note", at(3), step_id=None, data={})
+        after = await store.evidence_head(case.id)
+        assert after[1] == before[1] + 1 == appended.seq
+        assert after[0] != before[0]
+        assert (await store.evidence(case.id))[-1].prev_hash == before[0]
+        # another case's head did not move
+        assert await store.evidence_head(other.id) == (
+            (await store.evidence(other.id))[-1].hash,
+            2,
+        )
+
+    async def test_appending_after_many_events_still_chains(self, store: Store) -> None:
+        a, _ = await store.create_case(new_case("a@example.com"), T0)
+        b, _ = await store.create_case(new_case("b@example.com"), T0)
+        for n in range(1, 151):
+            await store.append_event(
+                a.id if n % 3 else b.id, "note", at(n), step_id=None, data={"n": n}
+            )
+        await self._assert_chained(store, a.id)
+        await self._assert_chained(store, b.id)
+        # concurrent appends to one case take turns: one chain, no seq twice
+        await asyncio.gather(
+            *(
+                store.append_event(a.id, "note", at(200), step_id=None, data={"c": n})
+                for n in range(25)
+            )
+        )
+        records = await self._assert_chained(store, a.id)
+        assert len(records) == 1 + 100 + 25
+        assert sorted(r.data["c"] for r in records[-25:]) == list(range(25))
+        last = await store.append_event(a.id, "note", at(300), step_id=None, data={"last": 1})
+        assert last.seq == 127
+        assert (await self._assert_chained(store, a.id))[-1].data == {"last": 1}
+
+    async def test_evidence_of_an_unknown_case(self, store: Store) -> None:
+        assert await store.evidence("c-does-not-exist") == []
+        with pytest.raises(NotFound):
+            await store.evidence_head("c-does-not-exist")
+        with pytest.raises(StoreError):
+            await store.append_event("c-does-not-exist", "note", T0, step_id=None, data={})
 
     # countdown and timers
 

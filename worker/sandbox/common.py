@@ -250,6 +250,34 @@ class FaultPlan:
         return inject_faults
 
 
+class SandboxUserAdmin:
+    """The sandbox admin routes every IdP emulator shares: show a user, re-enable one
+    (the drift a watchdog must catch). Emulators supply `_find`, `_sandbox_view` and
+    `reactivate`."""
+
+    def _find(self, key: str) -> Any:
+        raise NotImplementedError
+
+    def _sandbox_view(self, user: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def reactivate(self, user_id_or_login: str) -> None:
+        raise NotImplementedError
+
+    async def sandbox_get_user(self, request: web.Request) -> web.Response:
+        user = self._find(request.match_info["key"])
+        if user is None:
+            return web.json_response({"error": "no such user"}, status=404)
+        return web.json_response(self._sandbox_view(user))
+
+    async def sandbox_reactivate(self, request: web.Request) -> web.Response:
+        user = self._find(request.match_info["key"])
+        if user is None:
+            return web.json_response({"error": "no such user"}, status=404)
+        self.reactivate(user.id)
+        return web.json_response(self._sandbox_view(user))
+
+
 @dataclass
 class Served:
     """An aiohttp application listening on loopback."""

@@ -35,7 +35,7 @@ from cryptography.x509.oid import NameOID
 
 from worker.clock import Clock, utc_iso
 from worker.providers.oauth import CLIENT_ASSERTION_TYPE, certificate_thumbprints
-from worker.sandbox.common import AuditLog, FaultPlan, Handler
+from worker.sandbox.common import AuditLog, FaultPlan, Handler, SandboxUserAdmin
 
 SERVICE = "entra"
 GRAPH_RESOURCE = "https://graph.microsoft.com"
@@ -187,7 +187,7 @@ class _Token:
     expires_at: datetime
 
 
-class EntraEmulator:
+class EntraEmulator(SandboxUserAdmin):
     def __init__(
         self,
         *,
@@ -304,8 +304,8 @@ class EntraEmulator:
             app.router.add_patch(user, self._update_user)
             app.router.add_post(f"{user}/revokeSignInSessions", self._revoke)
         app.router.add_post("/_sandbox/entra/users", self._sandbox_add_user)
-        app.router.add_get("/_sandbox/entra/users/{key}", self._sandbox_get_user)
-        app.router.add_post("/_sandbox/entra/users/{key}/enable", self._sandbox_enable)
+        app.router.add_get("/_sandbox/entra/users/{key}", self.sandbox_get_user)
+        app.router.add_post("/_sandbox/entra/users/{key}/enable", self.sandbox_reactivate)
         return app
 
     @web.middleware
@@ -710,19 +710,6 @@ class EntraEmulator:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return _json(400, {"error": f"bad user: {exc}"})
         return _json(200, {"id": user_id})
-
-    async def _sandbox_get_user(self, request: web.Request) -> web.Response:
-        user = self._find(request.match_info["key"])
-        if user is None:
-            return _json(404, {"error": "no such user"})
-        return _json(200, self._sandbox_view(user))
-
-    async def _sandbox_enable(self, request: web.Request) -> web.Response:
-        user = self._find(request.match_info["key"])
-        if user is None:
-            return _json(404, {"error": "no such user"})
-        self.reactivate(user.id)
-        return _json(200, self._sandbox_view(user))
 
     @staticmethod
     def _sandbox_view(user: _User) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from worker.clock import Clock, utc_iso
 from worker.providers.oauth import JWT_BEARER_GRANT
-from worker.sandbox.common import AuditLog, FaultPlan, Handler
+from worker.sandbox.common import AuditLog, FaultPlan, Handler, SandboxUserAdmin
 
 SERVICE = "google"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL
@@ -206,7 +206,7 @@ class _Token:
     expires_at: datetime
 
 
-class GoogleWorkspaceEmulator:
+class GoogleWorkspaceEmulator(SandboxUserAdmin):
     def __init__(
         self,
         *,
@@ -315,8 +315,8 @@ class GoogleWorkspaceEmulator:
         app.router.add_put(user, self._update_user)
         app.router.add_post(user + "/signOut", self._sign_out)
         app.router.add_post("/_sandbox/google/users", self._sandbox_add_user)
-        app.router.add_get("/_sandbox/google/users/{key}", self._sandbox_get_user)
-        app.router.add_post("/_sandbox/google/users/{key}/unsuspend", self._sandbox_unsuspend)
+        app.router.add_get("/_sandbox/google/users/{key}", self.sandbox_get_user)
+        app.router.add_post("/_sandbox/google/users/{key}/unsuspend", self.sandbox_reactivate)
         return app
 
     @web.middleware
@@ -567,19 +567,6 @@ class GoogleWorkspaceEmulator:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return _json(400, {"error": f"bad user: {exc}"})
         return _json(200, {"id": user_id})
-
-    async def _sandbox_get_user(self, request: web.Request) -> web.Response:
-        user = self._find(request.match_info["key"])
-        if user is None:
-            return _json(404, {"error": "no such user"})
-        return _json(200, self._sandbox_view(user))
-
-    async def _sandbox_unsuspend(self, request: web.Request) -> web.Response:
-        user = self._find(request.match_info["key"])
-        if user is None:
-            return _json(404, {"error": "no such user"})
-        self.reactivate(user.id)
-        return _json(200, self._sandbox_view(user))
 
     @staticmethod
     def _sandbox_view(user: _User) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from worker.clock import Clock, utc_iso
-from worker.sandbox.common import AuditLog, FaultPlan, Handler
+from worker.sandbox.common import AuditLog, FaultPlan, Handler, SandboxUserAdmin
 
 SERVICE = "okta"
 USER_STATUSES = frozenset(
@@ -117,7 +117,7 @@ class _User:
             self.activated = at
 
 
-class OktaEmulator:
+class OktaEmulator(SandboxUserAdmin):
     def __init__(
         self,
         *,
@@ -236,8 +236,8 @@ class OktaEmulator:
             "/api/v1/users/{userId}/sessions", self._clear_sessions, name="okta.clear_sessions"
         )
         app.router.add_post("/_sandbox/okta/users", self._sandbox_add_user)
-        app.router.add_get("/_sandbox/okta/users/{key}", self._sandbox_get_user)
-        app.router.add_post("/_sandbox/okta/users/{key}/reactivate", self._sandbox_reactivate)
+        app.router.add_get("/_sandbox/okta/users/{key}", self.sandbox_get_user)
+        app.router.add_post("/_sandbox/okta/users/{key}/reactivate", self.sandbox_reactivate)
         return app
 
     @web.middleware
@@ -455,19 +455,6 @@ class OktaEmulator:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return _json(400, {"error": f"bad user: {exc}"})
         return _json(200, {"id": user_id})
-
-    async def _sandbox_get_user(self, request: web.Request) -> web.Response:
-        user = self._find(request.match_info["key"])
-        if user is None:
-            return _json(404, {"error": "no such user"})
-        return _json(200, self._sandbox_view(user))
-
-    async def _sandbox_reactivate(self, request: web.Request) -> web.Response:
-        user = self._find(request.match_info["key"])
-        if user is None:
-            return _json(404, {"error": "no such user"})
-        self.reactivate(user.id)
-        return _json(200, self._sandbox_view(user))
 
     @staticmethod
     def _sandbox_view(user: _User) -> dict[str, Any]:

@@ -12,7 +12,10 @@ differs is how replicas are kept apart:
   that writes, holding the case row (``FOR SHARE``) so no claim can slip between the
   check and the write; a worker that lost its lease gets StoreError.
 - Event numbers come from a per-case counter on the case row, so concurrent appends
-  to one case serialise instead of colliding.
+  to one case serialise instead of colliding. The same transaction links the event
+  into the case's hash chain and moves the chain head on the case row
+  (`worker.store.base.event_hash`); the events table refuses UPDATE, DELETE and
+  TRUNCATE.
 - Migrations run in one transaction under ``pg_advisory_xact_lock``: replicas
   starting together take turns, and each version is applied once.
 - Row locks are always taken timers first, then the case row, then its steps, so
@@ -36,7 +39,7 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -60,6 +63,7 @@ from worker.domain import (
     Timer,
 )
 from worker.errors import CaseStarted, NotFound, StoreError
+from worker.store.base import EvidenceRecord, chain_time, event_hash, genesis_hash
 
 #: The channel `wait_for_work` listens on.
 WORK_CHANNEL = "offboard_work"
@@ -67,10 +71,99 @@ WORK_CHANNEL = "offboard_work"
 #: pg_advisory_xact_lock key held while migrating ("offboard" in ASCII).
 MIGRATION_LOCK = 0x6F6666626F617264
 
+#: A migration step that SQL alone cannot express: it gets the migrating connection,
+#: inside the migration's transaction.
+PythonMigration = Callable[[Any], Awaitable[None]]
+
+_CHAIN_SCHEMA = """
+    ALTER TABLE cases RENAME COLUMN last_event_seq TO events_count;
+    ALTER TABLE cases ADD COLUMN events_head text;
+    ALTER TABLE events RENAME TO events_unchained;
+    ALTER INDEX events_pkey RENAME TO events_unchained_pkey;
+    CREATE TABLE events (
+        case_id text NOT NULL REFERENCES cases (id),
+        seq bigint NOT NULL,
+        at timestamptz NOT NULL,
+        kind text NOT NULL,
+        step_id text,
+        data jsonb NOT NULL,
+        prev_hash text NOT NULL,
+        hash text NOT NULL,
+        PRIMARY KEY (case_id, seq)
+    );
+    CREATE TEMPORARY TABLE events_links (
+        case_id text NOT NULL,
+        seq bigint NOT NULL,
+        prev_hash text NOT NULL,
+        hash text NOT NULL
+    ) ON COMMIT DROP;
+"""
+
+_APPEND_ONLY = """
+    INSERT INTO events (case_id, seq, at, kind, step_id, data, prev_hash, hash)
+        SELECT e.case_id, e.seq, e.at, e.kind, e.step_id, e.data, l.prev_hash, l.hash
+        FROM events_unchained e JOIN events_links l USING (case_id, seq);
+    -- the head is the last event there is; events_count stays the counter, so events
+    -- deleted from the end before this migration still show as deleted
+    UPDATE cases SET events_head = l.hash
+        FROM (SELECT DISTINCT ON (case_id) case_id, hash FROM events_links
+              ORDER BY case_id, seq DESC) l
+        WHERE cases.id = l.case_id;
+    DROP TABLE events_unchained;
+    CREATE FUNCTION offboard_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'events are append-only (% refused)', TG_OP;
+    END
+    $$;
+    CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
+        FOR EACH ROW EXECUTE FUNCTION offboard_events_append_only();
+    CREATE TRIGGER events_append_only_truncate BEFORE TRUNCATE ON events
+        FOR EACH STATEMENT EXECUTE FUNCTION offboard_events_append_only();
+"""
+
+
+async def _chain_events(conn: Any) -> None:
+    """Version 2: hash-chain every case's events, those already stored included.
+
+    The table is rebuilt with NOT NULL link columns; the links are computed here,
+    in seq order from each case's genesis, over the rows as they read back (the
+    data never leaves the server re-encoded: the rows are copied inside it). The
+    case's event counter becomes `events_count`, and the case row gets its head. A
+    gap already in the numbers is kept, not renumbered: the chain then shows it, as
+    it must. From here on the events table refuses UPDATE, DELETE and TRUNCATE."""
+    await conn.execute(_CHAIN_SCHEMA)
+    links: list[tuple[str, int, str, str]] = []
+    case_id: str | None = None
+    prev = ""
+    async for row in conn.cursor(
+        "SELECT case_id, seq, at, kind, step_id, data FROM events_unchained ORDER BY case_id, seq",
+        prefetch=500,
+    ):
+        if row["case_id"] != case_id:
+            case_id, prev = row["case_id"], genesis_hash(row["case_id"])
+        digest = event_hash(
+            row["case_id"],
+            row["seq"],
+            chain_time(row["at"]),
+            row["kind"],
+            row["step_id"],
+            row["data"],
+            prev,
+        )
+        links.append((row["case_id"], row["seq"], prev, digest))
+        prev = digest
+        if len(links) >= 5000:
+            await conn.copy_records_to_table("events_links", records=links)
+            links = []
+    if links:
+        await conn.copy_records_to_table("events_links", records=links)
+    await conn.execute(_APPEND_ONLY)
+
+
 #: Versioned schema: each entry upgrades from the previous version, in one
 #: transaction. Never edit a released entry; append a new one. (Versions count
 #: separately from the SQLite store's: version 1 here is its versions 1 to 3.)
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[str | PythonMigration, ...] = (
     """
     CREATE TABLE cases (
         id text PRIMARY KEY,
@@ -164,6 +257,7 @@ MIGRATIONS: tuple[str, ...] = (
         reason text NOT NULL
     );
     """,
+    _chain_events,
 )
 
 _COLUMNS = (
@@ -503,7 +597,10 @@ class PostgresStore:
                     f"offboard ({len(MIGRATIONS)}): upgrade offboard"
                 )
             for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-                await conn.execute(script)
+                if isinstance(script, str):
+                    await conn.execute(script)
+                else:
+                    await script(conn)
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
 
     # work notifications
@@ -604,7 +701,12 @@ class PostgresStore:
                     [(case_id, i, s.id, s.action) for i, s in enumerate(new.steps)],
                 )
             await self._append_event(
-                conn, case_id, "case_created", now, None, {"trigger": new.trigger}
+                conn,
+                case_id,
+                "case_created",
+                now,
+                None,
+                {"trigger": new.trigger, "subject": new.subject, "playbook": new.playbook},
             )
             await self._notify(conn, f"case_created {case_id}")
         return _case(row), True
@@ -1040,23 +1142,34 @@ class PostgresStore:
         data: dict[str, Any],
     ) -> int:
         # Bumping the counter locks the case row until commit: appends to one case
-        # take turns, so two never compute the same seq.
-        seq: int | None = await conn.fetchval(
-            "UPDATE cases SET last_event_seq = last_event_seq + 1 WHERE id = $1 "
-            "RETURNING last_event_seq",
+        # take turns, so two never compute the same seq or link to the same head.
+        # The data and time come back as the server stores them, which is what is
+        # hashed (jsonb normalises numbers; timestamptz keeps microseconds).
+        head: Row | None = await conn.fetchrow(
+            "UPDATE cases SET events_count = events_count + 1 WHERE id = $1 "
+            "RETURNING events_count, events_head, $2::jsonb AS data, $3::timestamptz AS at",
             case_id,
+            data,
+            now,
         )
-        if seq is None:
+        if head is None:
             raise StoreError(f"no case {case_id!r} to record the event {kind!r} for")
+        seq: int = head["events_count"]
+        prev: str = head["events_head"] or genesis_hash(case_id)
+        digest = event_hash(case_id, seq, chain_time(head["at"]), kind, step_id, head["data"], prev)
+        # One statement: the event and the head that points at it.
         await conn.execute(
-            "INSERT INTO events (case_id, seq, at, kind, step_id, data) "
-            "VALUES ($1, $2, $3, $4, $5, $6)",
+            "WITH event AS (INSERT INTO events (case_id, seq, at, kind, step_id, data, "
+            "prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)) "
+            "UPDATE cases SET events_head = $8 WHERE id = $1",
             case_id,
             seq,
             now,
             kind,
             step_id,
             data,
+            prev,
+            digest,
         )
         return seq
 
@@ -1070,3 +1183,27 @@ class PostgresStore:
     async def events(self, case_id: str) -> list[CaseEvent]:
         rows = await self._fetch("SELECT * FROM events WHERE case_id = $1 ORDER BY seq", case_id)
         return [_event(r) for r in rows]
+
+    async def evidence(self, case_id: str) -> list[EvidenceRecord]:
+        rows = await self._fetch("SELECT * FROM events WHERE case_id = $1 ORDER BY seq", case_id)
+        return [
+            EvidenceRecord(
+                case_id=r["case_id"],
+                seq=r["seq"],
+                at=chain_time(r["at"]),
+                kind=r["kind"],
+                step_id=r["step_id"],
+                data=r["data"],
+                prev_hash=r["prev_hash"],
+                hash=r["hash"],
+            )
+            for r in rows
+        ]
+
+    async def evidence_head(self, case_id: str) -> tuple[str, int]:
+        row = await self._fetchrow(
+            "SELECT events_head, events_count FROM cases WHERE id = $1", case_id
+        )
+        if row is None:
+            raise NotFound(f"no case {case_id!r}")
+        return row["events_head"] or genesis_hash(case_id), int(row["events_count"])

@@ -1,0 +1,1309 @@
+"""Chaos harness: many leavers, flaky providers, and `offboard worker` processes
+that are SIGKILLed and restarted at random, then a check of every promise.
+
+    .venv/bin/python bench/chaos.py --backend postgres --workers 3 --cases 300 \\
+        --kills 50 --fault-rate 0.2 --seed 7
+    .venv/bin/python bench/chaos.py --backend sqlite --workers 1 --cases 30 --kills 5
+
+What it does, in one process (asyncio) plus K worker subprocesses:
+
+1. starts the sandbox emulators (Okta, Identity Center) here, seeds N leavers and
+   injects seeded faults on every endpoint the worker calls: throttles with a wait
+   hint, 5xx, timeouts, connection resets, some latency, and on the mutations
+   (okta.deactivate, okta.clear_sessions, scim.patch_user) timeouts and resets
+   *after* the change was applied, so a mutation lands while the worker sees a failure;
+2. starts a throwaway PostgreSQL 15 (tests/pg.py) or uses a SQLite file, writes a
+   config (2 s lease, fast retries, a watchdog interval of a day, countdown caches
+   of 5 s so the first two milestones fire during the chaos), and opens the N cases
+   through worker.service.open_case against the same store;
+3. runs K `offboard worker` processes; at seeded random moments SIGKILLs a random
+   one and starts it again. It plays the operator meanwhile: when a case waits on
+   its portal-sessions task it deletes the sessions through the emulator's console
+   endpoint and confirms through worker.service.confirm_task;
+4. when every case is contained it moves the workers' clock (the
+   OFFBOARD_TEST_CLOCK_OFFSET_FILE) 13 h on, keeps killing (a fifth of the kills are
+   kept for this) until every case's access has lapsed, then SIGTERMs the workers;
+5. checks, from the emulators' audit log, the store and the workers' own logs:
+   completion, order, no double mutation, no concurrent step execution, milestones
+   exactly once, kills done, clean shutdown. Exit code 0 only if every check passes.
+
+The seed fixes the fault draws, the kill schedule and the operator's delays; the
+interleaving with real processes is not reproducible, so a seed shows a failure
+often, not always. `--keep` (or any failure) leaves the run directory: the config,
+every worker's log and report.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: tests.pg lives in the source tree
+    sys.path.insert(0, str(REPO))
+
+import aiohttp  # noqa: E402
+import yaml  # noqa: E402
+
+from worker.clock import OffsetClock  # noqa: E402
+from worker.config import parse_config  # noqa: E402
+from worker.domain import Case, CaseEvent, CaseStatus, OperatorTask, StepStatus, Timer  # noqa: E402
+from worker.sandbox import Sandbox, SeededUser  # noqa: E402
+from worker.sandbox.common import FaultRule  # noqa: E402
+from worker.service import Runtime, confirm_task, open_case, open_runtime  # noqa: E402
+
+DSN_ENV = "OFFBOARD_CHAOS_PG_DSN"
+PORTAL_STEP = "portal-sessions"
+STEP_ORDER = ("idp-deactivate", "idp-sessions", "ic-disable", PORTAL_STEP)
+MILESTONES = ("new-sessions-end", "applications-lapse", "role-sessions-lapse", "all-lapsed")
+#: the endpoint families the worker calls (console.* is the operator's, not faulted)
+FAULTED = ("okta.*", "identitystore.*", "sso-admin.*", "scim.*")
+MUTATIONS = ("okta.deactivate", "okta.clear_sessions", "scim.patch_user")
+#: store events that end a step attempt
+TERMINAL_EVENTS = ("step_done", "step_deferred", "operator_task_opened", "case_halted")
+#: worker log lines that end a step attempt in that process
+TERMINAL_LOGS = (
+    "step_done",
+    "step_deferred",
+    "case_waiting_for_operator",
+    "case_halted",
+    "step_crashed",
+    "case_run_failed",
+)
+#: beyond the 12 h role session of the seeded AdministratorAccess and the caches
+CLOCK_JUMP_SECONDS = 13 * 3600 + 600
+CASE_ID = re.compile(r"\bc-[0-9a-f]{16}\b")
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    backend: str = "postgres"
+    workers: int = 3
+    cases: int = 300
+    kills: int = 50
+    fault_rate: float = 0.2
+    seed: int = 7
+    timeout: float = 900.0
+    lease: float = 2.0
+    concurrency: int = 16
+    #: mean seconds between two kills
+    kill_every: float = 1.0
+    milestones: bool = True
+    #: confirm as soon as the task is open (before the case is released as waiting)
+    eager_operator: bool = False
+    keep: bool = False
+    json_path: Path | None = None
+    quiet: bool = False
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    p = argparse.ArgumentParser(
+        prog="bench/chaos.py", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    p.add_argument("--backend", choices=("postgres", "sqlite"), default="postgres")
+    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--cases", type=int, default=300)
+    p.add_argument("--kills", type=int, default=50, help="SIGKILLs in total")
+    p.add_argument("--fault-rate", type=float, default=0.2, help="share of calls that fail")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--timeout", type=float, default=900.0, help="give up after (seconds)")
+    p.add_argument("--lease", type=float, default=2.0, help="worker.lease_seconds")
+    p.add_argument("--concurrency", type=int, default=16, help="worker.concurrency")
+    p.add_argument("--kill-every", type=float, default=1.0, help="mean seconds between kills")
+    p.add_argument(
+        "--no-milestones", action="store_true", help="stop at contained; no clock jump"
+    )
+    p.add_argument(
+        "--eager-operator",
+        action="store_true",
+        help="confirm a task the moment it is open, before its case is released as waiting",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the run directory")
+    p.add_argument("--json", type=Path, default=None, help="write the report here too")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    a = p.parse_args(argv)
+    if a.workers < 1 or a.cases < 1 or a.kills < 0 or not 0 <= a.fault_rate < 1:
+        p.error("need --workers >= 1, --cases >= 1, --kills >= 0, 0 <= --fault-rate < 1")
+    if a.backend == "sqlite" and a.workers != 1:
+        p.error("SQLite is one process's store: --backend sqlite needs --workers 1")
+    return Options(
+        backend=a.backend,
+        workers=a.workers,
+        cases=a.cases,
+        kills=a.kills,
+        fault_rate=a.fault_rate,
+        seed=a.seed,
+        timeout=a.timeout,
+        lease=a.lease,
+        concurrency=a.concurrency,
+        kill_every=a.kill_every,
+        milestones=not a.no_milestones,
+        eager_operator=a.eager_operator,
+        keep=a.keep,
+        json_path=a.json,
+        quiet=a.quiet,
+    )
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def install_faults(sandbox: Sandbox, rate: float, rng: random.Random) -> list[FaultRule]:
+    """Seeded faults: mutations first (applied, then the client sees a failure), then
+    every faulted endpoint family gets its share of throttles, 5xx, timeouts, resets."""
+    if rate <= 0:
+        return []
+    rules: list[FaultRule] = []
+    for endpoint in MUTATIONS:
+        rules.append(
+            FaultRule(endpoint=endpoint, kind="timeout", rate=rate * 0.3, delay=1.6, phase="after")
+        )
+        rules.append(FaultRule(endpoint=endpoint, kind="reset", rate=rate * 0.2, phase="after"))
+    for family in FAULTED:
+        hint = round(rng.uniform(0.1, 0.4), 2)
+        rules += [
+            FaultRule(endpoint=family, kind="throttle", rate=rate * 0.15, retry_after=hint),
+            FaultRule(endpoint=family, kind="throttle", rate=rate * 0.1, retry_after=1.0),
+            FaultRule(endpoint=family, kind="error", rate=rate * 0.15, status=500),
+            FaultRule(endpoint=family, kind="error", rate=rate * 0.1, status=503),
+            FaultRule(endpoint=family, kind="timeout", rate=rate * 0.15, delay=1.6),
+            FaultRule(endpoint=family, kind="reset", rate=rate * 0.25),
+            FaultRule(endpoint=family, kind="latency", rate=rate * 0.5, delay=0.15),
+        ]
+    for rule in rules:
+        sandbox.faults.add(rule)
+    return rules
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def config_data(sandbox: Sandbox, opts: Options, run_dir: Path) -> dict[str, Any]:
+    data = sandbox.config_data(sqlite_path=str(run_dir / "offboard.db"))
+    if opts.backend == "postgres":
+        data["store"] = {"postgres": {"env": DSN_ENV}}
+    data["playbook_dirs"] = [str(REPO / "playbooks")]
+    data["worker"] = {
+        "lease_seconds": opts.lease,
+        "verify_timeout_seconds": 5,
+        "verify_interval_seconds": 0.05,
+        "requeue_after_seconds": 0.2,
+        "concurrency": opts.concurrency,
+        "poll_seconds": 0.2,
+    }
+    data["retry"] = {
+        "attempts": 8,
+        "initial_seconds": 0.02,
+        "maximum_seconds": 0.5,
+        "give_up_after_seconds": 20,
+    }
+    # The client gives up before an injected timeout (1.6 s) answers.
+    data["idp"]["okta"]["timeout_seconds"] = 1.0
+    data["identity_center"]["timeout_seconds"] = 1.0
+    data["identity_center"]["scim"]["timeout_seconds"] = 1.0
+    # AWS's 20 TPS is not what is tested here (the emulator does not enforce it);
+    # injected throttles are. Restarted workers re-read every watched case.
+    data["limits"] = {"identity_center_per_second": 200, "identity_center_burst": 20}
+    data["countdown"] = {
+        "signin_cache": "PT5S",
+        "cli_lag": "PT5S",
+        "app_session_cache": "PT5S",
+        "watchdog_interval": "PT24H",
+    }
+    return data
+
+
+def worker_command() -> list[str]:
+    script = Path(sys.executable).with_name("offboard")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "worker.cli"]
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+@dataclass(kw_only=True)
+class Incarnation:
+    """One `offboard worker` process, from start to its end."""
+
+    slot: int
+    number: int
+    process: asyncio.subprocess.Process
+    log: Path
+    started_wall: float
+    started_clock: float
+    worker_id: str
+    ended_wall: float | None = None
+    ended_clock: float | None = None
+    #: "killed" (by us, SIGKILL), "terminated" (by us, SIGTERM), "exited" (on its own)
+    end: str | None = None
+    returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+class Workers:
+    def __init__(
+        self,
+        *,
+        count: int,
+        config: Path,
+        env: dict[str, str],
+        run_dir: Path,
+        clock: OffsetClock,
+    ) -> None:
+        self.count = count
+        self.config = config
+        self.env = env
+        self.run_dir = run_dir
+        self.clock = clock
+        self.current: dict[int, Incarnation] = {}
+        self.all: list[Incarnation] = []
+        self.kills = 0
+        self.unexpected: list[Incarnation] = []
+        self._busy: set[int] = set()
+        self._files: list[IO[bytes]] = []
+
+    async def start(self, slot: int) -> Incarnation:
+        number = sum(1 for i in self.all if i.slot == slot) + 1
+        log = self.run_dir / f"worker-{slot}-{number:03d}.log"
+        handle = log.open("wb")
+        self._files.append(handle)
+        process = await asyncio.create_subprocess_exec(
+            *worker_command(),
+            "--config",
+            str(self.config),
+            "--log-level",
+            "INFO",
+            "worker",
+            env=self.env,
+            cwd=self.run_dir,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=handle,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        inc = Incarnation(
+            slot=slot,
+            number=number,
+            process=process,
+            log=log,
+            started_wall=time.time(),
+            started_clock=self.clock.now().timestamp(),
+            worker_id=f"{socket.gethostname()}:{process.pid}",
+        )
+        self.current[slot] = inc
+        self.all.append(inc)
+        return inc
+
+    def _ended(self, inc: Incarnation, how: str) -> None:
+        inc.ended_wall = time.time()
+        inc.ended_clock = self.clock.now().timestamp()
+        inc.end = how
+        inc.returncode = inc.process.returncode
+
+    async def kill_and_restart(self, slot: int, restart_after: float) -> None:
+        self._busy.add(slot)
+        try:
+            inc = self.current[slot]
+            if inc.process.returncode is None:
+                inc.process.send_signal(signal.SIGKILL)
+                await inc.process.wait()
+                self._ended(inc, "killed")
+                self.kills += 1
+            else:  # it ended on its own just now: the reaper's business, not a kill
+                await inc.process.wait()
+                self._ended(inc, "exited")
+                self.unexpected.append(inc)
+            await asyncio.sleep(restart_after)
+            await self.start(slot)
+        finally:
+            self._busy.discard(slot)
+
+    async def reap(self) -> None:
+        """Restart a worker that ended by itself (it should never)."""
+        for slot, inc in list(self.current.items()):
+            if slot in self._busy or inc.process.returncode is None or inc.end is not None:
+                continue
+            self._ended(inc, "exited")
+            self.unexpected.append(inc)
+            await self.start(slot)
+
+    async def terminate_all(self, wait: float = 60.0) -> None:
+        for inc in self.current.values():
+            if inc.process.returncode is None and inc.end is None:
+                inc.process.send_signal(signal.SIGTERM)
+        for inc in self.current.values():
+            if inc.end is not None:
+                continue
+            try:
+                await asyncio.wait_for(inc.process.wait(), wait)
+                self._ended(inc, "terminated")
+            except TimeoutError:
+                inc.process.send_signal(signal.SIGKILL)
+                await inc.process.wait()
+                self._ended(inc, "terminated")
+                inc.returncode = None  # did not stop on SIGTERM
+
+    async def kill_everything(self) -> None:
+        """On the way out after an error: no process of ours is left behind."""
+        for inc in self.all:
+            if inc.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    inc.process.send_signal(signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    await inc.process.wait()
+
+    def close_files(self) -> None:
+        for handle in self._files:
+            handle.close()
+
+
+# ----------------------------------------------------------------------------- the operator
+
+
+@dataclass(kw_only=True)
+class Operator:
+    runtime: Runtime
+    sandbox: Sandbox
+    users: dict[str, SeededUser]
+    rng: random.Random
+    eager: bool
+    http: aiohttp.ClientSession
+    handled: set[str] = field(default_factory=set)
+    confirmed_at: dict[str, float] = field(default_factory=dict)
+    deletions: Counter[str] = field(default_factory=Counter)
+    #: cases found waiting although their task was confirmed (a lost resume)
+    lost_resumes: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def look(self, cases: list[Case]) -> None:
+        waiting = {c.id for c in cases if c.status is CaseStatus.WAITING}
+        open_tasks = await self.runtime.store.open_tasks()
+        open_ids = {t.case_id for t in open_tasks if t.step_id == PORTAL_STEP}
+        for task in open_tasks:
+            if task.step_id != PORTAL_STEP or task.case_id in self.handled:
+                continue
+            if not self.eager and task.case_id not in waiting:
+                continue  # a human acts on the notification, sent once the case waits
+            self.handled.add(task.case_id)
+            delay = 0.0 if self.eager else self.rng.uniform(0.0, 0.6)
+            job = asyncio.create_task(self._act(task, delay))
+            self.tasks.add(job)
+            job.add_done_callback(self.tasks.discard)
+        now = time.monotonic()
+        for case_id in waiting - open_ids:
+            confirmed = self.confirmed_at.get(case_id)
+            if confirmed is not None and now - confirmed > 3.0:
+                # Confirmed, yet still waiting and no worker will ever resume it.
+                self.lost_resumes.append({"case": case_id, "after_s": round(now - confirmed, 1)})
+                self.confirmed_at[case_id] = now
+                with contextlib.suppress(Exception):
+                    await confirm_task(self.runtime, case_id, PORTAL_STEP, "chaos-operator")
+
+    async def _act(self, task: OperatorTask, delay: float) -> None:
+        await asyncio.sleep(delay)
+        user = self.users[task.subject]
+        url = (
+            f"{self.sandbox.identity_center_url}/_console/users/{user.ic_user_id}/portal-sessions"
+        )
+        for attempt in range(20):
+            try:
+                async with self.http.delete(url) as response:
+                    response.raise_for_status()
+                    await response.json()
+                self.deletions[task.case_id] += 1
+                break
+            except aiohttp.ClientError as exc:
+                self.errors.append(f"{task.case_id}: console delete attempt {attempt}: {exc}")
+                await asyncio.sleep(0.2)
+        for attempt in range(20):
+            try:
+                await confirm_task(self.runtime, task.case_id, PORTAL_STEP, "chaos-operator")
+                self.confirmed_at[task.case_id] = time.monotonic()
+                return
+            except Exception as exc:
+                self.errors.append(f"{task.case_id}: confirm attempt {attempt}: {exc}")
+                await asyncio.sleep(0.2)
+
+    async def drain(self) -> None:
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+
+# ----------------------------------------------------------------------------- logs
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogLine:
+    wall: float
+    event: str
+    case_id: str | None
+    step: str | None
+    attempt: int | None
+    inc: Incarnation
+
+
+def read_logs(incarnations: list[Incarnation]) -> list[LogLine]:
+    lines: list[LogLine] = []
+    for inc in incarnations:
+        try:
+            text = inc.log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for raw in text.splitlines():
+            if not raw.startswith("{"):
+                continue
+            try:
+                rec = json.loads(raw)
+                wall = datetime.fromisoformat(str(rec["timestamp"]).replace("Z", "+00:00"))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by SIGKILL
+            case_id = rec.get("case_id")
+            if case_id is None and rec.get("event") == "case_run_failed":
+                found = CASE_ID.search(str(rec.get("error", "")))
+                case_id = found.group(0) if found else None
+            attempt = rec.get("attempt")
+            lines.append(
+                LogLine(
+                    wall=wall.timestamp(),
+                    event=str(rec.get("event")),
+                    case_id=case_id,
+                    step=rec.get("step"),
+                    attempt=attempt if isinstance(attempt, int) else None,
+                    inc=inc,
+                )
+            )
+    return lines
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+@dataclass(kw_only=True)
+class Check:
+    name: str
+    ok: bool
+    summary: str
+    violations: list[str] = field(default_factory=list)
+    warn: bool = False  # shown, but does not fail the run
+
+    @property
+    def label(self) -> str:
+        if self.ok:
+            return "PASS"
+        return "WARN" if self.warn else "FAIL"
+
+
+@dataclass(kw_only=True)
+class CaseData:
+    case: Case
+    user: SeededUser
+    steps: list[Any]
+    events: list[CaseEvent]
+    timers: list[Timer]
+    task: OperatorTask | None
+
+
+@dataclass(kw_only=True)
+class Attempt:
+    case_id: str
+    step: str
+    attempt: int
+    start: float
+    end: float | None = None
+    end_how: str = ""
+    inc: Incarnation | None = None
+
+
+def _ts(when: datetime | None) -> float | None:
+    return None if when is None else when.timestamp()
+
+
+class OffsetHistory:
+    """What the clock offset was when: turns a log line's wall time into the workers'
+    (shifted) clock, in which the store's times are written."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[float, float]] = [(0.0, 0.0)]
+
+    def set(self, wall: float, offset: float) -> None:
+        self.changes.append((wall, offset))
+
+    def to_clock(self, wall: float) -> float:
+        offset = 0.0
+        for since, value in self.changes:
+            if wall >= since:
+                offset = value
+        return wall + offset
+
+
+def check_completion(data: list[CaseData], want: CaseStatus) -> Check:
+    statuses = Counter(d.case.status.value for d in data)
+    bad = [f"{d.case.id} ({d.user.login}) is {d.case.status.value}" for d in data
+           if d.case.status is not want]
+    halted = [f"{d.case.id}: {d.case.halt_reason}" for d in data if d.case.halt_reason]
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
+    return Check(
+        name="every case completed",
+        ok=not bad,
+        summary=f"{statuses.get(want.value, 0)}/{len(data)} {want.value} ({shown})",
+        violations=bad + halted,
+    )
+
+
+def check_emulator_state(sandbox: Sandbox, data: list[CaseData]) -> Check:
+    bad: list[str] = []
+    for d in data:
+        u = d.user
+        okta, ic = sandbox.okta.user_status(u.okta_id), sandbox.identity_center.user_status(
+            u.ic_user_id
+        )
+        live, portal = sandbox.okta.live_sessions(u.okta_id), sandbox.identity_center.portal_sessions(
+            u.ic_user_id
+        )
+        if okta != "DEPROVISIONED" or live or ic != "DISABLED" or portal:
+            bad.append(
+                f"{u.login}: Okta {okta} ({live} sessions), Identity Center {ic} "
+                f"({len(portal)} portal sessions)"
+            )
+    return Check(
+        name="providers' end state",
+        ok=not bad,
+        summary=f"{len(data) - len(bad)}/{len(data)} users DEPROVISIONED, 0 Okta sessions, "
+        "DISABLED, 0 portal sessions",
+        violations=bad,
+    )
+
+
+def check_order(sandbox: Sandbox, data: list[CaseData]) -> Check:
+    """IdP deactivated (verified) before the Identity Center user was disabled, which was
+    before the portal-sessions task opened: in the audit log, in the step records, in the
+    timeline, and across them (the audit's times against the store's)."""
+    bad: list[str] = []
+    missing_events: list[str] = []
+    for d in data:
+        u, cid = d.user, d.case.id
+        deact = sandbox.audit.entries(action="okta.deactivate", target=u.okta_id)
+        clears = sandbox.audit.entries(action="okta.clear_sessions", target=u.okta_id)
+        patches = [
+            e
+            for e in sandbox.audit.entries(action="scim.patch_user", target=u.ic_user_id)
+            if e.detail.get("changed")
+        ]
+        console = sandbox.audit.entries(
+            action="console.delete_portal_sessions", target=u.ic_user_id
+        )
+        if not (deact and clears and patches and console):
+            bad.append(
+                f"{u.login}: audit lacks a mutation (deactivate {len(deact)}, clear "
+                f"{len(clears)}, disable {len(patches)}, console {len(console)})"
+            )
+            continue
+        # audit order: every session clear after the deactivation; disable after both
+        seq = [deact[0].seq, min(c.seq for c in clears), patches[0].seq, console[0].seq]
+        if seq != sorted(seq) or any(c.seq > patches[0].seq for c in clears):
+            bad.append(f"{u.login}: audit order deactivate/clear/disable/console is {seq}")
+        steps = {s.step_id: s for s in d.steps}
+        # step records: each done before the next first started
+        for before, after in zip(STEP_ORDER, STEP_ORDER[1:], strict=False):
+            b, a = steps.get(before), steps.get(after)
+            if b is None or a is None or b.finished_at is None or a.started_at is None:
+                bad.append(f"{cid}: step {before} or {after} never ran to the end")
+                continue
+            if b.finished_at > a.started_at:
+                bad.append(
+                    f"{cid}: {after} started {a.started_at} before {before} finished "
+                    f"{b.finished_at}"
+                )
+        # across: the IC disable landed after the IdP step was verified, and the task
+        # opened after the disable landed; the operator acted after the task opened
+        idp_done = _ts(steps["idp-deactivate"].finished_at) if "idp-deactivate" in steps else None
+        if idp_done is not None and patches[0].at.timestamp() < idp_done:
+            bad.append(f"{cid}: SCIM disable at {patches[0].at} before the IdP step was verified")
+        if d.task is None:
+            bad.append(f"{cid}: no portal-sessions task")
+        else:
+            if d.task.opened_at < patches[0].at:
+                bad.append(f"{cid}: task opened {d.task.opened_at} before disable {patches[0].at}")
+            if console[0].at < d.task.opened_at:
+                bad.append(f"{cid}: sessions deleted before the task opened")
+        # the timeline: first step_done of each step before any start of the next
+        first_done: dict[str, int] = {}
+        first_start: dict[str, int] = {}
+        first_task: int | None = None
+        for e in d.events:
+            if e.kind == "step_done" and e.step_id:
+                first_done.setdefault(e.step_id, e.seq)
+            if e.kind == "step_started" and e.step_id:
+                first_start.setdefault(e.step_id, e.seq)
+            if e.kind == "operator_task_opened" and first_task is None:
+                first_task = e.seq
+        for before, after in zip(STEP_ORDER, STEP_ORDER[1:], strict=False):
+            if before not in first_done:
+                missing_events.append(f"{cid}: no step_done event for {before}")
+                continue
+            if after in first_start and first_start[after] < first_done[before]:
+                bad.append(f"{cid}: timeline starts {after} before {before} is done")
+        if first_task is not None and "ic-disable" in first_done and first_task < first_done[
+            "ic-disable"
+        ]:
+            bad.append(f"{cid}: timeline opens the task before ic-disable is done")
+    summary = (
+        f"{len(data)} people: okta.deactivate < okta.clear_sessions < scim.patch_user "
+        "< console deletion (audit seq); step records; timeline; audit times vs store times"
+    )
+    if missing_events:
+        summary += f"; {len(missing_events)} step_done event(s) missing from timelines"
+    return Check(name="containment order", ok=not bad, summary=summary, violations=bad)
+
+
+def check_timeline_complete(data: list[CaseData]) -> Check:
+    """A state change and its timeline event are written separately: is any missing?"""
+    missing: list[str] = []
+    for d in data:
+        kinds = Counter(e.kind for e in d.events)
+        done_events = {e.step_id for e in d.events if e.kind == "step_done"}
+        for s in d.steps:
+            if s.status is StepStatus.DONE and s.step_id not in done_events:
+                missing.append(f"{d.case.id}: step {s.step_id} is done, no step_done event")
+        if d.case.status in (CaseStatus.CONTAINED, CaseStatus.ACCESS_LAPSED) and not kinds.get(
+            "case_contained"
+        ):
+            missing.append(f"{d.case.id}: contained, no case_contained event")
+        if d.task is not None and d.task.confirmed_at and not kinds.get("operator_confirmed"):
+            missing.append(f"{d.case.id}: task confirmed, no operator_confirmed event")
+    return Check(
+        name="timeline complete",
+        ok=not missing,
+        summary=f"{len(missing)} state change(s) without their timeline event",
+        violations=missing,
+        warn=True,
+    )
+
+
+def check_mutations_once(
+    sandbox: Sandbox, data: list[CaseData], operator: Operator
+) -> tuple[Check, dict[str, int]]:
+    bad: list[str] = []
+    counts: Counter[str] = Counter()
+    repeats: Counter[str] = Counter()
+    for d in data:
+        u = d.user
+        deact = sandbox.audit.entries(action="okta.deactivate", target=u.okta_id)
+        changed = [
+            e
+            for e in sandbox.audit.entries(action="scim.patch_user", target=u.ic_user_id)
+            if e.detail.get("changed")
+        ]
+        enabled = [
+            e
+            for e in sandbox.audit.entries(action="scim.patch_user", target=u.ic_user_id)
+            if e.detail.get("active")
+        ]
+        console = sandbox.audit.entries(
+            action="console.delete_portal_sessions", target=u.ic_user_id
+        )
+        clears = sandbox.audit.entries(action="okta.clear_sessions", target=u.okta_id)
+        unchanged = sandbox.audit.entries(action="scim.patch_user", target=u.ic_user_id)
+        counts["okta.deactivate"] += len(deact)
+        counts["scim.patch_user changed"] += len(changed)
+        counts["console.delete_portal_sessions"] += len(console)
+        repeats["okta.clear_sessions"] += max(0, len(clears) - 1)
+        repeats["scim.patch_user unchanged"] += len(unchanged) - len(changed)
+        if len(deact) > 1:
+            bad.append(f"{u.login}: okta.deactivate applied {len(deact)} times")
+        if len(changed) > 1:
+            bad.append(f"{u.login}: scim.patch_user changed the user {len(changed)} times")
+        if enabled:
+            bad.append(f"{u.login}: scim.patch_user set active=true {len(enabled)} time(s)")
+        if len(console) > 1:
+            bad.append(f"{u.login}: portal sessions deleted {len(console)} times")
+        tasks_opened = sum(1 for e in d.events if e.kind == "operator_task_opened")
+        if operator.deletions[d.case.id] > 1:
+            bad.append(f"{d.case.id}: the operator was asked {operator.deletions[d.case.id]} times")
+        repeats["operator_task_opened re-announced"] += max(0, tasks_opened - 1)
+    others = [
+        e.action
+        for e in sandbox.audit.entries()
+        if e.action
+        not in ("okta.deactivate", "okta.clear_sessions", "scim.patch_user")
+        and e.action != "console.delete_portal_sessions"
+    ]
+    if others:
+        bad.append(f"unexpected mutations: {dict(Counter(others))}")
+    summary = (
+        f"okta.deactivate {counts['okta.deactivate']}, scim.patch_user changed "
+        f"{counts['scim.patch_user changed']}, console deletions "
+        f"{counts['console.delete_portal_sessions']} for {len(data)} people (at most 1 each); "
+        f"idempotent repeats: okta.clear_sessions +{repeats['okta.clear_sessions']}, "
+        f"SCIM PATCH that changed nothing {repeats['scim.patch_user unchanged']}"
+    )
+    return Check(name="no mutation applied twice", ok=not bad, summary=summary, violations=bad), {
+        **counts,
+        **{f"repeat {k}": v for k, v in repeats.items()},
+    }
+
+
+def step_attempts(
+    data: list[CaseData],
+    logs: list[LogLine],
+    workers: Workers,
+    offsets: OffsetHistory,
+) -> tuple[Check, dict[str, int]]:
+    """No step of a case executed by two workers (or twice by one) at the same time.
+
+    An attempt runs from its step_started event to the event that ends it (done,
+    deferred, task opened, halted). An attempt without one was abandoned; the worker
+    that ran it is found by its log line `step_started` (case, step, attempt number),
+    and the attempt ends when that process wrote its next ending line for the case or
+    died. Two attempts of one case that overlap are a violation."""
+    by_key: dict[tuple[str, str, int], LogLine] = {}
+    endings: dict[tuple[int, str], list[float]] = defaultdict(list)
+    for line in logs:
+        if line.event == "step_started" and line.case_id and line.step and line.attempt:
+            by_key[(line.case_id, line.step, line.attempt)] = line
+        if line.event in TERMINAL_LOGS and line.case_id:
+            endings[(id(line.inc), line.case_id)].append(line.wall)
+    kill_clock = sorted(
+        i.ended_clock for i in workers.all if i.end == "killed" and i.ended_clock is not None
+    )
+    figures: Counter[str] = Counter()
+    bad: list[str] = []
+    for d in data:
+        attempts: list[Attempt] = []
+        current: Attempt | None = None
+        for e in d.events:
+            if e.kind == "step_started" and e.step_id:
+                number = int(e.data.get("attempt", 0))
+                current = Attempt(
+                    case_id=d.case.id, step=e.step_id, attempt=number, start=e.at.timestamp()
+                )
+                line = by_key.get((d.case.id, e.step_id, number))
+                current.inc = line.inc if line else None
+                attempts.append(current)
+            elif e.kind in TERMINAL_EVENTS and current is not None and e.step_id == current.step:
+                if current.end is None:
+                    current.end, current.end_how = e.at.timestamp(), e.kind
+        for i, a in enumerate(attempts):
+            figures["attempts"] += 1
+            figures["attributed"] += a.inc is not None
+            if a.end is not None:
+                continue
+            figures["abandoned"] += 1
+            nxt = attempts[i + 1].start if i + 1 < len(attempts) else None
+            if a.inc is not None:
+                start_wall = a.start - (offsets.to_clock(a.start) - a.start)
+                later = [w for w in endings[(id(a.inc), a.case_id)] if w >= start_wall - 0.001]
+                if later:
+                    a.end, a.end_how = offsets.to_clock(min(later)), "its worker logged the end"
+                    figures["abandoned, ended in the log (worker lived on)"] += 1
+                elif a.inc.ended_clock is not None:
+                    a.end, a.end_how = a.inc.ended_clock, f"its worker {a.inc.end}"
+                    figures[f"abandoned, worker {a.inc.end}"] += 1
+                else:
+                    a.end, a.end_how = float("inf"), "its worker never ended"
+            else:
+                # Killed between the event and its log line: some worker killed after
+                # the start must explain it, before the next attempt began.
+                kills = [k for k in kill_clock if k >= a.start and (nxt is None or k <= nxt)]
+                figures["abandoned, unattributed"] += 1
+                if nxt is not None and not kills:
+                    bad.append(
+                        f"{a.case_id}: attempt {a.attempt} of {a.step} at {a.start:.3f} was "
+                        "abandoned by an unknown worker and no worker was killed before the "
+                        f"next attempt at {nxt:.3f}"
+                    )
+                a.end = kills[0] if kills else (nxt if nxt is not None else a.start)
+                a.end_how = "a kill (unattributed)"
+        ordered = sorted(attempts, key=lambda x: x.start)
+        for x, y in zip(ordered, ordered[1:], strict=False):
+            assert x.end is not None
+            if y.start < x.end:
+                who = lambda a: a.inc.worker_id if a.inc else "unknown"  # noqa: E731
+                bad.append(
+                    f"{d.case.id}: {x.step} attempt {x.attempt} ({who(x)}, "
+                    f"{x.start:.3f}-{x.end:.3f}, ended: {x.end_how}) overlaps {y.step} attempt "
+                    f"{y.attempt} ({who(y)}, from {y.start:.3f}); "
+                    f"{x.end - y.start:.3f} s together"
+                )
+        figures["gap after a kill, min ms"] = min(
+            [figures.get("gap after a kill, min ms", 10**9)]
+            + [
+                int((y.start - x.end) * 1000)
+                for x, y in zip(ordered, ordered[1:], strict=False)
+                if x.end_how.startswith("its worker killed") and x.end is not None
+            ]
+        )
+    if figures["gap after a kill, min ms"] == 10**9:
+        figures["gap after a kill, min ms"] = -1
+    lease_lost = sum(1 for line in logs if line.event == "lease_lost")
+    run_failed = sum(1 for line in logs if line.event == "case_run_failed")
+    figures["lease_lost log lines"] = lease_lost
+    figures["case_run_failed log lines"] = run_failed
+    summary = (
+        f"{figures['attempts']} step attempts, {figures['attributed']} attributed to a worker "
+        f"by its log; {figures['abandoned']} abandoned "
+        f"({figures['abandoned, worker killed']} by a killed worker, "
+        f"{figures['abandoned, unattributed']} killed before logging, "
+        f"{figures['abandoned, ended in the log (worker lived on)']} by a worker that lived on); "
+        f"0 overlaps needed, {len(bad)} found; leases lost by live workers: {lease_lost}"
+    )
+    return Check(
+        name="no step executed twice at once", ok=not bad, summary=summary, violations=bad
+    ), dict(figures)
+
+
+def check_milestones(data: list[CaseData], logs: list[LogLine], expect_all: bool) -> Check:
+    bad: list[str] = []
+    timers = fired = events = 0
+    logged: Counter[tuple[str, str]] = Counter()
+    for line in logs:
+        if line.event == "milestone_reached" and line.case_id:
+            logged[(line.case_id, "")] += 1
+    for d in data:
+        reached = Counter(
+            (str(e.data.get("milestone")), int(e.data.get("epoch", -1)))
+            for e in d.events
+            if e.kind == "milestone_reached"
+        )
+        events += sum(reached.values())
+        for key, n in reached.items():
+            if n > 1:
+                bad.append(f"{d.case.id}: milestone {key[0]} epoch {key[1]} fired {n} times")
+        known = {(t.name, t.epoch) for t in d.timers}
+        for t in d.timers:
+            timers += 1
+            if t.fired_at is not None:
+                fired += 1
+                if reached[(t.name, t.epoch)] != 1:
+                    bad.append(f"{d.case.id}: timer {t.name} fired, event count "
+                               f"{reached[(t.name, t.epoch)]}")
+            elif expect_all:
+                bad.append(f"{d.case.id}: timer {t.name} epoch {t.epoch} never fired")
+        for key in reached:
+            if key not in known:
+                bad.append(f"{d.case.id}: milestone event {key} without a timer")
+        names = {t.name for t in d.timers}
+        if expect_all and names != set(MILESTONES):
+            bad.append(f"{d.case.id}: timers {sorted(names)}, expected {list(MILESTONES)}")
+        lapsed = sum(1 for e in d.events if e.kind == "case_access_lapsed")
+        if lapsed > 1 or (expect_all and lapsed != 1):
+            bad.append(f"{d.case.id}: case_access_lapsed recorded {lapsed} times")
+        epochs = {t.epoch for t in d.timers}
+        if epochs - {0}:
+            bad.append(f"{d.case.id}: countdown epochs {sorted(epochs)} (drift without cause)")
+        if any(e.kind == "drift_detected" for e in d.events):
+            bad.append(f"{d.case.id}: drift detected, but nobody re-enabled the user")
+    per_case_logged = Counter(k[0] for k in logged.elements())
+    over = [c for c, n in per_case_logged.items() if n > len(MILESTONES)]
+    for case_id in over:
+        bad.append(f"{case_id}: {per_case_logged[case_id]} milestone_reached log lines")
+    return Check(
+        name="milestones fired exactly once",
+        ok=not bad,
+        summary=f"{timers} timers, {fired} fired, {events} milestone_reached events "
+        f"(one per case, milestone and epoch: {'yes' if not bad else 'no'}); "
+        f"{sum(logged.values())} notifications logged (at most once: a kill may lose one)",
+        violations=bad,
+    )
+
+
+def check_kills(workers: Workers, opts: Options) -> Check:
+    bad = [
+        f"worker slot {i.slot} #{i.number} (pid {i.pid}) exited by itself with "
+        f"{i.returncode}; log {i.log}"
+        for i in workers.unexpected
+    ]
+    if workers.kills != opts.kills:
+        bad.append(f"{workers.kills} kills done, {opts.kills} asked")
+    return Check(
+        name="kills and restarts",
+        ok=not bad,
+        summary=f"{workers.kills}/{opts.kills} SIGKILLs, {len(workers.all)} worker processes "
+        f"in all, {len(workers.unexpected)} ended by themselves",
+        violations=bad,
+    )
+
+
+def check_shutdown(workers: Workers) -> Check:
+    last = list(workers.current.values())
+    bad = [
+        f"worker slot {i.slot} (pid {i.pid}) ended {i.end} with {i.returncode}"
+        for i in last
+        if i.end != "terminated" or i.returncode != 0
+    ]
+    return Check(
+        name="clean shutdown",
+        ok=not bad,
+        summary=f"{len(last) - len(bad)}/{len(last)} workers exited 0 on SIGTERM",
+        violations=bad,
+    )
+
+
+def check_lost_resumes(operator: Operator) -> Check:
+    return Check(
+        name="every confirmation resumed its case",
+        ok=not operator.lost_resumes,
+        summary=f"{len(operator.confirmed_at)} confirmations, "
+        f"{len(operator.lost_resumes)} left the case waiting for good (nudged by re-confirming)",
+        violations=[
+            f"{x['case']}: still waiting {x['after_s']} s after its task was confirmed"
+            for x in operator.lost_resumes
+        ],
+    )
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass(kw_only=True)
+class Report:
+    opts: Options
+    checks: list[Check] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok or c.warn for c in self.checks)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "seed": self.opts.seed,
+            "options": {
+                k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.opts).items()
+            },
+            "checks": [
+                {
+                    "name": c.name,
+                    "result": c.label,
+                    "summary": c.summary,
+                    "violations": c.violations[:200],
+                    "violation_count": len(c.violations),
+                }
+                for c in self.checks
+            ],
+            "violations": [v for c in self.checks if not c.ok and not c.warn for v in c.violations],
+            "figures": self.figures,
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+        }
+
+
+def _say(opts: Options, text: str) -> None:
+    if not opts.quiet:
+        print(text, flush=True)
+
+
+async def run(opts: Options) -> Report:
+    report = Report(opts=opts)
+    rng = random.Random(opts.seed)
+    fault_seed, kill_rng, op_rng = rng.randrange(2**32), random.Random(rng.random()), None
+    op_rng = random.Random(rng.random())
+    run_dir = Path(tempfile.mkdtemp(prefix="offboard-chaos-"))
+    report.run_dir = run_dir
+    offset_file = run_dir / "clock-offset"
+    offset_file.write_text("0", encoding="utf-8")
+    offsets = OffsetHistory()
+    clock = OffsetClock(str(offset_file))
+    began = time.monotonic()
+    deadline = began + opts.timeout
+    print(
+        f"chaos: backend={opts.backend} workers={opts.workers} cases={opts.cases} "
+        f"kills={opts.kills} fault_rate={opts.fault_rate} seed={opts.seed} "
+        f"lease={opts.lease}s run_dir={run_dir}",
+        flush=True,
+    )
+    sandbox = Sandbox(clock=clock, seed=fault_seed)
+    cluster: Any = None
+    workers: Workers | None = None
+    try:
+        await sandbox.start()
+        # The org's own per-minute budget is not under test; injected throttles are.
+        sandbox.okta.rate_limit_per_minute = 10_000_000
+        users = [sandbox.seed_leaver(f"leaver{i:04d}@example.com") for i in range(opts.cases)]
+        by_login = {u.login: u for u in users}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OFFBOARD_")}
+        env.update(sandbox.environment())
+        env["OFFBOARD_TEST_CLOCK_OFFSET_FILE"] = str(offset_file)
+        os.environ.update(sandbox.environment())
+        if opts.backend == "postgres":
+            from tests.pg import start_cluster
+
+            cluster = await asyncio.to_thread(start_cluster)
+            env[DSN_ENV] = os.environ[DSN_ENV] = cluster.dsn()
+            _say(opts, f"postgres: {cluster.dsn()} (started in {cluster.startup_seconds:.1f} s)")
+        data = config_data(sandbox, opts, run_dir)
+        config_path = run_dir / "offboard.yaml"
+        config_path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        config = parse_config(data, str(config_path))
+        async with (
+            open_runtime(config, base_dir=REPO, clock=clock, worker_id="chaos-harness") as rt,
+            aiohttp.ClientSession() as http,
+        ):
+            playbook = rt.playbook("leaver")
+            # half the cases before the workers start, the rest while they run
+            first = opts.cases // 2
+            case_ids: list[str] = []
+            for u in users[:first]:
+                case, _ = await open_case(rt, playbook, u.login, {"source": "chaos"})
+                case_ids.append(case.id)
+            rules = install_faults(sandbox, opts.fault_rate, random.Random(fault_seed))
+            workers = Workers(
+                count=opts.workers, config=config_path, env=env, run_dir=run_dir, clock=clock
+            )
+            for slot in range(opts.workers):
+                await workers.start(slot)
+            for u in users[first:]:
+                case, _ = await open_case(rt, playbook, u.login, {"source": "chaos"})
+                case_ids.append(case.id)
+                await asyncio.sleep(0.01)
+            operator = Operator(
+                runtime=rt,
+                sandbox=sandbox,
+                users=by_login,
+                rng=op_rng,
+                eager=opts.eager_operator,
+                http=http,
+            )
+            phase2_kills = opts.kills // 5 if opts.milestones and opts.kills > 1 else 0
+            phase1_kills = opts.kills - phase2_kills
+            contained_at: float | None = None
+            lapsed_at: float | None = None
+
+            async def killer(count: int, mean_gap: float) -> None:
+                assert workers is not None
+                for _ in range(count):
+                    await asyncio.sleep(kill_rng.uniform(0.2, 1.8) * mean_gap)
+                    slot = kill_rng.randrange(opts.workers)
+                    await workers.kill_and_restart(slot, kill_rng.uniform(0.0, 0.4))
+
+            async def watch(until: Any, label: str) -> bool:
+                assert workers is not None
+                last_print = 0.0
+                while time.monotonic() < deadline:
+                    cases = await rt.store.list_cases()
+                    await operator.look(cases)
+                    await workers.reap()
+                    statuses = Counter(c.status.value for c in cases)
+                    if time.monotonic() - last_print > 5:
+                        last_print = time.monotonic()
+                        _say(
+                            opts,
+                            f"  {time.monotonic() - began:6.1f}s {label}: "
+                            + " ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
+                            + f" | kills {workers.kills}/{opts.kills}",
+                        )
+                    if await until(cases):
+                        return True
+                    await asyncio.sleep(0.2)
+                return False
+
+            async def all_contained(cases: list[Case]) -> bool:
+                final = (CaseStatus.CONTAINED, CaseStatus.ACCESS_LAPSED)
+                return len(cases) == opts.cases and all(c.status in final for c in cases)
+
+            kills1 = asyncio.create_task(killer(phase1_kills, opts.kill_every))
+            done = await watch(all_contained, "containing")
+            if done:
+                contained_at = time.monotonic() - began
+                _say(opts, f"  {contained_at:6.1f}s every case contained")
+            # kills not done yet (the work was quicker) are left for the next phase
+            if not kills1.done():
+                kills1.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await kills1
+            left = opts.kills - workers.kills
+            if done and opts.milestones:
+                offset_file.write_text(str(CLOCK_JUMP_SECONDS), encoding="utf-8")
+                offsets.set(time.time(), CLOCK_JUMP_SECONDS)
+                _say(opts, f"  clock moved {CLOCK_JUMP_SECONDS / 3600:.1f} h on; {left} kills left")
+                kills2 = asyncio.create_task(killer(left, 0.5))
+
+                async def all_lapsed(cases: list[Case]) -> bool:
+                    if not kills2.done():
+                        return False
+                    lapsed = all(c.status is CaseStatus.ACCESS_LAPSED for c in cases)
+                    return lapsed and await rt.store.next_timer_due() is None
+
+                if await watch(all_lapsed, "lapsing"):
+                    lapsed_at = time.monotonic() - began
+                    _say(opts, f"  {lapsed_at:6.1f}s every case's access lapsed")
+                if not kills2.done():
+                    kills2.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await kills2
+            elif done and left:
+                await killer(left, 0.5)
+            await operator.drain()
+            _say(opts, "  stopping the workers (SIGTERM)")
+            await workers.terminate_all()
+            stopped_at = time.monotonic() - began
+
+            # -- the evidence
+            all_data: list[CaseData] = []
+            for case in await rt.store.list_cases():
+                all_data.append(
+                    CaseData(
+                        case=case,
+                        user=by_login[case.subject],
+                        steps=await rt.store.steps(case.id),
+                        events=await rt.store.events(case.id),
+                        timers=await rt.store.timers(case.id),
+                        task=await rt.store.get_task(case.id, PORTAL_STEP),
+                    )
+                )
+            logs = read_logs(workers.all)
+            want = CaseStatus.ACCESS_LAPSED if opts.milestones else CaseStatus.CONTAINED
+            completion = check_completion(all_data, want)
+            if len(all_data) != opts.cases:
+                completion.ok = False
+                completion.violations.append(f"{len(all_data)} cases in the store")
+            report.checks.append(completion)
+            report.checks.append(check_emulator_state(sandbox, all_data))
+            report.checks.append(check_order(sandbox, all_data))
+            mutation_check, mutation_figures = check_mutations_once(sandbox, all_data, operator)
+            report.checks.append(mutation_check)
+            overlap_check, attempt_figures = step_attempts(all_data, logs, workers, offsets)
+            report.checks.append(overlap_check)
+            report.checks.append(check_milestones(all_data, logs, expect_all=opts.milestones))
+            report.checks.append(check_lost_resumes(operator))
+            report.checks.append(check_kills(workers, opts))
+            report.checks.append(check_shutdown(workers))
+            report.checks.append(check_timeline_complete(all_data))
+            outcomes = Counter(outcome for _, _, outcome in sandbox.audit.requests)
+            requests = sum(outcomes.values())
+            report.figures = {
+                "seconds_total": round(time.monotonic() - began, 1),
+                "seconds_to_contained": None if contained_at is None else round(contained_at, 1),
+                "seconds_to_lapsed": None if lapsed_at is None else round(lapsed_at, 1),
+                "seconds_to_stopped": round(stopped_at, 1),
+                "worker_processes": len(workers.all),
+                "kills": workers.kills,
+                "provider_requests": requests,
+                "injected": {k: v for k, v in outcomes.items() if k != "ok"},
+                "injected_share": round(1 - outcomes.get("ok", 0) / max(1, requests), 3),
+                "after_phase_faults_fired": sum(r.fired for r in rules if r.phase == "after"),
+                "latency_faults_fired": sum(r.fired for r in rules if r.kind == "latency"),
+                "calls_by_endpoint": dict(sorted(sandbox.audit.calls.items())),
+                "mutations": mutation_figures,
+                "attempts": attempt_figures,
+                "operator": {
+                    "confirmed": len(operator.confirmed_at),
+                    "lost_resumes": len(operator.lost_resumes),
+                    "errors": operator.errors[:20],
+                },
+                "step_deferred_events": sum(
+                    1 for d in all_data for e in d.events if e.kind == "step_deferred"
+                ),
+                "provider_call_retry_log_lines": sum(
+                    1 for line in logs if line.event == "provider_call_retry"
+                ),
+            }
+    finally:
+        if workers is not None:
+            await workers.kill_everything()
+            workers.close_files()
+        await sandbox.stop()
+        if cluster is not None:
+            from tests.pg import stop_cluster
+
+            await asyncio.to_thread(stop_cluster, cluster)
+    return report
+
+
+def print_report(report: Report) -> None:
+    opts = report.opts
+    print()
+    for c in report.checks:
+        print(f"{c.label}  {c.name}: {c.summary}")
+        for v in c.violations[:10]:
+            print(f"        - {v}")
+        if len(c.violations) > 10:
+            print(f"        ... and {len(c.violations) - 10} more")
+    f = report.figures
+    if f:
+        injected = ", ".join(f"{k} {v}" for k, v in sorted(f["injected"].items()))
+        print(
+            f"INFO  faults: {f['provider_requests']} provider requests, "
+            f"{f['injected_share']:.1%} failed by injection ({injected}); "
+            f"{f['after_phase_faults_fired']} of them after the change was applied; "
+            f"{f['latency_faults_fired']} delayed; {f['step_deferred_events']} steps deferred"
+        )
+        print(
+            f"INFO  timing: contained after {f['seconds_to_contained']} s, lapsed after "
+            f"{f['seconds_to_lapsed']} s, total {f['seconds_total']} s; "
+            f"{f['worker_processes']} worker processes"
+        )
+    print(
+        "NOTE  proven from the store and the workers' logs: step attempts of one case never "
+        "overlap; an attempt a kill cut short ends, conservatively, when its process died. "
+        "Not provable here: which worker made a given provider call (the emulators do not see "
+        "the caller), and an attempt whose log line a kill swallowed is bounded only by the "
+        "next kill."
+    )
+    passed = sum(1 for c in report.checks if c.ok)
+    failed = [c.name for c in report.checks if not c.ok and not c.warn]
+    verdict = "PASS" if report.ok else "FAIL"
+    print(
+        f"SUMMARY {verdict}: {passed}/{len(report.checks)} checks passed"
+        + (f" (failed: {', '.join(failed)})" if failed else "")
+        + f"; backend {opts.backend}, {opts.workers} workers, {opts.cases} cases, "
+        f"{f.get('kills', 0) if f else 0} kills, fault rate {opts.fault_rate}, "
+        f"{f.get('seconds_total', '?') if f else '?'} s; seed {opts.seed}"
+    )
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    with _sigterm_as_interrupt():
+        report = asyncio.run(run(opts))
+    print_report(report)
+    if opts.json_path is not None:
+        opts.json_path.write_text(json.dumps(report.as_json(), indent=2), encoding="utf-8")
+    if report.run_dir is not None:
+        (report.run_dir / "report.json").write_text(
+            json.dumps(report.as_json(), indent=2), encoding="utf-8"
+        )
+        if report.ok and not opts.keep:
+            shutil.rmtree(report.run_dir, ignore_errors=True)
+        else:
+            print(f"run directory kept: {report.run_dir}")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
