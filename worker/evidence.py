@@ -356,6 +356,12 @@ def describe(record: EvidenceRecord) -> str:
         case "deny_removed":
             sets = d.get("permission_sets") or []
             return f"deny statement removed from {len(sets)} permission set(s)"
+        case "notification_sent":
+            return f"{text('notification')} notification sent via {text('channel')}"
+        case "notification_failed":
+            return (
+                f"{text('notification')} notification via {text('channel')} failed: {text('error')}"
+            )
     return canonical_json(d) if d else ""
 
 

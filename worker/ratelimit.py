@@ -19,6 +19,10 @@ import structlog
 log = structlog.get_logger(__name__)
 
 
+#: how long everyone waits when a provider throttles without saying for how long
+UNHINTED_PAUSE = 1.0
+
+
 class RateLimiter:
     def __init__(
         self,

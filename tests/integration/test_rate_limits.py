@@ -14,8 +14,10 @@ from worker.sandbox.common import FaultRule, ServiceLimit
 from worker.service import open_case, open_runtime
 from worker.worker import Worker
 
-#: AWS's 20 TPS collective, times SCALE so the test takes seconds (the ratio is what counts)
-SCALE = 10
+#: AWS's 20 TPS collective, times SCALE so the test takes a minute, not five (the ratio
+#: is what counts); at this scale the worker could go faster than the limit without its
+#: client-side limiter, which the control test shows
+SCALE = 5
 IC_ENDPOINTS = ("identitystore.*", "sso-admin.*", "scim.*")
 
 
@@ -61,8 +63,31 @@ async def test_a_burst_of_500_cases_stays_under_the_identity_center_limit(
     )
     throttled = sum(sandbox.audit.throttled.values())
     assert ic_calls >= 500 * 8
+    print(f"\n500 cases: {ic_calls} Identity Center calls, {throttled} throttled")
     assert throttled / ic_calls < 0.01, f"{throttled} of {ic_calls} throttled"
     assert all(sandbox.identity_center.user_status(u.ic_user_id) == "DISABLED" for u in users)
+
+
+async def test_control_without_the_client_limit_the_service_throttles(
+    sandbox: Sandbox, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    """Proves the test above measures the limiter, not a worker too slow to matter."""
+    sandbox.faults.limit(
+        ServiceLimit(endpoints=IC_ENDPOINTS, per_second=20 * SCALE, burst=20 * SCALE)
+    )
+    config_data["limits"] = {"identity_center_per_second": 1000, "identity_center_burst": 100}
+    sandbox.okta.rate_limit_per_minute = 100_000
+    users = [sandbox.seed_leaver(f"ctl{i:03d}@example.com") for i in range(150)]
+    async with open_runtime(parse_config(config_data, "test"), base_dir=tmp_path) as runtime:
+        playbook = runtime.playbook("leaver")
+        case_ids = [(await open_case(runtime, playbook, u.login, {}))[0].id for u in users]
+        await _run_until_all_waiting(runtime, case_ids, timeout=240)
+    ic_calls = sum(
+        n
+        for e, n in sandbox.audit.calls.items()
+        if e.split(".")[0] in ("identitystore", "sso-admin", "scim")
+    )
+    assert sum(sandbox.audit.throttled.values()) / ic_calls > 0.01
 
 
 async def test_a_hinted_wait_is_shared_by_every_case(

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 
 from worker.errors import PermanentError, TransientError
-from worker.ratelimit import RateLimiter
+from worker.ratelimit import UNHINTED_PAUSE, RateLimiter
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -107,6 +107,8 @@ class JsonHttpClient:
         except TransientError as exc:
             if exc.retry_after is not None:
                 self.limiter.pause(exc.retry_after)  # every case waits, not only this one
+            elif exc.status == 429:
+                self.limiter.pause(UNHINTED_PAUSE)
             raise
 
     async def _send(

@@ -22,7 +22,7 @@ from worker.countdown import ReachablePermissionSet, parse_iso_duration
 from worker.errors import PermanentError, TransientError
 from worker.providers.base import IdentityCenterUser, PlannedCall
 from worker.providers.http import JsonHttpClient
-from worker.ratelimit import RateLimiter
+from worker.ratelimit import UNHINTED_PAUSE, RateLimiter
 
 T = TypeVar("T")
 
@@ -147,8 +147,9 @@ class AwsIdentityCenter:
             return await call
         except ClientError as exc:
             error = classify_client_error(service, operation, exc)
-            if isinstance(error, TransientError) and error.retry_after is not None:
-                self.limiter.pause(error.retry_after)
+            if isinstance(error, TransientError) and error.code == "ThrottlingException":
+                # sso-admin throttles with no hint: everyone still waits, not only this call
+                self.limiter.pause(error.retry_after or UNHINTED_PAUSE)
             raise error from None
         except ParamValidationError as exc:
             # botocore refused to send it: a bad identifier, not a passing fault
