@@ -445,6 +445,19 @@ class Operator:
                 with contextlib.suppress(Exception):
                     await confirm_task(self.runtime, case_id, PORTAL_STEP, "chaos-operator")
 
+    async def eager_poll(self, stop: asyncio.Event) -> None:
+        """--eager-operator: look for new tasks every few milliseconds, so that some
+        confirmations land between the task's opening and its case's release."""
+        while not stop.is_set():
+            for task in await self.runtime.store.open_tasks():
+                if task.step_id == PORTAL_STEP and task.case_id not in self.handled:
+                    self.handled.add(task.case_id)
+                    job = asyncio.create_task(self._act(task, 0.0))
+                    self.tasks.add(job)
+                    job.add_done_callback(self.tasks.discard)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.005)
+
     async def _act(self, task: OperatorTask, delay: float) -> None:
         await asyncio.sleep(delay)
         user = self.users[task.subject]
@@ -1181,9 +1194,17 @@ async def run(opts: Options) -> Report:
                 final = (CaseStatus.CONTAINED, CaseStatus.ACCESS_LAPSED)
                 return len(cases) == opts.cases and all(c.status in final for c in cases)
 
-            stop1, stop2 = asyncio.Event(), asyncio.Event()
+            stop1, stop2, stop_eager = asyncio.Event(), asyncio.Event(), asyncio.Event()
+            eager = (
+                asyncio.create_task(operator.eager_poll(stop_eager))
+                if opts.eager_operator
+                else None
+            )
             kills1 = asyncio.create_task(killer(phase1_kills, opts.kill_every, stop1))
             done = await watch(all_contained, "containing")
+            stop_eager.set()
+            if eager is not None:
+                await eager
             if done:
                 contained_at = time.monotonic() - began
                 _say(opts, f"  {contained_at:6.1f}s every case contained")

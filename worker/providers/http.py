@@ -143,9 +143,15 @@ class JsonHttpClient:
                         response.headers, time.time(), throttled=response.status == 429
                     )
                     raise TransientError(
-                        self.provider, message, retry_after=hint, status=response.status
+                        self.provider,
+                        message,
+                        retry_after=hint,
+                        status=response.status,
+                        code=_error_code(decoded),
                     )
-                raise PermanentError(self.provider, message, status=response.status)
+                raise PermanentError(
+                    self.provider, message, status=response.status, code=_error_code(decoded)
+                )
         except TimeoutError:
             raise TransientError(self.provider, f"{where} timed out") from None
         except aiohttp.ClientError as exc:
@@ -172,6 +178,26 @@ def _decode(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError:
         return raw.decode("utf-8", "replace")[:200]
+
+
+def _error_code(body: Any) -> str | None:
+    """The provider's machine-readable reason: Google's errors[0].reason, Graph's
+    error.code, Okta's errorCode, SCIM's scimType."""
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if isinstance(error, dict):
+        errors = error.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            reason = errors[0].get("reason")
+            if isinstance(reason, str):
+                return reason
+        if isinstance(error.get("code"), str):
+            return str(error["code"])
+    for key in ("errorCode", "scimType"):
+        if isinstance(body.get(key), str):
+            return str(body[key])
+    return None
 
 
 def _error_summary(body: Any) -> str:
