@@ -11,21 +11,36 @@ What it does, in one process (asyncio) plus K worker subprocesses:
    injects seeded faults on every endpoint the worker calls: throttles with a wait
    hint, 5xx, timeouts, connection resets, some latency, and on the mutations
    (okta.deactivate, okta.clear_sessions, scim.patch_user) timeouts and resets
-   *after* the change was applied, so a mutation lands while the worker sees a failure;
+   *after* the change was applied, so a mutation lands while the worker sees a failure
+   (Okta's own per-minute budget is lifted, and the worker's Identity Center pace
+   raised: the emulators do not enforce AWS's 20 TPS; injected throttles stand in);
 2. starts a throwaway PostgreSQL 15 (tests/pg.py) or uses a SQLite file, writes a
    config (2 s lease, fast retries, a watchdog interval of a day, countdown caches
    of 5 s so the first two milestones fire during the chaos), and opens the N cases
    through worker.service.open_case against the same store;
-3. runs K `offboard worker` processes; at seeded random moments SIGKILLs a random
-   one and starts it again. It plays the operator meanwhile: when a case waits on
-   its portal-sessions task it deletes the sessions through the emulator's console
-   endpoint and confirms through worker.service.confirm_task;
+3. runs W `offboard worker` processes; at seeded random moments (a mean of
+   --kill-every seconds apart) SIGKILLs a random one and starts it again, --kills
+   times in all. It plays the operator meanwhile: when a case waits on its
+   portal-sessions task it deletes the sessions through the emulator's console
+   endpoint and confirms through worker.service.confirm_task (--eager-operator:
+   as soon as the task is open, before its case is released as waiting);
 4. when every case is contained it moves the workers' clock (the
    OFFBOARD_TEST_CLOCK_OFFSET_FILE) 13 h on, keeps killing (a fifth of the kills are
    kept for this) until every case's access has lapsed, then SIGTERMs the workers;
 5. checks, from the emulators' audit log, the store and the workers' own logs:
-   completion, order, no double mutation, no concurrent step execution, milestones
-   exactly once, kills done, clean shutdown. Exit code 0 only if every check passes.
+   completion, the providers' end state, order, no double mutation, no concurrent
+   step execution, milestones exactly once, no confirmation left unresumed, kills
+   done, clean shutdown (and warns of state changes missing from the timeline).
+   Exit code 0 only if every check passes.
+
+How "no step executed twice at once" is shown: the store's events give each step
+attempt its start (step_started, with its attempt number) and its end (step_done,
+step_deferred, operator_task_opened, case_halted); the workers' JSON logs name the
+process that logged that (case, step, attempt), and the harness knows when it killed
+each process. An attempt without an ending event ends, conservatively, when its
+process logged its next ending line for the case or died. Two attempts of one case
+that overlap in time are a violation. What cannot be shown: which process made a
+given provider call (the emulators do not see the caller).
 
 The seed fixes the fault draws, the kill schedule and the operator's delays; the
 interleaving with real processes is not reproducible, so a seed shows a failure
@@ -440,7 +455,15 @@ class Operator:
             confirmed = self.confirmed_at.get(case_id)
             if confirmed is not None and now - confirmed > 3.0:
                 # Confirmed, yet still waiting and no worker will ever resume it.
-                self.lost_resumes.append({"case": case_id, "after_s": round(now - confirmed, 1)})
+                events = await self.runtime.store.events(case_id)
+                order = [
+                    f"{e.kind}#{e.seq}"
+                    for e in events
+                    if e.kind in ("operator_confirmed", "operator_task_opened")
+                ]
+                self.lost_resumes.append(
+                    {"case": case_id, "after_s": round(now - confirmed, 1), "timeline": order}
+                )
                 self.confirmed_at[case_id] = now
                 with contextlib.suppress(Exception):
                     await confirm_task(self.runtime, case_id, PORTAL_STEP, "chaos-operator")
@@ -993,6 +1016,35 @@ def check_milestones(data: list[CaseData], logs: list[LogLine], expect_all: bool
     )
 
 
+def longest_stall(
+    data: list[CaseData], sandbox: Sandbox, workers: Workers, began_clock: float
+) -> dict[str, Any]:
+    """The longest time in which no step started anywhere before every case was
+    contained, and what the providers were asked meanwhile: the containment's
+    latency under chaos, and where it went."""
+    starts = sorted(e.at.timestamp() for d in data for e in d.events if e.kind == "step_started")
+    if len(starts) < 2:
+        return {}
+    gap, since = max((b - a, a) for a, b in itertools.pairwise(starts))
+    until = since + gap
+    asked = Counter(
+        endpoint for at, endpoint, _ in sandbox.audit.requests if since <= at.timestamp() <= until
+    )
+    return {
+        "seconds": round(gap, 1),
+        "from_s": round(since - began_clock, 1),
+        "kills_during": sum(
+            1
+            for i in workers.all
+            if i.end == "killed" and i.ended_clock and since <= i.ended_clock <= until
+        ),
+        "workers_started_just_before_or_during": sum(
+            1 for i in workers.all if since - 10 <= i.started_clock <= until
+        ),
+        "provider_requests_during": dict(asked.most_common(6)),
+    }
+
+
 def check_kills(workers: Workers, opts: Options) -> Check:
     bad = [
         f"worker slot {i.slot} #{i.number} (pid {i.pid}) exited by itself with "
@@ -1033,7 +1085,8 @@ def check_lost_resumes(operator: Operator) -> Check:
         summary=f"{len(operator.confirmed_at)} confirmations, "
         f"{len(operator.lost_resumes)} left the case waiting for good (nudged by re-confirming)",
         violations=[
-            f"{x['case']}: still waiting {x['after_s']} s after its task was confirmed"
+            f"{x['case']}: still waiting {x['after_s']} s after its task was confirmed "
+            f"(timeline: {', '.join(x['timeline'])})"
             for x in operator.lost_resumes
         ],
     )
@@ -1094,6 +1147,7 @@ async def run(opts: Options) -> Report:
     offsets = OffsetHistory()
     clock = OffsetClock(str(offset_file))
     began = time.monotonic()
+    began_clock = clock.now().timestamp()
     deadline = began + opts.timeout
     print(
         f"chaos: backend={opts.backend} workers={opts.workers} cases={opts.cases} "
@@ -1131,10 +1185,8 @@ async def run(opts: Options) -> Report:
             playbook = rt.playbook("leaver")
             # half the cases before the workers start, the rest while they run
             first = opts.cases // 2
-            case_ids: list[str] = []
             for u in users[:first]:
-                case, _ = await open_case(rt, playbook, u.login, {"source": "chaos"})
-                case_ids.append(case.id)
+                await open_case(rt, playbook, u.login, {"source": "chaos"})
             rules = install_faults(sandbox, opts.fault_rate, random.Random(fault_seed))
             workers = Workers(
                 count=opts.workers, config=config_path, env=env, run_dir=run_dir, clock=clock
@@ -1142,8 +1194,7 @@ async def run(opts: Options) -> Report:
             for slot in range(opts.workers):
                 await workers.start(slot)
             for u in users[first:]:
-                case, _ = await open_case(rt, playbook, u.login, {"source": "chaos"})
-                case_ids.append(case.id)
+                await open_case(rt, playbook, u.login, {"source": "chaos"})
                 await asyncio.sleep(0.01)
             operator = Operator(
                 runtime=rt,
@@ -1296,6 +1347,9 @@ async def run(opts: Options) -> Report:
                 "provider_call_retry_log_lines": sum(
                     1 for line in logs if line.event == "provider_call_retry"
                 ),
+                "longest_time_no_step_started": longest_stall(
+                    all_data, sandbox, workers, began_clock
+                ),
             }
     finally:
         if workers is not None:
@@ -1332,6 +1386,15 @@ def print_report(report: Report) -> None:
             f"{f['seconds_to_lapsed']} s, total {f['seconds_total']} s; "
             f"{f['worker_processes']} worker processes"
         )
+        stall = f.get("longest_time_no_step_started") or {}
+        if stall:
+            asked = ", ".join(f"{k} {v}" for k, v in stall["provider_requests_during"].items())
+            print(
+                f"INFO  longest time in which no step started anywhere: {stall['seconds']} s "
+                f"from +{stall['from_s']} s ({stall['kills_during']} kills in it, "
+                f"{stall['workers_started_just_before_or_during']} workers started within "
+                f"10 s before or in it); provider requests meanwhile: {asked or 'none'}"
+            )
     print(
         "NOTE  proven from the store and the workers' logs: step attempts of one case never "
         "overlap; an attempt a kill cut short ends, conservatively, when its process died. "
@@ -1341,10 +1404,12 @@ def print_report(report: Report) -> None:
     )
     passed = sum(1 for c in report.checks if c.ok)
     failed = [c.name for c in report.checks if not c.ok and not c.warn]
+    warned = [c.name for c in report.checks if not c.ok and c.warn]
     verdict = "PASS" if report.ok else "FAIL"
     print(
         f"SUMMARY {verdict}: {passed}/{len(report.checks)} checks passed"
         + (f" (failed: {', '.join(failed)})" if failed else "")
+        + (f" (warning: {', '.join(warned)})" if warned else "")
         + f"; backend {opts.backend}, {opts.workers} workers, {opts.cases} cases, "
         f"{f.get('kills', 0) if f else 0} kills, fault rate {opts.fault_rate}, "
         f"{f.get('seconds_total', '?') if f else '?'} s; seed {opts.seed}"

@@ -76,6 +76,19 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("case")
     retry.add_argument("--by", default=None, help="who decided to retry (default: your user name)")
 
+    evidence = commands.add_parser(
+        "evidence",
+        help="export a case's hash-chained evidence for an auditor, or verify the chains",
+    )
+    evidence.add_argument("case", nargs="?", help="the case (with --verify: omit for all)")
+    evidence.add_argument("--format", choices=("json", "csv"), default="json")
+    evidence.add_argument("--output", default=None, help="write to this file, not stdout")
+    evidence.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the hash chain of CASE, or of every case; exit 1 if one is broken",
+    )
+
     check = commands.add_parser("check", help="validate playbook files")
     check.add_argument("playbooks", nargs="+")
 
@@ -149,6 +162,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
             return await _serve(runtime, args.host, args.port)
         if args.command == "cases":
             return await _print_cases(runtime)
+        if args.command == "evidence":
+            return await _evidence(runtime, args)
         if args.command == "cleanup":
             for case_id, arns in await remove_deny_statements(runtime):
                 print(f"{case_id}: deny statement removed from {len(arns)} permission set(s)")
@@ -199,6 +214,33 @@ async def _print_case(runtime: Runtime, case_id: str) -> int:
         CaseStatus.WAITING: EXIT_WAITING,
         CaseStatus.HALTED: EXIT_FAILED,
     }.get(case.status, EXIT_FAILED)
+
+
+async def _evidence(runtime: Runtime, args: argparse.Namespace) -> int:
+    """`--verify`: the problems found, exit 1 if any. Otherwise the export of CASE, to
+    stdout or --output; exit 1 (after writing it) if its chain does not verify."""
+    from worker.evidence import export, verify
+
+    if args.verify:
+        problems = await verify(runtime.store, args.case)
+        for problem in problems:
+            print(problem)
+        if not problems:
+            print(f"evidence of {f'case {args.case}' if args.case else 'every case'} verifies")
+        return EXIT_FAILED if problems else EXIT_OK
+    if args.case is None:
+        print("offboard: evidence needs a CASE to export (or --verify)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    text = await export(runtime.store, args.case, args.format, exported_at=runtime.clock.now())
+    if args.output:
+        # newline="": a CSV export keeps its \r\n row ends as they are
+        await asyncio.to_thread(Path(args.output).write_text, text, "utf-8", newline="")
+    else:
+        sys.stdout.write(text)
+    problems = await verify(runtime.store, args.case)
+    for problem in problems:
+        print(f"offboard: {problem}", file=sys.stderr)
+    return EXIT_FAILED if problems else EXIT_OK
 
 
 async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> int:
