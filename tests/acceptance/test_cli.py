@@ -119,3 +119,39 @@ async def test_confirm_unknown_step_is_a_clear_error(
 
     status = await cli.run(["--config", str(config), "status", case_id], env, tmp_path)
     assert status.returncode == 3 and "status WAITING" in status.stdout
+
+
+async def test_evidence_export_and_verify_from_the_command_line(
+    sandbox: Sandbox, leaver: SeededUser, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    import json
+    import sqlite3
+
+    config = cli.write_config(tmp_path / "offboard.yaml", config_data)
+    env = cli.environment(sandbox.environment())
+    base = ["--config", str(config)]
+    run = await cli.run([*base, "run", "leaver", "--user", leaver.login], env, tmp_path)
+    case_id = run.stdout.split("opened case ")[1].split()[0]
+
+    exported = await cli.run([*base, "evidence", case_id, "--format", "json"], env, tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    document = json.loads(exported.stdout)
+    assert document["verification"]["chain_valid"] is True
+    csv_out = tmp_path / "evidence.csv"
+    as_csv = await cli.run(
+        [*base, "evidence", case_id, "--format", "csv", "--output", str(csv_out)], env, tmp_path
+    )
+    assert as_csv.returncode == 0 and csv_out.read_text().startswith("seq,at,kind,step")
+    ok = await cli.run([*base, "evidence", "--verify"], env, tmp_path)
+    assert ok.returncode == 0 and "verifies" in ok.stdout
+
+    # an attacker with the file: drop the append-only triggers, edit one record
+    db = sqlite3.connect(config_data["store"]["sqlite"])
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        db.execute(f"DROP TRIGGER {name}")
+    db.execute("UPDATE events SET data = '{}' WHERE case_id = ? AND seq = 2", (case_id,))
+    db.commit()
+    db.close()
+    broken = await cli.run([*base, "evidence", "--verify"], env, tmp_path)
+    assert broken.returncode == 1
+    assert f"case {case_id}: event 2 was edited" in broken.stdout
