@@ -68,7 +68,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -598,6 +598,10 @@ class Attempt:
     log_index: int = -1
 
 
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
 def _who(attempt: Attempt) -> str:
     return attempt.inc.worker_id if attempt.inc else "unknown worker"
 
@@ -907,9 +911,9 @@ def step_attempts(
                 figures["abandoned, unattributed"] += 1
                 if nxt is not None and not kills:
                     bad.append(
-                        f"{a.case_id}: attempt {a.attempt} of {a.step} at {a.start:.3f} was "
+                        f"{a.case_id}: attempt {a.attempt} of {a.step} at {_iso(a.start)} was "
                         "abandoned by an unknown worker and no worker was killed before the "
-                        f"next attempt at {nxt:.3f}"
+                        f"next attempt at {_iso(nxt)}"
                     )
                 a.end = kills[0] if kills else (nxt if nxt is not None else a.start)
                 a.end_how = "a kill (unattributed)"
@@ -923,8 +927,8 @@ def step_attempts(
                 x, x_end = latest, latest.end
                 bad.append(
                     f"{d.case.id}: {x.step} attempt {x.attempt} ({_who(x)}, "
-                    f"{x.start:.3f}-{x_end:.3f}, ended: {x.end_how}) overlaps {y.step} attempt "
-                    f"{y.attempt} ({_who(y)}, from {y.start:.3f}); "
+                    f"{_iso(x.start)}-{_iso(x_end)}, ended: {x.end_how}) overlaps {y.step} "
+                    f"attempt {y.attempt} ({_who(y)}, from {_iso(y.start)}); "
                     f"{x_end - y.start:.3f} s together"
                 )
             if latest is None or (y.end or 0) > (latest.end or 0):
@@ -953,7 +957,9 @@ def step_attempts(
         f"({figures['abandoned, worker killed']} by a killed worker, "
         f"{figures['abandoned, unattributed']} killed before logging, "
         f"{figures['abandoned, ended in the log (worker lived on)']} by a worker that lived on); "
-        f"0 overlaps needed, {len(bad)} found; leases lost by live workers: {lease_lost} "
+        f"0 overlaps needed, {len(bad)} found; after a kill the next attempt began "
+        f"{figures.get('next attempt after a killed one, min ms', '-')} ms later at the "
+        f"soonest; leases lost by live workers: {lease_lost} "
         f"(+{len(at_release)} lease_lost lines logged as the worker released the case itself)"
     )
     return Check(
