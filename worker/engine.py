@@ -77,23 +77,37 @@ class Engine:
     async def run_claimed(self, case: Case) -> CaseStatus:
         """Run a case this worker has claimed until it is contained, waits, halts or is requeued."""
         with structlog.contextvars.bound_contextvars(case_id=case.id, playbook=case.playbook):
-            heartbeat = asyncio.create_task(self._heartbeat(case.id))
+            steps = asyncio.create_task(self._run_steps(case))
+            lost = asyncio.Event()
+            heartbeat = asyncio.create_task(self._heartbeat(case.id, steps, lost))
             try:
-                return await self._run_steps(case)
+                return await steps
+            except asyncio.CancelledError:
+                if not lost.is_set():
+                    raise
+                # Another worker owns the case now: stop here, it resumes from the ledger.
+                return CaseStatus.RUNNING
             finally:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeat
 
-    async def _heartbeat(self, case_id: str) -> None:
+    async def _heartbeat(
+        self, case_id: str, steps: asyncio.Task[CaseStatus], lost: asyncio.Event
+    ) -> None:
         interval = self.settings.lease_seconds / 3
-        while True:
+        while not steps.done():
             await asyncio.sleep(interval)
+            if steps.done():
+                return
             held = await self.store.heartbeat(
                 case_id, self.worker_id, self.clock.now(), self.settings.lease_seconds
             )
             if not held:
+                # A stalled worker must not run a step beside the one that took over.
                 log.error("lease_lost")
+                lost.set()
+                steps.cancel()
                 return
 
     async def _run_steps(self, case: Case) -> CaseStatus:
@@ -156,6 +170,12 @@ class Engine:
                         case.id, self.worker_id, CaseStatus.WAITING, self.clock.now()
                     )
                     log.info("case_waiting_for_operator")
+                    # An operator who confirmed between the task opening and this release
+                    # found no waiting step to resume: resume it here, or it waits forever.
+                    task = await self.store.get_task(case.id, step.id)
+                    if task is not None and task.confirmed_at is not None:
+                        await self.store.resume_case(case.id, self.clock.now())
+                        log.info("case_resumed_confirmed_meanwhile")
                     await deliver(
                         self.notifier,
                         Notification(

@@ -36,6 +36,7 @@ class Worker:
         self.grace = grace_seconds
         self._running: set[asyncio.Task[object]] = set()
         self._next_watchdog: datetime | None = None
+        self._watchdog: asyncio.Task[int] | None = None
         self.wake = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -68,10 +69,19 @@ class Worker:
             await self._milestone(timer)
             busy = True
         now = self.clock.now()
-        if self._next_watchdog is None or now >= self._next_watchdog:
+        if self._next_watchdog is None:
             self._next_watchdog = now + self.watchdog_interval
-            await self.watchdog_pass()
+        elif now >= self._next_watchdog and self._watchdog is None:
+            # in the background: reading every watched user must not hold up new cases
+            self._next_watchdog = now + self.watchdog_interval
+            self._watchdog = asyncio.create_task(self.watchdog_pass())
+            self._watchdog.add_done_callback(self._watchdog_done)
         return busy
+
+    def _watchdog_done(self, task: asyncio.Task[int]) -> None:
+        self._watchdog = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("watchdog_pass_failed", error=str(task.exception()))
 
     async def watchdog_pass(self) -> int:
         drifted = 0
@@ -132,6 +142,9 @@ class Worker:
             await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _drain(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
         if not self._running:
             return
         log.info("worker_draining", cases=len(self._running), grace_seconds=self.grace)

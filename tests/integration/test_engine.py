@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from tests.flows import assert_contained_in_order, contain, mutations
 from worker.config import parse_config
 from worker.domain import CaseStatus, StepStatus
+from worker.engine import EngineSettings
 from worker.sandbox import Sandbox, SeededUser
 from worker.sandbox.common import FaultRule
 from worker.service import Runtime, drive_case, open_case, open_runtime
@@ -211,3 +213,55 @@ async def test_already_contained_user_is_verified_not_mutated_again(
     steps = await runtime.store.steps(second.id)
     assert steps[0].evidence["acted"] is False
     assert steps[2].evidence["acted"] is False
+
+
+async def test_a_confirmation_racing_the_release_is_not_lost(
+    runtime: Runtime, sandbox: Sandbox, leaver: SeededUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator confirms after the task opened but before the case was released as
+    waiting: found by the chaos harness, where such a case waited forever."""
+    from tests.flows import delete_portal_sessions
+
+    store = runtime.store
+    real_release = store.release_case
+
+    async def release_after_a_fast_operator(
+        case_id: str, worker_id: str, status: Any, now: Any, **kw: Any
+    ) -> None:
+        if status is CaseStatus.WAITING:
+            await delete_portal_sessions(sandbox, leaver)
+            await store.confirm_task(case_id, "portal-sessions", "fast-operator", now)
+        await real_release(case_id, worker_id, status, now, **kw)
+
+    monkeypatch.setattr(store, "release_case", release_after_a_fast_operator)
+    case, _ = await open_case(runtime, runtime.playbook("leaver"), leaver.login, {})
+    case = await drive_case(runtime, case.id)
+
+    assert case.status is CaseStatus.CONTAINED
+    steps = await runtime.store.steps(case.id)
+    assert steps[3].evidence["confirmed_by"] == "fast-operator"
+
+
+async def test_a_worker_that_lost_its_lease_stops_its_step(
+    runtime: Runtime, sandbox: Sandbox, leaver: SeededUser
+) -> None:
+    """A stalled worker must not run a step beside the worker that took the case over."""
+    sandbox.faults.add(FaultRule(endpoint="okta.deactivate", kind="latency", delay=3.0, count=1))
+    case, _ = await open_case(runtime, runtime.playbook("leaver"), leaver.login, {})
+    claimed = await runtime.store.claim_case(case.id, "stalled", runtime.clock.now(), 5)
+    assert claimed is not None
+    runtime.engine.worker_id = "stalled"
+    runtime.engine.settings = EngineSettings(
+        lease_seconds=0.6, verify_timeout=2, verify_interval=0.02
+    )
+    running = asyncio.create_task(runtime.engine.run_claimed(claimed))
+    await asyncio.sleep(0.3)
+    # another worker takes the case over (as if the stalled one's lease had lapsed)
+    await runtime.store.release_case(case.id, "stalled", CaseStatus.PENDING, runtime.clock.now())
+    taken = await runtime.store.claim_case(case.id, "rescuer", runtime.clock.now(), 30)
+    assert taken is not None
+
+    status = await asyncio.wait_for(running, 5)
+
+    assert status is CaseStatus.RUNNING  # it gave up; the rescuer owns the case
+    assert (await runtime.store.get_case(case.id)).lease_owner == "rescuer"
