@@ -159,12 +159,10 @@ class Engine:
                         StepStatus.WAITING,
                         self.clock.now(),
                         evidence=outcome.evidence,
-                    )
-                    await self._event(
-                        case,
-                        "operator_task_opened",
-                        step.id,
-                        {"title": outcome.task.title, "console_url": outcome.task.console_url},
+                        event=(
+                            "operator_task_opened",
+                            {"title": outcome.task.title, "console_url": outcome.task.console_url},
+                        ),
                     )
                     await self.store.release_case(
                         case.id, self.worker_id, CaseStatus.WAITING, self.clock.now()
@@ -198,8 +196,8 @@ class Engine:
                     StepStatus.DONE,
                     self.clock.now(),
                     evidence=outcome.evidence,
+                    event=("step_done", outcome.evidence),
                 )
-                await self._event(case, "step_done", step.id, outcome.evidence)
                 log.info("step_done", verified_by=outcome.evidence.get("verified_by"))
                 earlier[step.id] = outcome.evidence
                 if step.action in COUNTDOWN_INPUTS:
@@ -212,13 +210,17 @@ class Engine:
         return CaseStatus.CONTAINED
 
     async def _requeue(self, case: Case, index: int, reason: str) -> CaseStatus:
-        step = case.steps[index]
         now = self.clock.now()
         run_after = now + timedelta(seconds=self.settings.requeue_after)
         await self.store.finish_step(
-            case.id, index, self.worker_id, StepStatus.RUNNING, now, error=reason
+            case.id,
+            index,
+            self.worker_id,
+            StepStatus.RUNNING,
+            now,
+            error=reason,
+            event=("step_deferred", {"reason": reason}),
         )
-        await self._event(case, "step_deferred", step.id, {"reason": reason})
         await self.store.release_case(
             case.id, self.worker_id, CaseStatus.PENDING, now, run_after=run_after
         )
@@ -228,11 +230,16 @@ class Engine:
     async def _halt(self, case: Case, index: int, reason: str) -> CaseStatus:
         step = case.steps[index]
         now = self.clock.now()
-        await self.store.finish_step(
-            case.id, index, self.worker_id, StepStatus.FAILED, now, error=reason
-        )
         halt_reason = f"step {step.id} ({step.action}) failed: {reason}"
-        await self._event(case, "case_halted", step.id, {"reason": halt_reason})
+        await self.store.finish_step(
+            case.id,
+            index,
+            self.worker_id,
+            StepStatus.FAILED,
+            now,
+            error=reason,
+            event=("case_halted", {"reason": halt_reason}),
+        )
         await self.store.release_case(
             case.id, self.worker_id, CaseStatus.HALTED, now, halt_reason=halt_reason
         )

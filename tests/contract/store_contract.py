@@ -928,3 +928,29 @@ class StoreContract:
 
     async def test_next_timer_due_is_none_without_timers(self, store: Store) -> None:
         assert await store.next_timer_due() is None
+
+    async def test_finish_step_appends_its_event_in_the_same_write(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), at(0))
+        await store.claim_case(case.id, "w1", at(0), LEASE)
+        await store.start_step(case.id, 0, "w1", at(1))
+        await store.finish_step(
+            case.id,
+            0,
+            "w1",
+            StepStatus.DONE,
+            at(2),
+            evidence={"x": 1},
+            event=("step_done", {"x": 1}),
+        )
+        events = await store.events(case.id)
+        assert (events[-1].kind, events[-1].step_id, events[-1].data) == (
+            "step_done",
+            "idp-deactivate",
+            {"x": 1},
+        )
+        # a non-owner's finish writes neither the step nor the event
+        with pytest.raises(StoreError):
+            await store.finish_step(
+                case.id, 1, "w2", StepStatus.DONE, at(3), event=("step_done", {})
+            )
+        assert len(await store.events(case.id)) == len(events)

@@ -172,6 +172,7 @@ class Store(Protocol):
         *,
         evidence: dict[str, Any] | None = None,
         error: str | None = None,
+        event: tuple[str, dict[str, Any]] | None = None,
     ) -> StepRecord: ...
 
     # side-effect ledger

@@ -903,6 +903,7 @@ class PostgresStore:
         *,
         evidence: dict[str, Any] | None = None,
         error: str | None = None,
+        event: tuple[str, dict[str, Any]] | None = None,
     ) -> StepRecord:
         finished = now if status in (StepStatus.DONE, StepStatus.FAILED) else None
         async with self._transaction() as conn:
@@ -917,6 +918,9 @@ class PostgresStore:
                 evidence or {},
                 error,
             )
+            if row is not None and event is not None:
+                # one transaction: a kill cannot leave a done step without its event
+                await self._append_event(conn, case_id, event[0], now, row["step_id"], event[1])
         if row is None:
             raise NotFound(f"case {case_id} has no step {index}")
         return _step(row)

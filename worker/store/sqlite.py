@@ -684,9 +684,30 @@ class SqliteStore:
         *,
         evidence: dict[str, Any] | None = None,
         error: str | None = None,
+        event: tuple[str, dict[str, Any]] | None = None,
     ) -> StepRecord:
         finished = utc_iso(now) if status in (StepStatus.DONE, StepStatus.FAILED) else None
-        row = await self._returning(
+        async with self._transaction():
+            row = await self._finish_step_row(
+                case_id, index, worker_id, status, finished, evidence, error
+            )
+            step = await self._held_step(row, case_id, index, worker_id)
+            if event is not None:
+                # one transaction: a kill cannot leave a done step without its event
+                await self._append_event(case_id, event[0], now, step.step_id, event[1])
+        return step
+
+    async def _finish_step_row(
+        self,
+        case_id: str,
+        index: int,
+        worker_id: str,
+        status: StepStatus,
+        finished: str | None,
+        evidence: dict[str, Any] | None,
+        error: str | None,
+    ) -> sqlite3.Row | None:
+        return await self._returning(
             "UPDATE steps SET status = ?, finished_at = ?, evidence = ?, error = ? "
             f"WHERE case_id = ? AND idx = ? AND {self._HELD} RETURNING *",
             (
@@ -700,7 +721,6 @@ class SqliteStore:
                 worker_id,
             ),
         )
-        return await self._held_step(row, case_id, index, worker_id)
 
     # ledger
 
