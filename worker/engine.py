@@ -73,6 +73,8 @@ class Engine:
         self.policy = policy
         self.settings = settings
         self.worker_id = worker_id or default_worker_id()
+        #: set on shutdown: the step in flight finishes, no further step starts
+        self.stopping = asyncio.Event()
 
     async def run_claimed(self, case: Case) -> CaseStatus:
         """Run a case this worker has claimed until it is contained, waits, halts or is requeued."""
@@ -118,6 +120,13 @@ class Engine:
             if record.status is StepStatus.DONE:
                 earlier[step.id] = record.evidence
                 continue
+            if self.stopping.is_set():
+                # shutting down: hand the case back at a step boundary for the next worker
+                await self.store.release_case(
+                    case.id, self.worker_id, CaseStatus.PENDING, self.clock.now()
+                )
+                log.info("case_released_for_shutdown", next_step=step.id)
+                return CaseStatus.PENDING
             with structlog.contextvars.bound_contextvars(step=step.id, action=step.action):
                 record = await self.store.start_step(
                     case.id, index, self.worker_id, self.clock.now()

@@ -142,6 +142,7 @@ class Worker:
             await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _drain(self) -> None:
+        self.engine.stopping.set()
         if self._watchdog is not None:
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)

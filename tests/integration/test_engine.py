@@ -265,3 +265,28 @@ async def test_a_worker_that_lost_its_lease_stops_its_step(
 
     assert status is CaseStatus.RUNNING  # it gave up; the rescuer owns the case
     assert (await runtime.store.get_case(case.id)).lease_owner == "rescuer"
+
+
+async def test_shutdown_lets_the_step_in_flight_finish_and_hands_the_case_back(
+    runtime: Runtime, sandbox: Sandbox, leaver: SeededUser
+) -> None:
+    from worker.worker import Worker
+
+    sandbox.faults.add(FaultRule(endpoint="okta.deactivate", kind="latency", delay=0.5, count=1))
+    await open_case(runtime, runtime.playbook("leaver"), leaver.login, {})
+    worker = Worker(runtime, grace_seconds=10)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(worker.run(stop))
+    for _ in range(500):
+        if sandbox.audit.calls.get("okta.deactivate"):
+            break
+        await asyncio.sleep(0.01)
+    stop.set()  # SIGTERM while the deactivation is in flight
+    await asyncio.wait_for(loop, 10)
+
+    case = (await runtime.store.list_cases())[0]
+    steps = await runtime.store.steps(case.id)
+    assert steps[0].status is StepStatus.DONE  # the step in flight finished
+    assert steps[1].status is StepStatus.PENDING  # no further step started
+    assert case.status is CaseStatus.PENDING and case.lease_owner is None  # retryable at once
+    assert mutations(sandbox) == ["okta.deactivate"]
