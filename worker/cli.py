@@ -152,7 +152,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
             playbook = load_playbook(find_playbook(name, [base_dir / "playbooks"]))
             print(f"{playbook.source}: ok ({len(playbook.steps)} steps, order holds)")
         return EXIT_OK
-    config = _load(args.config)
+    config = load_config(Path(args.config))
     if args.command == "run" and args.dry_run:
         return await _dry_run(config, args, base_dir)
     async with open_runtime(config, base_dir=base_dir, clock=_clock()) as runtime:
@@ -324,10 +324,6 @@ def _clock() -> Clock:
     """The system clock; acceptance tests may shift it through a file they control."""
     offset_file = os.environ.get("OFFBOARD_TEST_CLOCK_OFFSET_FILE")
     return OffsetClock(offset_file) if offset_file else SystemClock()
-
-
-def _load(path: str) -> Config:
-    return load_config(Path(path))
 
 
 def _project_dir() -> Path:

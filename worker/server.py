@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +37,7 @@ from worker.service import (
     ProtectedIdentity,
     Runtime,
     confirm_task,
+    is_login,
     open_case,
 )
 from worker.triggers import IgnoredEvent, Trigger, TriggerAdapter, TriggerError, accept, adapter_for
@@ -45,8 +45,6 @@ from worker.worker import Worker
 
 log = structlog.get_logger(__name__)
 
-#: a login: printable ASCII without spaces, exactly one @ (the OpenAPI document says the same)
-EMAIL = re.compile(r"[!-?A-~]+@[!-?A-~]+")
 
 RUNTIME = web.AppKey("runtime", Runtime)
 WORKER = web.AppKey("worker", Worker)
@@ -242,7 +240,7 @@ async def _act_once(
         seen = await runtime.store.get_delivery(key)
         if seen is not None:
             return int(seen.outcome["status"]), {**seen.outcome["body"], "replayed": True}
-        status, answer, case_id = await _act(request, key, trigger, playbook_name)
+        status, answer, case_id = await _act(request, trigger, playbook_name)
         answer = {**answer, **(extra or {})}
         await runtime.store.record_delivery(
             Delivery(
@@ -257,7 +255,7 @@ async def _act_once(
 
 
 async def _act(
-    request: web.Request, key: str, trigger: Trigger, playbook_name: str
+    request: web.Request, trigger: Trigger, playbook_name: str
 ) -> tuple[int, dict[str, Any], str | None]:
     runtime = request.app[RUNTIME]
     now = runtime.clock.now()
@@ -344,7 +342,7 @@ class CaseRequest(BaseModel):
     @classmethod
     def _email(cls, value: str) -> str:
         value = value.strip()
-        if not EMAIL.fullmatch(value) or not value.isprintable():
+        if not is_login(value):
             raise ValueError("must be the person's login, an email address")
         return value
 
@@ -407,7 +405,7 @@ async def create_case(request: web.Request) -> web.Response:
         delivery_id=idem or "",
     )
     if idem is None:
-        _, answer, _ = await _act(request, "", trigger, body.playbook)
+        _, answer, _ = await _act(request, trigger, body.playbook)
         request.app[WORKER].wake.set()
         return web.json_response(answer, status=201 if answer["outcome"] == "created" else 200)
     if not 1 <= len(idem) <= 200 or not (idem.isascii() and idem.isprintable()):

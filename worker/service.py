@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -134,6 +135,14 @@ class ProtectedIdentity(OffboardError):
     """A break-glass or service identity that no trigger may offboard."""
 
 
+#: a login: printable ASCII without spaces, exactly one @ (the OpenAPI document says the same)
+LOGIN = re.compile(r"[!-?A-~]+@[!-?A-~]+")
+
+
+def is_login(subject: str) -> bool:
+    return LOGIN.fullmatch(subject) is not None
+
+
 def protected_pattern(subject: str, patterns: list[str]) -> str | None:
     lowered = subject.lower()
     return next((p for p in patterns if fnmatch.fnmatchcase(lowered, p.lower())), None)
@@ -146,14 +155,13 @@ async def open_case(
     trigger: dict[str, Any],
     *,
     run_after: datetime | None = None,
-    idempotency_key: str | None = None,
 ) -> tuple[Case, bool]:
     """A new case, or the open case this playbook already has for this person.
 
     Re-running a command after a crash resumes instead of starting twice; a later
     trigger for a termination not yet started moves it to the new time."""
     subject = subject.strip()
-    if not subject or "@" not in subject or " " in subject:
+    if not is_login(subject):
         raise OffboardError(f"the subject must be the person's login (an email), not {subject!r}")
     pattern = protected_pattern(subject, runtime.config.protected_identities)
     if pattern is not None:
@@ -185,7 +193,6 @@ async def open_case(
             trigger=trigger,
             priority=playbook.priority,
             run_after=run_after,
-            idempotency_key=idempotency_key,
         ),
         runtime.clock.now(),
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -357,10 +356,6 @@ def handler_for(action: str) -> StepHandler:
         return HANDLERS[action]
     except KeyError:
         raise PermanentError("playbook", f"no handler for action {action!r}") from None
-
-
-def is_due(when: datetime | None, now: datetime) -> bool:
-    return when is None or when <= now
 
 
 # --- hardening: cut role sessions early, remove access -------------------------------

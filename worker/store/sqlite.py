@@ -639,12 +639,6 @@ class SqliteStore:
         rows = await self._all("SELECT * FROM steps WHERE case_id = ? ORDER BY idx", (case_id,))
         return [_step(r) for r in rows]
 
-    async def _step_row(self, case_id: str, index: int) -> StepRecord:
-        row = await self._one("SELECT * FROM steps WHERE case_id = ? AND idx = ?", (case_id, index))
-        if row is None:
-            raise NotFound(f"case {case_id} has no step {index}")
-        return _step(row)
-
     async def _check_owner(self, case_id: str, worker_id: str) -> None:
         row = await self._one("SELECT lease_owner FROM cases WHERE id = ?", (case_id,))
         if row is None:
