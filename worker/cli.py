@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import os
 import signal
 import sys
@@ -53,7 +54,12 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("OFFBOARD_CONFIG", DEFAULT_CONFIG),
         help=f"configuration file (default: $OFFBOARD_CONFIG or {DEFAULT_CONFIG})",
     )
-    parser.add_argument("--log-level", default=os.environ.get("OFFBOARD_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("OFFBOARD_LOG_LEVEL"),
+        help="DEBUG, INFO, WARNING... (default: $OFFBOARD_LOG_LEVEL or INFO; "
+        "WARNING for bulk on a terminal, where the progress line is the output)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a playbook for one person")
@@ -92,6 +98,40 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate playbook files")
     check.add_argument("playbooks", nargs="+")
 
+    config = commands.add_parser("config", help="check a configuration file, or print its schema")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    config_check = config_commands.add_parser(
+        "check",
+        help="validate a configuration, resolve its secrets and paths; every problem at once",
+    )
+    config_check.add_argument("file", nargs="?", help="the file (default: --config)")
+    config_commands.add_parser("schema", help="print the configuration's JSON Schema")
+
+    bulk = commands.add_parser(
+        "bulk", help="offboard everyone in a CSV file (email[,reason,effective_at,employee_id])"
+    )
+    bulk.add_argument("file", help="CSV with a header row; 'email' is required")
+    bulk.add_argument("--playbook", required=True, help="playbook name or path, e.g. leaver")
+    bulk.add_argument(
+        "--skip-invalid", action="store_true", help="skip bad rows (reported) instead of stopping"
+    )
+    bulk.add_argument(
+        "--enqueue-only",
+        action="store_true",
+        help="run no worker here: other workers (offboard serve/worker) run the cases; watch them",
+    )
+    bulk.add_argument(
+        "--no-wait", action="store_true", help="exit once enqueued (implies --enqueue-only)"
+    )
+    bulk.add_argument(
+        "--progress-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal, print a progress line this often (default 10)",
+    )
+    bulk.add_argument("--by", default=None, help="who runs it (default: your user name)")
+
     serve = commands.add_parser(
         "serve", help="take webhooks and API calls, and run the worker, until SIGTERM"
     )
@@ -119,7 +159,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(level=args.log_level.upper())
+    quiet = args.command == "bulk" and sys.stderr.isatty()
+    configure_logging(level=(args.log_level or ("WARNING" if quiet else "INFO")).upper())
     try:
         return asyncio.run(_dispatch(args))
     except NotFound as exc:
@@ -152,7 +193,11 @@ async def _dispatch(args: argparse.Namespace) -> int:
             playbook = load_playbook(find_playbook(name, [base_dir / "playbooks"]))
             print(f"{playbook.source}: ok ({len(playbook.steps)} steps, order holds)")
         return EXIT_OK
+    if args.command == "config":
+        return _config_command(args, base_dir)
     config = load_config(Path(args.config))
+    if args.command == "bulk":
+        return await _bulk(config, args, base_dir)
     if args.command == "run" and args.dry_run:
         return await _dry_run(config, args, base_dir)
     async with open_runtime(config, base_dir=base_dir, clock=_clock()) as runtime:
@@ -195,6 +240,81 @@ async def _dispatch(args: argparse.Namespace) -> int:
             await drive_case(runtime, args.case)
             return await _print_case(runtime, args.case)
     raise AssertionError(args.command)
+
+
+def _config_command(args: argparse.Namespace, base_dir: Path) -> int:
+    from worker.config import config_json_schema
+    from worker.configcheck import check_config, summary
+
+    if args.config_command == "schema":
+        print(json.dumps(config_json_schema(), indent=2))
+        return EXIT_OK
+    report = check_config(Path(args.file or args.config), base_dir=base_dir)
+    for problem in report.problems:
+        print(problem, file=sys.stderr)
+    if report.problems:
+        print(f"offboard: {report.source}: {len(report.problems)} problem(s)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print("\n".join(summary(report)))
+    return EXIT_OK
+
+
+async def _bulk(config: Config, args: argparse.Namespace, base_dir: Path) -> int:
+    """Validate the whole file, then enqueue, then watch (and run) until settled."""
+    from worker import bulk
+
+    path = Path(args.file)
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except OSError as exc:
+        raise OffboardError(f"{path}: cannot read: {exc.strerror}") from None
+    parsed = bulk.parse_bulk_csv(data, protected=config.protected_identities)
+    for problem in parsed.problems:
+        print(f"{path}:{problem.line}: {problem.message}", file=sys.stderr)
+    if parsed.unusable or (parsed.problems and not args.skip_invalid):
+        hint = "" if parsed.unusable else " (fix them, or --skip-invalid)"
+        print(f"offboard: {path}: nothing enqueued{hint}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not parsed.rows:
+        print(f"offboard: {path}: no valid row to enqueue", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    # before the store is opened: a missing playbook changes nothing either
+    load_playbook(find_playbook(args.playbook, [base_dir / d for d in config.playbook_dirs]))
+    async with open_runtime(config, base_dir=base_dir, clock=_clock()) as runtime:
+        playbook = runtime.playbook(args.playbook)
+        entries = await bulk.enqueue(
+            runtime, playbook, parsed.rows, file=str(path), by=args.by or getpass.getuser()
+        )
+        new = sum(1 for e in entries if e.outcome == "created")
+        print(
+            f"{path}: {len(entries)} rows enqueued ({new} new cases, "
+            f"{len(parsed.problems)} problem(s) skipped)",
+            flush=True,
+        )
+        if args.no_wait:
+            return EXIT_OK
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        progress = bulk.Progress(sys.stderr, total=len(entries), plain_every=args.progress_every)
+        snap = await bulk.run(
+            runtime, entries, progress, run_worker=not args.enqueue_only, stop=stop
+        )
+        tasks = await runtime.store.open_tasks()
+    skipped = len({p.line for p in parsed.problems})
+    print(bulk.summary_text(entries, snap, tasks, playbook=playbook.name, skipped=skipped))
+    counts = snap.counts
+    if counts["in_progress"]:
+        print(
+            f"offboard: stopped with {counts['in_progress']} case(s) not settled; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    if counts["halted"]:
+        return EXIT_FAILED
+    return EXIT_WAITING if counts["waiting"] else EXIT_OK
 
 
 async def _print_case(runtime: Runtime, case_id: str) -> int:

@@ -8,9 +8,11 @@ in `Secret` objects whose repr hides them, and registered with the log redactor.
 from __future__ import annotations
 
 import os
+import types
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -42,10 +44,25 @@ class Secret:
 
 
 class SecretRef(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A secret by reference: `{env: NAME}` or `{file: PATH}`, exactly one; never inline."""
 
-    env: str | None = None
-    file: str | None = None
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        # what the after-validator below enforces, for editors that read the JSON Schema
+        json_schema_extra={"minProperties": 1, "maxProperties": 1},
+    )
+
+    env: str | None = Field(default=None, min_length=1, description="environment variable")
+    file: str | None = Field(default=None, min_length=1, description="file holding the secret")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_inline(cls, data: Any) -> Any:
+        # the value itself must never be echoed back: the message names only the fix
+        if isinstance(data, str | int | float):
+            raise ValueError("a secret is never written inline: use {env: NAME} or {file: PATH}")
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
@@ -62,10 +79,14 @@ class SecretRef(BaseModel):
         assert self.file is not None
         try:
             value = Path(self.file).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: file {self.file} does not exist") from None
         except OSError as exc:
             raise ConfigError(
                 f"{path}: cannot read secret file {self.file}: {exc.strerror}"
             ) from None
+        except UnicodeDecodeError:  # its message would quote the bytes
+            raise ConfigError(f"{path}: secret file {self.file} is not UTF-8 text") from None
         if not value:
             raise ConfigError(f"{path}: secret file {self.file} is empty")
         return Secret(value)
@@ -195,6 +216,9 @@ class WorkerConfig(_Model):
     requeue_after_seconds: float = Field(default=30.0, gt=0)
     #: how many cases one process runs at once
     concurrency: int = Field(default=16, ge=1)
+    #: slots beyond `concurrency` that only incident cases (priority >= 100) may take,
+    #: so that an incident never waits for a bulk case to finish
+    urgent_slots: int = Field(default=4, ge=0)
     #: how often an idle worker looks for new cases and due milestones
     poll_seconds: float = Field(default=0.5, gt=0)
 
@@ -238,6 +262,8 @@ class LimitsConfig(_Model):
     identity_center_burst: int = Field(default=4, ge=1)
     #: Okta: 75 concurrent requests per org; the per-minute budget is read from headers
     okta_concurrency: int = Field(default=70, ge=1)
+    #: the last calls of each Okta window are kept for incident cases (priority >= 100)
+    okta_urgent_reserve: int = Field(default=15, ge=0)
     okta_per_second: float | None = Field(default=None, gt=0)
     entra_per_second: float | None = Field(default=None, gt=0)
     google_per_second: float | None = Field(default=None, gt=0)
@@ -251,7 +277,10 @@ class LimitsConfig(_Model):
                     burst=self.identity_center_burst,
                 ),
                 "okta": RateLimiter(
-                    "okta", per_second=self.okta_per_second, concurrency=self.okta_concurrency
+                    "okta",
+                    per_second=self.okta_per_second,
+                    concurrency=self.okta_concurrency,
+                    urgent_reserve=self.okta_urgent_reserve,
                 ),
                 "entra": RateLimiter("entra", per_second=self.entra_per_second),
                 "google": RateLimiter("google", per_second=self.google_per_second),
@@ -316,16 +345,71 @@ class Config(_Model):
     protected_identities: list[str] = Field(default_factory=list)
 
 
+def validation_problems(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[str]:
+    """One `dotted.path: message` per error. Only pydantic's message is used, never
+    the input it quotes: that input may be a secret written inline."""
+    problems = []
+    for error in exc.errors():
+        path = ".".join(str(p) for p in (*prefix, *error["loc"]))
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "value_error":
+            message = error["msg"].removeprefix("Value error, ")
+        else:
+            message = error["msg"]
+        problems.append(f"{path or '(top level)'}: {message}")
+    return problems
+
+
 def parse_config(data: Any, source: str) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            path = ".".join(str(p) for p in error["loc"]) or "(top level)"
-            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-            problems.append(f"{path}: {message}")
-        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+        raise ConfigError(f"{source}: " + "; ".join(validation_problems(exc))) from None
+
+
+#: the JSON Schema dialect pydantic generates
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration file, for editors and CI linters.
+
+    It carries the structure (keys, types, patterns); the cross-field rules (exactly
+    one identity provider, a secret's one source) are checked by `offboard config check`.
+    """
+    schema = Config.model_json_schema()
+    return {"$schema": SCHEMA_DIALECT, **schema, "title": "offboard configuration"}
+
+
+def secret_references(
+    data: Any, model: type[BaseModel] = Config, path: tuple[str, ...] = ()
+) -> Iterator[tuple[str, Any]]:
+    """(dotted path, raw value) of every place in raw configuration data where the
+    model expects a SecretRef, following the model's field types; it works on data
+    that does not validate, so every reference can be checked at once."""
+    if not isinstance(data, dict):
+        return
+    for name, field in model.model_fields.items():
+        if name in data:
+            yield from _references_in(field.annotation, data[name], (*path, name))
+
+
+def _references_in(annotation: Any, value: Any, path: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is SecretRef:
+        yield ".".join(path), value
+    elif origin in (Union, types.UnionType):
+        for arg in args:
+            yield from _references_in(arg, value, path)
+    elif origin is list and isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _references_in(args[0], item, (*path, str(index)))
+    elif origin is dict and isinstance(value, dict):
+        for key, item in value.items():
+            yield from _references_in(args[1], item, (*path, str(key)))
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield from secret_references(value, annotation, path)
 
 
 def load_config(path: Path) -> Config:

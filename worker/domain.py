@@ -7,6 +7,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+#: Case priorities: the worker claims, and the rate limiters serve, higher first.
+PRIORITIES: dict[str, int] = {"incident": 100, "normal": 50, "bulk": 10}
+#: at or above this, a case is urgent: it may take the slots and the budget kept for it
+URGENT = PRIORITIES["incident"]
+
 
 class CaseStatus(StrEnum):
     #: waiting for a worker to claim it (new, or released for a retry at `run_after`)

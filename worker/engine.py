@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -20,7 +21,9 @@ from worker.clock import Clock, utc_iso
 from worker.countdown import SessionSettings, compute, inputs_from_evidence
 from worker.domain import Case, CaseStatus, StepStatus, Timer
 from worker.errors import PermanentError, StoreError, TransientError
+from worker.metrics import Metrics
 from worker.notify import LogNotifier, Notification, Notifier, deliver
+from worker.ratelimit import CASE_PRIORITY
 from worker.retry import RetryPolicy
 from worker.steps import Done, Providers, StepContext, Waiting, handler_for
 from worker.store.base import Store
@@ -64,7 +67,9 @@ class Engine:
         sessions: SessionSettings | None = None,
         notifier: Notifier | None = None,
         worker_id: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.sessions = sessions or SessionSettings()
         self.notifier: Notifier = notifier or LogNotifier()
         self.store = store
@@ -79,7 +84,12 @@ class Engine:
     async def run_claimed(self, case: Case) -> CaseStatus:
         """Run a case this worker has claimed until it is contained, waits, halts or is requeued."""
         with structlog.contextvars.bound_contextvars(case_id=case.id, playbook=case.playbook):
-            steps = asyncio.create_task(self._run_steps(case))
+            # the steps' provider calls queue by this case's priority (the task copies it)
+            token = CASE_PRIORITY.set(case.priority)
+            try:
+                steps = asyncio.create_task(self._run_steps(case))
+            finally:
+                CASE_PRIORITY.reset(token)
             lost = asyncio.Event()
             heartbeat = asyncio.create_task(self._heartbeat(case.id, steps, lost))
             try:
@@ -146,11 +156,14 @@ class Engine:
                     verify_timeout=self.settings.verify_timeout,
                     verify_interval=self.settings.verify_interval,
                 )
+                started = time.monotonic()
                 try:
                     outcome = await handler_for(step.action)(ctx)
                 except TransientError as exc:
+                    self._took(case, index, "requeued", started)
                     return await self._requeue(case, index, str(exc))
                 except PermanentError as exc:
+                    self._took(case, index, "failed", started)
                     return await self._halt(case, index, str(exc))
                 except StoreError:
                     raise
@@ -158,8 +171,12 @@ class Engine:
                     log.exception("step_crashed")
                     reason = f"internal error: {type(exc).__name__}: {exc}"
                     if record.attempts >= self.settings.max_unexpected_failures:
+                        self._took(case, index, "failed", started)
                         return await self._halt(case, index, reason)
+                    self._took(case, index, "requeued", started)
                     return await self._requeue(case, index, reason)
+                waiting = isinstance(outcome, Waiting)
+                self._took(case, index, "waiting" if waiting else "done", started)
                 if isinstance(outcome, Waiting):
                     await self.store.finish_step(
                         case.id,
@@ -217,6 +234,11 @@ class Engine:
         await self._event(case, "case_contained", None, {})
         log.info("case_contained")
         return CaseStatus.CONTAINED
+
+    def _took(self, case: Case, index: int, outcome: str, started: float) -> None:
+        """One run of a step in the duration histogram (no I/O: the hot path)."""
+        action = case.steps[index].action
+        self.metrics.step_finished(case.playbook, action, outcome, time.monotonic() - started)
 
     async def _requeue(self, case: Case, index: int, reason: str) -> CaseStatus:
         now = self.clock.now()

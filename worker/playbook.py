@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from worker import yamlfile
-from worker.domain import PlannedStep
+from worker.domain import PRIORITIES, PlannedStep
 from worker.errors import PlaybookError
 
 
@@ -91,8 +91,6 @@ ACTIONS: dict[str, ActionSpec] = {
         ),
     )
 }
-
-PRIORITIES: dict[str, int] = {"incident": 100, "normal": 50, "bulk": 10}
 
 
 class StepSpec(BaseModel):

@@ -2,25 +2,37 @@
 bouncing off them, and share a server's "wait" among every case.
 
 One `RateLimiter` per provider, shared by all cases of the process. It spaces
-requests (GCRA: a token bucket that reserves each request a start time), caps how
-many run at once, and, when the provider answers "slow down" with a hint, makes
-every caller wait it out, not just the one that was told.
+requests (GCRA: a token bucket), caps how many run at once, and, when the provider
+answers "slow down" with a hint, makes every caller wait it out, not just the one
+that was told.
+
+Waiting callers are served by priority, then in arrival order: an incident case's
+call goes ahead of a thousand queued bulk calls. For a per-window budget (Okta's
+X-Rate-Limit-*), the last `urgent_reserve` calls of a window are kept for urgent
+cases, so that an incident never waits for the next window behind a bulk run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import time
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 
 import structlog
+
+from worker.domain import URGENT
 
 log = structlog.get_logger(__name__)
 
 
 #: how long everyone waits when a provider throttles without saying for how long
 UNHINTED_PAUSE = 1.0
+#: the priority of the case the current task works on (the engine sets it per case)
+CASE_PRIORITY: ContextVar[int] = ContextVar("case_priority", default=0)
 
 
 class RateLimiter:
@@ -31,41 +43,87 @@ class RateLimiter:
         per_second: float | None = None,
         burst: int = 1,
         concurrency: int | None = None,
+        urgent_reserve: int = 0,
     ) -> None:
         self.name = name
         self.interval = 1.0 / per_second if per_second else 0.0
         self.tolerance = max(0, burst - 1) * self.interval
+        self.urgent_reserve = urgent_reserve
         self._tat = 0.0  # theoretical arrival time of the next request (monotonic seconds)
-        self._blocked_until = 0.0
-        self._lock = asyncio.Lock()
+        self._blocked_until = 0.0  # everyone waits (a throttle, a spent budget)
+        self._ordinary_blocked_until = 0.0  # only non-urgent callers wait (the reserve)
         self._slots = asyncio.Semaphore(concurrency) if concurrency else None
+        # waiting callers: (-priority, arrival, future), served smallest first
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+        self._changed: asyncio.Event | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
         #: how often callers waited on a server's hint, for metrics and tests
         self.pauses = 0
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one request's place: waits for the pace, a pause, and a free slot."""
-        await self._wait_turn()
+    async def slot(self, priority: int | None = None) -> AsyncIterator[None]:
+        """Hold one request's place: waits for the pace, a pause, and a free slot.
+        `priority` defaults to that of the case the calling task works on."""
+        await self._wait_turn(CASE_PRIORITY.get() if priority is None else priority)
         if self._slots is None:
             yield
             return
         async with self._slots:
             yield
 
-    async def _wait_turn(self) -> None:
-        async with self._lock:
+    def _opens_at(self, priority: int) -> float:
+        at = max(self._tat - self.tolerance, self._blocked_until)
+        if priority < URGENT:
+            at = max(at, self._ordinary_blocked_until)
+        return at
+
+    async def _wait_turn(self, priority: int) -> None:
+        now = time.monotonic()
+        if not self._waiting and self._opens_at(priority) <= now:
+            self._take(now)
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (-priority, next(self._arrivals), waiter))
+        self._wake()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if self._changed is not None:
+                self._changed.set()  # the dispatcher drops it now, not at its next turn
+            raise
+
+    def _take(self, now: float) -> None:
+        self._tat = max(self._tat, now) + self.interval
+
+    def _wake(self) -> None:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        self._changed.set()
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+
+    async def _dispatch(self) -> None:
+        """Release waiting callers one at a time, the most urgent first, at the pace."""
+        assert self._changed is not None
+        while self._waiting:
+            negative, _, waiter = self._waiting[0]
+            if waiter.done():  # its caller was cancelled
+                heapq.heappop(self._waiting)
+                continue
             now = time.monotonic()
-            tat = max(self._tat, now, self._blocked_until)
-            start = max(now, tat - self.tolerance, self._blocked_until)
-            self._tat = tat + self.interval
-        while True:
-            delay = start - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            # a pause that began while we slept applies to us too
-            if self._blocked_until <= time.monotonic():
-                return
-            start = self._blocked_until
+            opens = self._opens_at(-negative)
+            if opens > now:
+                # a pause, or a more urgent caller arriving, changes who goes next
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), opens - now)
+                continue
+            heapq.heappop(self._waiting)
+            self._take(now)
+            waiter.set_result(None)
+            if self.interval == 0.0:
+                await asyncio.sleep(0)  # let the released caller run before the next
 
     def pause(self, seconds: float) -> None:
         """The provider asked everyone to wait `seconds`."""
@@ -74,12 +132,27 @@ class RateLimiter:
             self._blocked_until = until
             self.pauses += 1
             log.warning("provider_paused", provider=self.name, seconds=round(seconds, 3))
+            if self._changed is not None:
+                self._changed.set()
 
-    def budget(self, remaining: int, reset_in: float, *, reserve: int = 2) -> None:
+    def budget(self, remaining: int, reset_in: float, *, reserve: int = 2) -> bool:
         """A per-window budget read from the provider's headers (Okta's X-Rate-Limit-*):
-        when it is nearly spent, wait for the window to reset rather than earn a 429."""
-        if remaining <= reserve and reset_in > 0:
+        when it is nearly spent, wait for the window to reset rather than earn a 429;
+        a little earlier, only urgent callers go on. True if it made everyone wait
+        (a throttle, for the metrics)."""
+        if reset_in <= 0:
+            return False
+        if remaining <= reserve:
             self.pause(reset_in)
+            return True
+        if remaining <= reserve + self.urgent_reserve:
+            until = time.monotonic() + reset_in
+            if until > self._ordinary_blocked_until:
+                self._ordinary_blocked_until = until
+                log.info(
+                    "provider_reserved_for_urgent", provider=self.name, seconds=round(reset_in, 3)
+                )
+        return False
 
 
 class Limits:

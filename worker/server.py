@@ -19,19 +19,14 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from worker.clock import utc_iso
 from worker.config import TriggerSource
 from worker.domain import Case, CaseStatus, Delivery
 from worker.errors import CaseStarted, NotFound, OffboardError, PlaybookError
+from worker.metrics import Metrics, refresh
 from worker.openapi import OPENAPI
 from worker.service import (
     ProtectedIdentity,
@@ -100,10 +95,8 @@ class ServerState:
     api_tokens: dict[str, str]
     #: one lock per stripe of subjects: a person's triggers are handled one at a time
     locks: tuple[asyncio.Lock, ...]
-    registry: CollectorRegistry
-    triggers: Counter
-    cases_by_state: Gauge
-    open_tasks: Gauge
+    #: the runtime's metrics (worker/metrics.py): /metrics renders its registry
+    metrics: Metrics
     max_body: int
 
     def lock_for(self, subject: str) -> asyncio.Lock:
@@ -134,27 +127,11 @@ def _state(runtime: Runtime) -> ServerState:
         name: ref.resolve(f"server.api_tokens.{name}").reveal()
         for name, ref in config.api_tokens.items()
     }
-    registry = CollectorRegistry()
     return ServerState(
         adapters=adapters,
         api_tokens=tokens,
         locks=tuple(asyncio.Lock() for _ in range(64)),
-        registry=registry,
-        triggers=Counter(
-            "offboard_triggers_total",
-            "Trigger deliveries by source and outcome",
-            ["purpose", "source", "outcome"],
-            registry=registry,
-        ),
-        cases_by_state=Gauge(
-            "offboard_cases",
-            "Cases by state and playbook",
-            ["state", "playbook"],
-            registry=registry,
-        ),
-        open_tasks=Gauge(
-            "offboard_operator_tasks_waiting", "Operator tasks not yet confirmed", registry=registry
-        ),
+        metrics=runtime.metrics,
         max_body=config.max_body_bytes,
     )
 
@@ -175,6 +152,9 @@ def build_app(runtime: Runtime, *, run_worker: bool = True) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    from worker.ui import add_ui_routes  # here, not at the top: worker.ui imports this module
+
+    add_ui_routes(app)  # the status page at /ui (docs/ui.md)
     if run_worker:
         app.cleanup_ctx.append(_worker_ctx)
     return app
@@ -214,16 +194,16 @@ async def hook(request: web.Request) -> web.Response:
     try:
         trigger = accept(adapter, source, request.headers, body, runtime.clock.now())
     except IgnoredEvent as exc:
-        state.triggers.labels(purpose, source, "ignored").inc()
+        state.metrics.triggers.labels(purpose, source, "ignored").inc()
         return web.json_response({"outcome": "ignored", "detail": exc.detail}, status=202)
     except TriggerError as exc:
-        state.triggers.labels(purpose, source, "refused").inc()
+        state.metrics.triggers.labels(purpose, source, "refused").inc()
         log.info("trigger_refused", purpose=purpose, source=source, reason=exc.title)
         raise Problem(exc.status, exc.title, exc.detail) from None
     key = f"hook:{purpose}:{source}:{trigger.delivery_id}"
     playbook = config.playbook or ("incident" if purpose == "incident" else "leaver")
     status, answer = await _act_once(request, key, trigger, playbook)
-    state.triggers.labels(purpose, source, str(answer.get("outcome"))).inc()
+    state.metrics.triggers.labels(purpose, source, str(answer.get("outcome"))).inc()
     return web.json_response(answer, status=status)
 
 
@@ -563,12 +543,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state, runtime = request.app[STATE], request.app[RUNTIME]
-    state.cases_by_state.clear()
-    for case in await runtime.store.list_cases():
-        state.cases_by_state.labels(case.status.value, case.playbook).inc()
-    state.open_tasks.set(len(await runtime.store.open_tasks()))
+    # the store-derived metrics are read at each scrape: right whichever replica did the work
+    await refresh(state.metrics, runtime.store, runtime.clock.now())
     return web.Response(
-        body=generate_latest(state.registry),
+        body=state.metrics.exposition(),
         headers={"Content-Type": CONTENT_TYPE_LATEST},
     )
 

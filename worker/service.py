@@ -7,7 +7,7 @@ import contextlib
 import fnmatch
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -21,6 +21,7 @@ from worker.config import Config
 from worker.domain import Case, CaseStatus, NewCase, OperatorTask, Refusal, StepStatus
 from worker.engine import Engine, EngineSettings
 from worker.errors import CaseStarted, NotFound, OffboardError
+from worker.metrics import Metrics
 from worker.notify import Notifier, notifier_from_config, record_in_timeline
 from worker.playbook import Playbook, find_playbook, load_playbook
 from worker.providers import identity_provider
@@ -52,6 +53,8 @@ class Runtime:
     engine: Engine
     clock: Clock
     base_dir: Path
+    #: the process's Prometheus metrics, shared by the engine, the providers and /metrics
+    metrics: Metrics = field(default_factory=Metrics)
 
     def playbook_dirs(self) -> list[Path]:
         return [
@@ -86,8 +89,10 @@ async def open_runtime(
     clock: Clock | None = None,
     worker_id: str | None = None,
     notifier: Notifier | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Runtime]:
     clock = clock or SystemClock()
+    metrics = metrics or Metrics()
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(config, base_dir))
         http = await stack.enter_async_context(aiohttp.ClientSession())
@@ -100,9 +105,11 @@ async def open_runtime(
             stack.push_async_callback(fanout.aclose, 20.0)
             notifier = fanout
         limits = config.limits.limits()
-        idp = identity_provider(config.idp, http, limits, clock)
+        idp = identity_provider(config.idp, http, limits, clock, metrics)
         ic = await stack.enter_async_context(
-            AwsIdentityCenter(config.identity_center, http, limits["identity-center"])
+            AwsIdentityCenter(
+                config.identity_center, http, limits["identity-center"], metrics=metrics
+            )
         )
         providers = Providers(idp=idp, identity_center=ic)
         settings = EngineSettings(
@@ -120,6 +127,7 @@ async def open_runtime(
             sessions=config.countdown.settings(),
             notifier=notifier,
             worker_id=worker_id,
+            metrics=metrics,
         )
         yield Runtime(
             config=config,
@@ -128,6 +136,7 @@ async def open_runtime(
             engine=engine,
             clock=clock,
             base_dir=base_dir,
+            metrics=metrics,
         )
 
 
@@ -155,6 +164,7 @@ async def open_case(
     trigger: dict[str, Any],
     *,
     run_after: datetime | None = None,
+    idempotency_key: str | None = None,
 ) -> tuple[Case, bool]:
     """A new case, or the open case this playbook already has for this person.
 
@@ -193,6 +203,7 @@ async def open_case(
             trigger=trigger,
             priority=playbook.priority,
             run_after=run_after,
+            idempotency_key=idempotency_key,
         ),
         runtime.clock.now(),
     )

@@ -21,7 +21,7 @@ from worker.clock import Clock, utc_iso
 from worker.countdown import ReachablePermissionSet
 from worker.domain import Case, LedgerState, OperatorTask, PlannedStep, StepRecord
 from worker.errors import PermanentError, TransientError
-from worker.providers.base import IdentityCenter, IdentityProvider
+from worker.providers.base import IdentityCenter, IdentityCenterUser, IdentityProvider, IdpUser
 from worker.retry import RetryPolicy, with_retry
 from worker.store.base import Store
 
@@ -108,9 +108,13 @@ async def guarded_mutation(
     read: Callable[[], Awaitable[T]],
     reached: Callable[[T], bool],
     act: Callable[[], Awaitable[None]],
+    fresh: T | None = None,
 ) -> tuple[T, dict[str, Any]]:
-    """Read, act only if needed (write-ahead ledger around the call), verify by read-back."""
-    before = await ctx.call(f"{operation}.read", read)
+    """Read, act only if needed (write-ahead ledger around the call), verify by read-back.
+
+    `fresh` is a read this step made a moment ago (looking the person up returns their
+    state): it serves as the read before acting, instead of asking again."""
+    before = fresh if fresh is not None else await ctx.call(f"{operation}.read", read)
     key = ctx.ledger_key(operation)
     entry = await ctx.store.ledger_get(key)
     evidence: dict[str, Any] = {}
@@ -139,22 +143,29 @@ async def guarded_mutation(
 
 
 async def _idp_user_id(ctx: StepContext) -> str:
+    user_id, _ = await _idp_user(ctx)
+    return user_id
+
+
+async def _idp_user(ctx: StepContext) -> tuple[str, IdpUser | None]:
+    """The user's IdP id, and their state when the lookup had to read it just now."""
     known = ctx.earlier_fact("idp_user_id") or ctx.record.evidence.get("idp_user_id")
     if known:
-        return str(known)
+        return str(known), None
     user = await ctx.call("idp.find_user", lambda: ctx.providers.idp.find_user(ctx.case.subject))
-    return user.id
+    return user.id, user
 
 
 async def idp_deactivate_user(ctx: StepContext) -> Outcome:
     idp = ctx.providers.idp
-    user_id = await _idp_user_id(ctx)
+    user_id, fresh = await _idp_user(ctx)
     user, evidence = await guarded_mutation(
         ctx,
         operation=f"{idp.name}.deactivate",
         read=lambda: idp.get_user(user_id),
         reached=lambda u: u.deactivated,
         act=lambda: idp.deactivate_user(user_id),
+        fresh=fresh,
     )
     return Done(
         evidence={
@@ -196,17 +207,23 @@ async def idp_revoke_sessions(ctx: StepContext) -> Outcome:
 
 
 async def _ic_user_id(ctx: StepContext) -> str:
+    user_id, _ = await _ic_user(ctx)
+    return user_id
+
+
+async def _ic_user(ctx: StepContext) -> tuple[str, IdentityCenterUser | None]:
+    """The user's Identity Center id, and their state when the lookup read it just now."""
     known = ctx.earlier_fact("ic_user_id") or ctx.record.evidence.get("ic_user_id")
     if known:
-        return str(known)
+        return str(known), None
     ic = ctx.providers.identity_center
     user = await ctx.call("identitystore.GetUserId", lambda: ic.find_user(ctx.case.subject))
-    return user.user_id
+    return user.user_id, user
 
 
 async def identity_center_disable_user(ctx: StepContext) -> Outcome:
     ic = ctx.providers.identity_center
-    user_id = await _ic_user_id(ctx)
+    user_id, fresh = await _ic_user(ctx)
     base = {"ic_user_id": user_id, "identity_source": ic.identity_source}
     if ic.identity_source == "directory":
         return await _console_disable(ctx, user_id, base)
@@ -216,6 +233,7 @@ async def identity_center_disable_user(ctx: StepContext) -> Outcome:
         read=lambda: ic.get_user(user_id),
         reached=lambda u: u.disabled,
         act=lambda: ic.disable_user(user_id),
+        fresh=fresh,
     )
     verified_at = utc_iso(ctx.clock.now())
     return Done(

@@ -15,7 +15,7 @@ import structlog
 
 from worker.clock import seconds_until, utc_iso
 from worker.countdown import parse_iso_duration
-from worker.domain import Timer
+from worker.domain import URGENT, Timer
 from worker.notify import Notification, deliver
 from worker.service import Runtime
 from worker.watchdog import WATCHED, check_case
@@ -31,6 +31,7 @@ class Worker:
         self.clock = runtime.clock
         config = runtime.config.worker
         self.concurrency = config.concurrency
+        self.urgent_slots = config.urgent_slots
         self.poll = config.poll_seconds
         self.watchdog_interval = parse_iso_duration(runtime.config.countdown.watchdog_interval)
         self.grace = grace_seconds
@@ -53,9 +54,14 @@ class Worker:
     async def tick(self) -> bool:
         """One round of work; True if anything was done (so look again at once)."""
         busy = False
-        while len(self._running) < self.concurrency:
+        while len(self._running) < self.concurrency + self.urgent_slots:
+            # once the ordinary slots are full, only an incident case may take one
+            urgent_only = len(self._running) >= self.concurrency
             case = await self.store.claim_next(
-                self.engine.worker_id, self.clock.now(), self.engine.settings.lease_seconds
+                self.engine.worker_id,
+                self.clock.now(),
+                self.engine.settings.lease_seconds,
+                min_priority=URGENT if urgent_only else 0,
             )
             if case is None:
                 break

@@ -18,6 +18,7 @@ import aiohttp
 from worker.clock import Clock, SystemClock
 from worker.config import EntraConfig, Secret
 from worker.errors import ConfigError, PermanentError
+from worker.metrics import Metrics
 from worker.providers.base import IdpUser, PlannedCall
 from worker.providers.http import HttpResult
 from worker.providers.oauth import (
@@ -64,6 +65,7 @@ class Entra:
         limiter: RateLimiter | None = None,
         *,
         clock: Clock | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.graph_url = config.graph_url.rstrip("/")
         self.token_url = (
@@ -102,6 +104,7 @@ class Entra:
             session=session,
             timeout=config.timeout_seconds,
             limiter=limiter,
+            metrics=metrics,
         )
 
     def __repr__(self) -> str:

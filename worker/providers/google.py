@@ -22,6 +22,7 @@ import aiohttp
 from worker.clock import Clock, SystemClock
 from worker.config import GoogleConfig, Secret
 from worker.errors import ConfigError, PermanentError, TransientError
+from worker.metrics import Metrics
 from worker.providers.base import IdpUser, PlannedCall
 from worker.providers.http import HttpResult
 from worker.providers.oauth import (
@@ -100,6 +101,7 @@ class GoogleWorkspace:
         limiter: RateLimiter | None = None,
         *,
         clock: Clock | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.directory_url = config.directory_url.rstrip("/")
         self.delegated_admin = config.delegated_admin
@@ -120,6 +122,7 @@ class GoogleWorkspace:
             session=session,
             timeout=config.timeout_seconds,
             limiter=limiter,
+            metrics=metrics,
         )
 
     def __repr__(self) -> str:

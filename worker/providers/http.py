@@ -17,7 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from worker.errors import PermanentError, TransientError
+from worker.errors import PermanentError, ProviderError, TransientError
+from worker.metrics import Metrics
 from worker.ratelimit import UNHINTED_PAUSE, RateLimiter
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -71,8 +72,11 @@ class JsonHttpClient:
         session: aiohttp.ClientSession,
         timeout: float = 10.0,
         limiter: RateLimiter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.limiter = limiter or RateLimiter(provider)
+        #: counts every request sent, its failures and throttles, under `provider`
+        self.metrics = metrics
         self.provider = provider
         self.base_url = base_url.rstrip("/")
         self._authorization = authorization
@@ -103,8 +107,14 @@ class JsonHttpClient:
         where = f"{method} {path}"
         try:
             async with self.limiter.slot():
+                if self.metrics is not None:
+                    self.metrics.provider_call(self.provider)
                 return await self._send(method, url, where, body, params, all_headers)
-        except TransientError as exc:
+        except ProviderError as exc:
+            if self.metrics is not None:
+                self.metrics.provider_failed(self.provider, exc)
+            if not isinstance(exc, TransientError):
+                raise
             if exc.retry_after is not None:
                 self.limiter.pause(exc.retry_after)  # every case waits, not only this one
             elif exc.status == 429:
@@ -168,7 +178,8 @@ class JsonHttpClient:
             reset_in = min(float(v) for v in resets) - time.time()
         except ValueError:
             return
-        self.limiter.budget(left, reset_in)
+        if self.limiter.budget(left, reset_in) and self.metrics is not None:
+            self.metrics.provider_throttled(self.provider)
 
 
 def _decode(raw: bytes) -> Any:

@@ -7,7 +7,9 @@ RetryAfterSeconds and we must honour it (retry.py does the retrying).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -19,12 +21,18 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from worker.config import IdentityCenterConfig
 from worker.countdown import ReachablePermissionSet, parse_iso_duration
-from worker.errors import PermanentError, TransientError
+from worker.errors import PermanentError, ProviderError, TransientError
+from worker.metrics import Metrics
 from worker.providers.base import IdentityCenterUser, PlannedCall
 from worker.providers.http import JsonHttpClient
 from worker.ratelimit import UNHINTED_PAUSE, RateLimiter
 
 T = TypeVar("T")
+#: the provider label of identitystore and sso-admin calls in the metrics
+METRICS_NAME = "identity_center"
+#: How long a permission set's session duration is shared by the cases of a process.
+#: A duration raised within this window is seen late: the countdown's one staleness.
+PERMISSION_SET_TTL = 300.0
 
 
 def _snake(operation: str) -> str:
@@ -88,16 +96,21 @@ class AwsIdentityCenter:
         config: IdentityCenterConfig,
         http: aiohttp.ClientSession,
         limiter: RateLimiter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         # one limiter for identitystore, sso-admin and SCIM: AWS's 20 TPS is collective
         self.limiter = limiter or RateLimiter("identity-center")
+        #: identitystore and sso-admin count as provider "identity_center", SCIM as "scim"
+        self.metrics = metrics
         self.config = config
         self.identity_source: str = config.identity_source
         self._stack = contextlib.AsyncExitStack()
         self._identitystore: Any = None
         self._sso_admin: Any = None
         self._scim: JsonHttpClient | None = None
-        self._permission_sets: dict[str, tuple[str, timedelta | None]] = {}
+        self._permission_sets: dict[
+            str, tuple[float, asyncio.Future[tuple[str, timedelta | None]]]
+        ] = {}
         if config.scim is not None:
             token = config.scim.token.resolve("identity_center.scim.token")
             self._scim = JsonHttpClient(
@@ -107,6 +120,7 @@ class AwsIdentityCenter:
                 session=http,
                 timeout=config.scim.timeout_seconds,
                 limiter=self.limiter,
+                metrics=metrics,
             )
 
     async def __aenter__(self) -> AwsIdentityCenter:
@@ -143,6 +157,20 @@ class AwsIdentityCenter:
             return await self._unlimited(service, operation, call)
 
     async def _unlimited(self, service: str, operation: str, call: Awaitable[T]) -> T:
+        if self.metrics is None:
+            return await self._classified(service, operation, call)
+        try:
+            answer = await self._classified(service, operation, call)
+        except StopAsyncIteration:
+            raise  # a paginator's end: nothing was sent
+        except ProviderError as exc:
+            self.metrics.provider_call(METRICS_NAME)
+            self.metrics.provider_failed(METRICS_NAME, exc)
+            raise
+        self.metrics.provider_call(METRICS_NAME)
+        return answer
+
+    async def _classified(self, service: str, operation: str, call: Awaitable[T]) -> T:
         try:
             return await call
         except ClientError as exc:
@@ -262,23 +290,35 @@ class AwsIdentityCenter:
         ]
 
     async def permission_set(self, arn: str) -> tuple[str, timedelta | None]:
-        """(name, session duration) of a permission set, cached for the process's life."""
-        if arn not in self._permission_sets:
-            described = await self._aws(
-                "sso-admin",
-                "DescribePermissionSet",
-                self._sso_admin.describe_permission_set(
-                    InstanceArn=self.config.instance_arn, PermissionSetArn=arn
-                ),
-            )
-            ps = described["PermissionSet"]
-            duration: timedelta | None
-            try:
-                duration = parse_iso_duration(str(ps.get("SessionDuration", "")))
-            except ValueError:
-                duration = None  # unknown: the countdown takes the 12 h maximum
-            self._permission_sets[arn] = (str(ps.get("Name", "")), duration)
-        return self._permission_sets[arn]
+        """(name, session duration) of a permission set, shared by every case of the
+        process for PERMISSION_SET_TTL; concurrent cases asking at once make one call."""
+        now = time.monotonic()
+        cached = self._permission_sets.get(arn)
+        if cached is None or now - cached[0] > PERMISSION_SET_TTL:
+            cached = (now, asyncio.ensure_future(self._describe_permission_set(arn)))
+            self._permission_sets[arn] = cached
+        try:
+            return await asyncio.shield(cached[1])
+        except BaseException:
+            if self._permission_sets.get(arn) is cached and cached[1].done():
+                del self._permission_sets[arn]  # a failed read is not remembered
+            raise
+
+    async def _describe_permission_set(self, arn: str) -> tuple[str, timedelta | None]:
+        described = await self._aws(
+            "sso-admin",
+            "DescribePermissionSet",
+            self._sso_admin.describe_permission_set(
+                InstanceArn=self.config.instance_arn, PermissionSetArn=arn
+            ),
+        )
+        ps = described["PermissionSet"]
+        duration: timedelta | None
+        try:
+            duration = parse_iso_duration(str(ps.get("SessionDuration", "")))
+        except ValueError:
+            duration = None  # unknown: the countdown takes the 12 h maximum
+        return str(ps.get("Name", "")), duration
 
     async def reachable_permission_sets(self, user_id: str) -> list[ReachablePermissionSet]:
         """Every permission set the user reaches, directly and through each group."""

@@ -35,6 +35,7 @@ from worker.clock import Clock
 from worker.config import Secret
 from worker.errors import ConfigError, PermanentError, TransientError
 from worker.logging import redact
+from worker.metrics import Metrics
 from worker.providers.http import (
     TRANSIENT_STATUSES,
     HttpResult,
@@ -203,9 +204,11 @@ class BearerJsonClient:
         session: aiohttp.ClientSession,
         timeout: float,
         limiter: RateLimiter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
+        self.metrics = metrics
         self._tokens = tokens
         self._session = session
         self._timeout = timeout
@@ -223,6 +226,7 @@ class BearerJsonClient:
             session=self._session,
             timeout=self._timeout,
             limiter=self.limiter,
+            metrics=self.metrics,
         )
 
     async def request(

@@ -8,6 +8,7 @@ import aiohttp
 
 from worker.config import OktaConfig
 from worker.errors import PermanentError, TransientError
+from worker.metrics import Metrics
 from worker.providers.base import IdpUser, PlannedCall
 from worker.providers.http import JsonHttpClient
 from worker.ratelimit import RateLimiter
@@ -21,6 +22,7 @@ class Okta:
         config: OktaConfig,
         session: aiohttp.ClientSession,
         limiter: RateLimiter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.org_url = config.org_url.rstrip("/")
         self._http = JsonHttpClient(
@@ -30,6 +32,7 @@ class Okta:
             session=session,
             timeout=config.timeout_seconds,
             limiter=limiter,
+            metrics=metrics,
         )
 
     async def find_user(self, subject: str) -> IdpUser:

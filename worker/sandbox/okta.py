@@ -127,6 +127,7 @@ class OktaEmulator(SandboxUserAdmin):
         api_token: str,
         async_deactivate_delay: float = 0.0,
         rate_limit_per_minute: int = 600,
+        concurrency_limit: int | None = None,
     ) -> None:
         self.audit = audit
         self.faults = faults
@@ -134,6 +135,9 @@ class OktaEmulator(SandboxUserAdmin):
         self.api_token = api_token
         self.async_deactivate_delay = async_deactivate_delay
         self.rate_limit_per_minute = rate_limit_per_minute
+        #: Okta's per-org cap on requests in flight (75 on most orgs); None: no cap
+        self.concurrency_limit = concurrency_limit
+        self._in_flight = 0
         self._users: dict[str, _User] = {}
         self._ids_by_login: dict[str, str] = {}
         self._user_type_id = _okta_id("oty")
@@ -245,6 +249,30 @@ class OktaEmulator(SandboxUserAdmin):
         if not request.path.startswith("/api/"):
             return await handler(request)
         name = endpoint_name(request)
+        if self.concurrency_limit is not None and self._in_flight >= self.concurrency_limit:
+            return self._concurrency_exceeded(name)
+        self._in_flight += 1
+        try:
+            return await self._admitted(request, handler, name)
+        finally:
+            self._in_flight -= 1
+
+    def _concurrency_exceeded(self, name: str) -> web.Response:
+        """Okta answers a request over the concurrency cap with 429 and a zero limit."""
+        self.audit.calls[name] += 1
+        self.audit.throttled[name] += 1
+        response = okta_error(
+            429, "E0000047", "API call exceeded rate limit due to too many requests."
+        )
+        reset = int(self.clock.now().timestamp()) + 1
+        response.headers["X-Rate-Limit-Limit"] = "0"
+        response.headers["X-Rate-Limit-Remaining"] = "0"
+        response.headers["X-Rate-Limit-Reset"] = str(reset)
+        return response
+
+    async def _admitted(
+        self, request: web.Request, handler: Handler, name: str
+    ) -> web.StreamResponse:
         reset = self._count_call()
         response: web.StreamResponse
         if self._window_used > self.rate_limit_per_minute:

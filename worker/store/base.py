@@ -113,8 +113,11 @@ class Store(Protocol):
 
     async def list_cases(self, statuses: tuple[CaseStatus, ...] | None = None) -> list[Case]: ...
 
-    async def claim_next(self, worker_id: str, now: datetime, lease_seconds: float) -> Case | None:
-        """Claim the most urgent runnable case: pending and due, or running with a lapsed lease."""
+    async def claim_next(
+        self, worker_id: str, now: datetime, lease_seconds: float, *, min_priority: int = 0
+    ) -> Case | None:
+        """Claim the most urgent runnable case: pending and due, or running with a lapsed
+        lease; only one of at least `min_priority` (a worker's slots kept for incidents)."""
         ...
 
     async def claim_case(

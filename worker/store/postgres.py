@@ -728,16 +728,19 @@ class PostgresStore:
             rows = await self._fetch(f"SELECT {_CASE_COLUMNS} FROM cases ORDER BY created_at, id")
         return [_case(r) for r in rows]
 
-    async def claim_next(self, worker_id: str, now: datetime, lease_seconds: float) -> Case | None:
+    async def claim_next(
+        self, worker_id: str, now: datetime, lease_seconds: float, *, min_priority: int = 0
+    ) -> Case | None:
         row = await self._fetchrow(
             "WITH c AS ("
-            f"SELECT id FROM cases WHERE {_RUNNABLE} "
+            f"SELECT id FROM cases WHERE {_RUNNABLE} AND priority >= $4 "
             "ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) "
             "UPDATE cases SET status = 'running', lease_owner = $2, lease_expires_at = $3, "
             f"updated_at = $1 FROM c WHERE cases.id = c.id RETURNING {_CASES_COLUMNS}",
             now,
             worker_id,
             now + timedelta(seconds=lease_seconds),
+            min_priority,
         )
         return None if row is None else _case(row)
 

@@ -510,11 +510,13 @@ class SqliteStore:
         "OR (status = 'running' AND lease_expires_at <= ?))"
     )
 
-    async def claim_next(self, worker_id: str, now: datetime, lease_seconds: float) -> Case | None:
+    async def claim_next(
+        self, worker_id: str, now: datetime, lease_seconds: float, *, min_priority: int = 0
+    ) -> Case | None:
         return await self._claim(
-            f"SELECT id FROM cases WHERE {self._RUNNABLE} "
+            f"SELECT id FROM cases WHERE {self._RUNNABLE} AND priority >= ? "
             "ORDER BY priority DESC, created_at, id LIMIT 1",
-            (utc_iso(now), utc_iso(now)),
+            (utc_iso(now), utc_iso(now), min_priority),
             worker_id,
             now,
             lease_seconds,
