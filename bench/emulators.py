@@ -76,12 +76,14 @@ class Organisation:
                 principal_id=group,
             )
 
-    def add_person(self, login: str) -> None:
+    def add_person(self, login: str) -> int:
+        """Seed one person; the number of groups they are in."""
         sandbox, ic, rng = self.sandbox, self.sandbox.identity_center, self.rng
         first = login.partition("@")[0]
         sandbox.okta.add_user(login, first_name=first.capitalize(), last_name="Leaver", sessions=2)
         user_id = ic.add_user(login, display_name=first.capitalize(), email=login)
-        for group in rng.sample(self.groups, rng.randint(1, 3)):
+        groups = rng.sample(self.groups, rng.randint(1, 3))
+        for group in groups:
             ic.add_membership(group, user_id)
         if rng.random() < 0.3:
             ic.add_account_assignment(
@@ -91,6 +93,7 @@ class Organisation:
                 principal_id=user_id,
             )
         ic.open_portal_session(user_id)
+        return len(groups)
 
 
 def limit_sandbox(sandbox: Sandbox, *, latency: float, scale: float) -> None:

@@ -72,6 +72,16 @@ class RateLimiter:
         async with self._slots:
             yield
 
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for their turn now."""
+        return sum(1 for _, _, waiter in self._waiting if not waiter.done())
+
+    @property
+    def reserved_for_urgent(self) -> bool:
+        """Only urgent callers may go now (the window's reserve is reached)."""
+        return self._ordinary_blocked_until > time.monotonic()
+
     def _opens_at(self, priority: int) -> float:
         at = max(self._tat - self.tolerance, self._blocked_until)
         if priority < URGENT:

@@ -26,6 +26,7 @@ from worker.notify import Notifier, notifier_from_config, record_in_timeline
 from worker.playbook import Playbook, find_playbook, load_playbook
 from worker.providers import identity_provider
 from worker.providers.identity_center import AwsIdentityCenter
+from worker.ratelimit import Limits
 from worker.retry import with_retry
 from worker.steps import Providers, remove_deny
 from worker.store.base import Store
@@ -55,6 +56,8 @@ class Runtime:
     base_dir: Path
     #: the process's Prometheus metrics, shared by the engine, the providers and /metrics
     metrics: Metrics = field(default_factory=Metrics)
+    #: the process's client-side rate limiters, by provider, shared by every case
+    limits: Limits = field(default_factory=lambda: Limits({}))
 
     def playbook_dirs(self) -> list[Path]:
         return [
@@ -137,6 +140,7 @@ async def open_runtime(
             clock=clock,
             base_dir=base_dir,
             metrics=metrics,
+            limits=limits,
         )
 
 

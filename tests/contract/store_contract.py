@@ -261,6 +261,20 @@ class StoreContract:
         assert order == [high_old.id, high_new.id, mid.id, low.id]
         assert await store.claim_next("w9", at(10), LEASE) is None
 
+    async def test_claim_next_with_a_minimum_priority_leaves_lower_cases(
+        self, store: Store
+    ) -> None:
+        """A worker's urgent slots take incident cases only."""
+        bulk, _ = await store.create_case(new_case("bulk@example.com", priority=10), at(0))
+        normal, _ = await store.create_case(new_case("hr@example.com", priority=50), at(1))
+        assert await store.claim_next("w1", at(10), LEASE, min_priority=100) is None
+        incident, _ = await store.create_case(new_case("ir@example.com", priority=100), at(2))
+        claimed = await store.claim_next("w1", at(10), LEASE, min_priority=100)
+        assert claimed is not None and claimed.id == incident.id
+        assert await store.claim_next("w1", at(10), LEASE, min_priority=100) is None
+        assert (await store.get_case(bulk.id)).status is CaseStatus.PENDING
+        assert (await store.get_case(normal.id)).status is CaseStatus.PENDING
+
     async def test_claim_marks_the_case_running_with_a_lease(self, store: Store) -> None:
         case, _ = await store.create_case(new_case(), T0)
         claimed = await store.claim_next("w1", at(10), LEASE)

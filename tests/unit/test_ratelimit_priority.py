@@ -1,0 +1,110 @@
+"""The rate limiter serves the most urgent caller first and keeps the end of a
+window's budget for incidents. Orders and counts, never durations, are asserted."""
+
+from __future__ import annotations
+
+import asyncio
+
+from worker.domain import PRIORITIES, URGENT
+from worker.ratelimit import CASE_PRIORITY, RateLimiter
+
+BULK, NORMAL, INCIDENT = PRIORITIES["bulk"], PRIORITIES["normal"], PRIORITIES["incident"]
+
+
+async def _take(limiter: RateLimiter, name: str, order: list[str], priority: int | None) -> None:
+    async with limiter.slot(priority):
+        order.append(name)
+
+
+async def _queue(limiter: RateLimiter, callers: list[tuple[str, int | None]]) -> list[str]:
+    order: list[str] = []
+    tasks = []
+    for name, priority in callers:
+        tasks.append(asyncio.create_task(_take(limiter, name, order, priority)))
+        await asyncio.sleep(0)  # arrive in this order
+    await asyncio.gather(*tasks)
+    return order
+
+
+async def test_an_incident_call_goes_ahead_of_queued_bulk_calls() -> None:
+    limiter = RateLimiter("t", per_second=200)
+    callers: list[tuple[str, int | None]] = [(f"bulk{i}", BULK) for i in range(20)]
+    callers.insert(10, ("incident", INCIDENT))
+    order = await _queue(limiter, callers)
+    # the first bulk caller took the free slot at once; the incident was next
+    assert order[:2] == ["bulk0", "incident"]
+    assert order[2:] == [f"bulk{i}" for i in range(1, 20)]  # the rest keep arrival order
+
+
+async def test_priorities_order_waiting_callers_then_arrival() -> None:
+    limiter = RateLimiter("t", per_second=200)
+    callers: list[tuple[str, int | None]] = [
+        ("first", BULK),
+        ("b1", BULK),
+        ("n1", NORMAL),
+        ("b2", BULK),
+        ("i1", INCIDENT),
+        ("n2", NORMAL),
+    ]
+    assert await _queue(limiter, callers) == ["first", "i1", "n1", "n2", "b1", "b2"]
+
+
+async def test_the_case_priority_comes_from_the_task_context() -> None:
+    limiter = RateLimiter("t", per_second=200)
+
+    async def as_case(name: str, priority: int, order: list[str]) -> None:
+        CASE_PRIORITY.set(priority)
+        await _take(limiter, name, order, None)
+
+    order: list[str] = []
+    tasks = []
+    for name, priority in [("b0", BULK), ("b1", BULK), ("b2", BULK), ("i", INCIDENT)]:
+        tasks.append(asyncio.create_task(as_case(name, priority, order)))
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order == ["b0", "i", "b1", "b2"]
+
+
+async def test_a_pause_holds_every_caller_then_serves_the_incident_first() -> None:
+    limiter = RateLimiter("t")
+    limiter.pause(0.2)
+    order = await _queue(limiter, [("bulk", BULK), ("normal", NORMAL), ("incident", INCIDENT)])
+    assert order == ["incident", "normal", "bulk"]
+    assert limiter.pauses == 1
+
+
+async def test_the_window_reserve_is_kept_for_urgent_callers() -> None:
+    limiter = RateLimiter("okta", urgent_reserve=10)
+    # 8 calls left in the window, reset in 0.3 s: inside the reserve (2 + 10)
+    assert limiter.budget(8, 0.3) is False  # not a throttle: urgent callers go on
+    order: list[str] = []
+    bulk = asyncio.create_task(_take(limiter, "bulk", order, BULK))
+    await asyncio.sleep(0)
+    await _take(limiter, "incident", order, URGENT)
+    assert order == ["incident"]  # the bulk call still waits for the window to reset
+    assert not bulk.done()
+    await bulk
+    assert order == ["incident", "bulk"]
+
+
+async def test_a_spent_budget_holds_urgent_callers_too() -> None:
+    limiter = RateLimiter("okta", urgent_reserve=10)
+    assert limiter.budget(2, 0.2) is True
+    order = await _queue(limiter, [("bulk", BULK), ("incident", INCIDENT)])
+    assert order == ["incident", "bulk"]
+    assert limiter.pauses == 1
+
+
+async def test_a_cancelled_waiter_does_not_hold_up_the_others() -> None:
+    limiter = RateLimiter("t", per_second=50)
+    order: list[str] = []
+    first = asyncio.create_task(_take(limiter, "first", order, BULK))
+    await asyncio.sleep(0)
+    doomed = asyncio.create_task(_take(limiter, "doomed", order, INCIDENT))
+    await asyncio.sleep(0)
+    last = asyncio.create_task(_take(limiter, "last", order, BULK))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    await asyncio.gather(first, last)
+    assert order == ["first", "last"]
+    assert doomed.cancelled()
