@@ -135,8 +135,13 @@ def control_app(sandbox: Sandbox, org: Organisation) -> web.Application:
             org.add_person(login)
         return web.json_response({"seeded": len(body["logins"])})
 
+    async def deactivated(request: web.Request) -> web.Response:
+        user = sandbox.okta._users.get(request.match_info["okta_id"])
+        return web.json_response({"deactivated": user is not None and user.status != "ACTIVE"})
+
     app = web.Application()
     app.router.add_get("/stats", get_stats)
+    app.router.add_get("/deactivated/{okta_id}", deactivated)
     app.router.add_post("/seed", seed)
     return app
 

@@ -5,9 +5,16 @@
 
 The emulators run in their own process with 50 ms latency, Identity Center at 20 TPS,
 Okta at 600 calls a minute (fixed windows, X-Rate-Limit-* headers) and 75 in flight,
-all multiplied by --scale. One `offboard worker` process works the queue; the N cases
-are enqueued while it runs. The run ends when every case has done every automated
-step and waits on its operator task (portal sessions have no API).
+all multiplied by --scale. One `offboard serve` process (intake and worker) works the
+queue; the N cases are enqueued while it runs (priority normal, as HR triggers are).
+The run ends when every case has done every automated step and waits on its operator
+task (portal sessions have no API).
+
+Priority: at 25 %, 50 % and 75 % of the run (--incidents) an incident-response
+trigger arrives at `POST /v1/hooks/incident/soar` for someone else; reported is the
+time from sending it to the IdP deactivation confirmed by read-back (the step's
+recorded end), while the thousand HR cases hold every ordinary slot and most of the
+Okta window.
 
 Reported: total time, calls per person per provider, throttled responses, and the
 lower bound the rate limits imply for the calls the run needed:
@@ -28,19 +35,23 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from bench.emulators import IC_TPS, OKTA_PER_MINUTE, login_of
 from bench.harness import (
     Result,
     emulators,
     environment,
+    free_port,
     runtime,
     spawn,
     stop,
     wait_for_statuses,
+    wait_http,
     write_config,
 )
 from worker.domain import CaseStatus
-from worker.service import open_case
+from worker.service import Runtime, open_case
 
 WINDOW = 60.0
 
@@ -73,11 +84,47 @@ def identity_center_bound(calls: int, tps: float) -> float:
     return max(0.0, calls - tps) / tps
 
 
-def worker_sections(concurrency: int) -> dict[str, Any]:
+INCIDENT_TOKEN = "bench-incident-token-0123456789abcdef"  # noqa: S105 - loopback only
+INCIDENT_ENV = "OFFBOARD_BENCH_INCIDENT_TOKEN"
+
+
+def worker_sections(concurrency: int, port: int) -> dict[str, Any]:
     return {
         "worker": {"concurrency": concurrency, "poll_seconds": 0.2, "lease_seconds": 120},
         "countdown": {"watchdog_interval": "PT24H"},
+        "server": {
+            "host": "127.0.0.1",
+            "port": port,
+            "incident_sources": {"soar": {"kind": "bearer", "secrets": [{"env": INCIDENT_ENV}]}},
+        },
     }
+
+
+async def fire_incident(base_url: str, login: str, n: int) -> float:
+    """Send one incident trigger; the wall time it was sent."""
+    body = {"type": "identity.compromised", "data": {"email": login, "incident_id": f"IR-{n}"}}
+    headers = {"Authorization": f"Bearer {INCIDENT_TOKEN}", "Idempotency-Key": f"ir-{n}"}
+    sent = time.time()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{base_url}/v1/hooks/incident/soar", json=body, headers=headers) as response,
+    ):
+        if response.status != 202:
+            raise RuntimeError(f"incident refused: {response.status} {await response.text()}")
+    return sent
+
+
+async def deactivated_at(rt: Runtime, subject: str, timeout: float = 120) -> float:
+    """When the subject's incident case confirmed the IdP deactivation (wall time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        case = await rt.store.find_open_case(subject, "incident")
+        if case is not None:
+            for step in await rt.store.steps(case.id):
+                if step.step_id == "idp-deactivate" and step.finished_at is not None:
+                    return step.finished_at.timestamp()
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"the incident case for {subject} did not deactivate in {timeout} s")
 
 
 async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
@@ -90,32 +137,45 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
             "concurrency": args.concurrency,
             "ic_tps": IC_TPS * args.scale,
             "okta_per_minute": int(OKTA_PER_MINUTE * args.scale),
+            "incidents": args.incidents,
         },
     )
+    incident_people = [login_of("incident", i) for i in range(args.incidents)]
+    marks = [args.people * (k + 1) // (args.incidents + 1) for k in range(args.incidents)]
+    port = free_port()
     async with emulators(run_dir, people=args.people, latency=args.latency, scale=args.scale) as em:
+        await em.seed(incident_people)
         path, config = write_config(
-            run_dir, em, scale=args.scale, **worker_sections(args.concurrency)
+            run_dir, em, scale=args.scale, **worker_sections(args.concurrency, port)
         )
-        with environment(em.environment):
+        env = {**em.environment, INCIDENT_ENV: INCIDENT_TOKEN}
+        with environment(env):
             async with runtime(config, run_dir) as rt:
                 playbook = rt.playbook("leaver")
-                worker = spawn(["--config", str(path), "worker"], run_dir, em.environment, "w.log")
+                serve = spawn(["--config", str(path), "serve"], run_dir, env, "serve.log")
                 try:
-                    await asyncio.sleep(args.warmup)  # the worker imports and opens the store
+                    await wait_http(f"http://127.0.0.1:{port}/readyz", serve)
                     started_wall, started = time.time(), time.monotonic()
                     for i in range(args.people):
                         await open_case(rt, playbook, login_of("leaver", i), {"source": "bench"})
                     enqueued = time.monotonic() - started
+                    latencies = []
+                    for n, (mark, login) in enumerate(zip(marks, incident_people, strict=True)):
+                        await wait_for_statuses(
+                            rt, mark, (CaseStatus.WAITING,), timeout=args.timeout, process=serve
+                        )
+                        sent = await fire_incident(f"http://127.0.0.1:{port}", login, n)
+                        latencies.append(await deactivated_at(rt, login) - sent)
                     ended = await wait_for_statuses(
                         rt,
-                        args.people,
+                        args.people + args.incidents,
                         (CaseStatus.WAITING,),
                         timeout=args.timeout,
-                        process=worker,
+                        process=serve,
                     )
                     halted = await rt.store.list_cases((CaseStatus.HALTED,))
                 finally:
-                    stop(worker)
+                    stop(serve)
         stats = await em.stats()
     total = ended - started
     calls, throttled = by_provider(stats["calls"]), by_provider(stats["throttled"])
@@ -134,18 +194,22 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
         "bound_seconds": {k: round(v, 2) for k, v in bounds.items()},
         "binding": max(bounds, key=lambda k: bounds[k]),
         "ratio_to_bound": round(total / bound, 3) if bound > 0 else None,
+        # the incident cases are people too (their deny step adds a few calls)
         "calls_per_person": {
-            p: round(useful[p] / args.people, 2) for p in ("okta", "identity_center")
+            p: round(useful[p] / (args.people + args.incidents), 2)
+            for p in ("okta", "identity_center")
         },
         "calls_by_endpoint": dict(sorted(stats["calls"].items())),
         "throttled": throttled,
         "throttled_fraction": round(all_throttled / all_calls, 4) if all_calls else 0.0,
         "halted": len(halted),
+        "incident_to_idp_deactivated_s": [round(x, 3) for x in latencies],
     }
     result.targets = {
         "ratio_le_1.10": bound > 0 and total / bound <= 1.10,
         "throttled_lt_1pct": all_calls > 0 and all_throttled / all_calls < 0.01,
         "none_halted": not halted,
+        "incident_within_1s": bool(latencies) and max(latencies) <= 1.0,
     }
     return result
 
@@ -155,8 +219,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--people", type=int, default=1000)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--latency", type=float, default=0.05)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--incidents", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--output", help="also write the JSON result here")
     return parser.parse_args(argv)

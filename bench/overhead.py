@@ -1,0 +1,148 @@
+"""Worker overhead: with the emulators answering at once (latency 0, limits lifted),
+the time from a trigger accepted to the IdP deactivation request, on an idle worker.
+
+    .venv/bin/python -m bench.overhead --count 300
+
+`offboard serve` (SQLite, synchronous=FULL) takes one signed HR termination at a time;
+the next is sent once the previous person's deactivation has arrived at the Okta
+emulator. "Accepted" is the moment the case was committed (its created_at); the gap
+to the 202 arriving at the client is reported too. The deactivation request is the
+emulator's record of POST .../lifecycle/deactivate. In between: the worker is woken,
+claims the case, starts the step, looks the person up (GET, which is also the read
+before acting), writes the ledger intent, and sends the POST.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+from standardwebhooks import Webhook
+
+from bench.emulators import login_of
+from bench.harness import (
+    Result,
+    emulators,
+    environment,
+    free_port,
+    runtime,
+    spawn,
+    stop,
+    summary_ms,
+    wait_for_statuses,
+    wait_http,
+    write_config,
+)
+from worker.domain import CaseStatus
+
+SECRET_ENV = "OFFBOARD_BENCH_WHSEC"  # noqa: S105 - the name of a variable
+
+
+def signed(secret: str, i: int) -> tuple[dict[str, str], str]:
+    msg_id, now = f"msg_{uuid.uuid4().hex}", datetime.now(UTC)
+    body = json.dumps(
+        {
+            "type": "employee.terminated",
+            "data": {"email": login_of("leaver", i), "hr_reference": f"HR-{i}"},
+        },
+    )
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, now, body),
+    }
+    return headers, body
+
+
+async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
+    result = Result("overhead", {"count": args.count, "latency_s": 0.0})
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    port = free_port()
+    async with emulators(run_dir, people=args.count, latency=0.0, scale=1000.0) as em:
+        path, config = write_config(
+            run_dir,
+            em,
+            scale=1000.0,
+            server={
+                "host": "127.0.0.1",
+                "port": port,
+                "hr_sources": {
+                    "hris": {"kind": "standard-webhooks", "secrets": [{"env": SECRET_ENV}]}
+                },
+            },
+            countdown={"watchdog_interval": "PT24H"},
+        )
+        env = {**em.environment, SECRET_ENV: secret}
+        okta_ids = (await em.stats())["okta_ids"]
+        serve = spawn(["--config", str(path), "serve"], run_dir, env, "serve.log")
+        answered: dict[str, float] = {}
+        with environment(env):
+            async with runtime(config, run_dir) as rt:
+                try:
+                    await wait_http(f"http://127.0.0.1:{port}/readyz", serve)
+                    url = f"http://127.0.0.1:{port}/v1/hooks/hr/hris"
+                    async with aiohttp.ClientSession() as http:
+                        for i in range(args.count):
+                            headers, body = signed(secret, i)
+                            async with http.post(url, data=body, headers=headers) as response:
+                                if response.status != 202:
+                                    raise RuntimeError(f"refused: {await response.text()}")
+                                answered[login_of("leaver", i)] = time.time()
+                            # idle: the case has done all it can before the next arrives
+                            await wait_for_statuses(
+                                rt, i + 1, (CaseStatus.WAITING,), timeout=30, poll=0.002
+                            )
+                finally:
+                    stop(serve)
+                cases = {c.subject: c for c in await rt.store.list_cases()}
+        mutations = (await em.stats())["mutations"]
+    deactivations = {m["target"]: m["at"] for m in mutations if m["action"] == "okta.deactivate"}
+    from_commit, from_answer = [], []
+    for i in range(args.warmup, args.count):
+        login = login_of("leaver", i)
+        at = deactivations[okta_ids[login]]
+        from_commit.append(at - cases[login].created_at.timestamp())
+        from_answer.append(at - answered[login])
+    commit = summary_ms(from_commit)
+    result.figures = {
+        "accepted_to_deactivation_request": commit,
+        "answer_received_to_deactivation_request": summary_ms(from_answer),
+    }
+    result.targets = {"p99_le_10ms": commit["p99_ms"] <= 10.0}
+    return result
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--output", help="also write the JSON result here")
+    parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.keep:
+        tmp = tempfile.mkdtemp(prefix="offboard-bench-")
+        result = asyncio.run(measure(args, Path(tmp)))
+        print(f"run directory kept: {tmp}", flush=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix="offboard-bench-") as tmp:
+            result = asyncio.run(measure(args, Path(tmp)))
+    result.emit(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
