@@ -1,0 +1,88 @@
+"""Every bench script runs, at a tiny size, so none can rot. Nothing here asserts a
+duration: the figures are checked for shape and for what must hold at any speed
+(no case halted, one case per delivery, every person processed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_bench(module: str, tmp_path: Path, *args: str) -> dict[str, Any]:
+    output = tmp_path / f"{module}.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", *args, f"--output={output}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result: dict[str, Any] = json.loads(output.read_text(encoding="utf-8"))
+    assert result["bench"] == module
+    assert result["machine"]["cpus"] >= 1
+    return result
+
+
+def test_mass_offboarding_with_an_incident(tmp_path: Path) -> None:
+    result = run_bench(
+        "mass_offboard", tmp_path, "--people=20", "--scale=20", "--incidents=1", "--latency=0.01"
+    )
+    figures = result["figures"]
+    assert figures["halted"] == 0
+    assert figures["calls_per_person"]["okta"] <= 5.0
+    assert len(figures["incident_to_idp_deactivated_s"]) == 1
+    assert figures["bound_seconds"]["identity_center"] >= 0
+    assert figures["ratio_to_bound"] is None or figures["ratio_to_bound"] > 0
+
+
+def test_naive_baseline_compares_with_a_worker_result(tmp_path: Path) -> None:
+    worker = tmp_path / "worker.json"
+    worker.write_text(
+        json.dumps({"parameters": {"people": 4, "scale": 20.0}, "figures": {"total_seconds": 1}}),
+        encoding="utf-8",
+    )
+    result = run_bench(
+        "naive_baseline",
+        tmp_path,
+        "--people=4",
+        "--scale=20",
+        "--latency=0.01",
+        f"--worker-result={worker}",
+    )
+    figures = result["figures"]
+    assert figures["calls"] >= 4 * 9  # every step of every person was done
+    assert figures["same_n_and_scale"] is True
+    assert figures["speedup"] == pytest.approx(figures["total_seconds"], rel=0.01)
+
+
+def test_intake_against_serve_and_the_bare_handler(tmp_path: Path) -> None:
+    result = run_bench("intake", tmp_path, "--count=300", "--concurrency=8", "--warmup=50")
+    figures = result["figures"]
+    assert figures["one_case_per_delivery"] is True
+    assert figures["offboard_serve"]["statuses"] == {"202": 300}
+    assert figures["bare_aiohttp"]["statuses"] == {"202": 300}
+    assert figures["ratio_to_bare"] > 0
+
+
+def test_worker_overhead(tmp_path: Path) -> None:
+    result = run_bench("overhead", tmp_path, "--count=12", "--warmup=2")
+    measured = result["figures"]["accepted_to_deactivation_request"]
+    assert measured["n"] == 10
+    assert 0 < measured["p50_ms"] <= measured["p99_ms"]
+
+
+def test_memory_with_open_countdowns(tmp_path: Path) -> None:
+    result = run_bench("memory", tmp_path, "--cases=30")
+    figures = result["figures"]
+    assert figures["open_countdowns"] == 30
+    assert set(figures["stages"]) >= {"started", "metrics_3", "case_list", "status_page"}
+    assert figures["peak_rss_mb"] > 0
