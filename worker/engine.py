@@ -23,7 +23,7 @@ from worker.domain import Case, CaseStatus, StepStatus, Timer
 from worker.errors import PermanentError, StoreError, TransientError
 from worker.metrics import Metrics
 from worker.notify import LogNotifier, Notification, Notifier, deliver
-from worker.ratelimit import CASE_PRIORITY
+from worker.ratelimit import CASE_AGE, CASE_PRIORITY
 from worker.retry import RetryPolicy
 from worker.steps import Done, Providers, StepContext, Waiting, handler_for
 from worker.store.base import Store
@@ -86,9 +86,11 @@ class Engine:
         with structlog.contextvars.bound_contextvars(case_id=case.id, playbook=case.playbook):
             # the steps' provider calls queue by this case's priority (the task copies it)
             token = CASE_PRIORITY.set(case.priority)
+            age = CASE_AGE.set(case.created_at.timestamp())
             try:
                 steps = asyncio.create_task(self._run_steps(case))
             finally:
+                CASE_AGE.reset(age)
                 CASE_PRIORITY.reset(token)
             lost = asyncio.Event()
             heartbeat = asyncio.create_task(self._heartbeat(case.id, steps, lost))

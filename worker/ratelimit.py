@@ -6,8 +6,11 @@ requests (GCRA: a token bucket), caps how many run at once, and, when the provid
 answers "slow down" with a hint, makes every caller wait it out, not just the one
 that was told.
 
-Waiting callers are served by priority, then in arrival order: an incident case's
-call goes ahead of a thousand queued bulk calls. For a per-window budget (Okta's
+Waiting callers are served by priority, then the oldest case first, then in arrival
+order: an incident case's call goes ahead of a thousand queued bulk calls, and among
+equals a case that started earlier finishes first (served round-robin, hundreds of
+cases would all be half done when a window's budget runs out, and the next provider
+in the playbook would sit idle). For a per-window budget (Okta's
 X-Rate-Limit-*), the last `urgent_reserve` calls of a window are kept for urgent
 cases, so that an incident never waits for the next window behind a bulk run.
 """
@@ -33,6 +36,8 @@ log = structlog.get_logger(__name__)
 UNHINTED_PAUSE = 1.0
 #: the priority of the case the current task works on (the engine sets it per case)
 CASE_PRIORITY: ContextVar[int] = ContextVar("case_priority", default=0)
+#: when that case was created (epoch seconds): among equal priorities, older goes first
+CASE_AGE: ContextVar[float] = ContextVar("case_age", default=0.0)
 
 
 class RateLimiter:
@@ -53,8 +58,8 @@ class RateLimiter:
         self._blocked_until = 0.0  # everyone waits (a throttle, a spent budget)
         self._ordinary_blocked_until = 0.0  # only non-urgent callers wait (the reserve)
         self._slots = asyncio.Semaphore(concurrency) if concurrency else None
-        # waiting callers: (-priority, arrival, future), served smallest first
-        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        # waiting callers: (-priority, case age, arrival, future), served smallest first
+        self._waiting: list[tuple[int, float, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
         self._changed: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
@@ -75,7 +80,7 @@ class RateLimiter:
     @property
     def waiting(self) -> int:
         """Callers waiting for their turn now."""
-        return sum(1 for _, _, waiter in self._waiting if not waiter.done())
+        return sum(1 for *_, waiter in self._waiting if not waiter.done())
 
     @property
     def reserved_for_urgent(self) -> bool:
@@ -94,7 +99,8 @@ class RateLimiter:
             self._take(now)
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (-priority, next(self._arrivals), waiter))
+        entry = (-priority, CASE_AGE.get(), next(self._arrivals), waiter)
+        heapq.heappush(self._waiting, entry)
         self._wake()
         try:
             await waiter
@@ -117,7 +123,7 @@ class RateLimiter:
         """Release waiting callers one at a time, the most urgent first, at the pace."""
         assert self._changed is not None
         while self._waiting:
-            negative, _, waiter = self._waiting[0]
+            negative, _, _, waiter = self._waiting[0]
             if waiter.done():  # its caller was cancelled
                 heapq.heappop(self._waiting)
                 continue

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from worker.domain import PRIORITIES, URGENT
-from worker.ratelimit import CASE_PRIORITY, RateLimiter
+from worker.ratelimit import CASE_AGE, CASE_PRIORITY, RateLimiter
 
 BULK, NORMAL, INCIDENT = PRIORITIES["bulk"], PRIORITIES["normal"], PRIORITIES["incident"]
 
@@ -108,3 +108,22 @@ async def test_a_cancelled_waiter_does_not_hold_up_the_others() -> None:
     await asyncio.gather(first, last)
     assert order == ["first", "last"]
     assert doomed.cancelled()
+
+
+async def test_among_equals_the_older_case_goes_first() -> None:
+    """Served round-robin, every case would be half done when a budget runs out."""
+    limiter = RateLimiter("t", per_second=200)
+
+    async def as_case(name: str, created: float, order: list[str]) -> None:
+        CASE_PRIORITY.set(NORMAL)
+        CASE_AGE.set(created)
+        await _take(limiter, name, order, None)
+
+    order: list[str] = []
+    tasks = []
+    # the first takes the free slot; then a young case's call arrives before old ones'
+    for name, created in [("first", 1.0), ("young", 300.0), ("old", 100.0), ("older", 50.0)]:
+        tasks.append(asyncio.create_task(as_case(name, created, order)))
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order == ["first", "older", "old", "young"]
