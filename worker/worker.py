@@ -69,6 +69,9 @@ class Worker:
             self._running.add(task)
             task.add_done_callback(self._finished)
             busy = True
+            # let the case queue its first store read before this loop's next claim:
+            # the store serves one statement at a time, in order
+            await asyncio.sleep(0)
         while (
             timer := await self.store.claim_due_timer(self.engine.worker_id, self.clock.now())
         ) is not None:

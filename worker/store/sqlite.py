@@ -415,22 +415,19 @@ class SqliteStore:
         async with self._lock:
             yield
 
+    # Each helper is one trip to aiosqlite's thread (execute and fetch together): on a
+    # busy machine every trip waits for a thread switch, and they add up per step.
     async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row | None:
-        async with self._exclusive(), self.db.execute(sql, params) as cursor:
-            row: sqlite3.Row | None = await cursor.fetchone()
-            return row
+        rows = await self._all(sql, params)
+        return rows[0] if rows else None
 
     async def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        async with self._exclusive(), self.db.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        async with self._exclusive():
+            return list(await self.db.execute_fetchall(sql, params))
 
     async def _returning(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Row | None:
-        """A write with RETURNING: one round trip to the database thread."""
-        async with self._exclusive():
-            cursor = await self.db.execute(sql, params)
-            row: sqlite3.Row | None = await cursor.fetchone()
-            await cursor.close()
-            return row
+        """A write with RETURNING, its first row."""
+        return await self._one(sql, params)
 
     async def _write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         async with self._exclusive():
@@ -541,21 +538,19 @@ class SqliteStore:
         now: datetime,
         lease_seconds: float,
     ) -> Case | None:
-        async with self._transaction():
-            row = await self._one(select, params)
-            if row is None:
-                return None
-            await self._write(
-                "UPDATE cases SET status = 'running', lease_owner = ?, lease_expires_at = ?, "
-                "updated_at = ? WHERE id = ?",
-                (
-                    worker_id,
-                    utc_iso(now + timedelta(seconds=lease_seconds)),
-                    utc_iso(now),
-                    row["id"],
-                ),
-            )
-        return await self.get_case(row["id"])
+        # One statement, so one atomic step and one trip to the database thread: the
+        # claim is on the path from a trigger to the first provider call.
+        row = await self._returning(
+            "UPDATE cases SET status = 'running', lease_owner = ?, lease_expires_at = ?, "
+            f"updated_at = ? WHERE id = ({select}) RETURNING {_CASE_COLUMNS}",
+            (
+                worker_id,
+                utc_iso(now + timedelta(seconds=lease_seconds)),
+                utc_iso(now),
+                *params,
+            ),
+        )
+        return None if row is None else _case(row)
 
     async def heartbeat(
         self, case_id: str, worker_id: str, now: datetime, lease_seconds: float
