@@ -38,6 +38,8 @@ UNHINTED_PAUSE = 1.0
 CASE_PRIORITY: ContextVar[int] = ContextVar("case_priority", default=0)
 #: when that case was created (epoch seconds): among equal priorities, older goes first
 CASE_AGE: ContextVar[float] = ContextVar("case_age", default=0.0)
+#: the number of the call the current task holds a place for (see RateLimiter.budget)
+_CALL_NUMBER: ContextVar[int] = ContextVar("call_number", default=0)
 
 
 class RateLimiter:
@@ -55,8 +57,14 @@ class RateLimiter:
         self.tolerance = max(0, burst - 1) * self.interval
         self.urgent_reserve = urgent_reserve
         self._tat = 0.0  # theoretical arrival time of the next request (monotonic seconds)
-        self._blocked_until = 0.0  # everyone waits (a throttle, a spent budget)
-        self._ordinary_blocked_until = 0.0  # only non-urgent callers wait (the reserve)
+        self._blocked_until = 0.0  # everyone waits (a server's hint)
+        # a per-window budget (Okta): calls left in the window, counted down as they are
+        # sent (None: not known, e.g. a new window), and when the window resets
+        self._left: int | None = None
+        self._window_ends = 0.0
+        self._sent = 0  # calls sent so far, numbering them
+        self._budget_from = 0  # the number of the call whose answer set `_left`
+        self._floor = 2  # calls never spent: the headers may lag the calls in flight
         self._slots = asyncio.Semaphore(concurrency) if concurrency else None
         # waiting callers: (-priority, case age, arrival, future), served smallest first
         self._waiting: list[tuple[int, float, int, asyncio.Future[None]]] = []
@@ -71,11 +79,15 @@ class RateLimiter:
         """Hold one request's place: waits for the pace, a pause, and a free slot.
         `priority` defaults to that of the case the calling task works on."""
         await self._wait_turn(CASE_PRIORITY.get() if priority is None else priority)
-        if self._slots is None:
-            yield
-            return
-        async with self._slots:
-            yield
+        token = _CALL_NUMBER.set(self._sent)
+        try:
+            if self._slots is None:
+                yield
+            else:
+                async with self._slots:
+                    yield
+        finally:
+            _CALL_NUMBER.reset(token)
 
     @property
     def waiting(self) -> int:
@@ -85,13 +97,20 @@ class RateLimiter:
     @property
     def reserved_for_urgent(self) -> bool:
         """Only urgent callers may go now (the window's reserve is reached)."""
-        return self._ordinary_blocked_until > time.monotonic()
+        return self._budget_opens(0, time.monotonic()) > 0.0
+
+    def _budget_opens(self, priority: int, now: float) -> float:
+        """When the window's budget lets a caller of this priority go: 0.0 if it does
+        now, else when the window resets."""
+        if self._left is None or now >= self._window_ends:
+            self._left = None
+            return 0.0
+        floor = self._floor if priority >= URGENT else self._floor + self.urgent_reserve
+        return 0.0 if self._left > floor else self._window_ends
 
     def _opens_at(self, priority: int) -> float:
         at = max(self._tat - self.tolerance, self._blocked_until)
-        if priority < URGENT:
-            at = max(at, self._ordinary_blocked_until)
-        return at
+        return max(at, self._budget_opens(priority, max(at, time.monotonic())))
 
     async def _wait_turn(self, priority: int) -> None:
         now = time.monotonic()
@@ -111,6 +130,9 @@ class RateLimiter:
 
     def _take(self, now: float) -> None:
         self._tat = max(self._tat, now) + self.interval
+        self._sent += 1
+        if self._left is not None:
+            self._left -= 1
 
     def _wake(self) -> None:
         if self._changed is None:
@@ -151,23 +173,31 @@ class RateLimiter:
             if self._changed is not None:
                 self._changed.set()
 
-    def budget(self, remaining: int, reset_in: float, *, reserve: int = 2) -> bool:
-        """A per-window budget read from the provider's headers (Okta's X-Rate-Limit-*):
-        when it is nearly spent, wait for the window to reset rather than earn a 429;
-        a little earlier, only urgent callers go on. True if it made everyone wait
-        (a throttle, for the metrics)."""
+    def budget(self, remaining: int, reset_in: float) -> bool:
+        """A per-window budget read from the provider's headers (Okta's X-Rate-Limit-*),
+        called while the answered call still holds its place. From here on the calls
+        sent are counted against it: the last `urgent_reserve` calls are kept for urgent
+        callers and nobody spends the final ones, so no call earns a 429 and an incident
+        never waits for the next window. True when the budget is spent (a throttle)."""
         if reset_in <= 0:
             return False
-        if remaining <= reserve:
-            self.pause(reset_in)
+        mine = _CALL_NUMBER.get()
+        now = time.monotonic()
+        was_reserved = self.reserved_for_urgent
+        new_window = self._left is None or now >= self._window_ends
+        if not new_window and mine < self._budget_from:
+            return False  # an older call's answer, overtaken by a newer one
+        # the calls sent after this one are not counted in `remaining` yet
+        left = remaining - (self._sent - mine)
+        self._left, self._budget_from = left, mine
+        self._window_ends = now + reset_in
+        if not was_reserved and self.reserved_for_urgent:
+            log.info("provider_reserved_for_urgent", provider=self.name, seconds=round(reset_in, 3))
+        if self._changed is not None:
+            self._changed.set()  # who may go next has changed
+        if left <= self._floor:
+            self.pauses += 1
             return True
-        if remaining <= reserve + self.urgent_reserve:
-            until = time.monotonic() + reset_in
-            if until > self._ordinary_blocked_until:
-                self._ordinary_blocked_until = until
-                log.info(
-                    "provider_reserved_for_urgent", provider=self.name, seconds=round(reset_in, 3)
-                )
         return False
 
 

@@ -127,3 +127,25 @@ async def test_among_equals_the_older_case_goes_first() -> None:
         await asyncio.sleep(0)
     await asyncio.gather(*tasks)
     assert order == ["first", "older", "old", "young"]
+
+
+async def test_calls_sent_are_counted_against_the_window_budget() -> None:
+    """The headers of one answer say what was left; the calls sent since count too, so
+    a burst of cases cannot overrun the reserve before the next answer arrives."""
+    limiter = RateLimiter("okta", urgent_reserve=10)
+    assert limiter.budget(20, 0.4) is False  # 20 left: 8 for anyone, 10 for urgent, 2 never
+    order: list[str] = []
+    for n in range(8):
+        await _take(limiter, f"bulk{n}", order, BULK)
+    assert limiter.reserved_for_urgent
+    held = asyncio.create_task(_take(limiter, "bulk8", order, BULK))
+    await asyncio.sleep(0)
+    for n in range(10):
+        await _take(limiter, f"ir{n}", order, INCIDENT)
+    assert not held.done()
+    assert order[-10:] == [f"ir{n}" for n in range(10)]
+    last = asyncio.create_task(_take(limiter, "ir10", order, INCIDENT))
+    await asyncio.sleep(0)
+    assert not last.done()  # the final two calls of a window are never spent
+    await asyncio.gather(held, last)  # ... until the window resets
+    assert order[-2:] == ["ir10", "bulk8"]
