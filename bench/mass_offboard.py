@@ -19,9 +19,11 @@ Okta window.
 Reported: total time, calls per person per provider, throttled responses, and the
 lower bound the rate limits imply for the calls the run needed:
 - Identity Center: (calls - burst) / TPS, a token bucket holding one second;
-- Okta: fixed one-minute windows of B calls starting on the minute: C calls need
-  ceil(C / B) windows, so at least until the last of them opens;
-the bound is the larger; ratio = total / bound.
+- Okta: C calls at B a minute: C / (B / 60);
+the bound is the larger; ratio = total / bound. Okta's windows are fixed minutes, so a
+client that bursts at each window's start could finish up to a window earlier than
+C / (B / 60) in a lucky alignment; that figure is reported too (okta_windowed), but the
+worker spreads each window's calls (bursts start hundreds of cases and finish none).
 """
 
 from __future__ import annotations
@@ -180,11 +182,13 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
     total = ended - started
     calls, throttled = by_provider(stats["calls"]), by_provider(stats["throttled"])
     useful = {p: calls.get(p, 0) - throttled.get(p, 0) for p in ("okta", "identity_center")}
+    budget = int(OKTA_PER_MINUTE * args.scale)
     bounds = {
-        "okta": okta_bound(useful["okta"], int(OKTA_PER_MINUTE * args.scale), started_wall),
+        "okta": useful["okta"] / (budget / WINDOW),
         "identity_center": identity_center_bound(useful["identity_center"], IC_TPS * args.scale),
     }
     bound = max(bounds.values())
+    windowed = okta_bound(useful["okta"], budget, started_wall)
     all_calls = sum(calls.values())
     all_throttled = sum(throttled.values())
     result.figures = {
@@ -192,6 +196,7 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
         "enqueue_seconds": round(enqueued, 2),
         "people_per_second": round(args.people / total, 2),
         "bound_seconds": {k: round(v, 2) for k, v in bounds.items()},
+        "okta_windowed_seconds": round(windowed, 2),
         "binding": max(bounds, key=lambda k: bounds[k]),
         "ratio_to_bound": round(total / bound, 3) if bound > 0 else None,
         # the incident cases are people too (their deny step adds a few calls)
@@ -219,7 +224,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--people", type=int, default=1000)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--latency", type=float, default=0.05)
-    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument("--incidents", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--output", help="also write the JSON result here")

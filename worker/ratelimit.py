@@ -63,6 +63,7 @@ class RateLimiter:
         self._left: int | None = None
         self._window_ends = 0.0
         self._sent = 0  # calls sent so far, numbering them
+        self._last_paced = 0.0  # when the last non-urgent call went, for the pacing
         self._budget_from = 0  # the number of the call whose answer set `_left`
         self._floor = 2  # calls never spent: the headers may lag the calls in flight
         self._slots = asyncio.Semaphore(concurrency) if concurrency else None
@@ -101,12 +102,20 @@ class RateLimiter:
 
     def _budget_opens(self, priority: int, now: float) -> float:
         """When the window's budget lets a caller of this priority go: 0.0 if it does
-        now, else when the window resets."""
+        now, else when. Urgent callers may spend the reserve at once; the others spend
+        the rest spread evenly to the window's end, so that each goes to the oldest case
+        waiting (a burst at the window's start would start hundreds of cases and finish
+        none, and the next provider of the playbook would sit idle)."""
         if self._left is None or now >= self._window_ends:
             self._left = None
             return 0.0
-        floor = self._floor if priority >= URGENT else self._floor + self.urgent_reserve
-        return 0.0 if self._left > floor else self._window_ends
+        if priority >= URGENT:
+            return 0.0 if self._left > self._floor else self._window_ends
+        usable = self._left - self._floor - self.urgent_reserve
+        if usable <= 0:
+            return self._window_ends
+        spacing = (self._window_ends - now) / usable
+        return self._last_paced + spacing if self._last_paced + spacing > now else 0.0
 
     def _opens_at(self, priority: int) -> float:
         at = max(self._tat - self.tolerance, self._blocked_until)
@@ -115,7 +124,7 @@ class RateLimiter:
     async def _wait_turn(self, priority: int) -> None:
         now = time.monotonic()
         if not self._waiting and self._opens_at(priority) <= now:
-            self._take(now)
+            self._take(now, priority)
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (-priority, CASE_AGE.get(), next(self._arrivals), waiter)
@@ -128,11 +137,13 @@ class RateLimiter:
                 self._changed.set()  # the dispatcher drops it now, not at its next turn
             raise
 
-    def _take(self, now: float) -> None:
+    def _take(self, now: float, priority: int) -> None:
         self._tat = max(self._tat, now) + self.interval
         self._sent += 1
         if self._left is not None:
             self._left -= 1
+            if priority < URGENT:
+                self._last_paced = now
 
     def _wake(self) -> None:
         if self._changed is None:
@@ -158,7 +169,7 @@ class RateLimiter:
                     await asyncio.wait_for(self._changed.wait(), opens - now)
                 continue
             heapq.heappop(self._waiting)
-            self._take(now)
+            self._take(now, -negative)
             waiter.set_result(None)
             if self.interval == 0.0:
                 await asyncio.sleep(0)  # let the released caller run before the next

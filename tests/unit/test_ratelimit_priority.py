@@ -133,19 +133,29 @@ async def test_calls_sent_are_counted_against_the_window_budget() -> None:
     """The headers of one answer say what was left; the calls sent since count too, so
     a burst of cases cannot overrun the reserve before the next answer arrives."""
     limiter = RateLimiter("okta", urgent_reserve=10)
-    assert limiter.budget(20, 0.4) is False  # 20 left: 8 for anyone, 10 for urgent, 2 never
+    assert limiter.budget(20, 0.6) is False  # 20 left: 8 for anyone, 10 for urgent, 2 never
     order: list[str] = []
-    for n in range(8):
-        await _take(limiter, f"bulk{n}", order, BULK)
-    assert limiter.reserved_for_urgent
-    held = asyncio.create_task(_take(limiter, "bulk8", order, BULK))
+    bulk = [asyncio.create_task(_take(limiter, f"bulk{n}", order, BULK)) for n in range(9)]
     await asyncio.sleep(0)
     for n in range(10):
-        await _take(limiter, f"ir{n}", order, INCIDENT)
-    assert not held.done()
-    assert order[-10:] == [f"ir{n}" for n in range(10)]
+        await _take(limiter, f"ir{n}", order, INCIDENT)  # the reserve: at once, unpaced
+    # the ordinary calls are spread over the window, so few went before the incident's
+    assert sum(name.startswith("bulk") for name in order) <= 2
     last = asyncio.create_task(_take(limiter, "ir10", order, INCIDENT))
     await asyncio.sleep(0)
     assert not last.done()  # the final two calls of a window are never spent
-    await asyncio.gather(held, last)  # ... until the window resets
-    assert order[-2:] == ["ir10", "bulk8"]
+    assert limiter.reserved_for_urgent
+    await asyncio.gather(*bulk, last)  # ... until the window resets
+    assert sorted(order) == sorted([f"bulk{n}" for n in range(9)] + [f"ir{n}" for n in range(11)])
+
+
+async def test_ordinary_calls_are_paced_over_the_window() -> None:
+    """A burst at a window's start would start many cases and finish none."""
+    limiter = RateLimiter("okta", urgent_reserve=0)
+    limiter.budget(12, 0.5)  # 10 usable in half a second: one every ~50 ms
+    order: list[str] = []
+    tasks = [asyncio.create_task(_take(limiter, f"b{n}", order, NORMAL)) for n in range(4)]
+    await asyncio.sleep(0.01)
+    assert len(order) == 1  # the first went at once, the others wait their spacing
+    await asyncio.gather(*tasks)
+    assert order == ["b0", "b1", "b2", "b3"]

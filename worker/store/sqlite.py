@@ -431,10 +431,9 @@ class SqliteStore:
 
     async def _write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         async with self._exclusive():
+            # the statement has run to completion: its cursor holds nothing to close
             cursor = await self.db.execute(sql, params)
-            count = cursor.rowcount
-            await cursor.close()
-            return count
+            return cursor.rowcount
 
     # cases
 
