@@ -29,7 +29,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: lint browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n 3
 
 unit: setup
 	$(PY) -m pytest tests/unit

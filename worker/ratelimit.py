@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
@@ -66,7 +67,10 @@ class RateLimiter:
         self._last_paced = 0.0  # when the last non-urgent call went, for the pacing
         self._budget_from = 0  # the number of the call whose answer set `_left`
         self._floor = 2  # calls never spent: the headers may lag the calls in flight
-        self._slots = asyncio.Semaphore(concurrency) if concurrency else None
+        # requests in flight, capped by the dispatcher itself: a separate semaphore would
+        # let callers past the budget check wait there and go once the budget is spent
+        self._concurrency = concurrency
+        self._in_flight = 0
         # waiting callers: (-priority, case age, arrival, future), served smallest first
         self._waiting: list[tuple[int, float, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
@@ -82,13 +86,12 @@ class RateLimiter:
         await self._wait_turn(CASE_PRIORITY.get() if priority is None else priority)
         token = _CALL_NUMBER.set(self._sent)
         try:
-            if self._slots is None:
-                yield
-            else:
-                async with self._slots:
-                    yield
+            yield
         finally:
             _CALL_NUMBER.reset(token)
+            self._in_flight -= 1
+            if self._waiting and self._changed is not None:
+                self._changed.set()  # a place is free
 
     @property
     def waiting(self) -> int:
@@ -118,6 +121,9 @@ class RateLimiter:
         return self._last_paced + spacing if self._last_paced + spacing > now else 0.0
 
     def _opens_at(self, priority: int) -> float:
+        """When a caller of this priority may go; infinity while every place is taken."""
+        if self._concurrency is not None and self._in_flight >= self._concurrency:
+            return math.inf
         at = max(self._tat - self.tolerance, self._blocked_until)
         return max(at, self._budget_opens(priority, max(at, time.monotonic())))
 
@@ -133,6 +139,8 @@ class RateLimiter:
         try:
             await waiter
         except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._in_flight -= 1  # given a place just as it was cancelled: hand it back
             if self._changed is not None:
                 self._changed.set()  # the dispatcher drops it now, not at its next turn
             raise
@@ -140,6 +148,7 @@ class RateLimiter:
     def _take(self, now: float, priority: int) -> None:
         self._tat = max(self._tat, now) + self.interval
         self._sent += 1
+        self._in_flight += 1
         if self._left is not None:
             self._left -= 1
             if priority < URGENT:
@@ -163,10 +172,11 @@ class RateLimiter:
             now = time.monotonic()
             opens = self._opens_at(-negative)
             if opens > now:
-                # a pause, or a more urgent caller arriving, changes who goes next
+                # a pause, a freed place, or a more urgent caller changes who goes next
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), opens - now)
+                    timeout = None if opens == math.inf else opens - now
+                    await asyncio.wait_for(self._changed.wait(), timeout)
                 continue
             heapq.heappop(self._waiting)
             self._take(now, -negative)

@@ -159,3 +159,41 @@ async def test_ordinary_calls_are_paced_over_the_window() -> None:
     assert len(order) == 1  # the first went at once, the others wait their spacing
     await asyncio.gather(*tasks)
     assert order == ["b0", "b1", "b2", "b3"]
+
+
+async def test_the_concurrency_cap_is_kept_by_priority() -> None:
+    limiter = RateLimiter("okta", concurrency=2)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def hold(name: str, priority: int) -> None:
+        async with limiter.slot(priority):
+            order.append(name)
+            await release.wait()
+
+    holders = [asyncio.create_task(hold(f"h{n}", BULK)) for n in range(2)]
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(hold("bulk", BULK)), asyncio.create_task(hold("ir", URGENT))]
+    await asyncio.sleep(0.01)
+    assert order == ["h0", "h1"]  # both places taken: nobody else is in flight
+    release.set()
+    await asyncio.gather(*holders, *waiting)
+    assert order == ["h0", "h1", "ir", "bulk"]
+
+
+async def test_a_caller_cancelled_while_holding_a_place_gives_it_back() -> None:
+    limiter = RateLimiter("okta", concurrency=1)
+    started = asyncio.Event()
+
+    async def hold() -> None:
+        async with limiter.slot(BULK):
+            started.set()
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(hold())
+    await started.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    async with asyncio.timeout(1):
+        async with limiter.slot(BULK):
+            pass  # the place is free again

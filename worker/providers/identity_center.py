@@ -259,6 +259,10 @@ class AwsIdentityCenter:
                 except StopAsyncIteration:
                     return collected
             collected.append(page)
+            if not page.get("NextToken"):
+                # the last page: asking the paginator for its end would take a place in
+                # the rate limit for a request that is never sent
+                return collected
 
     async def group_memberships(self, user_id: str) -> list[tuple[str, str]]:
         """(membership id, group id) of every group the user belongs to."""
