@@ -76,7 +76,7 @@ async def test_control_without_the_client_limit_the_service_throttles(
     )
     config_data["limits"] = {"identity_center_per_second": 1000, "identity_center_burst": 100}
     sandbox.okta.rate_limit_per_minute = 100_000
-    users = [sandbox.seed_leaver(f"ctl{i:03d}@example.com") for i in range(60)]
+    users = [sandbox.seed_leaver(f"ctl{i:03d}@example.com") for i in range(30)]
     async with open_runtime(parse_config(config_data, "test"), base_dir=tmp_path) as runtime:
         playbook = runtime.playbook("leaver")
         case_ids = [(await open_case(runtime, playbook, u.login, {}))[0].id for u in users]

@@ -4,11 +4,24 @@ window's budget for incidents. Orders and counts, never durations, are asserted.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+
+import pytest
+import structlog
 
 from worker.domain import PRIORITIES, URGENT
 from worker.ratelimit import CASE_AGE, CASE_PRIORITY, RateLimiter
 
 BULK, NORMAL, INCIDENT = PRIORITIES["bulk"], PRIORITIES["normal"], PRIORITIES["incident"]
+
+
+@pytest.fixture(autouse=True)
+def plain_logging() -> Iterator[None]:
+    """The limiter logs its pauses: not into a stream an earlier test configured and
+    closed (the tests of one process share structlog's configuration)."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 async def _take(limiter: RateLimiter, name: str, order: list[str], priority: int | None) -> None:
