@@ -1,15 +1,14 @@
 """Incident cases go ahead of HR and bulk cases: a worker whose ordinary slots are all
 busy still takes an incident at once, and the end of an Okta window's budget is kept
-for it. Asserted on the order of events, never on durations."""
+for it (tests/unit/test_ratelimit_priority.py). Asserted on the order of events,
+never on durations."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
 from typing import Any
 
-from worker.clock import ManualClock
 from worker.domain import CaseStatus
 from worker.sandbox import Sandbox
 from worker.sandbox.common import FaultRule
@@ -103,38 +102,3 @@ async def test_without_urgent_slots_the_incident_waits_for_a_free_slot(
         ]
 
     assert finished, "the incident ran before any HR case had freed a slot"
-
-
-async def test_the_end_of_an_okta_window_is_kept_for_an_incident(
-    sandbox: Sandbox, runtime: Runtime
-) -> None:
-    # Okta's window is frozen 50 s before its reset, with a budget the HR cases spend.
-    window_start = int(datetime.now(UTC).timestamp()) - 10
-    sandbox.okta.clock = ManualClock(datetime.fromtimestamp(window_start, UTC))
-    sandbox.okta.rate_limit_per_minute = 40
-    hr = [sandbox.seed_leaver(f"hr{i}@example.com") for i in range(12)]
-    incident_user = sandbox.seed_leaver(INCIDENT)
-    worker = Worker(runtime)
-    worker.concurrency, worker.urgent_slots = 12, 2
-    leaver, incident = runtime.playbook("leaver"), runtime.playbook("incident")
-    for u in hr:
-        await open_case(runtime, leaver, u.login, {})
-
-    async with _running(worker):
-        okta = runtime.limits["okta"]
-
-        async def hr_held() -> bool:
-            # the HR cases spent the window down to the reserve and now wait for its reset
-            return okta.reserved_for_urgent and okta.waiting > 0
-
-        await _until(hr_held)
-        used_by_hr = sandbox.okta._window_used
-        case, _ = await open_case(runtime, incident, INCIDENT, {"source": "test"})
-        worker.wake.set()
-        await _until(lambda: _deactivated(runtime, case.id), timeout=30)
-        hr_deactivated = len(sandbox.audit.entries(action="okta.deactivate")) - 1
-
-    assert sandbox.okta.user_status(incident_user.okta_id) == "DEPROVISIONED"
-    assert used_by_hr <= 40 - 15  # the HR cases left the reserve alone
-    assert hr_deactivated < len(hr)  # ... and were still waiting when the incident went
-    assert sum(sandbox.audit.throttled.values()) == 0
