@@ -153,8 +153,13 @@ class AwsIdentityCenter:
         await self._stack.aclose()
 
     async def _aws(self, service: str, operation: str, call: Awaitable[T]) -> T:
-        async with self.limiter.slot():
-            return await self._unlimited(service, operation, call)
+        try:
+            async with self.limiter.slot():
+                return await self._unlimited(service, operation, call)
+        except BaseException:
+            if asyncio.iscoroutine(call):
+                call.close()  # cancelled while waiting its turn: the request was never made
+            raise
 
     async def _unlimited(self, service: str, operation: str, call: Awaitable[T]) -> T:
         if self.metrics is None:
