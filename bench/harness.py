@@ -14,8 +14,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,21 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
     }
+
+
+def run_in_temporary_directory(
+    measure: Callable[[Any, Path], Awaitable[Result]], args: Any, *, keep: bool = False
+) -> int:
+    """Run a bench's `measure` in a fresh run directory (kept with `keep`), emit the result."""
+    if keep:
+        tmp = tempfile.mkdtemp(prefix="offboard-bench-")
+        result = asyncio.run(measure(args, Path(tmp)))
+        print(f"run directory kept: {tmp}", flush=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix="offboard-bench-") as tmp:
+            result = asyncio.run(measure(args, Path(tmp)))
+    result.emit(args.output)
+    return 0
 
 
 @dataclass

@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from bench.harness import (
     emulators,
     environment,
     free_port,
+    run_in_temporary_directory,
     runtime,
     spawn,
     stop,
@@ -130,11 +130,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    with tempfile.TemporaryDirectory(prefix="offboard-bench-") as tmp:
-        result = asyncio.run(measure(args, Path(tmp)))
-    result.emit(args.output)
-    return 0
+    return run_in_temporary_directory(measure, parse(argv))
 
 
 if __name__ == "__main__":

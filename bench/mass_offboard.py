@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -45,6 +44,7 @@ from bench.harness import (
     emulators,
     environment,
     free_port,
+    run_in_temporary_directory,
     runtime,
     spawn,
     stop,
@@ -232,11 +232,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    with tempfile.TemporaryDirectory(prefix="offboard-bench-") as tmp:
-        result = asyncio.run(measure(args, Path(tmp)))
-    result.emit(args.output)
-    return 0
+    return run_in_temporary_directory(measure, parse(argv))
 
 
 if __name__ == "__main__":

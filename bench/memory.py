@@ -16,8 +16,6 @@ rate limits, which takes hours for 10,000 people and holds one case at a time).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import tempfile
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -31,9 +29,11 @@ from bench.harness import (
     emulators,
     environment,
     free_port,
+    run_in_temporary_directory,
     runtime,
     spawn,
     stop,
+    wait_http,
     write_config,
 )
 from worker.domain import CaseStatus, NewCase, StepStatus
@@ -126,7 +126,7 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
             base = f"http://127.0.0.1:{port}"
             headers = {"Authorization": f"Bearer {TOKEN}"}
             async with aiohttp.ClientSession(headers=headers) as http:
-                await _ready(http, f"{base}/readyz", serve)
+                await wait_http(f"{base}/readyz", serve)
                 stages["started"] = _stage(serve.pid)
                 for n in range(3):
                     await _get(http, f"{base}/metrics")
@@ -162,19 +162,6 @@ async def _get(http: aiohttp.ClientSession, url: str) -> None:
             raise RuntimeError(f"GET {url}: {response.status}")
 
 
-async def _ready(http: aiohttp.ClientSession, url: str, process: object) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            async with http.get(url) as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise TimeoutError("offboard serve did not become ready")
-
-
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=10000)
@@ -183,11 +170,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    with tempfile.TemporaryDirectory(prefix="offboard-bench-") as tmp:
-        result = asyncio.run(measure(args, Path(tmp)))
-    result.emit(args.output)
-    return 0
+    return run_in_temporary_directory(measure, parse(argv))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import requests
 from botocore.config import Config as BotoConfig
 
 from bench.emulators import login_of
-from bench.harness import Emulators, Result, emulators
+from bench.harness import Emulators, Result, emulators, run_in_temporary_directory
 
 PATCH_INACTIVE = {
     "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
@@ -144,11 +143,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    with tempfile.TemporaryDirectory(prefix="offboard-bench-") as tmp:
-        result = asyncio.run(measure(args, Path(tmp)))
-    result.emit(args.output)
-    return 0
+    return run_in_temporary_directory(measure, parse(argv))
 
 
 if __name__ == "__main__":

@@ -15,11 +15,9 @@ before acting), writes the ledger intent, and sends the POST.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import os
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -34,6 +32,7 @@ from bench.harness import (
     emulators,
     environment,
     free_port,
+    run_in_temporary_directory,
     runtime,
     spawn,
     stop,
@@ -133,15 +132,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    if args.keep:
-        tmp = tempfile.mkdtemp(prefix="offboard-bench-")
-        result = asyncio.run(measure(args, Path(tmp)))
-        print(f"run directory kept: {tmp}", flush=True)
-    else:
-        with tempfile.TemporaryDirectory(prefix="offboard-bench-") as tmp:
-            result = asyncio.run(measure(args, Path(tmp)))
-    result.emit(args.output)
-    return 0
+    return run_in_temporary_directory(measure, args, keep=args.keep)
 
 
 if __name__ == "__main__":
