@@ -48,7 +48,7 @@ class Worker:
                 if not busy:
                     await self._idle(stop)
         finally:
-            await self._drain()
+            await self.drain()
             log.info("worker_stopped", worker_id=self.engine.worker_id)
 
     async def tick(self) -> bool:
@@ -150,7 +150,8 @@ class Worker:
         while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
-    async def _drain(self) -> None:
+    async def drain(self) -> None:
+        """Stop: let running cases finish within `grace` seconds, then cancel the rest."""
         self.engine.stopping.set()
         if self._watchdog is not None:
             self._watchdog.cancel()
