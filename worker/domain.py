@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -158,6 +159,31 @@ class Delivery:
     #: the answer given the first time (status and body), replayed as it was
     outcome: dict[str, Any]
     received_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Arrival:
+    """A verified trigger that opens a case, admitted once per delivery key."""
+
+    key: str
+    case: NewCase
+    #: the delivery's outcome (status and body) for the case created for it
+    answer: Callable[[Case], dict[str, Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Admission:
+    """What became of an `Arrival`. Exactly one of three:
+
+    - created: `case` is new and `delivery` records the answer given for it;
+    - replayed: the key was seen before, `delivery` is the first record, `case` None;
+    - open: the person already has an open case of this playbook (`case`), nothing
+      was written, `delivery` None: the caller decides (reschedule or not) itself.
+    """
+
+    case: Case | None
+    delivery: Delivery | None
+    created: bool
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -171,12 +171,26 @@ def parse_playbook(text: str, source: str) -> Playbook:
     )
 
 
+#: The last playbook parsed from each path, with the text it was parsed from.
+_PARSED: dict[str, tuple[str, Playbook]] = {}
+
+
 def load_playbook(path: Path) -> Playbook:
+    """The playbook in the file as it is now: read on every call (an edited playbook
+    applies to the next case), parsed only when its text changed (parsing YAML on
+    every webhook was most of the intake's time)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PlaybookError(f"{path}: cannot read playbook: {exc.strerror}") from None
-    return parse_playbook(text, str(path))
+    cached = _PARSED.get(str(path))
+    if cached is not None and cached[0] == text:
+        return cached[1]
+    playbook = parse_playbook(text, str(path))
+    if len(_PARSED) >= 256:  # a few playbooks in practice; never unbounded
+        _PARSED.clear()
+    _PARSED[str(path)] = (text, playbook)
+    return playbook
 
 
 def find_playbook(name_or_path: str, search: list[Path]) -> Path:

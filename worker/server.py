@@ -24,8 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from worker.clock import utc_iso
 from worker.config import TriggerSource
-from worker.domain import Case, CaseStatus, Delivery
+from worker.domain import Arrival, Case, CaseStatus, Delivery, NewCase
 from worker.errors import CaseStarted, NotFound, OffboardError, PlaybookError
+from worker.intake import Intake
 from worker.metrics import Metrics, refresh
 from worker.openapi import OPENAPI
 from worker.service import (
@@ -34,6 +35,7 @@ from worker.service import (
     confirm_task,
     is_login,
     open_case,
+    protected_pattern,
 )
 from worker.triggers import IgnoredEvent, Trigger, TriggerAdapter, TriggerError, accept, adapter_for
 from worker.worker import Worker
@@ -98,6 +100,8 @@ class ServerState:
     #: the runtime's metrics (worker/metrics.py): /metrics renders its registry
     metrics: Metrics
     max_body: int
+    #: new terminations, admitted in groups (group commit: worker/intake.py)
+    intake: Intake
 
     def lock_for(self, subject: str) -> asyncio.Lock:
         digest = hashlib.sha256(subject.lower().encode()).digest()
@@ -133,6 +137,7 @@ def _state(runtime: Runtime) -> ServerState:
         locks=tuple(asyncio.Lock() for _ in range(64)),
         metrics=runtime.metrics,
         max_body=config.max_body_bytes,
+        intake=Intake(runtime.store, runtime.clock.now),
     )
 
 
@@ -155,9 +160,14 @@ def build_app(runtime: Runtime, *, run_worker: bool = True) -> web.Application:
     from worker.ui import add_ui_routes  # here, not at the top: worker.ui imports this module
 
     add_ui_routes(app)  # the status page at /ui (docs/ui.md)
+    app.on_cleanup.append(_close_intake)
     if run_worker:
         app.cleanup_ctx.append(_worker_ctx)
     return app
+
+
+async def _close_intake(app: web.Application) -> None:
+    await app[STATE].intake.close()
 
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -217,21 +227,81 @@ async def _act_once(
     """Act on a verified trigger exactly once per delivery key; replays get the first answer."""
     state, runtime = request.app[STATE], request.app[RUNTIME]
     async with state.lock_for(trigger.subject):
-        seen = await runtime.store.get_delivery(key)
-        if seen is not None:
-            return int(seen.outcome["status"]), {**seen.outcome["body"], "replayed": True}
-        status, answer, case_id = await _act(request, trigger, playbook_name)
-        answer = {**answer, **(extra or {})}
-        await runtime.store.record_delivery(
-            Delivery(
-                key=key,
-                case_id=case_id,
-                outcome={"status": status, "body": answer},
-                received_at=runtime.clock.now(),
+        admitted = await _admit(request, key, trigger, playbook_name, extra or {})
+        if admitted is not None:
+            status, answer = admitted
+        else:
+            seen = await runtime.store.get_delivery(key)
+            if seen is not None:
+                return _replay(seen)
+            status, answer, case_id = await _act(request, trigger, playbook_name)
+            answer = {**answer, **(extra or {})}
+            await runtime.store.record_delivery(
+                Delivery(
+                    key=key,
+                    case_id=case_id,
+                    outcome={"status": status, "body": answer},
+                    received_at=runtime.clock.now(),
+                )
             )
-        )
     request.app[WORKER].wake.set()
     return status, answer
+
+
+def _replay(seen: Delivery) -> tuple[int, dict[str, Any]]:
+    return int(seen.outcome["status"]), {**seen.outcome["body"], "replayed": True}
+
+
+async def _admit(
+    request: web.Request, key: str, trigger: Trigger, playbook_name: str, extra: dict[str, Any]
+) -> tuple[int, dict[str, Any]] | None:
+    """The common case, a termination for someone with no open case: admitted together
+    with the deliveries arriving meanwhile, in one commit. None when `_act` decides:
+    a rescission, a protected identity (the refusal is recorded), an open case (a
+    later effective time reschedules it)."""
+    state, runtime = request.app[STATE], request.app[RUNTIME]
+    subject = trigger.subject.strip()
+    if (
+        trigger.kind == "rescind"
+        or not is_login(subject)
+        or protected_pattern(subject, runtime.config.protected_identities) is not None
+    ):
+        return None
+    playbook = _playbook(runtime, playbook_name)
+
+    def answer(case: Case) -> dict[str, Any]:
+        return {"status": 202, "body": {"outcome": "created", **_summary(case), **extra}}
+
+    new = NewCase(
+        playbook=playbook.name,
+        subject=subject,
+        steps=playbook.steps,
+        trigger=_case_trigger(trigger),
+        priority=playbook.priority,
+        run_after=_run_after(trigger, runtime.clock.now()),
+    )
+    admission = await state.intake.admit(Arrival(key=key, case=new, answer=answer))
+    if admission.delivery is None:
+        return None
+    if not admission.created:
+        return _replay(admission.delivery)
+    return int(admission.delivery.outcome["status"]), admission.delivery.outcome["body"]
+
+
+def _run_after(trigger: Trigger, now: datetime) -> datetime | None:
+    return trigger.effective_at if trigger.effective_at and trigger.effective_at > now else None
+
+
+def _case_trigger(trigger: Trigger) -> dict[str, Any]:
+    """What the case records of the trigger that opened it."""
+    return {
+        "source": trigger.source,
+        "kind": trigger.kind,
+        "reason": trigger.reason,
+        "reference": trigger.reference,
+        "delivery": trigger.delivery_id,
+        "effective_at": utc_iso(trigger.effective_at) if trigger.effective_at else None,
+    }
 
 
 async def _act(
@@ -251,20 +321,10 @@ async def _act(
         except CaseStarted as exc:
             raise Problem(409, "already started", str(exc)) from None
         return 200, {"outcome": "cancelled", **_summary(case)}, case.id
-    run_after = (
-        trigger.effective_at if trigger.effective_at and trigger.effective_at > now else None
-    )
-    case_trigger = {
-        "source": trigger.source,
-        "kind": trigger.kind,
-        "reason": trigger.reason,
-        "reference": trigger.reference,
-        "delivery": trigger.delivery_id,
-        "effective_at": utc_iso(trigger.effective_at) if trigger.effective_at else None,
-    }
+    run_after = _run_after(trigger, now)
     try:
         case, created = await open_case(
-            runtime, playbook, trigger.subject, case_trigger, run_after=run_after
+            runtime, playbook, trigger.subject, _case_trigger(trigger), run_after=run_after
         )
     except ProtectedIdentity as exc:
         raise Problem(403, "protected identity", str(exc)) from None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,7 @@ import pytest
 
 from worker.clock import parse_iso
 from worker.domain import (
+    Arrival,
     Case,
     CaseStatus,
     LedgerState,
@@ -968,3 +970,99 @@ class StoreContract:
                 case.id, 1, "w2", StepStatus.DONE, at(3), event=("step_done", {})
             )
         assert len(await store.events(case.id)) == len(events)
+
+    # admitting trigger deliveries together (group commit)
+
+    @staticmethod
+    def _arrival(key: str, subject: str, **changes: Any) -> Arrival:
+        return Arrival(
+            key=key,
+            case=new_case(subject, trigger={"source": "hr", "delivery": key}, **changes),
+            answer=lambda case: {"status": 202, "body": {"case_id": case.id, "key": key}},
+        )
+
+    async def test_admit_creates_each_case_with_its_delivery(self, store: Store) -> None:
+        arrivals = [self._arrival(f"hook:{i}", f"p{i}@example.com") for i in range(3)]
+        admissions = await store.admit(arrivals, T0)
+
+        assert [a.created for a in admissions] == [True, True, True]
+        for arrival, admission in zip(arrivals, admissions, strict=True):
+            case, delivery = admission.case, admission.delivery
+            assert case is not None and delivery is not None
+            # the case is what create_case would have made, and reads back the same
+            assert case.status is CaseStatus.PENDING
+            assert (case.subject, case.playbook, case.steps) == (
+                arrival.case.subject,
+                "leaver",
+                STEPS,
+            )
+            assert case.trigger == {"source": "hr", "delivery": arrival.key}
+            assert case.created_at == T0 and case.priority == 50
+            assert await store.get_case(case.id) == case
+            steps = await store.steps(case.id)
+            assert [(r.step_id, r.status) for r in steps] == [
+                (s.id, StepStatus.PENDING) for s in STEPS
+            ]
+            # the delivery records the answer computed from the created case
+            assert delivery.outcome == {
+                "status": 202,
+                "body": {"case_id": case.id, "key": arrival.key},
+            }
+            assert await store.get_delivery(arrival.key) == delivery
+            # its timeline starts with a chained case_created event
+            records = await self._assert_chained(store, case.id)
+            assert [r.kind for r in records] == ["case_created"]
+            assert records[0].data["subject"] == arrival.case.subject
+        assert len(await store.list_cases()) == 3
+
+    async def test_admit_replays_a_known_key_and_writes_nothing(self, store: Store) -> None:
+        (first,) = await store.admit([self._arrival("hook:1", "ada@example.com")], T0)
+        (again,) = await store.admit([self._arrival("hook:1", "ada@example.com")], at(5))
+        assert again.created is False and again.case is None
+        assert again.delivery == first.delivery
+        assert len(await store.list_cases()) == 1
+
+    async def test_admit_leaves_a_person_s_open_case_to_the_caller(self, store: Store) -> None:
+        older, _ = await store.create_case(new_case("ada@example.com"), T0)
+        await store.create_case(new_case("ada@example.com"), at(1))
+        (admission,) = await store.admit([self._arrival("hook:1", "ada@example.com")], at(5))
+        # the oldest open case, as find_open_case answers; no delivery recorded
+        assert admission.created is False and admission.delivery is None
+        assert admission.case == older
+        assert await store.get_delivery("hook:1") is None
+        assert len(await store.list_cases()) == 2
+        # a closed case is not open: the person gets a new one
+        await store.cancel_case(older.id, at(6), "test")
+        cases = await store.list_cases()
+        for case in cases:
+            if case.status is CaseStatus.PENDING:
+                await store.cancel_case(case.id, at(6), "test")
+        (fresh,) = await store.admit([self._arrival("hook:1", "ada@example.com")], at(7))
+        assert fresh.created is True
+
+    async def test_admit_sees_the_arrivals_before_it_in_the_same_call(self, store: Store) -> None:
+        admissions = await store.admit(
+            [
+                self._arrival("hook:1", "ada@example.com"),
+                self._arrival("hook:1", "ada@example.com"),  # the same delivery again
+                self._arrival("hook:2", "ada@example.com"),  # the same person, another key
+                self._arrival("hook:3", "bob@example.com"),
+            ],
+            T0,
+        )
+        made, replayed, joined, other = admissions
+        assert made.created and made.case is not None
+        assert replayed == replace(made, case=None, created=False)
+        assert joined.created is False and joined.delivery is None
+        assert joined.case == made.case
+        assert other.created and other.case is not None and other.case.id != made.case.id
+        assert await store.get_delivery("hook:2") is None
+        assert len(await store.list_cases()) == 2
+
+    async def test_admit_is_all_or_nothing(self, store: Store) -> None:
+        keyed = replace(self._arrival("hook:2", "bob@example.com"), case=new_case(key="k"))
+        with pytest.raises(ValueError, match="idempotency key"):
+            await store.admit([self._arrival("hook:1", "ada@example.com"), keyed], T0)
+        assert await store.list_cases() == []
+        assert await store.get_delivery("hook:1") is None
+        assert await store.admit([], T0) == []

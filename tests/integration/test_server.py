@@ -23,7 +23,7 @@ from worker.clock import ManualClock
 from worker.config import parse_config
 from worker.domain import CaseStatus
 from worker.sandbox import Sandbox, SeededUser
-from worker.server import build_app
+from worker.server import STATE, build_app
 from worker.service import Runtime, open_runtime
 from worker.worker import Worker
 
@@ -169,6 +169,37 @@ async def test_the_same_delivery_creates_one_case_however_often_it_arrives(
     assert len({a["case_id"] for a in answers}) == 1
     assert sum(1 for a in answers if not a.get("replayed")) == 1
     assert await _case_count(runtime) == 1
+
+
+async def test_deliveries_arriving_together_are_committed_together(
+    client: tuple[TestClient[web.Request, web.Application], Runtime], sandbox: Sandbox
+) -> None:
+    http, runtime = client
+    people = [sandbox.seed_leaver(f"group{i:02d}@example.com").login for i in range(40)]
+    sent = [signed(termination(login)) for login in people]
+    # the same person twice more, under other deliveries: no second case for them
+    sent += [signed(termination(people[0])), signed(termination(people[1]))]
+
+    responses = await asyncio.gather(
+        *(http.post("/v1/hooks/hr/hris", data=body, headers=headers) for body, headers in sent)
+    )
+
+    assert [r.status for r in responses] == [202] * 42
+    answers = [await r.json() for r in responses]
+    assert [a["outcome"] for a in answers[:40]] == ["created"] * 40
+    assert [a["outcome"] for a in answers[40:]] == ["existing"] * 2
+    assert [a["case_id"] for a in answers[40:]] == [answers[0]["case_id"], answers[1]["case_id"]]
+    cases = {c.id: c for c in await runtime.store.list_cases()}
+    assert sorted(c.subject for c in cases.values()) == sorted(people)
+    # each delivery is recorded with the answer it got, and a retry of it is a replay
+    for (_, headers), answer in zip(sent, answers, strict=True):
+        delivery = await runtime.store.get_delivery(f"hook:hr:hris:{headers['webhook-id']}")
+        assert delivery is not None and delivery.outcome["body"] == answer
+    retry = await http.post("/v1/hooks/hr/hris", data=sent[5][0], headers=sent[5][1])
+    assert await retry.json() == {**answers[5], "replayed": True}
+    # more than one delivery shared a commit
+    groups = list(http.server.app[STATE].intake.groups)
+    assert sum(groups) >= 40 and max(groups) > 1, groups
 
 
 REFUSALS = {

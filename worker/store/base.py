@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from worker.domain import (
+    Admission,
+    Arrival,
     Case,
     CaseEvent,
     CaseStatus,
@@ -25,6 +29,11 @@ from worker.domain import (
     StepStatus,
     Timer,
 )
+
+
+def new_case_id() -> str:
+    return "c-" + uuid.uuid4().hex[:16]
+
 
 #: Names the encoding below; it is hashed into every link, so a change of encoding
 #: can never be mistaken for this one. Never change what it means: add a new one.
@@ -72,6 +81,88 @@ def chain_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+#: The statuses of a case that is still open: a new trigger for the person joins it.
+OPEN_STATUSES = (CaseStatus.PENDING, CaseStatus.RUNNING, CaseStatus.WAITING)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmissionPlan:
+    """What `Store.admit` will do, decided from what the store holds: the cases to
+    create (with their ids) and, per arrival, ("replayed", Delivery), ("open", Case),
+    or ("new", case id) for a case created by this call (its own or an earlier
+    arrival's), with the key's first arrival as the one that recorded the delivery."""
+
+    creates: tuple[tuple[str, NewCase], ...]
+    fates: tuple[tuple[str, Any], ...]
+
+
+def plan_admission(
+    arrivals: Sequence[Arrival],
+    seen: dict[str, Delivery],
+    open_cases: dict[tuple[str, str], Case],
+) -> AdmissionPlan:
+    """`seen`: the recorded deliveries among the arrivals' keys; `open_cases`: the
+    oldest open case per (subject, playbook) among the arrivals' people."""
+    creates: list[tuple[str, NewCase]] = []
+    fates: list[tuple[str, Any]] = []
+    made_for_key: dict[str, str] = {}
+    made_for_person: dict[tuple[str, str], str] = {}
+    for arrival in arrivals:
+        new = arrival.case
+        if new.idempotency_key is not None:
+            raise ValueError("an arrival's case takes no idempotency key: its delivery key is one")
+        person = (new.subject, new.playbook)
+        if arrival.key in seen:
+            fates.append(("replayed", seen[arrival.key]))
+        elif arrival.key in made_for_key:
+            fates.append(("replayed-new", made_for_key[arrival.key]))
+        elif person in open_cases:
+            fates.append(("open", open_cases[person]))
+        elif person in made_for_person:
+            fates.append(("open-new", made_for_person[person]))
+        else:
+            case_id = new_case_id()
+            creates.append((case_id, new))
+            made_for_key[arrival.key] = made_for_person[person] = case_id
+            fates.append(("new", case_id))
+    return AdmissionPlan(creates=tuple(creates), fates=tuple(fates))
+
+
+def settle_admission(
+    plan: AdmissionPlan,
+    arrivals: Sequence[Arrival],
+    created: dict[str, Case],
+    received_at: datetime,
+) -> tuple[list[Delivery], list[Admission]]:
+    """The deliveries to record for the created cases, and each arrival's admission;
+    `created` holds the new cases as the store reads them back."""
+    deliveries: dict[str, Delivery] = {}
+    for arrival, (fate, value) in zip(arrivals, plan.fates, strict=True):
+        if fate == "new":
+            case = created[value]
+            deliveries[value] = Delivery(
+                key=arrival.key,
+                case_id=case.id,
+                outcome=arrival.answer(case),
+                received_at=received_at,
+            )
+    admissions: list[Admission] = []
+    for fate, value in plan.fates:
+        if fate == "replayed":
+            admissions.append(Admission(case=None, delivery=value, created=False))
+        elif fate == "replayed-new":
+            admissions.append(Admission(case=None, delivery=deliveries[value], created=False))
+        elif fate == "open":
+            admissions.append(Admission(case=value, delivery=None, created=False))
+        elif fate == "open-new":
+            admissions.append(Admission(case=created[value], delivery=None, created=False))
+        else:
+            admissions.append(
+                Admission(case=created[value], delivery=deliveries[value], created=True)
+            )
+    return list(deliveries.values()), admissions
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvidenceRecord:
     """One event as stored, with the links of its case's hash chain.
@@ -107,6 +198,14 @@ class Store(Protocol):
     async def create_case(self, new: NewCase, now: datetime) -> tuple[Case, bool]:
         """Create a case (and its pending steps); with an idempotency key already used,
         return the existing case and False."""
+        ...
+
+    async def admit(self, arrivals: Sequence[Arrival], now: datetime) -> list[Admission]:
+        """Admit trigger deliveries together, in one transaction (group commit): for
+        each arrival in order, its delivery's first record if the key is known; else
+        the person's open case of that playbook if there is one (nothing written);
+        else a new case, with the delivery recorded as `arrival.answer(case)`. An
+        arrival sees the ones before it in the same call. All or nothing."""
         ...
 
     async def get_case(self, case_id: str) -> Case: ...

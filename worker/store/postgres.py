@@ -38,8 +38,7 @@ import asyncio
 import contextlib
 import json
 import re
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -48,6 +47,8 @@ import asyncpg  # type: ignore[import-untyped]
 
 from worker.clock import utc_iso
 from worker.domain import (
+    Admission,
+    Arrival,
     Case,
     CaseEvent,
     CaseStatus,
@@ -63,7 +64,15 @@ from worker.domain import (
     Timer,
 )
 from worker.errors import CaseStarted, NotFound, StoreError
-from worker.store.base import EvidenceRecord, chain_time, event_hash, genesis_hash
+from worker.store.base import (
+    EvidenceRecord,
+    chain_time,
+    event_hash,
+    genesis_hash,
+    new_case_id,
+    plan_admission,
+    settle_admission,
+)
 
 #: The channel `wait_for_work` listens on.
 WORK_CHANNEL = "offboard_work"
@@ -305,8 +314,13 @@ _REFUSED_LOGIN: tuple[type[BaseException], ...] = (
 )
 
 
-def new_case_id() -> str:
-    return "c-" + uuid.uuid4().hex[:16]
+def _delivery(row: Row) -> Delivery:
+    return Delivery(
+        key=row["key"],
+        case_id=row["case_id"],
+        outcome=row["outcome"],
+        received_at=row["received_at"],
+    )
 
 
 def describe_dsn(dsn: str) -> str:
@@ -665,26 +679,8 @@ class PostgresStore:
 
     async def create_case(self, new: NewCase, now: datetime) -> tuple[Case, bool]:
         case_id = new_case_id()
-        steps = [
-            {"id": s.id, "action": s.action, "verify": s.verify, "options": s.options}
-            for s in new.steps
-        ]
         async with self._transaction() as conn:
-            row: Row | None = await conn.fetchrow(
-                "INSERT INTO cases (id, playbook, subject, status, priority, steps, trigger, "
-                "created_at, updated_at, run_after, idempotency_key) "
-                "VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $7, $8, $9) "
-                f"ON CONFLICT (idempotency_key) DO NOTHING RETURNING {_CASE_COLUMNS}",
-                case_id,
-                new.playbook,
-                new.subject,
-                new.priority,
-                steps,
-                new.trigger,
-                now,
-                new.run_after,
-                new.idempotency_key,
-            )
+            row = await self._insert_case(conn, case_id, new, now)
             if row is None:
                 # The key is taken (ON CONFLICT waited for its writer to commit).
                 existing: Row | None = await conn.fetchrow(
@@ -694,22 +690,92 @@ class PostgresStore:
                 if existing is None:
                     raise StoreError(f"case with idempotency key {new.idempotency_key!r} vanished")
                 return _case(existing), False
-            if new.steps:
-                await conn.executemany(
-                    "INSERT INTO steps (case_id, idx, step_id, action, status) "
-                    "VALUES ($1, $2, $3, $4, 'pending')",
-                    [(case_id, i, s.id, s.action) for i, s in enumerate(new.steps)],
-                )
-            await self._append_event(
-                conn,
-                case_id,
-                "case_created",
-                now,
-                None,
-                {"trigger": new.trigger, "subject": new.subject, "playbook": new.playbook},
-            )
             await self._notify(conn, f"case_created {case_id}")
         return _case(row), True
+
+    async def _insert_case(
+        self, conn: Any, case_id: str, new: NewCase, now: datetime
+    ) -> Row | None:
+        """The case, its pending steps and its first event; None if its key is taken."""
+        steps = [
+            {"id": s.id, "action": s.action, "verify": s.verify, "options": s.options}
+            for s in new.steps
+        ]
+        row: Row | None = await conn.fetchrow(
+            "INSERT INTO cases (id, playbook, subject, status, priority, steps, trigger, "
+            "created_at, updated_at, run_after, idempotency_key) "
+            "VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $7, $8, $9) "
+            f"ON CONFLICT (idempotency_key) DO NOTHING RETURNING {_CASE_COLUMNS}",
+            case_id,
+            new.playbook,
+            new.subject,
+            new.priority,
+            steps,
+            new.trigger,
+            now,
+            new.run_after,
+            new.idempotency_key,
+        )
+        if row is None:
+            return None
+        if new.steps:
+            await conn.executemany(
+                "INSERT INTO steps (case_id, idx, step_id, action, status) "
+                "VALUES ($1, $2, $3, $4, 'pending')",
+                [(case_id, i, s.id, s.action) for i, s in enumerate(new.steps)],
+            )
+        await self._append_event(
+            conn,
+            case_id,
+            "case_created",
+            now,
+            None,
+            {"trigger": new.trigger, "subject": new.subject, "playbook": new.playbook},
+        )
+        return row
+
+    async def admit(self, arrivals: Sequence[Arrival], now: datetime) -> list[Admission]:
+        if not arrivals:
+            return []
+        keys = sorted({a.key for a in arrivals})
+        people = sorted({a.case.subject for a in arrivals})
+        async with self._transaction() as conn:
+            # Replicas admitting the same key, or a case for the same person, take
+            # turns (locks taken in one global order: no deadlock between them).
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended(k, 0) AS h "
+                "FROM unnest($1::text[]) AS k ORDER BY 1) AS locks",
+                [f"delivery:{k}" for k in keys] + [f"person:{p}" for p in people],
+            )
+            rows: list[Row] = await conn.fetch(
+                "SELECT * FROM deliveries WHERE key = ANY($1::text[])", keys
+            )
+            seen = {d.key: d for d in map(_delivery, rows)}
+            rows = await conn.fetch(
+                f"SELECT {_CASE_COLUMNS} FROM cases WHERE subject = ANY($1::text[]) "
+                "AND status IN ('pending', 'running', 'waiting') ORDER BY created_at DESC, id DESC",
+                people,
+            )
+            open_cases: dict[tuple[str, str], Case] = {}
+            for case in map(_case, rows):  # newest first: the oldest is written last
+                open_cases[(case.subject, case.playbook)] = case
+            plan = plan_admission(arrivals, seen, open_cases)
+            created: dict[str, Case] = {}
+            for case_id, new in plan.creates:
+                row = await self._insert_case(conn, case_id, new, now)
+                if row is None:  # plan_admission refuses idempotency keys
+                    raise StoreError(f"case {case_id} could not be created")
+                created[case_id] = _case(row)
+            deliveries, admissions = settle_admission(plan, arrivals, created, now)
+            if deliveries:
+                await conn.executemany(
+                    "INSERT INTO deliveries (key, case_id, outcome, received_at) "
+                    "VALUES ($1, $2, $3, $4)",
+                    [(d.key, d.case_id, d.outcome, d.received_at) for d in deliveries],
+                )
+            if created:
+                await self._notify(conn, f"cases_admitted {len(created)}")
+        return admissions
 
     async def get_case(self, case_id: str) -> Case:
         row = await self._fetchrow(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = $1", case_id)
@@ -1112,14 +1178,7 @@ class PostgresStore:
 
     async def get_delivery(self, key: str) -> Delivery | None:
         row = await self._fetchrow("SELECT * FROM deliveries WHERE key = $1", key)
-        if row is None:
-            return None
-        return Delivery(
-            key=row["key"],
-            case_id=row["case_id"],
-            outcome=row["outcome"],
-            received_at=row["received_at"],
-        )
+        return None if row is None else _delivery(row)
 
     async def record_refusal(self, refusal: Refusal) -> None:
         await self._execute(

@@ -10,8 +10,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,6 +20,8 @@ import aiosqlite
 
 from worker.clock import parse_iso, utc_iso
 from worker.domain import (
+    Admission,
+    Arrival,
     Case,
     CaseEvent,
     CaseStatus,
@@ -36,7 +37,14 @@ from worker.domain import (
     Timer,
 )
 from worker.errors import CaseStarted, NotFound, StoreError
-from worker.store.base import EvidenceRecord, event_hash, genesis_hash
+from worker.store.base import (
+    EvidenceRecord,
+    event_hash,
+    genesis_hash,
+    new_case_id,
+    plan_admission,
+    settle_admission,
+)
 
 #: A migration step that SQL alone cannot express; it runs inside the migration's
 #: transaction, on the store's connection.
@@ -227,16 +235,30 @@ _CASE_COLUMNS = (
 )
 
 
-def new_case_id() -> str:
-    return "c-" + uuid.uuid4().hex[:16]
-
-
 def _ts(when: datetime | None) -> str | None:
     return None if when is None else utc_iso(when)
 
 
 def _dt(text: str | None) -> datetime | None:
     return None if text is None else parse_iso(text)
+
+
+def _steps_json(new: NewCase) -> str:
+    return json.dumps(
+        [
+            {"id": s.id, "action": s.action, "verify": s.verify, "options": s.options}
+            for s in new.steps
+        ]
+    )
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        key=row["key"],
+        case_id=row["case_id"],
+        outcome=json.loads(row["outcome"]),
+        received_at=parse_iso(row["received_at"]),
+    )
 
 
 def _case(row: sqlite3.Row) -> Case:
@@ -447,12 +469,7 @@ class SqliteStore:
                 )
                 if row is not None:
                     return _case(row), False
-            steps_json = json.dumps(
-                [
-                    {"id": s.id, "action": s.action, "verify": s.verify, "options": s.options}
-                    for s in new.steps
-                ]
-            )
+            steps_json = _steps_json(new)
             await self._write(
                 f"INSERT INTO cases ({_CASE_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, NULL)",
@@ -485,6 +502,98 @@ class SqliteStore:
                 {"trigger": new.trigger, "subject": new.subject, "playbook": new.playbook},
             )
         return await self.get_case(case_id), True
+
+    async def admit(self, arrivals: Sequence[Arrival], now: datetime) -> list[Admission]:
+        # Set-based: a handful of statements and one commit for the whole group, so
+        # that intake costs about the same for one delivery as for a hundred.
+        if not arrivals:
+            return []
+        keys = json.dumps(sorted({a.key for a in arrivals}))
+        people = json.dumps(sorted({a.case.subject for a in arrivals}))
+        at = utc_iso(now)
+        async with self._transaction():
+            seen = {
+                d.key: d
+                for d in map(
+                    _delivery,
+                    await self._all(
+                        "SELECT * FROM deliveries WHERE key IN (SELECT value FROM json_each(?))",
+                        (keys,),
+                    ),
+                )
+            }
+            open_cases: dict[tuple[str, str], Case] = {}
+            rows = await self._all(
+                f"SELECT {_CASE_COLUMNS} FROM cases "
+                "WHERE subject IN (SELECT value FROM json_each(?)) "
+                "AND status IN ('pending', 'running', 'waiting') ORDER BY created_at DESC",
+                (people,),
+            )
+            for case in map(_case, rows):  # newest first: the oldest is written last
+                open_cases[(case.subject, case.playbook)] = case
+            plan = plan_admission(arrivals, seen, open_cases)
+            if plan.creates:
+                cases, steps, events = [], [], []
+                for case_id, new in plan.creates:
+                    data = json.dumps(
+                        {"trigger": new.trigger, "subject": new.subject, "playbook": new.playbook}
+                    )
+                    prev = genesis_hash(case_id)
+                    digest = event_hash(
+                        case_id, 1, at, "case_created", None, json.loads(data), prev
+                    )
+                    cases.append(
+                        (
+                            case_id,
+                            new.playbook,
+                            new.subject,
+                            CaseStatus.PENDING.value,
+                            new.priority,
+                            _steps_json(new),
+                            json.dumps(new.trigger),
+                            at,
+                            at,
+                            _ts(new.run_after),
+                            digest,
+                        )
+                    )
+                    steps += [
+                        (case_id, i, s.id, s.action, StepStatus.PENDING.value)
+                        for i, s in enumerate(new.steps)
+                    ]
+                    events.append((case_id, 1, at, "case_created", None, data, prev, digest))
+                await self.db.executemany(
+                    "INSERT INTO cases (id, playbook, subject, status, priority, steps, trigger, "
+                    "created_at, updated_at, run_after, events_head, events_count) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    cases,
+                )
+                await self.db.executemany(
+                    "INSERT INTO steps (case_id, idx, step_id, action, status) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    steps,
+                )
+                await self.db.executemany(
+                    "INSERT INTO events (case_id, seq, at, kind, step_id, data, prev_hash, hash) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    events,
+                )
+            rows = await self._all(
+                f"SELECT {_CASE_COLUMNS} FROM cases WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps([case_id for case_id, _ in plan.creates]),),
+            )
+            created = {case.id: case for case in map(_case, rows)}
+            deliveries, admissions = settle_admission(plan, arrivals, created, now)
+            if deliveries:
+                await self.db.executemany(
+                    "INSERT INTO deliveries (key, case_id, outcome, received_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    [
+                        (d.key, d.case_id, json.dumps(d.outcome), utc_iso(d.received_at))
+                        for d in deliveries
+                    ],
+                )
+        return admissions
 
     async def get_case(self, case_id: str) -> Case:
         row = await self._one(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,))
@@ -883,14 +992,7 @@ class SqliteStore:
 
     async def get_delivery(self, key: str) -> Delivery | None:
         row = await self._one("SELECT * FROM deliveries WHERE key = ?", (key,))
-        if row is None:
-            return None
-        return Delivery(
-            key=row["key"],
-            case_id=row["case_id"],
-            outcome=json.loads(row["outcome"]),
-            received_at=parse_iso(row["received_at"]),
-        )
+        return None if row is None else _delivery(row)
 
     async def record_refusal(self, refusal: Refusal) -> None:
         await self._write(
