@@ -53,6 +53,9 @@ class Worker:
 
     async def tick(self) -> bool:
         """One round of work; True if anything was done (so look again at once)."""
+        # Cleared before looking, never after: a wake-up set while this round looks
+        # (a case committed just after the claim found none) keeps the next idle short.
+        self.wake.clear()
         busy = False
         while len(self._running) < self.concurrency + self.urgent_slots:
             # once the ordinary slots are full, only an incident case may take one
@@ -132,7 +135,6 @@ class Worker:
         due = await self.store.next_timer_due()
         if due is not None:
             delay = max(0.0, min(delay, seconds_until(due, self.clock.now())))
-        self.wake.clear()
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
         notified = getattr(self.store, "wait_for_work", None)
         if notified is not None:

@@ -290,3 +290,29 @@ async def test_shutdown_lets_the_step_in_flight_finish_and_hands_the_case_back(
     assert steps[1].status is StepStatus.PENDING  # no further step started
     assert case.status is CaseStatus.PENDING and case.lease_owner is None  # retryable at once
     assert mutations(sandbox) == ["okta.deactivate"]
+
+
+async def test_a_case_committed_while_the_idle_worker_looks_wakes_it(
+    runtime: Runtime, leaver: SeededUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wake-up of a case committed between a round that found nothing and the
+    idle wait is kept: the worker does not sleep through its poll interval."""
+    from worker.worker import Worker
+
+    worker = Worker(runtime)
+    worker.poll = 3600.0
+    assert await worker.tick() is False  # nothing to do: the worker goes idle
+    store = runtime.store
+    looked = store.next_timer_due
+
+    async def a_case_arrives_meanwhile() -> Any:
+        await open_case(runtime, runtime.playbook("leaver"), leaver.login, {})
+        worker.wake.set()  # what the trigger service does after its commit
+        return await looked()
+
+    monkeypatch.setattr(store, "next_timer_due", a_case_arrives_meanwhile)
+    # with the wake-up lost this waits the whole poll interval, far beyond the bound
+    await asyncio.wait_for(worker._idle(asyncio.Event()), 30)
+    monkeypatch.setattr(store, "next_timer_due", looked)
+    assert await worker.tick() is True  # and the next round takes the case
+    await worker.drain()
