@@ -1,6 +1,6 @@
 """Intake: how many signed HR webhooks `offboard serve` accepts durably per second.
 
-    .venv/bin/python -m bench.intake --count 20000 --concurrency 32
+    .venv/bin/python -m bench.intake --count 10000 --concurrency 32
 
 A load generator in its own process (bench/loadgen.py) sends distinct, signed
 Standard-Webhooks terminations to `offboard serve` (SQLite store, the worker running
@@ -122,7 +122,7 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=20000)
+    parser.add_argument("--count", type=int, default=10000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--output", help="also write the JSON result here")

@@ -99,7 +99,7 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
                                 answered[login_of("leaver", i)] = time.time()
                             # idle: the case has done all it can before the next arrives
                             await wait_for_statuses(
-                                rt, i + 1, (CaseStatus.WAITING,), timeout=30, poll=0.002
+                                rt, i + 1, (CaseStatus.WAITING,), timeout=30, poll=0.02
                             )
                 finally:
                     stop(serve)

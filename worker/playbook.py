@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -171,25 +172,41 @@ def parse_playbook(text: str, source: str) -> Playbook:
     )
 
 
-#: The last playbook parsed from each path, with the text it was parsed from.
-_PARSED: dict[str, tuple[str, Playbook]] = {}
+@dataclass(frozen=True)
+class _Parsed:
+    stamp: tuple[int, int, int, int]
+    text: str
+    playbook: Playbook
+
+
+#: The last playbook parsed from each path, with the file's identity and text.
+_PARSED: dict[str, _Parsed] = {}
+#: A file changed this recently may change again within its timestamps' resolution
+#: with the same size: its text is compared, not only its identity ("racy git").
+_RACY_NS = 2_000_000_000
 
 
 def load_playbook(path: Path) -> Playbook:
-    """The playbook in the file as it is now: read on every call (an edited playbook
-    applies to the next case), parsed only when its text changed (parsing YAML on
-    every webhook was most of the intake's time)."""
+    """The playbook in the file as it is now: an edited playbook applies to the next
+    case. Parsed again only when the file changed: reading and parsing the YAML on
+    every webhook was most of the intake's time."""
     try:
+        info = path.stat()
+        stamp = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        cached = _PARSED.get(str(path))
+        settled = time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) > _RACY_NS
+        if cached is not None and cached.stamp == stamp and settled:
+            return cached.playbook
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PlaybookError(f"{path}: cannot read playbook: {exc.strerror}") from None
-    cached = _PARSED.get(str(path))
-    if cached is not None and cached[0] == text:
-        return cached[1]
-    playbook = parse_playbook(text, str(path))
+    if cached is not None and cached.text == text:
+        playbook = cached.playbook
+    else:
+        playbook = parse_playbook(text, str(path))
     if len(_PARSED) >= 256:  # a few playbooks in practice; never unbounded
         _PARSED.clear()
-    _PARSED[str(path)] = (text, playbook)
+    _PARSED[str(path)] = _Parsed(stamp=stamp, text=text, playbook=playbook)
     return playbook
 
 

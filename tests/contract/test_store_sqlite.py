@@ -196,3 +196,30 @@ async def test_one_store_serves_concurrent_coroutines(tmp_path: Path) -> None:
         assert len({case.id for case, _ in created}) == 5
     finally:
         await store.close()
+
+
+async def test_admit_finds_open_cases_by_person_not_by_scanning(tmp_path: Path) -> None:
+    """With thousands of pending cases, admitting must not read them all: every
+    statement `admit` runs searches an index (a scan made intake slow down as the
+    backlog grew)."""
+    from worker.domain import Arrival
+
+    store = SqliteStore(tmp_path / "offboard.db")
+    await store.open()
+    statements: list[str] = []
+    try:
+        await store.db.set_trace_callback(statements.append)
+        arrival = Arrival(key="hook:1", case=new_case("a@example.com"), answer=lambda c: {})
+        await store.admit([arrival], T0)
+        await store.db.set_trace_callback(None)
+        reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+        assert len(reads) >= 3
+        for statement in reads:
+            plan = await store.db.execute_fetchall(f"EXPLAIN QUERY PLAN {statement}")
+            details = [row[3] for row in plan]
+            scans = [d for d in details if d.startswith("SCAN") and "json_each" not in d]
+            assert scans == [], (statement, details)
+            if "FROM cases WHERE subject" in statement:
+                assert any("cases_subject" in d for d in details), details
+    finally:
+        await store.close()

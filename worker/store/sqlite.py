@@ -526,7 +526,8 @@ class SqliteStore:
             rows = await self._all(
                 f"SELECT {_CASE_COLUMNS} FROM cases "
                 "WHERE subject IN (SELECT value FROM json_each(?)) "
-                "AND status IN ('pending', 'running', 'waiting') ORDER BY created_at DESC",
+                # `+status`: by person (cases_subject), never a scan of every pending case
+                "AND +status IN ('pending', 'running', 'waiting') ORDER BY created_at DESC",
                 (people,),
             )
             for case in map(_case, rows):  # newest first: the oldest is written last
