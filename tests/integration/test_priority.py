@@ -43,16 +43,19 @@ async def _running(worker: Worker) -> Any:
         await task
 
 
-async def test_an_incident_takes_an_urgent_slot_while_every_ordinary_slot_is_busy(
-    sandbox: Sandbox, runtime: Runtime
-) -> None:
+async def _incident_while_slots_are_full(
+    sandbox: Sandbox, runtime: Runtime, *, hr_cases: int, urgent_slots: int
+) -> tuple[list[str], list[str]]:
+    """Three ordinary slots, all taken by slow HR cases; then an incident. Returns,
+    at the moment the incident's IdP deactivation is done, the HR cases that had
+    finished and the cases running."""
     # Identity Center answers slowly (under the client's timeout): each HR case holds
     # its slot for seconds.
     sandbox.faults.add(FaultRule(endpoint="identitystore.*", kind="latency", rate=1.0, delay=0.3))
-    hr = [sandbox.seed_leaver(f"hr{i}@example.com") for i in range(8)]
+    hr = [sandbox.seed_leaver(f"hr{i}@example.com") for i in range(hr_cases)]
     sandbox.seed_leaver(INCIDENT)
     worker = Worker(runtime)
-    worker.concurrency, worker.urgent_slots = 3, 1
+    worker.concurrency, worker.urgent_slots = 3, urgent_slots
     leaver, incident = runtime.playbook("leaver"), runtime.playbook("incident")
     hr_ids = [(await open_case(runtime, leaver, u.login, {}))[0].id for u in hr]
 
@@ -65,40 +68,27 @@ async def test_an_incident_takes_an_urgent_slot_while_every_ordinary_slot_is_bus
         case, _ = await open_case(runtime, incident, INCIDENT, {"source": "test"})
         worker.wake.set()
         await _until(lambda: _deactivated(runtime, case.id))
-        finished = [
-            c for c in await runtime.store.list_cases((CaseStatus.WAITING,)) if c.id in hr_ids
-        ]
+        waiting = await runtime.store.list_cases((CaseStatus.WAITING,))
         running = await runtime.store.list_cases((CaseStatus.RUNNING,))
+    return [c.id for c in waiting if c.id in hr_ids], [c.id for c in running]
 
+
+async def test_an_incident_takes_an_urgent_slot_while_every_ordinary_slot_is_busy(
+    sandbox: Sandbox, runtime: Runtime
+) -> None:
+    finished, running = await _incident_while_slots_are_full(
+        sandbox, runtime, hr_cases=8, urgent_slots=1
+    )
     # It did not wait for an HR case to free a slot: none had finished, four ran at once.
     assert finished == []
-    assert case.id in {c.id for c in running}
     assert len(running) == 4
+    incident = next(c for c in await runtime.store.list_cases() if c.subject == INCIDENT)
+    assert incident.id in running
 
 
 async def test_without_urgent_slots_the_incident_waits_for_a_free_slot(
     sandbox: Sandbox, runtime: Runtime
 ) -> None:
     """The control: the test above fails if the urgent slot is taken away."""
-    sandbox.faults.add(FaultRule(endpoint="identitystore.*", kind="latency", rate=1.0, delay=0.3))
-    hr = [sandbox.seed_leaver(f"hr{i}@example.com") for i in range(4)]
-    sandbox.seed_leaver(INCIDENT)
-    worker = Worker(runtime)
-    worker.concurrency, worker.urgent_slots = 3, 0
-    leaver, incident = runtime.playbook("leaver"), runtime.playbook("incident")
-    hr_ids = [(await open_case(runtime, leaver, u.login, {}))[0].id for u in hr]
-
-    async with _running(worker):
-
-        async def slots_full() -> bool:
-            return len(await runtime.store.list_cases((CaseStatus.RUNNING,))) == 3
-
-        await _until(slots_full)
-        case, _ = await open_case(runtime, incident, INCIDENT, {"source": "test"})
-        worker.wake.set()
-        await _until(lambda: _deactivated(runtime, case.id))
-        finished = [
-            c for c in await runtime.store.list_cases((CaseStatus.WAITING,)) if c.id in hr_ids
-        ]
-
+    finished, _ = await _incident_while_slots_are_full(sandbox, runtime, hr_cases=4, urgent_slots=0)
     assert finished, "the incident ran before any HR case had freed a slot"
