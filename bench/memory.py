@@ -7,7 +7,8 @@ confirmation, the countdown with its timers); its records are then copied, throu
 store's own API, into N contained cases of different people, each with its evidence,
 timeline, countdown and three pending milestones. Then `offboard serve` starts on that
 store and is asked what an operator and Prometheus ask: /metrics (three scrapes),
-the case list (/v1/cases, every case), one case in full, the status page (/ui). The
+the case list (/v1/cases: its first page, then every case, following `next` 1,000 at a
+time), one case in full, the status page (/ui: its first page, then its last). The
 peak resident set (VmHWM) of the serve process is read from /proc after each.
 What is not exercised: a watchdog pass (it re-reads every person at the providers'
 rate limits, which takes hours for 10,000 people and holds one case at a time).
@@ -119,7 +120,7 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
                 for i in range(args.cases - 1):
                     await copy_case(rt, template, login_of("copy", i))
                 filled = time.monotonic() - started
-                open_countdowns = len(await rt.store.list_cases((CaseStatus.CONTAINED,)))
+                open_countdowns = await rt.store.running_countdowns(rt.clock.now())
         serve = spawn(["--config", str(path), "serve"], run_dir, env, "serve.log")
         stages: dict[str, dict[str, float]] = {}
         try:
@@ -133,10 +134,16 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
                     stages[f"metrics_{n + 1}"] = _stage(serve.pid)
                 await _get(http, f"{base}/v1/cases")
                 stages["case_list"] = _stage(serve.pid)
+                listed = await _walk(http, base, "/v1/cases?limit=1000")
+                if listed != args.cases:
+                    raise RuntimeError(f"the case list walked {listed} cases of {args.cases}")
+                stages["case_list_every_page"] = _stage(serve.pid)
                 await _get(http, f"{base}/v1/cases/{template}")
                 stages["one_case"] = _stage(serve.pid)
                 await _get(http, f"{base}/ui")
                 stages["status_page"] = _stage(serve.pid)
+                await _get(http, f"{base}/ui?page={args.cases // 50 + 1}")
+                stages["status_page_last"] = _stage(serve.pid)
         finally:
             stop(serve)
     peak = max(s["peak_mb"] for s in stages.values())
@@ -160,6 +167,19 @@ async def _get(http: aiohttp.ClientSession, url: str) -> None:
         await response.read()
         if response.status != 200:
             raise RuntimeError(f"GET {url}: {response.status}")
+
+
+async def _walk(http: aiohttp.ClientSession, base: str, path: str) -> int:
+    """Follow the list's `next` links to the end; how many cases it held."""
+    count, following = 0, path
+    while following is not None:
+        async with http.get(base + following) as response:
+            if response.status != 200:
+                raise RuntimeError(f"GET {following}: {response.status}")
+            page = await response.json()
+        count += len(page["cases"])
+        following = page["next"]
+    return count
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

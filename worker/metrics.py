@@ -7,8 +7,9 @@ Two kinds live here:
   engine's step loop, the one HTTP client of the REST providers, Identity Center's
   call wrapper). Each replica exports its own; sum them across replicas.
 - store-derived: cases, countdowns, operator tasks and drift, read from the store at
-  scrape time (`refresh`), so every replica exports the same, right, values (take
-  `max`, not `sum`, across replicas). Nothing is queried per step.
+  scrape time (`refresh`) by aggregate queries, so every replica exports the same,
+  right, values (take `max`, not `sum`, across replicas). Nothing is queried per step,
+  and a scrape loads no case.
 
 docs/metrics.md lists each metric with its labels and meaning.
 """
@@ -17,13 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from worker.clock import parse_iso, seconds_until
-from worker.domain import Case, CaseStatus
+from worker.clock import seconds_until
 from worker.errors import ProviderError, TransientError
 from worker.store.base import Store
 
@@ -43,10 +43,6 @@ THROTTLE_CODES = frozenset(
 
 #: the event the drift watchdog records for each re-enabled user it finds
 DRIFT_EVENT = "drift_detected"
-#: cases no watchdog will look at again: their drift count is final once settled
-CLOSED = frozenset({CaseStatus.ACCESS_LAPSED, CaseStatus.CANCELLED})
-#: how long after closing a case a watchdog pass that began before may still record drift
-SETTLED = timedelta(hours=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,8 +139,6 @@ class Metrics:
         )
         self.store_gauges = _StoreCollector()
         self.registry.register(self.store_gauges)
-        #: drift counts of closed cases, read once: they can no longer change
-        self._settled_drift: dict[str, int] = {}
 
     # -- process-local, on the hot paths: no I/O, a dictionary lookup and an add
 
@@ -172,55 +166,23 @@ class Metrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def drift_total(self, store: Store, cases: list[Case], now: datetime) -> int:
-        """Every `drift_detected` event of every case, ever: a counter that holds across
-        replicas and restarts. Only cases with a countdown can drift (the watchdog reads
-        no other); a closed case is read once and remembered."""
-        total = 0
-        for case in cases:
-            if case.countdown is None:
-                continue
-            settled = self._settled_drift.get(case.id)
-            if settled is not None:
-                total += settled
-                continue
-            count = sum(1 for e in await store.events(case.id) if e.kind == DRIFT_EVENT)
-            if case.status in CLOSED and now - case.updated_at > SETTLED:
-                self._settled_drift[case.id] = count
-            total += count
-        return total
-
 
 async def refresh(metrics: Metrics, store: Store, now: datetime) -> None:
-    """Read the store-derived metrics afresh; called by `/metrics` before it renders."""
-    cases = await store.list_cases()
-    tasks = await store.open_tasks()
+    """Read the store-derived metrics afresh; called by `/metrics` before it renders.
+
+    Five aggregate queries, whatever the number of cases: nothing is loaded per case."""
+    counts = await store.case_counts()
+    running = await store.running_countdowns(now)
+    backlog = await store.task_backlog()
     due = await store.next_timer_due()
-    drift = await metrics.drift_total(store, cases, now)
-    by_state: dict[tuple[str, str], int] = {}
-    open_countdowns = 0
-    for case in cases:
-        key = (case.status.value, case.playbook)
-        by_state[key] = by_state.get(key, 0) + 1
-        if _countdown_runs(case, now):
-            open_countdowns += 1
-    oldest = min((t.opened_at for t in tasks), default=None)
+    drift = await store.count_events(DRIFT_EVENT)
+    oldest = backlog.oldest_opened_at
     metrics.store_gauges.snapshot = StoreSnapshot(
-        cases=by_state,
-        countdowns_open=open_countdowns,
+        cases={(c.status.value, c.playbook): c.count for c in counts},
+        countdowns_open=running,
         # none pending: 0 (offboard_countdowns_open tells "none" from "due now")
         next_lapse_seconds=0.0 if due is None else seconds_until(due, now),
-        tasks_waiting=len(tasks),
+        tasks_waiting=backlog.waiting,
         oldest_task_age_seconds=0.0 if oldest is None else max(0.0, -seconds_until(oldest, now)),
         drift_detected=drift,
     )
-
-
-def _countdown_runs(case: Case, now: datetime) -> bool:
-    """Contained (or waiting on the portal task) with a countdown whose all-lapsed is ahead."""
-    if case.countdown is None or case.status in CLOSED:
-        return False
-    for milestone in case.countdown.get("milestones", []):
-        if milestone.get("name") == "all-lapsed":
-            return parse_iso(str(milestone["at"])) > now
-    return False

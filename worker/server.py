@@ -474,7 +474,15 @@ def _playbook_names(runtime: Runtime) -> list[str]:
     return sorted(names)
 
 
+#: GET /v1/cases: the cases of one answer unless `?limit=` says, and the most it may say
+LIST_LIMIT = 100
+LIST_LIMIT_MAX = 1000
+
+
 async def list_cases(request: web.Request) -> web.Response:
+    """One page of cases, oldest first; `next` is the link to the page after it (null
+    on the last), carrying the `after` cursor: the keyset (created_at, id), so cases
+    created meanwhile neither shift nor repeat what a walk through the pages sees."""
     _caller(request)
     runtime = request.app[RUNTIME]
     wanted = request.query.get("status")
@@ -485,8 +493,29 @@ async def list_cases(request: web.Request) -> web.Response:
         except ValueError:
             known = ", ".join(s.value for s in CaseStatus)
             raise Problem(400, "bad query", f"status must be some of: {known}") from None
-    cases = await runtime.store.list_cases(statuses)
-    return web.json_response({"cases": [_summary(c) for c in cases]})
+    limit = _list_limit(request.query.get("limit"))
+    after = request.query.get("after") or None
+    if after is not None and not (len(after) <= 200 and after.isascii() and after.isprintable()):
+        raise Problem(400, "bad query", "after must be the cursor of a `next` link")
+    try:
+        # one more than asked: whether a next page exists, without a count
+        cases = await runtime.store.cases_after(statuses, after=after, limit=limit + 1)
+    except NotFound:
+        raise Problem(400, "bad query", "after must be the cursor of a `next` link") from None
+    following = None
+    if len(cases) > limit:
+        cases = cases[:limit]
+        following = str(request.rel_url.update_query({"after": cases[-1].id}))
+    return web.json_response({"cases": [_summary(c) for c in cases], "next": following})
+
+
+def _list_limit(value: str | None) -> int:
+    if value is None:
+        return LIST_LIMIT
+    number = int(value) if value.isascii() and value.isdigit() and len(value) <= 4 else 0
+    if not 1 <= number <= LIST_LIMIT_MAX:
+        raise Problem(400, "bad query", f"limit must be a whole number from 1 to {LIST_LIMIT_MAX}")
+    return number
 
 
 async def _case_or_404(runtime: Runtime, case_id: str) -> Case:

@@ -60,6 +60,8 @@ SESSION_TTL = timedelta(hours=8)
 KDF_ROUNDS = 200_000
 #: how often the open pages fetch themselves again
 REFRESH_SECONDS = 5
+#: how many cases one page of /ui shows; `?page=N` shows the others
+PAGE_SIZE = 50
 #: the cases the page shows unless asked for all
 OPEN = (
     CaseStatus.PENDING,
@@ -367,20 +369,28 @@ async def static(request: web.Request) -> web.StreamResponse:
 async def cases_page(request: web.Request, session: Session) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     show_all = request.query.get("show") == "all"
-    cases = await runtime.store.list_cases(None if show_all else OPEN)
-    # the most urgent first: halted and waiting need a human
-    order = {s: i for i, s in enumerate((CaseStatus.HALTED, CaseStatus.WAITING))}
-    cases.sort(key=lambda c: (order.get(c.status, 9), -c.created_at.timestamp()))
+    statuses = None if show_all else OPEN
+    number = _page_number(request.query.get("page"))
+    # the most urgent first (halted and waiting need a human), one page of them
+    listing = await runtime.store.urgent_cases(
+        statuses, limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE
+    )
+    last = max(1, math.ceil(listing.total / PAGE_SIZE))
+    if number > last:  # a link from before cases closed: the last page there is now
+        number = last
+        listing = await runtime.store.urgent_cases(
+            statuses, limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE
+        )
     tasks: dict[str, list[OperatorTask]] = {}
-    for task in await runtime.store.open_tasks():
+    for task in await runtime.store.open_tasks_of([c.id for c in listing.cases]):
         tasks.setdefault(task.case_id, []).append(task)
     now = runtime.clock.now()
     cards = [
         _case_card(c, await runtime.store.steps(c.id), tasks.get(c.id, []), now, session, "list")
-        for c in cases
+        for c in listing.cases
     ]
-    open_label = f"open ({len(cases)})" if not show_all else "open"
-    all_label = f"all ({len(cases)})" if show_all else "all"
+    open_label = f"open ({listing.total:,})" if not show_all else "open"
+    all_label = f"all ({listing.total:,})" if show_all else "all"
     nav = (
         '<nav class="filter">'
         + _link("/ui", open_label, current=not show_all)
@@ -388,10 +398,41 @@ async def cases_page(request: web.Request, session: Session) -> web.StreamRespon
         + "</nav>"
     )
     empty = "No open cases." if not show_all else "No cases."
-    body = f'<div class="bar"><h1>Cases</h1>{nav}</div>' + (
-        "".join(cards) or f'<p class="empty">{empty}</p>'
+    pager = _pager(number, listing.total, show_all)
+    body = f'<div class="bar"><h1>Cases</h1>{nav}</div>{pager}' + (
+        "".join(cards) + pager if cards else f'<p class="empty">{empty}</p>'
     )
     return _html(_main(body, now, refresh=True), "cases", session=session)
+
+
+def _page_number(value: str | None) -> int:
+    """`?page=N` (1 for the first); anything that is not a page number is the first."""
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 9:
+        return 1
+    return max(1, int(value))
+
+
+def _page_href(number: int, show_all: bool) -> str:
+    query = [("show", "all")] if show_all else []
+    if number > 1:
+        query.append(("page", str(number)))
+    return "/ui" + ("?" + "&".join(f"{k}={v}" for k, v in query) if query else "")
+
+
+def _pager(number: int, total: int, show_all: bool) -> str:
+    """`showing 51&ndash;100 of 10,000` with links to the pages before and after."""
+    if total <= PAGE_SIZE:
+        return ""
+    first = (number - 1) * PAGE_SIZE + 1
+    last = min(total, number * PAGE_SIZE)
+    parts = [f'<span class="showing">showing {first:,}&ndash;{last:,} of {total:,}</span>']
+    if number > 1:
+        href = _page_href(number - 1, show_all)
+        parts.append(f'<a href="{e(href)}" rel="prev">&larr; previous</a>')
+    if last < total:
+        href = _page_href(number + 1, show_all)
+        parts.append(f'<a href="{e(href)}" rel="next">next &rarr;</a>')
+    return f'<nav class="pages" aria-label="pages">{" ".join(parts)}</nav>'
 
 
 async def case_page(request: web.Request, session: Session) -> web.StreamResponse:

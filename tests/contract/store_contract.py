@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from worker.clock import parse_iso
+from worker.clock import parse_iso, utc_iso
 from worker.domain import (
     Arrival,
     Case,
@@ -38,7 +38,14 @@ from worker.domain import (
 )
 from worker.errors import NotFound, StoreError
 from worker.evidence import check_chain
-from worker.store.base import EvidenceRecord, Store, event_hash, genesis_hash
+from worker.store.base import (
+    CasePage,
+    EvidenceRecord,
+    Store,
+    TaskBacklog,
+    event_hash,
+    genesis_hash,
+)
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 LEASE = 30.0
@@ -1066,3 +1073,216 @@ class StoreContract:
         assert await store.list_cases() == []
         assert await store.get_delivery("hook:1") is None
         assert await store.admit([], T0) == []
+
+    # aggregates and pages: read without loading every case
+
+    async def _in_state(
+        self, store: Store, status: CaseStatus, seconds: float, *, playbook: str = "leaver"
+    ) -> Case:
+        """A case created at `at(seconds)` and left in `status` (pending: as created)."""
+        new = replace(new_case(f"p{seconds}-{status.value}@example.com"), playbook=playbook)
+        case, _ = await store.create_case(new, at(seconds))
+        if status is CaseStatus.CANCELLED:
+            return await store.cancel_case(case.id, at(seconds), "test")
+        if status is not CaseStatus.PENDING:
+            assert await store.claim_case(case.id, "w1", at(seconds), LEASE) is not None
+            if status is not CaseStatus.RUNNING:
+                await store.release_case(case.id, "w1", status, at(seconds))
+        return await store.get_case(case.id)
+
+    async def test_case_counts_by_status_and_playbook(self, store: Store) -> None:
+        assert await store.case_counts() == []
+        for n, status in enumerate(
+            [CaseStatus.PENDING, CaseStatus.PENDING, CaseStatus.RUNNING, CaseStatus.HALTED]
+        ):
+            await self._in_state(store, status, n)
+        await self._in_state(store, CaseStatus.HALTED, 10, playbook="incident")
+        await self._in_state(store, CaseStatus.CANCELLED, 11, playbook="incident")
+
+        counts = {(c.status, c.playbook): c.count for c in await store.case_counts()}
+        assert counts == {
+            (CaseStatus.PENDING, "leaver"): 2,
+            (CaseStatus.RUNNING, "leaver"): 1,
+            (CaseStatus.HALTED, "leaver"): 1,
+            (CaseStatus.HALTED, "incident"): 1,
+            (CaseStatus.CANCELLED, "incident"): 1,
+        }
+        assert sum(counts.values()) == len(await store.list_cases())
+
+    @staticmethod
+    def _countdown(**milestones: float) -> dict[str, Any]:
+        return {
+            "milestones": [
+                {"name": name.replace("_", "-"), "at": utc_iso(at(seconds)), "meaning": ""}
+                for name, seconds in milestones.items()
+            ],
+            "epoch": 0,
+        }
+
+    async def test_running_countdowns_are_open_cases_with_all_lapsed_ahead(
+        self, store: Store
+    ) -> None:
+        contained = await self._contained(store)
+        timers = self._timers(contained, 0, **{"all-lapsed": 100})
+        countdown = self._countdown(new_sessions_end=10, all_lapsed=100)
+        await store.save_countdown(contained.id, countdown, 0, timers, at(2))
+        waiting = await self._in_state(store, CaseStatus.WAITING, 3)  # the portal task open
+        await store.save_countdown(waiting.id, self._countdown(all_lapsed=50), 0, [], at(3))
+        # not counted: no countdown, one without milestones, one whose all-lapsed is
+        # not a milestone of it, and a cancelled case
+        await self._in_state(store, CaseStatus.CONTAINED, 4)
+        empty = await self._in_state(store, CaseStatus.CONTAINED, 5)
+        await store.save_countdown(empty.id, {}, 0, [], at(5))
+        other = await self._in_state(store, CaseStatus.CONTAINED, 6)
+        await store.save_countdown(other.id, self._countdown(roles=500), 0, [], at(6))
+        cancelled = await self._in_state(store, CaseStatus.CANCELLED, 7)
+        await store.save_countdown(cancelled.id, self._countdown(all_lapsed=500), 0, [], at(7))
+
+        assert await store.running_countdowns(at(10)) == 2
+        # strictly before the milestone, to the microsecond
+        assert await store.running_countdowns(at(50) - timedelta(microseconds=1)) == 2
+        assert await store.running_countdowns(at(50)) == 1
+        assert await store.running_countdowns(at(99.999)) == 1
+        assert await store.running_countdowns(at(100)) == 0
+        # closed by its last milestone: no longer running, whatever the time asked about
+        assert (await store.claim_due_timer("w1", at(100))) is not None
+        assert (await store.get_case(contained.id)).status is CaseStatus.ACCESS_LAPSED
+        assert await store.running_countdowns(at(10)) == 1
+
+    async def test_count_events_counts_one_kind_across_every_case(self, store: Store) -> None:
+        assert await store.count_events("drift_detected") == 0
+        a = await self._contained(store)
+        b, _ = await store.create_case(new_case("bob@example.com"), at(1))
+        for case, drifts in ((a, 2), (b, 1)):
+            for n in range(drifts):
+                await store.append_event(
+                    case.id, "drift_detected", at(5 + n), step_id=None, data={}
+                )
+            await store.append_event(case.id, "recontained", at(9), step_id=None, data={})
+        assert await store.count_events("drift_detected") == 3
+        assert await store.count_events("recontained") == 2
+        assert await store.count_events("case_created") == 2
+        assert await store.count_events("drift") == 0
+
+    async def test_task_backlog_counts_the_unconfirmed_and_dates_the_oldest(
+        self, store: Store
+    ) -> None:
+        assert await store.task_backlog() == TaskBacklog(waiting=0, oldest_opened_at=None)
+        first = await self._claimed(store, "w1", 0)
+        second, _ = await store.create_case(new_case("bob@example.com"), at(1))
+        await store.open_task(task_for(first, opened_at=at(3)))
+        await store.open_task(task_for(first, "other-step", opened_at=at(7)))
+        await store.open_task(task_for(second, opened_at=at(5)))
+        assert await store.task_backlog() == TaskBacklog(waiting=3, oldest_opened_at=at(3))
+        await store.confirm_task(first.id, "portal-sessions", "ops", at(8))
+        assert await store.task_backlog() == TaskBacklog(waiting=2, oldest_opened_at=at(5))
+
+    async def test_open_tasks_of_some_cases_only(self, store: Store) -> None:
+        cases = [
+            (await store.create_case(new_case(f"p{n}@example.com"), at(n)))[0] for n in range(3)
+        ]
+        await store.open_task(task_for(cases[0], opened_at=at(6)))
+        await store.open_task(task_for(cases[0], "other-step", opened_at=at(4)))
+        await store.open_task(task_for(cases[1], opened_at=at(5)))
+        await store.open_task(task_for(cases[2], opened_at=at(1)))
+        await store.confirm_task(cases[0].id, "other-step", "ops", at(7))
+
+        found = await store.open_tasks_of([cases[0].id, cases[1].id, "c-unknown"])
+        assert [(t.case_id, t.step_id) for t in found] == [
+            (cases[1].id, "portal-sessions"),  # opened at 5
+            (cases[0].id, "portal-sessions"),  # opened at 6; its other task is confirmed
+        ]
+        assert await store.open_tasks_of([]) == []
+
+    async def test_urgent_cases_halted_then_waiting_then_newest_a_page_at_a_time(
+        self, store: Store
+    ) -> None:
+        plan = [
+            (CaseStatus.CONTAINED, 1),
+            (CaseStatus.HALTED, 2),
+            (CaseStatus.WAITING, 3),
+            (CaseStatus.PENDING, 4),
+            (CaseStatus.HALTED, 5),
+            (CaseStatus.CANCELLED, 6),
+            (CaseStatus.WAITING, 7),
+            (CaseStatus.RUNNING, 8),
+            (CaseStatus.CONTAINED, 8),  # created at the same time as the one before
+        ]
+        made = [await self._in_state(store, status, seconds) for status, seconds in plan]
+        same_time = sorted([made[7].id, made[8].id])
+
+        def ids(page: CasePage) -> list[str]:
+            return [c.id for c in page.cases]
+
+        everything = await store.urgent_cases(None, limit=100, offset=0)
+        assert everything.total == 9
+        assert ids(everything) == [
+            made[4].id,  # halted, newest first
+            made[1].id,
+            made[6].id,  # waiting, newest first
+            made[2].id,
+            *same_time,  # then the rest, newest first; the same time by id
+            made[5].id,
+            made[3].id,
+            made[0].id,
+        ]
+        assert everything.cases[0] == await store.get_case(made[4].id)
+
+        open_only = (
+            CaseStatus.PENDING,
+            CaseStatus.RUNNING,
+            CaseStatus.WAITING,
+            CaseStatus.HALTED,
+            CaseStatus.CONTAINED,
+        )
+        expected = [i for i in ids(everything) if i != made[5].id]
+        walked: list[str] = []
+        for offset in range(0, 10, 3):
+            page = await store.urgent_cases(open_only, limit=3, offset=offset)
+            assert page.total == 8
+            assert len(page.cases) == min(3, max(0, 8 - offset))
+            walked += ids(page)
+        assert walked == expected
+        assert ids(await store.urgent_cases((), limit=2, offset=1)) == ids(everything)[1:3]
+        halted = await store.urgent_cases((CaseStatus.HALTED,), limit=1, offset=1)
+        assert (ids(halted), halted.total) == ([made[1].id], 2)
+        none = await store.urgent_cases((CaseStatus.ACCESS_LAPSED,), limit=5, offset=0)
+        assert none == CasePage(cases=(), total=0)
+
+    async def test_cases_after_walks_the_cases_in_list_order_by_keyset(self, store: Store) -> None:
+        for n, seconds in enumerate([1, 2, 2, 2, 3, 4, 5]):
+            status = CaseStatus.CANCELLED if n in (1, 5) else CaseStatus.PENDING
+            await self._in_state(store, status, seconds)
+        listed = [c.id for c in await store.list_cases()]
+
+        async def walk(statuses: tuple[CaseStatus, ...] | None, limit: int) -> list[str]:
+            seen: list[str] = []
+            after: str | None = None
+            while page := await store.cases_after(statuses, after=after, limit=limit):
+                assert len(page) <= limit
+                seen += [c.id for c in page]
+                after = page[-1].id
+            return seen
+
+        assert await walk(None, 2) == listed
+        assert await walk(None, 100) == listed
+        assert await walk((), 3) == listed
+        pending = [c.id for c in await store.list_cases((CaseStatus.PENDING,))]
+        assert len(pending) == 5
+        assert await walk((CaseStatus.PENDING,), 2) == pending
+        first = await store.cases_after(None, after=None, limit=2)
+        assert [c.id for c in first] == listed[:2]
+        assert first[0] == await store.get_case(listed[0])
+        # a cursor on a case the filter leaves out still marks a place
+        after_cancelled = await store.cases_after((CaseStatus.PENDING,), after=listed[1], limit=10)
+        assert [c.id for c in after_cancelled] == [i for i in listed[2:] if i in pending]
+        assert await store.cases_after(None, after=listed[-1], limit=5) == []
+        assert await store.cases_after(None, after=None, limit=0) == []
+        with pytest.raises(NotFound):
+            await store.cases_after(None, after="c-does-not-exist", limit=5)
+
+        # a case created during a walk comes at its end, and nothing repeats
+        page = await store.cases_after(None, after=None, limit=4)
+        late = await self._in_state(store, CaseStatus.PENDING, 9)
+        rest = await store.cases_after(None, after=page[-1].id, limit=100)
+        assert [c.id for c in page + rest] == [*listed, late.id]

@@ -223,3 +223,35 @@ async def test_admit_finds_open_cases_by_person_not_by_scanning(tmp_path: Path) 
                 assert any("cases_subject" in d for d in details), details
     finally:
         await store.close()
+
+
+async def test_the_wal_is_checkpointed_beside_the_writes_not_in_a_commit(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "offboard.db"
+    store = SqliteStore(path)
+    store.checkpoint_seconds = 3600.0  # held back until the test lets it run
+    await store.open()
+    try:
+        # no commit runs a checkpoint (SQLite's default: the one crossing 1,000 pages)
+        assert (await store._one("PRAGMA wal_autocheckpoint"))[0] == 0  # type: ignore[index]
+        await asyncio.sleep(0.1)
+        size = path.stat().st_size
+        for n in range(50):
+            await store.create_case(new_case(f"p{n}@example.com"), T0)
+        assert path.stat().st_size == size  # every page still in the WAL only
+        # the background checkpointer copies them into the database file
+        store.checkpoint_seconds = 0.01
+        assert store._checkpointer is not None
+        store._checkpointer.cancel()
+        store._checkpointer = asyncio.create_task(store._checkpoints())
+        for _ in range(500):
+            if store.checkpoints:
+                break
+            await asyncio.sleep(0.01)
+        assert store.checkpoints >= 1
+        assert path.stat().st_size > size
+        assert len(await store.list_cases()) == 50
+    finally:
+        await store.close()
+    assert not store._checkpointer

@@ -270,3 +270,37 @@ async def test_drift_is_counted_from_the_store_so_every_replica_sees_it(
     clock.advance(timedelta(hours=2))
     assert (await scrape(runtime)).value("offboard_drift_detected_total") == 1
     assert (await scrape(runtime)).value("offboard_cases", state="access_lapsed") == 1
+
+
+async def test_a_scrape_counts_in_the_store_and_loads_no_case(
+    runtime: Runtime,
+    sandbox: Sandbox,
+    leaver: SeededUser,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    contained = await contain(runtime, sandbox, leaver)
+    waiting, _ = await open_case(
+        runtime, runtime.playbook("leaver"), sandbox.seed_leaver("second@example.com").login, {}
+    )
+    assert (await drive_case(runtime, waiting.id)).status is CaseStatus.WAITING
+    await runtime.store.append_event(
+        contained.id, "drift_detected", clock.now(), step_id=None, data={}
+    )
+    clock.advance(timedelta(minutes=5))
+
+    async def loads_cases(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a scrape must not load cases, timelines, steps or tasks")
+
+    # what a scrape used to read per case: every case, then each one's timeline
+    for method in ("list_cases", "events", "steps", "open_tasks", "get_case"):
+        monkeypatch.setattr(runtime.store, method, loads_cases)
+    metrics = await scrape(runtime)
+    assert metrics.value("offboard_cases", state="contained", playbook="leaver") == 1
+    assert metrics.value("offboard_cases", state="waiting", playbook="leaver") == 1
+    assert metrics.value("offboard_cases") == 2
+    # the waiting case's countdown runs too: its Identity Center user is disabled
+    assert metrics.value("offboard_countdowns_open") == 2
+    assert metrics.value("offboard_operator_tasks_waiting") == 1
+    assert metrics.value("offboard_operator_task_oldest_age_seconds") >= 5 * 60
+    assert metrics.value("offboard_drift_detected_total") == 1

@@ -590,3 +590,21 @@ async def test_signed_deliveries_and_the_manual_api_are_answered_as_documented(
     assert case_id in {c["case_id"] for c in listed.json()["cases"]}
     assert (await _exchange(served, "GET", f"/v1/cases/{case_id}", auth)).status_code == 200
     assert (await _exchange(served, "POST", f"/v1/cases/{case_id}/cancel", auth)).status_code == 200
+
+
+async def test_the_case_list_pages_are_answered_as_documented(
+    served: Served, sandbox: Sandbox
+) -> None:
+    seeded = await _seed(served.runtime, sandbox)
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    walked: list[str] = []
+    path: str | None = "/v1/cases?limit=1"
+    while path is not None:
+        page = (await _exchange(served, "GET", path, auth)).json()
+        walked += [c["case_id"] for c in page["cases"]]
+        path = page["next"]
+    assert walked == [c.id for c in await served.runtime.store.list_cases()]
+    assert set(walked) == set(seeded.values())
+    for query in ("limit=0", "limit=1001", "limit=x", "after=c-nope"):
+        refused = await _exchange(served, "GET", f"/v1/cases?{query}", auth)
+        assert refused.status_code == 400, query

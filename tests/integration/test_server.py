@@ -24,7 +24,7 @@ from worker.config import parse_config
 from worker.domain import CaseStatus
 from worker.sandbox import Sandbox, SeededUser
 from worker.server import STATE, build_app
-from worker.service import Runtime, open_runtime
+from worker.service import Runtime, open_case, open_runtime
 from worker.worker import Worker
 
 WHSEC = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -428,3 +428,71 @@ async def test_scheduled_termination_fires_after_a_restart_and_a_cancelled_one_n
         assert (await runtime.store.get_case(case_ids[1])).status is CaseStatus.CANCELLED
     assert sandbox.okta.user_status(users[0].login) == "DEPROVISIONED"
     assert sandbox.okta.user_status(users[1].login) == "ACTIVE"
+
+
+async def test_the_case_list_comes_a_page_at_a_time_by_cursor(
+    client: tuple[TestClient[web.Request, web.Application], Runtime],
+) -> None:
+    http, runtime = client
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    leaver = runtime.playbook("leaver")
+    later = runtime.clock.now() + timedelta(days=3)  # scheduled: the worker leaves them be
+    made = [
+        (await open_case(runtime, leaver, f"p{n:03d}@example.com", {}, run_after=later))[0]
+        for n in range(102)
+    ]
+    for case in made[10:12]:
+        await runtime.store.cancel_case(case.id, runtime.clock.now(), "rescinded")
+    listed = [c.id for c in await runtime.store.list_cases()]
+
+    async def walk(url: str) -> tuple[list[str], list[str]]:
+        ids, links = [], []
+        next_url: str | None = url
+        while next_url is not None:
+            response = await http.get(next_url, headers=auth)
+            assert response.status == 200, await response.text()
+            body = await response.json()
+            assert set(body) == {"cases", "next"}
+            ids += [c["case_id"] for c in body["cases"]]
+            next_url = body["next"]
+            if next_url is not None:
+                links.append(next_url)
+        return ids, links
+
+    # the default page is 100 cases; the next link brings the rest
+    ids, links = await walk("/v1/cases")
+    assert ids == listed and len(links) == 1
+    first = await (await http.get("/v1/cases", headers=auth)).json()
+    assert len(first["cases"]) == 100 and first["next"] == f"/v1/cases?after={listed[99]}"
+    # a page of 7 at a time, and a filtered walk keeping its filter and its size
+    ids, links = await walk("/v1/cases?limit=7")
+    assert ids == listed and len(links) == 14  # 102 cases: 15 pages, the last not full
+    pending = [c.id for c in await runtime.store.list_cases((CaseStatus.PENDING,))]
+    ids, links = await walk("/v1/cases?status=pending&limit=25")
+    assert ids == pending and len(ids) == 100 and len(links) == 3
+    assert all(link.startswith("/v1/cases?status=pending&limit=25&after=c-") for link in links)
+    last = await (await http.get("/v1/cases?limit=1000", headers=auth)).json()
+    assert [c["case_id"] for c in last["cases"]] == listed and last["next"] is None
+
+    # a case opened during a walk comes at its end; nothing is repeated or skipped
+    page = await (await http.get("/v1/cases?limit=60", headers=auth)).json()
+    late, _ = await open_case(runtime, leaver, "late@example.com", {}, run_after=later)
+    rest, _ = await walk(page["next"])
+    assert [c["case_id"] for c in page["cases"]] + rest == [*listed, late.id]
+
+    for query, named in (
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=1.5", "limit"),
+        ("limit=ten", "limit"),
+        ("limit=", "limit"),
+        ("limit=99999999999999999999", "limit"),
+        ("after=c-does-not-exist", "after"),
+        ("after=" + "x" * 201, "after"),
+        ("status=pending&after=nope", "after"),
+    ):
+        response = await http.get(f"/v1/cases?{query}", headers=auth)
+        assert response.status == 400, query
+        assert response.content_type == "application/problem+json"
+        assert (await response.json())["detail"].startswith(f"{named} must be"), query

@@ -394,3 +394,68 @@ async def test_hostile_forms_and_cookies_get_an_answer_never_a_500(ui: Ui) -> No
             "/ui", headers={"Cookie": f"{COOKIE}={cookie}"}, allow_redirects=False
         )
         assert response.status == 303, cookie
+
+
+async def test_many_cases_come_a_page_at_a_time_the_most_urgent_first(
+    ui: Ui, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, runtime = ui.runtime.store, ui.runtime
+    leaver = runtime.playbook("leaver")
+    later = runtime.clock.now() + timedelta(days=2)
+    made = [
+        (await open_case(runtime, leaver, f"p{n:03d}@example.com", {}, run_after=later))[0]
+        for n in range(124)
+    ]
+    # the oldest are the urgent ones: they still come first
+    for case, status in ((made[0], CaseStatus.HALTED), (made[1], CaseStatus.WAITING)):
+        now = runtime.clock.now()
+        await store.reschedule_case(case.id, now, now)
+        assert await store.claim_case(case.id, "test", now, 30)
+        await store.release_case(case.id, "test", status, now, halt_reason="test")
+    await store.open_task(_task(made[1].id, "portal-sessions", "https://console.example", "t"))
+    await store.cancel_case(made[2].id, runtime.clock.now(), "rescinded")
+    rank = {CaseStatus.HALTED: 0, CaseStatus.WAITING: 1}
+    cases = [c for c in await store.list_cases() if c.status is not CaseStatus.CANCELLED]
+    cases.sort(key=lambda c: c.id)  # then stable: ties of time in id order
+    cases.sort(key=lambda c: (rank.get(c.status, 2), -c.created_at.timestamp()))
+    expected = [c.id for c in cases]
+    assert len(expected) == 123
+
+    # every card comes from one page of the store, never from a list of every case
+    async def every_case(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the page loaded every case")
+
+    monkeypatch.setattr(store, "list_cases", every_case)
+    steps_read: list[str] = []
+    steps = store.steps
+
+    async def counted(case_id: str) -> Any:
+        steps_read.append(case_id)
+        return await steps(case_id)
+
+    monkeypatch.setattr(store, "steps", counted)
+    await _sign_in(ui)
+
+    def cards(page: str) -> list[str]:
+        return re.findall(r'<article class="case [^"]*" id="case-([^"]+)"', page)
+
+    first = await _page(ui)
+    assert cards(first) == expected[:50] and len(steps_read) == 50
+    assert "open (123)" in first and "showing 1&ndash;50 of 123" in first
+    assert '<a href="/ui?page=2" rel="next">' in first and 'rel="prev"' not in first
+    assert "Confirm portal-sessions" in first  # the waiting case's open task, on its card
+    second = await _page(ui, "/ui?page=2")
+    assert cards(second) == expected[50:100] and "showing 51&ndash;100 of 123" in second
+    assert '<a href="/ui" rel="prev">' in second and '<a href="/ui?page=3" rel="next">' in second
+    third = await _page(ui, "/ui?page=3")
+    assert cards(third) == expected[100:] and "showing 101&ndash;123 of 123" in third
+    assert '<a href="/ui?page=2" rel="prev">' in third and 'rel="next"' not in third
+    # a page past the end shows the last there is; a page that is no number, the first
+    assert cards(await _page(ui, "/ui?page=99")) == expected[100:]
+    for odd in ("0", "-1", "x", "", "1e3", "٣"):
+        assert cards(await _page(ui, f"/ui?page={odd}")) == expected[:50], odd
+
+    everything = await _page(ui, "/ui?show=all&page=3")
+    assert "all (124)" in everything and "showing 101&ndash;124 of 124" in everything
+    assert '<a href="/ui?show=all&amp;page=2" rel="prev">' in everything
+    assert f'id="case-{made[2].id}"' in everything  # the cancelled one, last: the oldest

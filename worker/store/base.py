@@ -181,6 +181,40 @@ class EvidenceRecord:
     hash: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class CaseCount:
+    """How many cases one playbook has in one state."""
+
+    status: CaseStatus
+    playbook: str
+    count: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskBacklog:
+    """The operator tasks not yet confirmed: how many, and when the oldest was opened."""
+
+    waiting: int
+    #: None when no task waits
+    oldest_opened_at: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CasePage:
+    """One page of a listing of cases, and how many cases the whole listing holds."""
+
+    cases: tuple[Case, ...]
+    total: int
+
+
+#: The milestone whose time ends a case's residual-access countdown.
+ALL_LAPSED = "all-lapsed"
+#: The statuses of a case that is closed for good: no countdown of theirs runs.
+CLOSED_STATUSES = (CaseStatus.ACCESS_LAPSED, CaseStatus.CANCELLED)
+#: How `Store.urgent_cases` ranks states: these first, in this order, then the rest.
+URGENT_STATUSES = (CaseStatus.HALTED, CaseStatus.WAITING)
+
+
 class Store(Protocol):
     """Durable state of cases, their steps, the side-effect ledger and operator tasks.
 
@@ -352,4 +386,45 @@ class Store(Protocol):
         """The case's chain head as the case row records it: the hash of its last event
         (the genesis hash before any) and how many events were appended. NotFound for
         an unknown case."""
+        ...
+
+    # aggregates and pages: what a scrape, the status page and the API's list read,
+    # without loading every case
+
+    async def case_counts(self) -> list[CaseCount]:
+        """How many cases each (status, playbook) pair holds; only pairs with a case."""
+        ...
+
+    async def running_countdowns(self, now: datetime) -> int:
+        """How many cases, not closed (`CLOSED_STATUSES`), have a countdown whose first
+        milestone named `ALL_LAPSED` is after `now` (milestone times are stored as
+        `utc_iso` text in the countdown document, as the engine writes them)."""
+        ...
+
+    async def count_events(self, kind: str) -> int:
+        """How many events of this kind every case's timeline holds together."""
+        ...
+
+    async def task_backlog(self) -> TaskBacklog:
+        """The operator tasks not yet confirmed, counted, with the oldest one's opening."""
+        ...
+
+    async def open_tasks_of(self, case_ids: Sequence[str]) -> list[OperatorTask]:
+        """The unconfirmed operator tasks of these cases, oldest first."""
+        ...
+
+    async def urgent_cases(
+        self, statuses: tuple[CaseStatus, ...] | None, *, limit: int, offset: int
+    ) -> CasePage:
+        """Cases in these states (None or empty: every case), the most urgent first:
+        `URGENT_STATUSES` in their order, then the rest; the newest first within each,
+        then by id. `limit` of them from `offset`, with the number of all of them."""
+        ...
+
+    async def cases_after(
+        self, statuses: tuple[CaseStatus, ...] | None, *, after: str | None, limit: int
+    ) -> list[Case]:
+        """Up to `limit` cases in these states (None or empty: every case) in
+        `list_cases`' order (created_at, then id), those after the case `after` only
+        (from the first for None): a keyset page. NotFound for an unknown `after`."""
         ...

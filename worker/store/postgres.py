@@ -65,7 +65,13 @@ from worker.domain import (
 )
 from worker.errors import CaseStarted, NotFound, StoreError
 from worker.store.base import (
+    ALL_LAPSED,
+    CLOSED_STATUSES,
+    URGENT_STATUSES,
+    CaseCount,
+    CasePage,
     EvidenceRecord,
+    TaskBacklog,
     chain_time,
     event_hash,
     genesis_hash,
@@ -267,6 +273,8 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     );
     """,
     _chain_events,
+    # version 3: a scrape counts events by kind (cases_created already serves paging)
+    "CREATE INDEX events_kind ON events (kind);",
 )
 
 _COLUMNS = (
@@ -1273,3 +1281,106 @@ class PostgresStore:
         if row is None:
             raise NotFound(f"no case {case_id!r}")
         return row["events_head"] or genesis_hash(case_id), int(row["events_count"])
+
+    # aggregates and pages
+
+    async def case_counts(self) -> list[CaseCount]:
+        rows = await self._fetch(
+            "SELECT status, playbook, COUNT(*) AS n FROM cases "
+            "GROUP BY status, playbook ORDER BY status, playbook"
+        )
+        return [
+            CaseCount(status=CaseStatus(r["status"]), playbook=r["playbook"], count=r["n"])
+            for r in rows
+        ]
+
+    async def running_countdowns(self, now: datetime) -> int:
+        # a countdown document whose milestones are not a list has no all-lapsed
+        row = await self._fetchrow(
+            "SELECT COUNT(*) AS n FROM cases WHERE countdown IS NOT NULL "
+            "AND status <> ALL($1::text[]) AND ("
+            "SELECT (m.value ->> 'at')::timestamptz FROM jsonb_array_elements("
+            "CASE jsonb_typeof(countdown -> 'milestones') WHEN 'array' "
+            "THEN countdown -> 'milestones' ELSE '[]'::jsonb END"
+            ") WITH ORDINALITY AS m (value, n) "
+            "WHERE m.value ->> 'name' = $2 ORDER BY m.n LIMIT 1) > $3",
+            [s.value for s in CLOSED_STATUSES],
+            ALL_LAPSED,
+            now,
+        )
+        return 0 if row is None else int(row["n"])
+
+    async def count_events(self, kind: str) -> int:
+        row = await self._fetchrow("SELECT COUNT(*) AS n FROM events WHERE kind = $1", kind)
+        return 0 if row is None else int(row["n"])
+
+    async def task_backlog(self) -> TaskBacklog:
+        row = await self._fetchrow(
+            "SELECT COUNT(*) AS n, MIN(opened_at) AS oldest FROM operator_tasks "
+            "WHERE confirmed_at IS NULL"
+        )
+        if row is None:
+            return TaskBacklog(waiting=0, oldest_opened_at=None)
+        return TaskBacklog(waiting=int(row["n"]), oldest_opened_at=row["oldest"])
+
+    async def open_tasks_of(self, case_ids: Sequence[str]) -> list[OperatorTask]:
+        rows = await self._fetch(
+            "SELECT * FROM operator_tasks WHERE case_id = ANY($1::text[]) "
+            "AND confirmed_at IS NULL ORDER BY opened_at, case_id, step_id",
+            list(case_ids),
+        )
+        return [_task(r) for r in rows]
+
+    #: `urgent_cases`' order: URGENT_STATUSES first, then the newest
+    _URGENCY = (
+        "CASE status "
+        + " ".join(f"WHEN '{s.value}' THEN {i}" for i, s in enumerate(URGENT_STATUSES))
+        + f" ELSE {len(URGENT_STATUSES)} END, created_at DESC, id"
+    )
+
+    async def urgent_cases(
+        self, statuses: tuple[CaseStatus, ...] | None, *, limit: int, offset: int
+    ) -> CasePage:
+        wanted = [s.value for s in statuses] if statuses else None
+        where = "WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))"
+        # one snapshot: the page and the count agree
+        async with (
+            self._connection() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            rows: list[Row] = await conn.fetch(
+                f"SELECT {_CASE_COLUMNS} FROM cases {where} "
+                f"ORDER BY {self._URGENCY} LIMIT $2 OFFSET $3",
+                wanted,
+                max(0, limit),
+                max(0, offset),
+            )
+            total: int = await conn.fetchval(f"SELECT COUNT(*) FROM cases {where}", wanted)
+        return CasePage(cases=tuple(map(_case, rows)), total=total)
+
+    async def cases_after(
+        self, statuses: tuple[CaseStatus, ...] | None, *, after: str | None, limit: int
+    ) -> list[Case]:
+        wanted = [s.value for s in statuses] if statuses else None
+        select = (
+            f"SELECT {_CASE_COLUMNS} FROM cases "
+            "WHERE ($1::text[] IS NULL OR status = ANY($1::text[])) "
+        )
+        async with self._connection() as conn:
+            if after is None:
+                rows: list[Row] = await conn.fetch(
+                    select + "ORDER BY created_at, id LIMIT $2", wanted, max(0, limit)
+                )
+            else:
+                start = await conn.fetchrow("SELECT created_at FROM cases WHERE id = $1", after)
+                if start is None:
+                    raise NotFound(f"no case {after!r}")
+                # a row comparison: a range of the index cases_created (created_at, id)
+                rows = await conn.fetch(
+                    select + "AND (created_at, id) > ($2, $3) ORDER BY created_at, id LIMIT $4",
+                    wanted,
+                    start["created_at"],
+                    after,
+                    max(0, limit),
+                )
+        return [_case(r) for r in rows]
