@@ -213,6 +213,13 @@ ALL_LAPSED = "all-lapsed"
 CLOSED_STATUSES = (CaseStatus.ACCESS_LAPSED, CaseStatus.CANCELLED)
 #: How `Store.urgent_cases` ranks states: these first, in this order, then the rest.
 URGENT_STATUSES = (CaseStatus.HALTED, CaseStatus.WAITING)
+#: `urgent_cases`' order as SQL, the same in every backend: URGENT_STATUSES first,
+#: then the newest
+URGENCY_ORDER = (
+    "CASE status "
+    + " ".join(f"WHEN '{s.value}' THEN {i}" for i, s in enumerate(URGENT_STATUSES))
+    + f" ELSE {len(URGENT_STATUSES)} END, created_at DESC, id"
+)
 
 
 class Store(Protocol):

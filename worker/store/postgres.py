@@ -67,7 +67,7 @@ from worker.errors import CaseStarted, NotFound, StoreError
 from worker.store.base import (
     ALL_LAPSED,
     CLOSED_STATUSES,
-    URGENT_STATUSES,
+    URGENCY_ORDER,
     CaseCount,
     CasePage,
     EvidenceRecord,
@@ -1331,13 +1331,6 @@ class PostgresStore:
         )
         return [_task(r) for r in rows]
 
-    #: `urgent_cases`' order: URGENT_STATUSES first, then the newest
-    _URGENCY = (
-        "CASE status "
-        + " ".join(f"WHEN '{s.value}' THEN {i}" for i, s in enumerate(URGENT_STATUSES))
-        + f" ELSE {len(URGENT_STATUSES)} END, created_at DESC, id"
-    )
-
     async def urgent_cases(
         self, statuses: tuple[CaseStatus, ...] | None, *, limit: int, offset: int
     ) -> CasePage:
@@ -1350,7 +1343,7 @@ class PostgresStore:
         ):
             rows: list[Row] = await conn.fetch(
                 f"SELECT {_CASE_COLUMNS} FROM cases {where} "
-                f"ORDER BY {self._URGENCY} LIMIT $2 OFFSET $3",
+                f"ORDER BY {URGENCY_ORDER} LIMIT $2 OFFSET $3",
                 wanted,
                 max(0, limit),
                 max(0, offset),

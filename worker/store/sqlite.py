@@ -40,7 +40,7 @@ from worker.errors import CaseStarted, NotFound, StoreError
 from worker.store.base import (
     ALL_LAPSED,
     CLOSED_STATUSES,
-    URGENT_STATUSES,
+    URGENCY_ORDER,
     CaseCount,
     CasePage,
     EvidenceRecord,
@@ -1178,13 +1178,6 @@ class SqliteStore:
         )
         return [_task(r) for r in rows]
 
-    #: `urgent_cases`' order: URGENT_STATUSES first, then the newest
-    _URGENCY = (
-        "CASE status "
-        + " ".join(f"WHEN '{s.value}' THEN {i}" for i, s in enumerate(URGENT_STATUSES))
-        + f" ELSE {len(URGENT_STATUSES)} END, created_at DESC, id"
-    )
-
     async def urgent_cases(
         self, statuses: tuple[CaseStatus, ...] | None, *, limit: int, offset: int
     ) -> CasePage:
@@ -1192,8 +1185,8 @@ class SqliteStore:
         # the page's ids first: the sort holds ids, not whole cases
         rows = await self._all(
             f"SELECT {_CASE_COLUMNS} FROM cases WHERE id IN ("
-            f"SELECT id FROM cases {where} ORDER BY {self._URGENCY} LIMIT ? OFFSET ?) "
-            f"ORDER BY {self._URGENCY}",
+            f"SELECT id FROM cases {where} ORDER BY {URGENCY_ORDER} LIMIT ? OFFSET ?) "
+            f"ORDER BY {URGENCY_ORDER}",
             (*params, max(0, limit), max(0, offset)),
         )
         total = await self._one(f"SELECT COUNT(*) AS n FROM cases {where}", params)
