@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from tests.pg import with_database
-from worker.domain import Case, CaseStatus, Timer
+from worker.domain import Arrival, Case, CaseStatus, Timer
 from worker.errors import StoreError
 from worker.store.base import Store
 from worker.store.postgres import MIGRATIONS, PostgresStore
@@ -465,3 +465,44 @@ async def test_a_case_that_does_not_exist_is_refused_with_a_store_error(
             await store.append_event("c-missing", "note", T0, step_id=None, data={})
     finally:
         await store.close()
+
+
+async def test_replicas_admitting_together_create_one_case_per_delivery_and_person(
+    replicas: tuple[PostgresStore, PostgresStore],
+) -> None:
+    """An HR system that retries against the other replica, or sends two deliveries
+    for one person at once: exactly one case per person, one record per delivery."""
+    a, b = replicas
+
+    def arrival(key: str, subject: str) -> Arrival:
+        return Arrival(
+            key=key,
+            case=new_case(subject),
+            answer=lambda case: {"status": 202, "body": {"case_id": case.id}},
+        )
+
+    for round_ in range(20):
+        same = f"hook:same:{round_}"
+        person = f"p{round_}@example.com"
+        first, second, third, fourth = await asyncio.gather(
+            a.admit([arrival(same, person)], at(round_)),
+            b.admit([arrival(same, person)], at(round_)),
+            a.admit([arrival(f"hook:other-a:{round_}", person)], at(round_)),
+            b.admit([arrival(f"hook:other-b:{round_}", person)], at(round_)),
+        )
+        admissions = [*first, *second, *third, *fourth]
+        assert sum(1 for x in admissions if x.created) == 1, admissions
+        made = next(x for x in admissions if x.created)
+        assert made.case is not None
+        # the same delivery, admitted by the other replica, replays the first answer
+        same_key = [x for x in (*first, *second) if not x.created]
+        if same_key:
+            assert same_key[0].delivery == made.delivery
+        # every other admission names the one case (open) or its delivery (replayed)
+        for x in admissions:
+            assert (x.case is None or x.case.id == made.case.id) and (
+                x.delivery is None or x.delivery.case_id == made.case.id
+            )
+    cases = await a.list_cases()
+    assert len(cases) == 20
+    assert len({c.subject for c in cases}) == 20
