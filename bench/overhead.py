@@ -15,6 +15,7 @@ before acting), writes the ledger intent, and sends the POST.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
@@ -97,7 +98,10 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
                                 if response.status != 202:
                                     raise RuntimeError(f"refused: {await response.text()}")
                                 answered[login_of("leaver", i)] = time.time()
-                            # idle: the case has done all it can before the next arrives
+                            # Not a statement from here while the path is measured (it
+                            # shares the two cores and the database with the worker) ...
+                            await asyncio.sleep(0.1)
+                            # ... then idle: the case has done all it can before the next
                             await wait_for_statuses(
                                 rt, i + 1, (CaseStatus.WAITING,), timeout=30, poll=0.02
                             )

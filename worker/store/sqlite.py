@@ -136,6 +136,26 @@ async def _chain_events(db: aiosqlite.Connection) -> None:
 
 #: Versioned schema: each entry upgrades from the previous version. Never edit a
 #: released entry; append a new one. A string is SQL statements separated by `;`.
+async def _move_head_by_trigger(db: aiosqlite.Connection) -> None:
+    # A trigger body holds semicolons: one statement, not split like the scripts.
+    await db.execute(
+        """
+        CREATE TRIGGER events_move_head AFTER INSERT ON events
+        BEGIN
+            UPDATE cases SET events_head = NEW.hash, events_count = NEW.seq
+            WHERE id = NEW.case_id;
+        END
+        """
+    )
+
+
+def _sql_event_hash(
+    case_id: str, seq: int, at: str, kind: str, step_id: str | None, data: str, prev: str
+) -> str:
+    """`event_hash` for SQL: the event's data as stored (JSON text)."""
+    return event_hash(case_id, seq, at, kind, step_id, json.loads(data), prev)
+
+
 MIGRATIONS: tuple[str | PythonMigration, ...] = (
     """
     CREATE TABLE cases (
@@ -235,6 +255,8 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     CREATE INDEX events_kind ON events (kind);
     CREATE INDEX cases_created ON cases (created_at, id);
     """,
+    # version 6: appending an event moves the case's chain head in the same statement
+    _move_head_by_trigger,
 )
 
 #: set while the current task holds the connection inside a transaction
@@ -383,6 +405,9 @@ class SqliteStore:
             # FULL: a committed step record survives a power cut as well as kill -9.
             await self._db.execute("PRAGMA synchronous=FULL")
             await self._db.execute("PRAGMA foreign_keys=ON")
+            await self._db.create_function(
+                "offboard_event_hash", 7, _sql_event_hash, deterministic=True
+            )
             # the WAL is checkpointed beside the writes, never inside a commit
             await self._db.execute("PRAGMA wal_autocheckpoint=0")
             await self._migrate()
@@ -1058,32 +1083,23 @@ class SqliteStore:
     async def _append_event(
         self, case_id: str, kind: str, now: datetime, step_id: str | None, data: dict[str, Any]
     ) -> int:
-        """Insert the event, linked to the case's chain head, and move the head to it,
-        in one transaction (the caller's, or one of its own)."""
-        if not _IN_TRANSACTION.get():
-            async with self._transaction():
-                return await self._append_event(case_id, kind, now, step_id, data)
-        head = await self._one(
-            "SELECT events_head, events_count FROM cases WHERE id = ?", (case_id,)
-        )
-        if head is None:
-            raise StoreError(f"no case {case_id!r} to record the event {kind!r} for")
-        # The counter, not MAX(seq): a deleted last event leaves a gap the chain shows.
-        seq = int(head["events_count"]) + 1
-        prev = head["events_head"] or genesis_hash(case_id)
+        """Insert the event, linked to the case's chain head, and move the head to it:
+        one statement (the trigger `events_move_head` moves the head), so atomic alone
+        and one trip to the database thread; inside the caller's transaction if any.
+        Hashed as it will be read back: the stored text, not what was passed."""
+        genesis = genesis_hash(case_id)
         at, text = utc_iso(now), json.dumps(data)
-        # hashed as it will be read back: what was stored, not what was passed
-        digest = event_hash(case_id, seq, at, kind, step_id, json.loads(text), prev)
-        await self._write(
+        # The counter, not MAX(seq): a deleted last event leaves a gap the chain shows.
+        row = await self._one(
             "INSERT INTO events (case_id, seq, at, kind, step_id, data, prev_hash, hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (case_id, seq, at, kind, step_id, text, prev, digest),
+            "SELECT id, events_count + 1, ?, ?, ?, ?, COALESCE(NULLIF(events_head, ''), ?), "
+            "offboard_event_hash(id, events_count + 1, ?, ?, ?, ?, "
+            "COALESCE(NULLIF(events_head, ''), ?)) FROM cases WHERE id = ? RETURNING seq",
+            (at, kind, step_id, text, genesis, at, kind, step_id, text, genesis, case_id),
         )
-        await self._write(
-            "UPDATE cases SET events_head = ?, events_count = ? WHERE id = ?",
-            (digest, seq, case_id),
-        )
-        return seq
+        if row is None:
+            raise StoreError(f"no case {case_id!r} to record the event {kind!r} for")
+        return int(row["seq"])
 
     async def append_event(
         self, case_id: str, kind: str, now: datetime, *, step_id: str | None, data: dict[str, Any]
