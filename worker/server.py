@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from worker.clock import utc_iso
 from worker.config import TriggerSource
-from worker.domain import Arrival, Case, CaseStatus, Delivery, NewCase
+from worker.domain import Arrival, Case, CaseStatus, Delivery
 from worker.errors import CaseStarted, NotFound, OffboardError, PlaybookError
 from worker.intake import Intake
 from worker.metrics import Metrics, refresh
@@ -35,6 +35,7 @@ from worker.service import (
     confirm_task,
     is_login,
     open_case,
+    playbook_case,
     protected_pattern,
 )
 from worker.triggers import IgnoredEvent, Trigger, TriggerAdapter, TriggerError, accept, adapter_for
@@ -272,12 +273,10 @@ async def _admit(
     def answer(case: Case) -> dict[str, Any]:
         return {"status": 202, "body": {"outcome": "created", **_summary(case), **extra}}
 
-    new = NewCase(
-        playbook=playbook.name,
-        subject=subject,
-        steps=playbook.steps,
-        trigger=_case_trigger(trigger),
-        priority=playbook.priority,
+    new = playbook_case(
+        playbook,
+        subject,
+        _case_trigger(trigger),
         run_after=_run_after(trigger, runtime.clock.now()),
     )
     admission = await state.intake.admit(Arrival(key=key, case=new, answer=answer))

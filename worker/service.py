@@ -200,16 +200,30 @@ async def open_case(
                 )
         return existing, False
     return await runtime.store.create_case(
-        NewCase(
-            playbook=playbook.name,
-            subject=subject,
-            steps=playbook.steps,
-            trigger=trigger,
-            priority=playbook.priority,
-            run_after=run_after,
-            idempotency_key=idempotency_key,
+        playbook_case(
+            playbook, subject, trigger, run_after=run_after, idempotency_key=idempotency_key
         ),
         runtime.clock.now(),
+    )
+
+
+def playbook_case(
+    playbook: Playbook,
+    subject: str,
+    trigger: dict[str, Any],
+    *,
+    run_after: datetime | None = None,
+    idempotency_key: str | None = None,
+) -> NewCase:
+    """The case a playbook makes for a person: its steps, at its priority."""
+    return NewCase(
+        playbook=playbook.name,
+        subject=subject,
+        steps=playbook.steps,
+        trigger=trigger,
+        priority=playbook.priority,
+        run_after=run_after,
+        idempotency_key=idempotency_key,
     )
 
 

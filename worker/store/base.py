@@ -83,6 +83,13 @@ def chain_time(when: datetime) -> str:
 
 #: The statuses of a case that is still open: a new trigger for the person joins it.
 OPEN_STATUSES = (CaseStatus.PENDING, CaseStatus.RUNNING, CaseStatus.WAITING)
+#: The same, as an SQL list for `status IN …`, in every backend
+OPEN_STATUSES_SQL = "(" + ", ".join(f"'{s.value}'" for s in OPEN_STATUSES) + ")"
+
+
+def created_event(new: NewCase) -> dict[str, Any]:
+    """The data of a case's first event, `case_created`."""
+    return {"trigger": new.trigger, "subject": new.subject, "playbook": new.playbook}
 
 
 @dataclass(frozen=True, kw_only=True)

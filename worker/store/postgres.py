@@ -67,12 +67,14 @@ from worker.errors import CaseStarted, NotFound, StoreError
 from worker.store.base import (
     ALL_LAPSED,
     CLOSED_STATUSES,
+    OPEN_STATUSES_SQL,
     URGENCY_ORDER,
     CaseCount,
     CasePage,
     EvidenceRecord,
     TaskBacklog,
     chain_time,
+    created_event,
     event_hash,
     genesis_hash,
     new_case_id,
@@ -738,7 +740,7 @@ class PostgresStore:
             "case_created",
             now,
             None,
-            {"trigger": new.trigger, "subject": new.subject, "playbook": new.playbook},
+            created_event(new),
         )
         return row
 
@@ -761,7 +763,7 @@ class PostgresStore:
             seen = {d.key: d for d in map(_delivery, rows)}
             rows = await conn.fetch(
                 f"SELECT {_CASE_COLUMNS} FROM cases WHERE subject = ANY($1::text[]) "
-                "AND status IN ('pending', 'running', 'waiting') ORDER BY created_at DESC, id DESC",
+                f"AND status IN {OPEN_STATUSES_SQL} ORDER BY created_at DESC, id DESC",
                 people,
             )
             open_cases: dict[tuple[str, str], Case] = {}
@@ -872,7 +874,7 @@ class PostgresStore:
     async def find_open_case(self, subject: str, playbook: str) -> Case | None:
         row = await self._fetchrow(
             f"SELECT {_CASE_COLUMNS} FROM cases WHERE subject = $1 AND playbook = $2 "
-            "AND status IN ('pending', 'running', 'waiting') ORDER BY created_at, id LIMIT 1",
+            f"AND status IN {OPEN_STATUSES_SQL} ORDER BY created_at, id LIMIT 1",
             subject,
             playbook,
         )

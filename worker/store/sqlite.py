@@ -40,11 +40,13 @@ from worker.errors import CaseStarted, NotFound, StoreError
 from worker.store.base import (
     ALL_LAPSED,
     CLOSED_STATUSES,
+    OPEN_STATUSES_SQL,
     URGENCY_ORDER,
     CaseCount,
     CasePage,
     EvidenceRecord,
     TaskBacklog,
+    created_event,
     event_hash,
     genesis_hash,
     new_case_id,
@@ -134,8 +136,6 @@ async def _chain_events(db: aiosqlite.Connection) -> None:
         await db.execute(statement)
 
 
-#: Versioned schema: each entry upgrades from the previous version. Never edit a
-#: released entry; append a new one. A string is SQL statements separated by `;`.
 async def _move_head_by_trigger(db: aiosqlite.Connection) -> None:
     # A trigger body holds semicolons: one statement, not split like the scripts.
     await db.execute(
@@ -156,6 +156,8 @@ def _sql_event_hash(
     return event_hash(case_id, seq, at, kind, step_id, json.loads(data), prev)
 
 
+#: Versioned schema: each entry upgrades from the previous version. Never edit a
+#: released entry; append a new one. A string is SQL statements separated by `;`.
 MIGRATIONS: tuple[str | PythonMigration, ...] = (
     """
     CREATE TABLE cases (
@@ -258,6 +260,35 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     # version 6: appending an event moves the case's chain head in the same statement
     _move_head_by_trigger,
 )
+
+#: Appends one event to its case's chain: linked to the head, hashed by the
+#: registered `offboard_event_hash`, the head moved by the trigger `events_move_head`.
+#: Parameters: case id, at, kind, step id, data (JSON text). The counter, not MAX(seq):
+#: a deleted last event leaves a gap the chain shows.
+_APPEND_EVENT = (
+    "INSERT INTO events (case_id, seq, at, kind, step_id, data, prev_hash, hash) "
+    "SELECT id, events_count + 1, :at, :kind, :step_id, :data, "
+    "COALESCE(NULLIF(events_head, ''), :genesis), "
+    "offboard_event_hash(id, events_count + 1, :at, :kind, :step_id, :data, "
+    "COALESCE(NULLIF(events_head, ''), :genesis)) FROM cases WHERE id = :case_id"
+)
+
+
+def _event_params(
+    case_id: str, kind: str, at: str, step_id: str | None, data: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "case_id": case_id,
+        "at": at,
+        "kind": kind,
+        "step_id": step_id,
+        "data": json.dumps(data),
+        "genesis": genesis_hash(case_id),
+    }
+
+
+#: a statement's parameters: positional (`?`) or named (`:name`)
+_Params = tuple[Any, ...] | dict[str, Any]
 
 #: set while the current task holds the connection inside a transaction
 _IN_TRANSACTION: ContextVar[bool] = ContextVar("_IN_TRANSACTION", default=False)
@@ -507,11 +538,11 @@ class SqliteStore:
 
     # Each helper is one trip to aiosqlite's thread (execute and fetch together): on a
     # busy machine every trip waits for a thread switch, and they add up per step.
-    async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row | None:
+    async def _one(self, sql: str, params: _Params = ()) -> sqlite3.Row | None:
         rows = await self._all(sql, params)
         return rows[0] if rows else None
 
-    async def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    async def _all(self, sql: str, params: _Params = ()) -> list[sqlite3.Row]:
         async with self._exclusive():
             return list(await self.db.execute_fetchall(sql, params))
 
@@ -567,7 +598,7 @@ class SqliteStore:
                 "case_created",
                 now,
                 None,
-                {"trigger": new.trigger, "subject": new.subject, "playbook": new.playbook},
+                created_event(new),
             )
         return await self.get_case(case_id), True
 
@@ -595,46 +626,36 @@ class SqliteStore:
                 f"SELECT {_CASE_COLUMNS} FROM cases "
                 "WHERE subject IN (SELECT value FROM json_each(?)) "
                 # `+status`: by person (cases_subject), never a scan of every pending case
-                "AND +status IN ('pending', 'running', 'waiting') ORDER BY created_at DESC",
+                f"AND +status IN {OPEN_STATUSES_SQL} ORDER BY created_at DESC",
                 (people,),
             )
             for case in map(_case, rows):  # newest first: the oldest is written last
                 open_cases[(case.subject, case.playbook)] = case
             plan = plan_admission(arrivals, seen, open_cases)
             if plan.creates:
-                cases, steps, events = [], [], []
-                for case_id, new in plan.creates:
-                    data = json.dumps(
-                        {"trigger": new.trigger, "subject": new.subject, "playbook": new.playbook}
+                cases = [
+                    (
+                        case_id,
+                        new.playbook,
+                        new.subject,
+                        CaseStatus.PENDING.value,
+                        new.priority,
+                        _steps_json(new),
+                        json.dumps(new.trigger),
+                        at,
+                        at,
+                        _ts(new.run_after),
                     )
-                    prev = genesis_hash(case_id)
-                    digest = event_hash(
-                        case_id, 1, at, "case_created", None, json.loads(data), prev
-                    )
-                    cases.append(
-                        (
-                            case_id,
-                            new.playbook,
-                            new.subject,
-                            CaseStatus.PENDING.value,
-                            new.priority,
-                            _steps_json(new),
-                            json.dumps(new.trigger),
-                            at,
-                            at,
-                            _ts(new.run_after),
-                            digest,
-                        )
-                    )
-                    steps += [
-                        (case_id, i, s.id, s.action, StepStatus.PENDING.value)
-                        for i, s in enumerate(new.steps)
-                    ]
-                    events.append((case_id, 1, at, "case_created", None, data, prev, digest))
+                    for case_id, new in plan.creates
+                ]
+                steps = [
+                    (case_id, i, s.id, s.action, StepStatus.PENDING.value)
+                    for case_id, new in plan.creates
+                    for i, s in enumerate(new.steps)
+                ]
                 await self.db.executemany(
                     "INSERT INTO cases (id, playbook, subject, status, priority, steps, trigger, "
-                    "created_at, updated_at, run_after, events_head, events_count) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    "created_at, updated_at, run_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     cases,
                 )
                 await self.db.executemany(
@@ -643,9 +664,11 @@ class SqliteStore:
                     steps,
                 )
                 await self.db.executemany(
-                    "INSERT INTO events (case_id, seq, at, kind, step_id, data, prev_hash, hash) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    events,
+                    _APPEND_EVENT,
+                    [
+                        _event_params(case_id, "case_created", at, None, created_event(new))
+                        for case_id, new in plan.creates
+                    ],
                 )
             rows = await self._all(
                 f"SELECT {_CASE_COLUMNS} FROM cases WHERE id IN (SELECT value FROM json_each(?))",
@@ -760,7 +783,7 @@ class SqliteStore:
     async def find_open_case(self, subject: str, playbook: str) -> Case | None:
         row = await self._one(
             f"SELECT {_CASE_COLUMNS} FROM cases WHERE subject = ? AND playbook = ? "
-            "AND status IN ('pending', 'running', 'waiting') ORDER BY created_at LIMIT 1",
+            f"AND status IN {OPEN_STATUSES_SQL} ORDER BY created_at LIMIT 1",
             (subject, playbook),
         )
         return None if row is None else _case(row)
@@ -1084,18 +1107,12 @@ class SqliteStore:
         self, case_id: str, kind: str, now: datetime, step_id: str | None, data: dict[str, Any]
     ) -> int:
         """Insert the event, linked to the case's chain head, and move the head to it:
-        one statement (the trigger `events_move_head` moves the head), so atomic alone
-        and one trip to the database thread; inside the caller's transaction if any.
-        Hashed as it will be read back: the stored text, not what was passed."""
-        genesis = genesis_hash(case_id)
-        at, text = utc_iso(now), json.dumps(data)
-        # The counter, not MAX(seq): a deleted last event leaves a gap the chain shows.
+        one statement (`_APPEND_EVENT`), so atomic alone and one trip to the database
+        thread; inside the caller's transaction if any. Hashed as it will be read
+        back: the stored text, not what was passed."""
         row = await self._one(
-            "INSERT INTO events (case_id, seq, at, kind, step_id, data, prev_hash, hash) "
-            "SELECT id, events_count + 1, ?, ?, ?, ?, COALESCE(NULLIF(events_head, ''), ?), "
-            "offboard_event_hash(id, events_count + 1, ?, ?, ?, ?, "
-            "COALESCE(NULLIF(events_head, ''), ?)) FROM cases WHERE id = ? RETURNING seq",
-            (at, kind, step_id, text, genesis, at, kind, step_id, text, genesis, case_id),
+            _APPEND_EVENT + " RETURNING seq",
+            _event_params(case_id, kind, utc_iso(now), step_id, data),
         )
         if row is None:
             raise StoreError(f"no case {case_id!r} to record the event {kind!r} for")
