@@ -8,6 +8,8 @@ token form, the Graph paths and queries, and where credentials travel.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,7 +32,6 @@ from worker.config import EntraConfig, SecretRef
 from worker.errors import ConfigError, PermanentError, TransientError
 from worker.providers.base import IdpUser
 from worker.providers.entra import Entra, user_path
-from worker.providers.oauth import CLIENT_ASSERTION_TYPE, certificate_thumbprints
 from worker.retry import RetryPolicy, with_retry
 from worker.sandbox.common import AuditLog, FaultPlan, FaultRule, Handler, serve_on_loopback
 from worker.sandbox.entra import EntraEmulator, make_certificate
@@ -41,6 +42,22 @@ CLIENT_SECRET = "Qx8~sandbox.client-secret_value-0123456789"
 SECRET_ENV = "OFFBOARD_TEST_ENTRA_CLIENT_SECRET"
 LEAVER = "leaver@example.com"
 SELECT = "id,userPrincipalName,accountEnabled"
+#: RFC 7523 2.2; written from the RFC, not imported, so that a wrong value in the adapter
+#: or the emulator shows up here instead of agreeing with itself
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+def certificate_thumbprints(certificate: x509.Certificate) -> dict[str, str]:
+    """RFC 7515 4.1.7-4.1.8: the base64url SHA-256 and SHA-1 digests of the DER."""
+    der = certificate.public_bytes(serialization.Encoding.DER)
+
+    def b64url(digest: bytes) -> str:
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    return {
+        "x5t#S256": b64url(hashlib.sha256(der).digest()),
+        "x5t": b64url(hashlib.sha1(der).digest()),  # noqa: S324 - a name, not a MAC
+    }
 
 
 @dataclass

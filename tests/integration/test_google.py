@@ -25,7 +25,6 @@ from worker.config import GoogleConfig, SecretRef
 from worker.errors import ConfigError, PermanentError, TransientError
 from worker.providers.base import IdpUser
 from worker.providers.google import GoogleWorkspace, rate_limit_reason
-from worker.providers.oauth import JWT_BEARER_GRANT
 from worker.retry import RetryPolicy, with_retry
 from worker.sandbox.common import AuditLog, FaultPlan, FaultRule, Handler, serve_on_loopback
 from worker.sandbox.google import (
@@ -40,6 +39,8 @@ API = "/admin/directory/v1/"
 ADMIN = "it-admin@example.com"
 LEAVER = "leaver@example.com"
 CLIENT_EMAIL = "offboard@offboard-sandbox.iam.gserviceaccount.com"
+#: RFC 7523 2.1; written from the RFC, not imported from the adapter or the emulator
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
 @dataclass

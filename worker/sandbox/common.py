@@ -14,13 +14,13 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from worker.clock import Clock, SystemClock, utc_iso
+from worker.clock import Clock, SystemClock
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Names the endpoint a request is for, e.g. "okta.deactivate" or "identitystore.DescribeUser".
@@ -29,6 +29,30 @@ EndpointNamer = Callable[[web.Request], str]
 ThrottleResponder = Callable[[float], web.Response]
 #: Builds the service's own server-error response for a status code.
 ErrorResponder = Callable[[int], web.Response]
+
+
+def wire_time(when: datetime) -> str:
+    """A moment as Okta (`lastUpdated`), SCIM (`meta.lastModified`) and Google
+    (`creationTime`) write it: ISO 8601 in UTC to the millisecond with a `Z`, e.g.
+    `2013-06-24T16:39:18.000Z`.
+
+    Written here, not taken from the product: the emulators must not share the adapters'
+    idea of the format. Rounded up, so a moment the session model reports is never
+    earlier than the one it stands for."""
+    when = when.astimezone(UTC)
+    if when.microsecond % 1000:
+        when += timedelta(microseconds=1000 - when.microsecond % 1000)
+    return (
+        f"{when.year:04d}-{when.month:02d}-{when.day:02d}T"
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d}.{when.microsecond // 1000:03d}Z"
+    )
+
+
+def parse_wire_time(text: str) -> datetime:
+    """An ISO 8601 moment as a caller of the sandbox's admin routes writes it (UTC when no
+    offset is given)."""
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +67,7 @@ class AuditEntry:
     def as_json(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
-            "at": utc_iso(self.at),
+            "at": wire_time(self.at),
             "service": self.service,
             "action": self.action,
             "target": self.target,

@@ -14,6 +14,7 @@ One server answers both hosts: the token endpoint at `/{tenant}/oauth2/v2.0/toke
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import hmac
 import json
@@ -33,13 +34,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from worker.clock import Clock, utc_iso
-from worker.providers.oauth import CLIENT_ASSERTION_TYPE, certificate_thumbprints
-from worker.sandbox.common import AuditLog, FaultPlan, Handler, SandboxUserAdmin
+from worker.clock import Clock
+from worker.sandbox.common import AuditLog, FaultPlan, Handler, SandboxUserAdmin, wire_time
 
 SERVICE = "entra"
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 LOGIN_HOST = "https://login.microsoftonline.com"
+#: RFC 7523 section 2.2, as Microsoft's "certificate credentials" page requires it in
+#: `client_assertion_type`; written here, never taken from the adapter
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: Graph application permissions that allow each operation
 READ_ROLES = frozenset(
     {"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"}
@@ -94,6 +97,16 @@ def make_certificate(common_name: str = "offboard-sandbox", *, days: int = 365) 
         serialization.NoEncryption(),
     ).decode()
     return key_pem, certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def thumbprints(certificate: x509.Certificate) -> list[str]:
+    """What a client assertion's header may name the certificate by (RFC 7515 4.1.7-4.1.8,
+    Microsoft's certificate credentials): the base64url SHA-256 of its DER (`x5t#S256`)
+    and the base64url SHA-1 of its DER (`x5t`, older registrations)."""
+    return [
+        base64.urlsafe_b64encode(certificate.fingerprint(digest)).rstrip(b"=").decode()
+        for digest in (hashes.SHA256(), hashes.SHA1())  # noqa: S303 - a name, not a MAC
+    ]
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -228,7 +241,7 @@ class EntraEmulator(SandboxUserAdmin):
         public = certificate.public_key()
         if not isinstance(public, rsa.RSAPublicKey):
             raise ValueError("the sandbox takes RSA certificates only")
-        for thumbprint in certificate_thumbprints(certificate).values():
+        for thumbprint in thumbprints(certificate):
             self._keys_by_thumbprint[thumbprint] = public
 
     def revoke_tokens(self) -> None:
@@ -575,8 +588,8 @@ class EntraEmulator(SandboxUserAdmin):
                 "invalid_client",
                 700024,
                 f"Client assertion is not within its valid time range. Current time: "
-                f"{utc_iso(now)}, assertion valid from {utc_iso(starts)}, expiry time of "
-                f"assertion {utc_iso(expires)}.",
+                f"{wire_time(now)}, assertion valid from {wire_time(starts)}, expiry time of "
+                f"assertion {wire_time(expires)}.",
             )
         jti = str(claims["jti"])
         if jti in self._used_jti:

@@ -31,13 +31,15 @@ from aiohttp.typedefs import Middleware
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from worker.clock import Clock, utc_iso
-from worker.providers.oauth import JWT_BEARER_GRANT
-from worker.sandbox.common import AuditLog, FaultPlan, Handler, SandboxUserAdmin
+from worker.clock import Clock
+from worker.sandbox.common import AuditLog, FaultPlan, Handler, SandboxUserAdmin, wire_time
 
 SERVICE = "google"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL
 USER_SCOPE = "https://www.googleapis.com/auth/admin.directory.user"
+#: RFC 7523 section 2.1: the JWT is the grant (Google's "OAuth 2.0 for server to server
+#: applications"); written here, never taken from the adapter
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 READONLY_SCOPE = "https://www.googleapis.com/auth/admin.directory.user.readonly"
 API_PREFIX = "/admin/directory/v1/"
 CLOCK_SKEW = timedelta(minutes=5)
@@ -532,8 +534,8 @@ class GoogleWorkspaceEmulator(SandboxUserAdmin):
             },
             "isAdmin": user.admin,
             "isDelegatedAdmin": False,
-            "lastLoginTime": utc_iso(user.created),
-            "creationTime": utc_iso(user.created),
+            "lastLoginTime": wire_time(user.created),
+            "creationTime": wire_time(user.created),
             "agreedToTerms": True,
             "suspended": user.suspended,
             "archived": False,

@@ -36,8 +36,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from worker.clock import Clock, parse_iso, utc_iso
-from worker.sandbox.common import AuditLog, FaultPlan
+from worker.clock import Clock
+from worker.sandbox.common import AuditLog, FaultPlan, parse_wire_time, wire_time
 from worker.sandbox.sessions import (
     AwsSessionFacts,
     SessionModel,
@@ -1129,8 +1129,8 @@ class IdentityCenterEmulator:
             "active": user.status == "ENABLED",
             "meta": {
                 "resourceType": "User",
-                "created": utc_iso(user.created_at),
-                "lastModified": utc_iso(user.updated_at),
+                "created": wire_time(user.created_at),
+                "lastModified": wire_time(user.updated_at),
             },
         }
         if user.display_name:
@@ -1206,7 +1206,7 @@ class IdentityCenterEmulator:
     async def _console_list_sessions(self, request: web.Request) -> web.Response:
         user = self._console_user(request)
         sessions = [
-            {"id": session_id, "started_at": utc_iso(started)}
+            {"id": session_id, "started_at": wire_time(started)}
             for session_id, started in user.portal_sessions.items()
         ]
         return web.json_response({"sessions": sessions})
@@ -1279,7 +1279,7 @@ class IdentityCenterEmulator:
         def simulate() -> Json:
             user_id = request.match_info["user_id"]
             self._user(user_id)
-            until = parse_iso(need(data, "until"))
+            until = parse_wire_time(need(data, "until"))
             step = data.get("step_seconds", 60)
             if (
                 isinstance(step, bool)

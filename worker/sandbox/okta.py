@@ -20,8 +20,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from worker.clock import Clock, utc_iso
-from worker.sandbox.common import AuditLog, FaultPlan, Handler, SandboxUserAdmin
+from worker.clock import Clock
+from worker.sandbox.common import AuditLog, FaultPlan, Handler, SandboxUserAdmin, wire_time
 
 SERVICE = "okta"
 USER_STATUSES = frozenset(
@@ -371,7 +371,7 @@ class OktaEmulator(SandboxUserAdmin):
                 user.id,
                 send_email=send_email,
                 asynchronous=True,
-                completes_at=utc_iso(done),
+                completes_at=wire_time(done),
             )
         else:
             ended, user.sessions = user.sessions, 0
@@ -444,12 +444,12 @@ class OktaEmulator(SandboxUserAdmin):
         body: dict[str, Any] = {
             "id": user.id,
             "status": user.status,
-            "created": utc_iso(user.created),
-            "activated": utc_iso(user.activated) if user.activated else None,
-            "statusChanged": utc_iso(user.status_changed),
-            "lastLogin": utc_iso(user.last_login) if user.last_login else None,
-            "lastUpdated": utc_iso(user.last_updated),
-            "passwordChanged": utc_iso(user.created),
+            "created": wire_time(user.created),
+            "activated": wire_time(user.activated) if user.activated else None,
+            "statusChanged": wire_time(user.status_changed),
+            "lastLogin": wire_time(user.last_login) if user.last_login else None,
+            "lastUpdated": wire_time(user.last_updated),
+            "passwordChanged": wire_time(user.created),
             "type": {"id": self._user_type_id},
             "profile": {
                 # the spec's firstName/lastName are nullable with minLength 1: null, not ""

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from worker.clock import utc_iso
+from worker.sandbox.common import wire_time
 
 __all__ = [
     "Access",
@@ -505,7 +505,7 @@ class LeaverReport:
 
     def as_json(self) -> dict[str, Any]:
         def iso(when: datetime | None) -> str | None:
-            return None if when is None else utc_iso(when)
+            return None if when is None else wire_time(when)
 
         return {
             "last_access": iso(self.last_access),
