@@ -60,48 +60,33 @@ def imports(source: str, module: str, *, is_package: bool = False) -> list[Found
         return ".".join([*base, *([node.module] if node.module else [])])
 
     def visit(node: ast.AST, functions: tuple[str, ...], conditions: tuple[str, ...]) -> None:
+        def add(module: str, names: tuple[str, ...] = ()) -> None:
+            found.append(
+                Found(
+                    module=module,
+                    names=names,
+                    line=getattr(node, "lineno", 0),
+                    functions=functions,
+                    conditions=conditions,
+                )
+            )
+
         if isinstance(node, ast.Import):
             for alias in node.names:
-                found.append(
-                    Found(
-                        module=alias.name,
-                        names=(),
-                        line=node.lineno,
-                        functions=functions,
-                        conditions=conditions,
-                    )
-                )
+                add(alias.name)
         elif isinstance(node, ast.ImportFrom):
             base = resolve(node)
             names = tuple(alias.name for alias in node.names)
             # `from worker import sandbox` imports the module worker.sandbox
-            modules = [f"{base}.{name}" for name in names] if base == "worker" else [base]
-            for name in modules:
-                found.append(
-                    Found(
-                        module=name,
-                        names=names,
-                        line=node.lineno,
-                        functions=functions,
-                        conditions=conditions,
-                    )
-                )
+            for module in [f"{base}.{name}" for name in names] if base == "worker" else [base]:
+                add(module, names)
         elif isinstance(node, ast.Call):
             # importlib.import_module("...") and __import__("...") count as imports too
             func = node.func
             called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
             if called in ("import_module", "__import__"):
                 target = node.args[0] if node.args else None
-                name = target.value if isinstance(target, ast.Constant) else "<dynamic>"
-                found.append(
-                    Found(
-                        module=str(name),
-                        names=(),
-                        line=node.lineno,
-                        functions=functions,
-                        conditions=conditions,
-                    )
-                )
+                add(str(target.value) if isinstance(target, ast.Constant) else "<dynamic>")
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             functions = (*functions, node.name)
         if isinstance(node, ast.If):
