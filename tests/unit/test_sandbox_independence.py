@@ -95,10 +95,10 @@ def imports(source: str, module: str, *, is_package: bool = False) -> list[Found
                 for c in ast.walk(node.test)
                 if isinstance(c, ast.Constant) and isinstance(c.value, str)
             )
-            for child in node.body:
-                visit(child, functions, (*conditions, *said))
-            for child in node.orelse:
-                visit(child, functions, conditions)
+            for statement in node.body:
+                visit(statement, functions, (*conditions, *said))
+            for statement in node.orelse:
+                visit(statement, functions, conditions)
             return
         for child in ast.iter_child_nodes(node):
             visit(child, functions, conditions)
