@@ -146,8 +146,8 @@ def playbook_case(
 
 
 class Admissions:
-    """The one admission path; one per process (its locks serialise a person's
-    instructions, its intake groups the webhooks' commits)."""
+    """The one admission path. The server keeps one: its locks decide a person's
+    instructions one at a time, and its intake groups the webhooks' commits."""
 
     def __init__(
         self,
