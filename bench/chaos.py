@@ -17,12 +17,12 @@ What it does, in one process (asyncio) plus K worker subprocesses:
 2. starts a throwaway PostgreSQL 15 (tests/pg.py) or uses a SQLite file, writes a
    config (2 s lease, fast retries, a watchdog interval of a day, countdown caches
    of 5 s so the first two milestones fire during the chaos), and opens the N cases
-   through worker.service.open_case against the same store;
+   through worker.cases.open_case against the same store;
 3. runs W `offboard worker` processes; at seeded random moments (a mean of
    --kill-every seconds apart) SIGKILLs a random one and starts it again, --kills
    times in all. It plays the operator meanwhile: when a case waits on its
    portal-sessions task it deletes the sessions through the emulator's console
-   endpoint and confirms through worker.service.confirm_task (--eager-operator:
+   endpoint and confirms through worker.cases.confirm_task (--eager-operator:
    as soon as the task is open, before its case is released as waiting);
 4. when every case is contained it moves the workers' clock (the
    OFFBOARD_TEST_CLOCK_OFFSET_FILE) 13 h on, keeps killing (a fifth of the kills are
@@ -79,12 +79,13 @@ if str(REPO) not in sys.path:  # run as a script: tests.pg lives in the source t
 import aiohttp  # noqa: E402
 import yaml  # noqa: E402
 
+from worker.cases import confirm_task, open_case  # noqa: E402
 from worker.clock import OffsetClock  # noqa: E402
 from worker.config import parse_config  # noqa: E402
 from worker.domain import Case, CaseEvent, CaseStatus, OperatorTask, StepStatus, Timer  # noqa: E402
+from worker.runtime import Runtime, open_runtime  # noqa: E402
 from worker.sandbox import Sandbox, SeededUser  # noqa: E402
 from worker.sandbox.common import FaultRule  # noqa: E402
-from worker.service import Runtime, confirm_task, open_case, open_runtime  # noqa: E402
 
 DSN_ENV = "OFFBOARD_CHAOS_PG_DSN"
 PORTAL_STEP = "portal-sessions"

@@ -26,7 +26,7 @@ import yaml
 
 from worker.config import Config, parse_config
 from worker.domain import CaseStatus
-from worker.service import Runtime, open_runtime
+from worker.runtime import Runtime, open_runtime
 
 REPO = Path(__file__).resolve().parent.parent
 OFFBOARD = [sys.executable, "-m", "worker.cli"]

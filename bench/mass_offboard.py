@@ -52,8 +52,9 @@ from bench.harness import (
     wait_http,
     write_config,
 )
+from worker.cases import open_case
 from worker.domain import CaseStatus
-from worker.service import Runtime, open_case
+from worker.runtime import Runtime
 
 WINDOW = 60.0
 

@@ -37,8 +37,9 @@ from bench.harness import (
     wait_http,
     write_config,
 )
+from worker.cases import confirm_task, drive_case, open_case
 from worker.domain import CaseStatus, NewCase, StepStatus
-from worker.service import Runtime, confirm_task, drive_case, open_case
+from worker.runtime import Runtime
 
 TOKEN = "bench-memory-token-0123456789abcdef"  # noqa: S105 - loopback only
 TOKEN_ENV = "OFFBOARD_BENCH_API_TOKEN"  # noqa: S105 - the name of a variable

@@ -11,8 +11,8 @@ import pytest
 
 from tests.pg import pg_dsn, pg_fresh_dsn  # noqa: F401  (fixtures)
 from worker.config import Config, parse_config
+from worker.runtime import Runtime, open_runtime
 from worker.sandbox import Sandbox, SeededUser
-from worker.service import Runtime, open_runtime
 
 REPO = Path(__file__).resolve().parent.parent
 LEAVER = "leaver@example.com"

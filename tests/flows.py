@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import aiohttp
 
+from worker.cases import confirm_task, drive_case, open_case
 from worker.domain import Case, CaseStatus
+from worker.runtime import Runtime
 from worker.sandbox import Sandbox, SeededUser
-from worker.service import Runtime, confirm_task, drive_case, open_case
 
 #: the mutations of a leaver case, in the only order the invariant allows
 CONTAINMENT_ORDER = (

@@ -24,10 +24,19 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, TextIO
 
+from worker.admission import (
+    Admitted,
+    Instruction,
+    Outcome,
+    ProtectedIdentity,
+    is_login,
+    protected_pattern,
+    protected_reason,
+)
 from worker.clock import utc_iso
-from worker.domain import PRIORITIES, Case, CaseStatus, Delivery, OperatorTask
+from worker.domain import PRIORITIES, Case, CaseStatus, OperatorTask
 from worker.playbook import Playbook
-from worker.service import Runtime, is_login, open_case, protected_pattern
+from worker.runtime import Runtime
 from worker.worker import Worker
 
 COLUMNS = ("email", "reason", "effective_at", "employee_id")
@@ -169,9 +178,7 @@ def _row(
     elif (first := first_line_of.setdefault(email.lower(), line)) != line:
         problems.append(problem(f"email {email} is also on line {first}"))
     elif (pattern := protected_pattern(email, list(protected))) is not None:
-        problems.append(
-            problem(f"{email} is a protected identity (matches {pattern!r}): never offboarded")
-        )
+        problems.append(problem(protected_reason(email, pattern)))
     effective_at, date_problem = _effective_at(cells.get("effective_at", ""))
     if date_problem:
         problems.append(problem(date_problem))
@@ -226,17 +233,12 @@ def delivery_key(playbook: str, row: BulkRow) -> str:
 async def enqueue(
     runtime: Runtime, playbook: Playbook, rows: Sequence[BulkRow], *, file: str, by: str
 ) -> list[Entry]:
-    store, clock = runtime.store, runtime.clock
+    admissions = runtime.admissions()
     # below normal and incident work, so a big file never delays an urgent case
     bulk = replace(playbook, priority=PRIORITIES["bulk"])
     entries: list[Entry] = []
     for row in rows:
         key = delivery_key(playbook.name, row)
-        seen = await store.get_delivery(key)
-        if seen is not None and seen.case_id is not None:
-            entries.append(Entry(row=row, case_id=seen.case_id, outcome="earlier-run"))
-            continue
-        now = clock.now()
         trigger: dict[str, Any] = {
             "source": "bulk",
             "by": by,
@@ -247,23 +249,42 @@ async def enqueue(
             "employee_id": row.employee_id,
             "effective_at": utc_iso(row.effective_at) if row.effective_at else None,
         }
-        run_after = row.effective_at if row.effective_at and row.effective_at > now else None
-        # the key also goes on the case: a crash before the delivery below is recorded
-        # finds the same case on the next run, even if it has finished meanwhile
-        case, created = await open_case(
-            runtime, bulk, row.email, trigger, run_after=run_after, idempotency_key=key
-        )
-        outcome: Literal["created", "existing"] = "created" if created else "existing"
-        await store.record_delivery(
-            Delivery(
+
+        def recorded(admitted: Admitted, row: BulkRow = row) -> dict[str, Any]:
+            assert admitted.case is not None  # a termination admitted has its case
+            return {
+                "outcome": _origin(admitted),
+                "case_id": admitted.case.id,
+                "file": file,
+                "line": row.line,
+            }
+
+        # the key also goes on the case: a crash before the delivery is recorded finds
+        # the same case on the next run, even if it has finished meanwhile
+        admitted = await admissions.admit(
+            Instruction(
+                playbook=bulk,
+                subject=row.email,
+                trigger=trigger,
+                effective_at=row.effective_at,
                 key=key,
-                case_id=case.id,
-                outcome={"outcome": outcome, "case_id": case.id, "file": file, "line": row.line},
-                received_at=now,
-            )
+                case_key=key,
+            ),
+            recorded,
         )
-        entries.append(Entry(row=row, case_id=case.id, outcome=outcome))
+        if admitted.outcome is Outcome.PROTECTED:  # the rows were checked: a new pattern
+            raise ProtectedIdentity(admitted.detail)
+        if admitted.outcome is Outcome.REPLAYED:
+            assert admitted.delivery is not None and admitted.delivery.case_id is not None
+            entries.append(Entry(row=row, case_id=admitted.delivery.case_id, outcome="earlier-run"))
+            continue
+        assert admitted.case is not None
+        entries.append(Entry(row=row, case_id=admitted.case.id, outcome=_origin(admitted)))
     return entries
+
+
+def _origin(admitted: Admitted) -> Literal["created", "existing"]:
+    return "created" if admitted.created else "existing"
 
 
 # --- phase 3: watch and summarise ------------------------------------------------------

@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from worker.admission import Instruction, Outcome
+from worker.cases import confirm_task, drive_case, remove_deny_statements, retry_case
 from worker.clock import Clock, OffsetClock, SystemClock, parse_iso
 from worker.config import Config, load_config
 from worker.domain import CaseStatus
@@ -30,15 +32,7 @@ from worker.report import (
     task_text,
     timeline,
 )
-from worker.service import (
-    Runtime,
-    confirm_task,
-    drive_case,
-    open_case,
-    open_runtime,
-    remove_deny_statements,
-    retry_case,
-)
+from worker.runtime import Runtime, open_runtime
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WAITING = 0, 1, 2, 3
 DEFAULT_CONFIG = "config/offboard.yaml"
@@ -214,14 +208,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 print(f"{case_id}: deny statement removed from {len(arns)} permission set(s)")
             return EXIT_OK
         if args.command == "run":
-            playbook = runtime.playbook(args.playbook)
-            case, created = await open_case(
-                runtime, playbook, args.user, {"source": "cli", "by": getpass.getuser()}
-            )
-            verb = "opened" if created else "resuming"
-            print(f"{verb} case {case.id} ({playbook.name}, {case.subject})")
-            case = await drive_case(runtime, case.id)
-            return await _print_case(runtime, case.id)
+            return await _run(runtime, args)
         if args.command == "status":
             if args.case:
                 return await _print_case(runtime, args.case)
@@ -240,6 +227,24 @@ async def _dispatch(args: argparse.Namespace) -> int:
             await drive_case(runtime, args.case)
             return await _print_case(runtime, args.case)
     raise AssertionError(args.command)
+
+
+async def _run(runtime: Runtime, args: argparse.Namespace) -> int:
+    """Open the person's case (or resume the open one) and drive it."""
+    playbook = runtime.playbook(args.playbook)
+    trigger = {"source": "cli", "by": getpass.getuser()}
+    admitted = await runtime.admissions().admit(
+        Instruction(playbook=playbook, subject=args.user, trigger=trigger)
+    )
+    if admitted.outcome is Outcome.PROTECTED:
+        print(f"offboard: {admitted.detail}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    case = admitted.case
+    assert case is not None  # an unkeyed termination admitted has its case
+    verb = "opened" if admitted.created else "resuming"
+    print(f"{verb} case {case.id} ({playbook.name}, {case.subject})")
+    await drive_case(runtime, case.id)
+    return await _print_case(runtime, case.id)
 
 
 def _config_command(args: argparse.Namespace, base_dir: Path) -> int:
@@ -400,7 +405,7 @@ async def _run_worker(runtime: Runtime) -> int:
 async def _serve(runtime: Runtime, host: str | None, port: int | None) -> int:
     from aiohttp import web
 
-    from worker.server import build_app
+    from worker.web.app import build_app
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -14,12 +14,13 @@ from typing import TextIO
 
 import aiohttp
 
+from worker.cases import confirm_task, drive_case, open_case
 from worker.clock import utc_iso
 from worker.config import parse_config
 from worker.domain import Case, CaseStatus
 from worker.report import case_header, countdown_text, step_table, task_text, timeline
+from worker.runtime import Runtime, open_runtime
 from worker.sandbox import Sandbox
-from worker.service import Runtime, confirm_task, drive_case, open_case, open_runtime
 
 DEMO_USER = "alice@example.com"
 INCIDENT_USER = "mallory@example.com"

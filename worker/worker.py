@@ -17,7 +17,7 @@ from worker.clock import seconds_until, utc_iso
 from worker.countdown import parse_iso_duration
 from worker.domain import URGENT, Timer
 from worker.notify import Notification, deliver
-from worker.service import Runtime
+from worker.runtime import Runtime
 from worker.watchdog import WATCHED, check_case
 
 log = structlog.get_logger(__name__)

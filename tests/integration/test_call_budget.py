@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 
 from bench.emulators import PERMISSION_SETS, Organisation
+from worker.cases import open_case
 from worker.domain import CaseStatus
+from worker.runtime import Runtime
 from worker.sandbox import Sandbox
-from worker.service import Runtime, open_case
 from worker.worker import Worker
 
 PEOPLE = 12

@@ -13,13 +13,14 @@ import pytest
 
 from tests.conftest import LEAVER
 from tests.flows import CONTAINMENT_ORDER, contain, mutations
+from worker.cases import open_case, remove_deny_statements
 from worker.clock import ManualClock, parse_iso
 from worker.config import parse_config
 from worker.domain import CaseStatus, StepStatus
 from worker.notify import RecordingNotifier
+from worker.runtime import Runtime, open_runtime
 from worker.sandbox import Sandbox, SeededUser
 from worker.sandbox.sessions import AccessKind, SimulatedLeaver
-from worker.service import Runtime, open_case, open_runtime, remove_deny_statements
 from worker.steps import deny_sid
 from worker.worker import Worker
 

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 
 from tests.flows import assert_contained_in_order, contain, mutations
+from worker.cases import drive_case, open_case
 from worker.config import parse_config
 from worker.domain import CaseStatus, StepStatus
 from worker.engine import EngineSettings
+from worker.runtime import Runtime, open_runtime
 from worker.sandbox import Sandbox, SeededUser
 from worker.sandbox.common import FaultRule
-from worker.service import Runtime, drive_case, open_case, open_runtime
 
 
 async def test_leaver_contained_in_order_with_evidence(
@@ -165,7 +166,7 @@ async def test_directory_source_waits_for_console_disable_then_verifies(
     config_data: dict[str, Any], sandbox: Sandbox, leaver: SeededUser, tmp_path: Any
 ) -> None:
     from tests.flows import delete_portal_sessions
-    from worker.service import confirm_task, retry_case
+    from worker.cases import confirm_task, retry_case
 
     config_data["identity_center"]["identity_source"] = "directory"
     config = parse_config(config_data, "test")

@@ -27,8 +27,8 @@ from worker.clock import parse_iso
 from worker.config import parse_config
 from worker.domain import CaseStatus, NewCase, PlannedStep
 from worker.evidence import CSV_COLUMNS, export, verify, verify_export
+from worker.runtime import Runtime, open_runtime
 from worker.sandbox import Sandbox, SeededUser
-from worker.service import Runtime, open_runtime
 from worker.store.base import Store, event_hash, genesis_hash
 from worker.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from worker.store.postgres import PostgresStore

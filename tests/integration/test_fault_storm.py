@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from tests.flows import CONTAINMENT_ORDER, delete_portal_sessions
+from worker.cases import confirm_task, open_case
 from worker.config import parse_config
 from worker.domain import CaseStatus
+from worker.runtime import open_runtime
 from worker.sandbox import Sandbox
 from worker.sandbox.common import FaultRule
-from worker.service import confirm_task, open_case, open_runtime
 from worker.worker import Worker
 
 CASES = 200

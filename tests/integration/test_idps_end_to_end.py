@@ -13,9 +13,9 @@ from tests.conftest import fast_settings
 from tests.flows import contain, mutations
 from worker.config import parse_config
 from worker.domain import CaseStatus, StepStatus
+from worker.runtime import open_runtime
 from worker.sandbox import IdpName, Sandbox
 from worker.sandbox.common import FaultRule
-from worker.service import open_runtime
 
 IDP_ORDER = {
     "okta": ("okta.deactivate", "okta.clear_sessions"),

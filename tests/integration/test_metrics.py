@@ -14,14 +14,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.flows import contain
+from worker.cases import drive_case, open_case
 from worker.clock import ManualClock, seconds_until
 from worker.config import parse_config
 from worker.domain import CaseStatus
 from worker.metrics import Metrics
+from worker.runtime import Runtime, open_runtime
 from worker.sandbox import Sandbox, SeededUser
 from worker.sandbox.common import FaultRule
-from worker.server import build_app
-from worker.service import Runtime, drive_case, open_case, open_runtime
+from worker.web.app import build_app
 from worker.worker import Worker
 
 #: every name the alert rules in deploy/prometheus/alerts.yaml are written against

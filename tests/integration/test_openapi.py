@@ -1,4 +1,4 @@
-"""worker/openapi.json is valid, complete and true.
+"""worker/web/openapi.json is valid, complete and true.
 
 - valid OpenAPI 3.1, and exactly what the server serves at /openapi.json;
 - every route the app registers is documented and every documented path is a route
@@ -66,13 +66,14 @@ from schemathesis.specs.openapi.checks import (
 from standardwebhooks.webhooks import Webhook
 
 from tests.flows import contain
+from worker.cases import drive_case, open_case
 from worker.config import parse_config
 from worker.domain import CaseStatus
+from worker.runtime import Runtime, open_runtime
 from worker.sandbox import Sandbox
-from worker.server import build_app
-from worker.service import Runtime, drive_case, open_case, open_runtime
+from worker.web.app import build_app
 
-DOCUMENT = Path(__file__).resolve().parents[2] / "worker" / "openapi.json"
+DOCUMENT = Path(__file__).resolve().parents[2] / "worker" / "web" / "openapi.json"
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 API_TOKEN = "api-" + "t" * 40
@@ -224,7 +225,7 @@ async def test_every_route_is_documented_and_every_documented_path_is_a_route(
 
 def _status_page(path: str) -> bool:
     """The one rule that leaves routes out of the document: the HTML status page under
-    /ui (worker/ui.py, docs/ui.md) is for browsers (session cookie, forms, CSRF), not
+    /ui (worker/web/ui.py, docs/ui.md) is for browsers (session cookie, forms, CSRF), not
     part of the API contract; the document's description says so."""
     return path == "/ui" or path.startswith("/ui/")
 

@@ -9,10 +9,11 @@ import asyncio
 import contextlib
 from typing import Any
 
+from worker.cases import open_case
 from worker.domain import CaseStatus
+from worker.runtime import Runtime
 from worker.sandbox import Sandbox
 from worker.sandbox.common import FaultRule
-from worker.service import Runtime, open_case
 from worker.worker import Worker
 
 INCIDENT = "compromised@example.com"

@@ -7,11 +7,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from worker.cases import open_case
 from worker.config import parse_config
 from worker.domain import CaseStatus
+from worker.runtime import open_runtime
 from worker.sandbox import Sandbox
 from worker.sandbox.common import FaultRule, ServiceLimit
-from worker.service import open_case, open_runtime
 from worker.worker import Worker
 
 #: AWS's 20 TPS collective as it is: far below what the worker can do even on a loaded

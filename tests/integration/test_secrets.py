@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from tests.flows import contain
+from worker.cases import drive_case, open_case
 from worker.config import parse_config
 from worker.logging import configure_logging
+from worker.runtime import open_runtime
 from worker.sandbox import Sandbox, SeededUser
 from worker.sandbox.common import FaultRule
-from worker.service import drive_case, open_case, open_runtime
 
 
 async def test_secrets_never_reach_logs_or_store(

@@ -19,12 +19,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks.webhooks import Webhook
 
 from tests.flows import assert_contained_in_order, delete_portal_sessions
+from worker.cases import open_case
 from worker.clock import ManualClock
 from worker.config import parse_config
 from worker.domain import CaseStatus
+from worker.runtime import Runtime, open_runtime
 from worker.sandbox import Sandbox, SeededUser
-from worker.server import STATE, build_app
-from worker.service import Runtime, open_case, open_runtime
+from worker.web.app import build_app
+from worker.web.state import STATE
 from worker.worker import Worker
 
 WHSEC = "whsec_" + base64.b64encode(b"k" * 32).decode()

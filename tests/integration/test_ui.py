@@ -19,12 +19,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 from tests.flows import contain
+from worker.cases import drive_case, open_case
 from worker.config import parse_config
 from worker.domain import Case, CaseStatus, OperatorTask
+from worker.runtime import Runtime, open_runtime
 from worker.sandbox import Sandbox
-from worker.server import build_app
-from worker.service import Runtime, drive_case, open_case, open_runtime
-from worker.ui import COOKIE, CSP, SESSION_TTL, UiState, issue_session, read_session
+from worker.web.app import build_app
+from worker.web.ui import COOKIE, CSP, SESSION_TTL, UiState, issue_session, read_session
 
 TOKEN = "ui-ops-token-" + "u" * 32
 OTHER = "ui-night-token-" + "n" * 32

@@ -116,9 +116,9 @@ def _drain_seconds() -> float:
     the worker's grace for the step in flight, then the notifier deliveries. Read from
     the code, so a longer drain there fails this test until the deployments follow."""
     cli = (REPO / "worker" / "cli.py").read_text(encoding="utf-8")
-    service = (REPO / "worker" / "service.py").read_text(encoding="utf-8")
+    runtime = (REPO / "worker" / "runtime.py").read_text(encoding="utf-8")
     http = re.search(r"AppRunner\(.*shutdown_timeout=([\d.]+)", cli)
-    notify = re.search(r"push_async_callback\(fanout\.aclose, ([\d.]+)\)", service)
+    notify = re.search(r"push_async_callback\(fanout\.aclose, ([\d.]+)\)", runtime)
     assert http and notify, "the drain timeouts moved: update _drain_seconds"
     grace = inspect.signature(Worker.__init__).parameters["grace_seconds"].default
     return float(http.group(1)) + float(grace) + float(notify.group(1))

@@ -4,7 +4,7 @@ Open cases with their step timeline, the residual-access milestones counting dow
 the browser, operator tasks with their console link and a Confirm button, halted cases
 with their reason; `/ui/cases/{id}` adds the trigger, the countdown's inputs and the
 timeline. Server-rendered HTML, every value escaped; one stylesheet and one script,
-served from the package (`worker/ui_static/`); nothing is fetched from anywhere else,
+served from the package (`worker/web/ui_static/`); nothing is fetched from anywhere else,
 and the Content-Security-Policy says so.
 
 Authentication is the API's: the named bearer tokens of `server.api_tokens`.
@@ -45,11 +45,11 @@ from urllib.parse import quote, urlsplit
 import structlog
 from aiohttp import web
 
+from worker.cases import confirm_task
 from worker.clock import parse_iso, utc_iso
 from worker.domain import Case, CaseEvent, CaseStatus, OperatorTask, StepRecord
 from worker.errors import NotFound, OffboardError
-from worker.server import RUNTIME, STATE, WORKER
-from worker.service import confirm_task
+from worker.web.state import RUNTIME, STATE, WORKER
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +82,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _static(name: str, content_type: str) -> tuple[bytes, str, str]:
-    body = resources.files("worker").joinpath("ui_static", name).read_bytes()
+    body = resources.files("worker.web").joinpath("ui_static", name).read_bytes()
     return body, content_type, hashlib.sha256(body).hexdigest()[:12]
 
 

@@ -1,19 +1,16 @@
-"""`offboard serve`: one aiohttp process that takes triggers and runs the worker loop.
+"""The JSON side of `offboard serve`: the HR and incident webhooks, the manual API
+(bearer tokens), health, readiness, metrics and the OpenAPI document.
 
-Routes: signed HR and incident webhooks, the manual API (bearer tokens), health,
-readiness, Prometheus metrics and the OpenAPI document. Every refusal is an RFC 9457
-problem document; nothing is stored for a refused request (a protected identity is
-the one refusal that is recorded, because an auditor wants to see the attempt).
+What becomes of a trigger or a `POST /v1/cases` is decided by admission
+(worker/admission.py); these handlers verify and parse the request, and translate
+the decision into a status and a body (or a problem document).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,162 +19,20 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from worker.admission import Admitted, Instruction, Outcome, is_login
+from worker.cases import confirm_task
 from worker.clock import utc_iso
-from worker.config import TriggerSource
-from worker.domain import Arrival, Case, CaseStatus, Delivery
+from worker.domain import Case, CaseStatus
 from worker.errors import CaseStarted, NotFound, OffboardError, PlaybookError
-from worker.intake import Intake
-from worker.metrics import Metrics, refresh
-from worker.openapi import OPENAPI
-from worker.service import (
-    ProtectedIdentity,
-    Runtime,
-    confirm_task,
-    is_login,
-    open_case,
-    playbook_case,
-    protected_pattern,
-)
-from worker.triggers import IgnoredEvent, Trigger, TriggerAdapter, TriggerError, accept, adapter_for
-from worker.worker import Worker
+from worker.metrics import refresh
+from worker.playbook import Playbook
+from worker.runtime import Runtime
+from worker.triggers import IgnoredEvent, Trigger, TriggerError, accept
+from worker.web.openapi import OPENAPI
+from worker.web.problems import Problem
+from worker.web.state import RUNTIME, STATE, WORKER
 
 log = structlog.get_logger(__name__)
-
-
-RUNTIME = web.AppKey("runtime", Runtime)
-WORKER = web.AppKey("worker", Worker)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Problem(Exception):
-    """An RFC 9457 problem: raised anywhere in a handler, answered by the middleware."""
-
-    def __init__(
-        self, status: int, title: str, detail: str, *, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.headers = headers or {}
-
-
-def problem_response(
-    status: int, title: str, detail: str, *, headers: dict[str, str] | None = None
-) -> web.Response:
-    slug = "-".join(title.lower().split())
-    body = {"type": f"/problems/{slug}", "title": title, "status": status, "detail": detail}
-    return web.json_response(
-        body, status=status, content_type="application/problem+json", headers=headers
-    )
-
-
-@web.middleware
-async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except Problem as p:
-        return problem_response(p.status, p.title, p.detail, headers=p.headers)
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[STATE].max_body
-        return problem_response(413, "body too large", f"the body is over {limit} bytes")
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return problem_response(exc.status, exc.reason, exc.text or exc.reason)
-    except Exception:
-        # A bug, never the caller's input: say nothing internal, log everything.
-        log.exception("request_failed", path=request.path)
-        return problem_response(500, "internal error", "the server failed; see its log")
-
-
-@dataclass
-class ServerState:
-    adapters: dict[tuple[str, str], tuple[TriggerAdapter, TriggerSource]]
-    api_tokens: dict[str, str]
-    #: one lock per stripe of subjects: a person's triggers are handled one at a time
-    locks: tuple[asyncio.Lock, ...]
-    #: the runtime's metrics (worker/metrics.py): /metrics renders its registry
-    metrics: Metrics
-    max_body: int
-    #: new terminations, admitted in groups (group commit: worker/intake.py)
-    intake: Intake
-
-    def lock_for(self, subject: str) -> asyncio.Lock:
-        digest = hashlib.sha256(subject.lower().encode()).digest()
-        return self.locks[digest[0] % len(self.locks)]
-
-
-STATE: web.AppKey[ServerState] = web.AppKey("state")
-
-
-def _state(runtime: Runtime) -> ServerState:
-    config = runtime.config.server
-    adapters: dict[tuple[str, str], tuple[TriggerAdapter, TriggerSource]] = {}
-    for purpose, sources in (("hr", config.hr_sources), ("incident", config.incident_sources)):
-        for name, source in sources.items():
-            secrets = [
-                ref.resolve(f"server.{purpose}_sources.{name}.secrets[{i}]").reveal()
-                for i, ref in enumerate(source.secrets)
-            ]
-            adapter = adapter_for(
-                source.kind,
-                secrets=secrets,
-                tolerance=source.tolerance(),
-                purpose="hr" if purpose == "hr" else "incident",
-            )
-            adapters[(purpose, name)] = (adapter, source)
-    tokens = {
-        name: ref.resolve(f"server.api_tokens.{name}").reveal()
-        for name, ref in config.api_tokens.items()
-    }
-    return ServerState(
-        adapters=adapters,
-        api_tokens=tokens,
-        locks=tuple(asyncio.Lock() for _ in range(64)),
-        metrics=runtime.metrics,
-        max_body=config.max_body_bytes,
-        intake=Intake(runtime.store, runtime.clock.now),
-    )
-
-
-def build_app(runtime: Runtime, *, run_worker: bool = True) -> web.Application:
-    state = _state(runtime)
-    app = web.Application(middlewares=[problems], client_max_size=state.max_body)
-    app[RUNTIME] = runtime
-    app[STATE] = state
-    app[WORKER] = Worker(runtime)
-    app.router.add_post("/v1/hooks/{purpose:hr|incident}/{source}", hook)
-    app.router.add_post("/v1/cases", create_case)
-    app.router.add_get("/v1/cases", list_cases)
-    app.router.add_get("/v1/cases/{case_id}", get_case)
-    app.router.add_post("/v1/cases/{case_id}/confirm/{step}", confirm)
-    app.router.add_post("/v1/cases/{case_id}/cancel", cancel)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/openapi.json", openapi)
-    from worker.ui import add_ui_routes  # here, not at the top: worker.ui imports this module
-
-    add_ui_routes(app)  # the status page at /ui (docs/ui.md)
-    app.on_cleanup.append(_close_intake)
-    if run_worker:
-        app.cleanup_ctx.append(_worker_ctx)
-    return app
-
-
-async def _close_intake(app: web.Application) -> None:
-    await app[STATE].intake.close()
-
-
-async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(app[WORKER].run(stop))
-    yield
-    # aiohttp waits for request handlers only; the worker drains here.
-    stop.set()
-    await task
 
 
 # --- triggers ----------------------------------------------------------------------
@@ -212,83 +67,23 @@ async def hook(request: web.Request) -> web.Response:
         log.info("trigger_refused", purpose=purpose, source=source, reason=exc.title)
         raise Problem(exc.status, exc.title, exc.detail) from None
     key = f"hook:{purpose}:{source}:{trigger.delivery_id}"
-    playbook = config.playbook or ("incident" if purpose == "incident" else "leaver")
-    status, answer = await _act_once(request, key, trigger, playbook)
+    playbook = _playbook(
+        runtime, config.playbook or ("incident" if purpose == "incident" else "leaver")
+    )
+    status, answer = await _admit_keyed(request, _instruction(trigger, playbook, key))
     state.metrics.triggers.labels(purpose, source, str(answer.get("outcome"))).inc()
     return web.json_response(answer, status=status)
 
 
-async def _act_once(
-    request: web.Request,
-    key: str,
-    trigger: Trigger,
-    playbook_name: str,
-    extra: dict[str, Any] | None = None,
-) -> tuple[int, dict[str, Any]]:
-    """Act on a verified trigger exactly once per delivery key; replays get the first answer."""
-    state, runtime = request.app[STATE], request.app[RUNTIME]
-    async with state.lock_for(trigger.subject):
-        admitted = await _admit(request, key, trigger, playbook_name, extra or {})
-        if admitted is not None:
-            status, answer = admitted
-        else:
-            seen = await runtime.store.get_delivery(key)
-            if seen is not None:
-                return _replay(seen)
-            status, answer, case_id = await _act(request, trigger, playbook_name)
-            answer = {**answer, **(extra or {})}
-            await runtime.store.record_delivery(
-                Delivery(
-                    key=key,
-                    case_id=case_id,
-                    outcome={"status": status, "body": answer},
-                    received_at=runtime.clock.now(),
-                )
-            )
-    request.app[WORKER].wake.set()
-    return status, answer
-
-
-def _replay(seen: Delivery) -> tuple[int, dict[str, Any]]:
-    return int(seen.outcome["status"]), {**seen.outcome["body"], "replayed": True}
-
-
-async def _admit(
-    request: web.Request, key: str, trigger: Trigger, playbook_name: str, extra: dict[str, Any]
-) -> tuple[int, dict[str, Any]] | None:
-    """The common case, a termination for someone with no open case: admitted together
-    with the deliveries arriving meanwhile, in one commit. None when `_act` decides:
-    a rescission, a protected identity (the refusal is recorded), an open case (a
-    later effective time reschedules it)."""
-    state, runtime = request.app[STATE], request.app[RUNTIME]
-    subject = trigger.subject.strip()
-    if (
-        trigger.kind == "rescind"
-        or not is_login(subject)
-        or protected_pattern(subject, runtime.config.protected_identities) is not None
-    ):
-        return None
-    playbook = _playbook(runtime, playbook_name)
-
-    def answer(case: Case) -> dict[str, Any]:
-        return {"status": 202, "body": {"outcome": "created", **_summary(case), **extra}}
-
-    new = playbook_case(
-        playbook,
-        subject,
-        _case_trigger(trigger),
-        run_after=_run_after(trigger, runtime.clock.now()),
+def _instruction(trigger: Trigger, playbook: Playbook, key: str | None) -> Instruction:
+    return Instruction(
+        playbook=playbook,
+        subject=trigger.subject,
+        trigger=_case_trigger(trigger),
+        rescind=trigger.kind == "rescind",
+        effective_at=trigger.effective_at,
+        key=key,
     )
-    admission = await state.intake.admit(Arrival(key=key, case=new, answer=answer))
-    if admission.delivery is None:
-        return None
-    if not admission.created:
-        return _replay(admission.delivery)
-    return int(admission.delivery.outcome["status"]), admission.delivery.outcome["body"]
-
-
-def _run_after(trigger: Trigger, now: datetime) -> datetime | None:
-    return trigger.effective_at if trigger.effective_at and trigger.effective_at > now else None
 
 
 def _case_trigger(trigger: Trigger) -> dict[str, Any]:
@@ -303,35 +98,49 @@ def _case_trigger(trigger: Trigger) -> dict[str, Any]:
     }
 
 
-async def _act(
-    request: web.Request, trigger: Trigger, playbook_name: str
-) -> tuple[int, dict[str, Any], str | None]:
-    runtime = request.app[RUNTIME]
-    now = runtime.clock.now()
-    playbook = _playbook(runtime, playbook_name)
-    if trigger.kind == "rescind":
-        case = await runtime.store.find_open_case(trigger.subject, playbook.name)
-        if case is None:
-            return 200, {"outcome": "nothing-scheduled", "subject": trigger.subject}, None
-        try:
-            case = await runtime.store.cancel_case(
-                case.id, now, f"termination rescinded by {trigger.source} ({trigger.reference})"
-            )
-        except CaseStarted as exc:
-            raise Problem(409, "already started", str(exc)) from None
-        return 200, {"outcome": "cancelled", **_summary(case)}, case.id
-    run_after = _run_after(trigger, now)
-    try:
-        case, created = await open_case(
-            runtime, playbook, trigger.subject, _case_trigger(trigger), run_after=run_after
-        )
-    except ProtectedIdentity as exc:
-        raise Problem(403, "protected identity", str(exc)) from None
-    outcome = "created" if created else ("rescheduled" if run_after else "existing")
-    return 202, {"outcome": outcome, **_summary(case)}, case.id
+async def _admit_keyed(
+    request: web.Request, instruction: Instruction, extra: dict[str, Any] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Admit a keyed instruction: (status, body), recorded with its delivery; a replay
+    gets the first answer again, marked `replayed`."""
+    admitted = await request.app[STATE].admissions.admit(
+        instruction, lambda a: _recorded(a, instruction, extra or {})
+    )
+    _refuse(admitted)
+    assert admitted.delivery is not None  # a keyed admission records or replays one
+    outcome = admitted.delivery.outcome
+    status, body = int(outcome["status"]), outcome["body"]
+    if admitted.outcome is Outcome.REPLAYED:
+        return status, {**body, "replayed": True}
+    request.app[WORKER].wake.set()
+    return status, body
 
 
-def _playbook(runtime: Runtime, name: str) -> Any:
+def _recorded(
+    admitted: Admitted, instruction: Instruction, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """The answer a delivery records: status and body."""
+    status, body = _answer(admitted, instruction)
+    return {"status": status, "body": {**body, **extra}}
+
+
+def _answer(admitted: Admitted, instruction: Instruction) -> tuple[int, dict[str, Any]]:
+    """A rescission is answered 200 (done), a termination 202 (accepted, to be run)."""
+    status = 200 if instruction.rescind else 202
+    if admitted.case is None:  # nothing-scheduled: the one outcome without a case
+        return status, {"outcome": admitted.outcome.value, "subject": instruction.subject}
+    return status, {"outcome": admitted.outcome.value, **_summary(admitted.case)}
+
+
+def _refuse(admitted: Admitted) -> None:
+    """The refusals, as problem documents."""
+    if admitted.outcome is Outcome.PROTECTED:
+        raise Problem(403, "protected identity", admitted.detail)
+    if admitted.outcome is Outcome.ALREADY_STARTED:
+        raise Problem(409, "already started", admitted.detail)
+
+
+def _playbook(runtime: Runtime, name: str) -> Playbook:
     try:
         return runtime.playbook(name)
     except PlaybookError as exc:
@@ -423,7 +232,7 @@ async def create_case(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise _validation_problem(exc) from None
     runtime = request.app[RUNTIME]
-    known = _playbook_names(runtime)
+    known = runtime.playbook_names()
     if body.playbook not in known:
         raise Problem(
             422,
@@ -443,10 +252,14 @@ async def create_case(request: web.Request) -> web.Response:
         reference=idem or "",
         delivery_id=idem or "",
     )
+    playbook = _playbook(runtime, body.playbook)
     if idem is None:
-        _, answer, _ = await _act(request, trigger, body.playbook)
+        instruction = _instruction(trigger, playbook, None)
+        admitted = await request.app[STATE].admissions.admit(instruction)
+        _refuse(admitted)
+        _, answer = _answer(admitted, instruction)
         request.app[WORKER].wake.set()
-        return web.json_response(answer, status=201 if answer["outcome"] == "created" else 200)
+        return web.json_response(answer, status=201 if admitted.created else 200)
     if not 1 <= len(idem) <= 200 or not (idem.isascii() and idem.isprintable()):
         raise Problem(
             400,
@@ -459,18 +272,11 @@ async def create_case(request: web.Request) -> web.Response:
         raise Problem(
             409, "idempotency key reused", "this Idempotency-Key was used with a different request"
         )
-    _, answer = await _act_once(
-        request, key, trigger, body.playbook, extra={"fingerprint": fingerprint}
+    _, answer = await _admit_keyed(
+        request, _instruction(trigger, playbook, key), extra={"fingerprint": fingerprint}
     )
     created = answer["outcome"] == "created" and not answer.get("replayed")
     return web.json_response(answer, status=201 if created else 200)
-
-
-def _playbook_names(runtime: Runtime) -> list[str]:
-    names: set[str] = set()
-    for directory in runtime.playbook_dirs():
-        names.update(p.stem for p in directory.glob("*.yaml"))
-    return sorted(names)
 
 
 #: GET /v1/cases: the cases of one answer unless `?limit=` says, and the most it may say

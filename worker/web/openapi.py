@@ -7,5 +7,5 @@ from importlib import resources
 from typing import Any
 
 OPENAPI: dict[str, Any] = json.loads(
-    resources.files("worker").joinpath("openapi.json").read_text(encoding="utf-8")
+    resources.files("worker.web").joinpath("openapi.json").read_text(encoding="utf-8")
 )

@@ -1,0 +1,286 @@
+"""Admission: what becomes of a request to offboard (or to spare) a person, decided once.
+
+Every front end — the HR and incident webhooks, the manual API, `offboard run` and
+`offboard bulk` — hands over an `Instruction` and gets back one `Admitted`. The front
+ends only translate it: an HTTP status and problem document, an exit code, a CSV row's
+outcome. The decisions, made here and nowhere else:
+
+- replayed: the delivery key was answered before; the first answer stands;
+- created: the person has no open case of this playbook; a new one, due at the
+  effective time;
+- existing / rescheduled: the person's open case is joined; a later instruction for a
+  termination not yet started moves it to the new effective time;
+- cancelled / nothing-scheduled / already-started: a rescission withdraws the open
+  case if containment has not begun;
+- protected: a break-glass or service identity is never offboarded; the refusal is
+  recorded, because an auditor wants to see the attempt.
+
+Admission decides, intake batches: a keyed termination for someone with no open case
+(the common webhook) is committed with the others arriving meanwhile
+(`worker/intake.py`, `Store.admit`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from worker.domain import Arrival, Case, CaseStatus, Delivery, NewCase, Refusal
+from worker.errors import CaseStarted, OffboardError
+from worker.intake import Intake
+from worker.playbook import Playbook
+from worker.store.base import Store
+
+#: a login: printable ASCII without spaces, exactly one @ (the OpenAPI document says the same)
+LOGIN = re.compile(r"[!-?A-~]+@[!-?A-~]+")
+
+
+def is_login(subject: str) -> bool:
+    return LOGIN.fullmatch(subject) is not None
+
+
+def protected_pattern(subject: str, patterns: Sequence[str]) -> str | None:
+    """The configured pattern that protects this identity, if one does."""
+    lowered = subject.lower()
+    return next((p for p in patterns if fnmatch.fnmatchcase(lowered, p.lower())), None)
+
+
+def protected_reason(subject: str, pattern: str) -> str:
+    return f"{subject} is a protected identity (matches {pattern!r}): never offboarded"
+
+
+class ProtectedIdentity(OffboardError):
+    """A break-glass or service identity that no trigger may offboard."""
+
+
+class Outcome(StrEnum):
+    #: a new case
+    CREATED = "created"
+    #: the person's open case of this playbook, joined
+    EXISTING = "existing"
+    #: joined, with an effective time: a case not started yet moves to it
+    RESCHEDULED = "rescheduled"
+    #: the key was answered before: nothing done, the first answer stands
+    REPLAYED = "replayed"
+    #: a rescission withdrew the open case before containment began
+    CANCELLED = "cancelled"
+    #: a rescission for a person with no open case of this playbook
+    NOTHING_SCHEDULED = "nothing-scheduled"
+    #: a rescission after containment began: nothing changed
+    ALREADY_STARTED = "already-started"
+    #: a protected identity: nothing changed but the refusal, recorded
+    PROTECTED = "protected"
+
+
+#: outcomes that change nothing but (for a protected identity) the refusals: no
+#: delivery is recorded, so the same key may be tried again
+REFUSED = (Outcome.ALREADY_STARTED, Outcome.PROTECTED)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Instruction:
+    """What arrived: offboard (or, rescinded, spare) this person with this playbook."""
+
+    playbook: Playbook
+    subject: str
+    #: what the case records of what sent it; its "source" names a refusal's source
+    trigger: dict[str, Any]
+    rescind: bool = False
+    #: when the termination takes effect; None or a past time: now
+    effective_at: datetime | None = None
+    #: the delivery key (a webhook delivery, an Idempotency-Key, a bulk row): a key
+    #: is acted on once, and a repeat is replayed
+    key: str | None = None
+    #: a key the case itself carries: a crash after the case was made but before the
+    #: delivery was recorded finds the same case again, even a finished one
+    case_key: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Admitted:
+    """What became of an `Instruction`."""
+
+    outcome: Outcome
+    #: the case made, joined, moved or cancelled; None when replayed or refused
+    case: Case | None = None
+    #: keyed: the delivery recorded for the key (replayed: the first one); None otherwise
+    delivery: Delivery | None = None
+    #: why it was refused (protected, already started), for a human
+    detail: str = ""
+
+    @property
+    def created(self) -> bool:
+        return self.outcome is Outcome.CREATED
+
+
+#: the answer a front end records with a delivery, replayed as it was for a repeat
+Answer = Callable[[Admitted], dict[str, Any]]
+
+
+def playbook_case(
+    playbook: Playbook,
+    subject: str,
+    trigger: dict[str, Any],
+    *,
+    run_after: datetime | None = None,
+    idempotency_key: str | None = None,
+) -> NewCase:
+    """The case a playbook makes for a person: its steps, at its priority."""
+    return NewCase(
+        playbook=playbook.name,
+        subject=subject,
+        steps=playbook.steps,
+        trigger=trigger,
+        priority=playbook.priority,
+        run_after=run_after,
+        idempotency_key=idempotency_key,
+    )
+
+
+class Admissions:
+    """The one admission path. The server keeps one: its locks decide a person's
+    instructions one at a time, and its intake groups the webhooks' commits."""
+
+    def __init__(
+        self,
+        store: Store,
+        now: Callable[[], datetime],
+        *,
+        protected: Sequence[str],
+        intake: Intake | None = None,
+    ) -> None:
+        self._store = store
+        self._now = now
+        self._protected = tuple(protected)
+        self._intake = intake
+        #: one lock per stripe of subjects: a person's instructions are decided one at a time
+        self._locks = tuple(asyncio.Lock() for _ in range(64))
+
+    def _lock_for(self, subject: str) -> asyncio.Lock:
+        digest = hashlib.sha256(subject.lower().encode()).digest()
+        return self._locks[digest[0] % len(self._locks)]
+
+    async def admit(self, instruction: Instruction, answer: Answer | None = None) -> Admitted:
+        """Decide and do; a keyed instruction records `answer` (or {}) with its delivery."""
+        subject = instruction.subject.strip()
+        async with self._lock_for(subject):
+            if instruction.key is not None:
+                grouped = await self._group_commit(instruction, subject, answer)
+                if grouped is not None:
+                    return grouped
+                seen = await self._store.get_delivery(instruction.key)
+                if seen is not None:
+                    return Admitted(outcome=Outcome.REPLAYED, delivery=seen)
+            if instruction.rescind:
+                admitted = await self._rescind(instruction, subject)
+            else:
+                admitted = await self._terminate(instruction, subject)
+            if instruction.key is None or admitted.outcome in REFUSED:
+                return admitted
+            delivery = Delivery(
+                key=instruction.key,
+                case_id=admitted.case.id if admitted.case is not None else None,
+                outcome=answer(admitted) if answer is not None else {},
+                received_at=self._now(),
+            )
+            await self._store.record_delivery(delivery)
+            return Admitted(outcome=admitted.outcome, case=admitted.case, delivery=delivery)
+
+    def _run_after(self, instruction: Instruction) -> datetime | None:
+        effective = instruction.effective_at
+        return effective if effective is not None and effective > self._now() else None
+
+    async def _group_commit(
+        self, instruction: Instruction, subject: str, answer: Answer | None
+    ) -> Admitted | None:
+        """The common case, a termination for someone with no open case: admitted
+        together with the deliveries arriving meanwhile, in one commit. None when the
+        rest of `admit` decides: a rescission, a protected identity, an open case."""
+        if (
+            self._intake is None
+            or instruction.key is None
+            or instruction.rescind
+            or not is_login(subject)
+            or protected_pattern(subject, self._protected) is not None
+        ):
+            return None
+
+        def recorded(case: Case) -> dict[str, Any]:
+            made = Admitted(outcome=Outcome.CREATED, case=case)
+            return answer(made) if answer is not None else {}
+
+        new = self._new_case(instruction, subject)
+        admission = await self._intake.admit(
+            Arrival(key=instruction.key, case=new, answer=recorded)
+        )
+        if admission.delivery is None:
+            return None
+        if not admission.created:
+            return Admitted(outcome=Outcome.REPLAYED, delivery=admission.delivery)
+        return Admitted(outcome=Outcome.CREATED, case=admission.case, delivery=admission.delivery)
+
+    def _new_case(self, instruction: Instruction, subject: str) -> NewCase:
+        return playbook_case(
+            instruction.playbook,
+            subject,
+            instruction.trigger,
+            run_after=self._run_after(instruction),
+            idempotency_key=instruction.case_key,
+        )
+
+    async def _rescind(self, instruction: Instruction, subject: str) -> Admitted:
+        case = await self._store.find_open_case(subject, instruction.playbook.name)
+        if case is None:
+            return Admitted(outcome=Outcome.NOTHING_SCHEDULED)
+        trigger = instruction.trigger
+        reason = f"termination rescinded by {trigger.get('source')} ({trigger.get('reference')})"
+        try:
+            case = await self._store.cancel_case(case.id, self._now(), reason)
+        except CaseStarted as exc:
+            return Admitted(outcome=Outcome.ALREADY_STARTED, case=None, detail=str(exc))
+        return Admitted(outcome=Outcome.CANCELLED, case=case)
+
+    async def _terminate(self, instruction: Instruction, subject: str) -> Admitted:
+        if not is_login(subject):
+            raise OffboardError(
+                f"the subject must be the person's login (an email), not {subject!r}"
+            )
+        pattern = protected_pattern(subject, self._protected)
+        if pattern is not None:
+            reason = protected_reason(subject, pattern)
+            await self._store.record_refusal(
+                Refusal(
+                    at=self._now(),
+                    source=str(instruction.trigger.get("source", "unknown")),
+                    subject=subject,
+                    reason=reason,
+                )
+            )
+            return Admitted(outcome=Outcome.PROTECTED, detail=reason)
+        run_after = self._run_after(instruction)
+        existing = await self._store.find_open_case(subject, instruction.playbook.name)
+        if existing is None:
+            case, created = await self._store.create_case(
+                self._new_case(instruction, subject), self._now()
+            )
+            if created:
+                return Admitted(outcome=Outcome.CREATED, case=case)
+            existing = case  # the case key was used before: that case, as it is
+        else:
+            # a later instruction for a termination not started yet moves it
+            due = run_after or self._now()
+            scheduled = existing.status is CaseStatus.PENDING and existing.run_after is not None
+            if scheduled and existing.run_after != due:
+                with contextlib.suppress(CaseStarted):  # it started meanwhile: leave it be
+                    existing = await self._store.reschedule_case(existing.id, due, self._now())
+        # "rescheduled" says the instruction carried a time, whether or not it moved
+        outcome = Outcome.RESCHEDULED if run_after is not None else Outcome.EXISTING
+        return Admitted(outcome=outcome, case=existing)

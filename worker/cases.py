@@ -1,0 +1,166 @@
+"""What is done to a case once it exists: open one for a person (through admission),
+drive it, confirm an operator task, retry a halted case, and take its deny statements
+off once its access has lapsed."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from functools import partial
+from typing import Any, TypeVar
+
+import structlog
+
+from worker.admission import Instruction, Outcome, ProtectedIdentity
+from worker.clock import seconds_until
+from worker.domain import Case, CaseStatus, OperatorTask, StepStatus
+from worker.errors import NotFound, OffboardError
+from worker.playbook import Playbook
+from worker.retry import with_retry
+from worker.runtime import Runtime
+from worker.steps import remove_deny
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+DENY_ACTION = "identity_center.deny_role_sessions"
+
+#: case states in which nothing more will happen without a human
+FINAL = (
+    CaseStatus.CONTAINED,
+    CaseStatus.HALTED,
+    CaseStatus.ACCESS_LAPSED,
+    CaseStatus.CANCELLED,
+)
+
+
+async def open_case(
+    runtime: Runtime,
+    playbook: Playbook,
+    subject: str,
+    trigger: dict[str, Any],
+    *,
+    run_after: datetime | None = None,
+) -> tuple[Case, bool]:
+    """A new case, or the open case this playbook already has for this person (and
+    whether it is new), through the one admission path; ProtectedIdentity if refused.
+
+    Re-running a command after a crash resumes instead of starting twice; a later
+    trigger for a termination not yet started moves it to the new time."""
+    admitted = await runtime.admissions().admit(
+        Instruction(playbook=playbook, subject=subject, trigger=trigger, effective_at=run_after)
+    )
+    if admitted.outcome is Outcome.PROTECTED:
+        raise ProtectedIdentity(admitted.detail)
+    assert admitted.case is not None, admitted  # unkeyed terminations always have a case
+    return admitted.case, admitted.created
+
+
+async def drive_case(runtime: Runtime, case_id: str) -> Case:
+    """Run one case until it needs a human or is finished, waiting out leases and retries."""
+    store, engine, clock = runtime.store, runtime.engine, runtime.clock
+    while True:
+        case = await store.get_case(case_id)
+        if case.status in FINAL or case.status is CaseStatus.WAITING:
+            return case
+        claimed = await store.claim_case(
+            case_id, engine.worker_id, clock.now(), engine.settings.lease_seconds
+        )
+        if claimed is None:
+            # Held by another (perhaps dead) worker, or not due yet: wait for the lease or timer.
+            wake = case.lease_expires_at if case.status is CaseStatus.RUNNING else case.run_after
+            delay = 0.5 if wake is None else max(0.05, min(5.0, seconds_until(wake, clock.now())))
+            if case.status is CaseStatus.RUNNING:
+                log.info(
+                    "case_held_elsewhere", case_id=case_id, holder=case.lease_owner, wait=delay
+                )
+            await clock.sleep(delay)
+            continue
+        await engine.run_claimed(claimed)
+
+
+async def confirm_task(
+    runtime: Runtime, case_id: str, step_id: str, confirmed_by: str
+) -> OperatorTask:
+    """Record an operator's confirmation and make the case runnable again."""
+    case = await runtime.store.get_case(case_id)
+    if step_id not in {s.id for s in case.steps}:
+        known = ", ".join(s.id for s in case.steps)
+        raise OffboardError(f"case {case_id} has no step {step_id!r} (steps: {known})")
+    task = await runtime.store.get_task(case_id, step_id)
+    if task is None:
+        raise NotFound(f"case {case_id} has no open operator task for step {step_id!r}")
+    task = await runtime.store.confirm_task(case_id, step_id, confirmed_by, runtime.clock.now())
+    await runtime.store.append_event(
+        case_id,
+        "operator_confirmed",
+        runtime.clock.now(),
+        step_id=step_id,
+        data={"confirmed_by": confirmed_by},
+    )
+    steps = await runtime.store.steps(case_id)
+    if any(s.step_id == step_id and s.status is StepStatus.WAITING for s in steps):
+        await runtime.store.resume_case(case_id, runtime.clock.now())
+    return task
+
+
+async def remove_deny_statements(runtime: Runtime) -> list[tuple[str, list[str]]]:
+    """Take our deny statements off permission sets once a case's access has lapsed,
+    so permission sets do not grow forever. Returns (case, permission sets) cleaned."""
+    ic = runtime.providers.identity_center
+
+    async def call(operation: str, fn: Callable[[], Awaitable[T]]) -> T:
+        return await with_retry(fn, runtime.engine.policy, runtime.clock, operation=operation)
+
+    cleaned: list[tuple[str, list[str]]] = []
+    for case in await runtime.store.list_cases((CaseStatus.ACCESS_LAPSED,)):
+        steps = await runtime.store.steps(case.id)
+        deny = next(
+            (s for s in steps if s.action == DENY_ACTION and s.status is StepStatus.DONE), None
+        )
+        events = await runtime.store.events(case.id)
+        if deny is None or any(e.kind == "deny_removed" for e in events):
+            continue
+        user_id = str(deny.evidence["ic_user_id"])
+        changed: list[str] = []
+        for arn in deny.evidence.get("permission_sets", []):
+            without = remove_deny(
+                await call("GetInlinePolicy", partial(ic.inline_policy, arn)), user_id, arn
+            )
+            if without is None:
+                continue
+            if without:
+                await call("PutInlinePolicy", partial(ic.put_inline_policy, arn, without))
+            else:
+                await call("DeleteInlinePolicy", partial(ic.delete_inline_policy, arn))
+            request = await call("ProvisionPermissionSet", partial(ic.provision, arn))
+            status = await call("ProvisioningStatus", partial(ic.provisioning_status, request))
+            while status[0] == "IN_PROGRESS":
+                await runtime.clock.sleep(runtime.config.worker.verify_interval_seconds)
+                status = await call("ProvisioningStatus", partial(ic.provisioning_status, request))
+            if status[0] != "SUCCEEDED":
+                raise OffboardError(f"case {case.id}: provisioning {arn} failed: {status[1]}")
+            changed.append(arn)
+        await runtime.store.append_event(
+            case.id,
+            "deny_removed",
+            runtime.clock.now(),
+            step_id=None,
+            data={"permission_sets": changed},
+        )
+        cleaned.append((case.id, changed))
+    return cleaned
+
+
+async def retry_case(runtime: Runtime, case_id: str, retried_by: str) -> Case:
+    """Run a halted case again from the step that failed, once a human fixed the cause."""
+    case = await runtime.store.get_case(case_id)
+    if case.status is not CaseStatus.HALTED:
+        raise OffboardError(f"case {case_id} is {case.status.value}, not halted: nothing to retry")
+    await runtime.store.append_event(
+        case_id,
+        "case_retried",
+        runtime.clock.now(),
+        step_id=None,
+        data={"retried_by": retried_by, "halt_reason": case.halt_reason},
+    )
+    return await runtime.store.resume_case(case_id, runtime.clock.now())

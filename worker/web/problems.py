@@ -1,0 +1,56 @@
+"""RFC 9457 problem documents: every refusal of the web application is one."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from worker.web.state import STATE
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Problem(Exception):
+    """An RFC 9457 problem: raised anywhere in a handler, answered by the middleware."""
+
+    def __init__(
+        self, status: int, title: str, detail: str, *, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def problem_response(
+    status: int, title: str, detail: str, *, headers: dict[str, str] | None = None
+) -> web.Response:
+    slug = "-".join(title.lower().split())
+    body = {"type": f"/problems/{slug}", "title": title, "status": status, "detail": detail}
+    return web.json_response(
+        body, status=status, content_type="application/problem+json", headers=headers
+    )
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Problem as p:
+        return problem_response(p.status, p.title, p.detail, headers=p.headers)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[STATE].max_body
+        return problem_response(413, "body too large", f"the body is over {limit} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_response(exc.status, exc.reason, exc.text or exc.reason)
+    except Exception:
+        # A bug, never the caller's input: say nothing internal, log everything.
+        log.exception("request_failed", path=request.path)
+        return problem_response(500, "internal error", "the server failed; see its log")
