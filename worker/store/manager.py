@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from functools import cache
 from importlib import resources
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from worker.clock import utc_iso
 from worker.domain import (
@@ -46,8 +46,12 @@ from worker.store.base import (
     new_case_id,
 )
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 #: a row as a connector returns it: read by column name
 Row = Any
+R = TypeVar("R", bound="DataclassInstance")
 
 
 @cache
@@ -230,87 +234,38 @@ class StoreManager:
 
     # rows to records
 
+    def _record(self, cls: type[R], row: Row, times: str = "", docs: str = "", **values: Any) -> R:
+        """`cls` from the row's columns named as its fields: `times` and `docs` decoded,
+        `values` as given."""
+        values |= {name: self.c.time(row[name]) for name in times.split()}
+        values |= {name: self.c.doc(row[name]) for name in docs.split()}
+        values |= {f.name: row[f.name] for f in fields(cls) if f.name not in values}
+        return cls(**values)
+
     def _case(self, row: Row) -> Case:
-        t, doc = self.c.time, self.c.doc
-        return Case(
-            id=row["id"],
-            playbook=row["playbook"],
-            subject=row["subject"],
-            status=CaseStatus(row["status"]),
-            priority=row["priority"],
-            steps=tuple(
-                PlannedStep(
-                    id=s["id"], action=s["action"], verify=s["verify"], options=s["options"]
-                )
-                for s in doc(row["steps"])
-            ),
-            trigger=doc(row["trigger"]),
-            created_at=t(row["created_at"]),
-            updated_at=t(row["updated_at"]),
-            run_after=t(row["run_after"]),
-            lease_owner=row["lease_owner"],
-            lease_expires_at=t(row["lease_expires_at"]),
-            halt_reason=row["halt_reason"],
-            idempotency_key=row["idempotency_key"],
-            countdown=doc(row["countdown"]),
-        )
+        steps = tuple(PlannedStep(**step) for step in self.c.doc(row["steps"]))
+        times = "created_at updated_at run_after lease_expires_at"
+        status = CaseStatus(row["status"])
+        return self._record(Case, row, times, "trigger countdown", status=status, steps=steps)
 
     def _step(self, row: Row) -> StepRecord:
-        return StepRecord(
-            case_id=row["case_id"],
-            index=row["idx"],
-            step_id=row["step_id"],
-            action=row["action"],
-            status=StepStatus(row["status"]),
-            attempts=row["attempts"],
-            started_at=self.c.time(row["started_at"]),
-            finished_at=self.c.time(row["finished_at"]),
-            evidence=self.c.doc(row["evidence"]),
-            error=row["error"],
+        status = StepStatus(row["status"])
+        return self._record(
+            StepRecord, row, "started_at finished_at", "evidence", index=row["idx"], status=status
         )
 
     def _ledger(self, row: Row) -> LedgerEntry:
-        return LedgerEntry(
-            key=row["key"],
-            case_id=row["case_id"],
-            step_id=row["step_id"],
-            operation=row["operation"],
-            state=LedgerState(row["state"]),
-            requested_at=self.c.time(row["requested_at"]),
-            applied_at=self.c.time(row["applied_at"]),
-        )
+        state = LedgerState(row["state"])
+        return self._record(LedgerEntry, row, "requested_at applied_at", state=state)
 
     def _task(self, row: Row) -> OperatorTask:
-        return OperatorTask(
-            case_id=row["case_id"],
-            step_id=row["step_id"],
-            title=row["title"],
-            instructions=row["instructions"],
-            console_url=row["console_url"],
-            subject=row["subject"],
-            opened_at=self.c.time(row["opened_at"]),
-            confirmed_at=self.c.time(row["confirmed_at"]),
-            confirmed_by=row["confirmed_by"],
-        )
+        return self._record(OperatorTask, row, "opened_at confirmed_at")
 
     def _timer(self, row: Row) -> Timer:
-        return Timer(
-            case_id=row["case_id"],
-            name=row["name"],
-            epoch=row["epoch"],
-            due_at=self.c.time(row["due_at"]),
-            fired_at=self.c.time(row["fired_at"]),
-            fired_by=row["fired_by"],
-            closes_case=bool(row["closes_case"]),
-        )
+        return self._record(Timer, row, "due_at fired_at", closes_case=bool(row["closes_case"]))
 
     def _delivery(self, row: Row) -> Delivery:
-        return Delivery(
-            key=row["key"],
-            case_id=row["case_id"],
-            outcome=self.c.doc(row["outcome"]),
-            received_at=self.c.time(row["received_at"]),
-        )
+        return self._record(Delivery, row, "received_at", "outcome")
 
     # cases
 
@@ -319,23 +274,7 @@ class StoreManager:
     ) -> bool:
         """The cases, their pending steps and first events; False if the one case's
         idempotency key is taken (nothing written)."""
-        rows = [
-            {
-                "id": case_id,
-                "playbook": new.playbook,
-                "subject": new.subject,
-                "priority": new.priority,
-                "steps": [
-                    {"id": s.id, "action": s.action, "verify": s.verify, "options": s.options}
-                    for s in new.steps
-                ],
-                "trigger": new.trigger,
-                "now": now,
-                "run_after": new.run_after,
-                "idempotency_key": new.idempotency_key,
-            }
-            for case_id, new in creates
-        ]
+        rows = [{**asdict(new), "id": case_id, "now": now} for case_id, new in creates]
         if len(rows) == 1:
             if not await tx.run("case_insert", **rows[0]):
                 return False
@@ -348,13 +287,11 @@ class StoreManager:
         ]
         if steps:
             await tx.many("steps_insert", steps)
-        await self.c.append_events(
-            tx,
-            [
-                NewEvent(case_id=case_id, kind="case_created", at=now, data=created_event(new))
-                for case_id, new in creates
-            ],
-        )
+        events = [
+            NewEvent(case_id=case_id, kind="case_created", at=now, data=created_event(new))
+            for case_id, new in creates
+        ]
+        await self.c.append_events(tx, events)
         return True
 
     async def create_case(self, new: NewCase, now: datetime) -> tuple[Case, bool]:
@@ -691,15 +628,7 @@ class StoreManager:
         )
 
     async def refusals(self) -> list[Refusal]:
-        return [
-            Refusal(
-                at=self.c.time(r["at"]),
-                source=r["source"],
-                subject=r["subject"],
-                reason=r["reason"],
-            )
-            for r in await self.c.all("refusals")
-        ]
+        return [self._record(Refusal, r, "at") for r in await self.c.all("refusals")]
 
     # timeline
 
@@ -723,17 +652,8 @@ class StoreManager:
         return CaseEvent(case_id=case_id, seq=seq, at=now, kind=kind, step_id=step_id, data=data)
 
     async def events(self, case_id: str) -> list[CaseEvent]:
-        return [
-            CaseEvent(
-                case_id=r["case_id"],
-                seq=r["seq"],
-                at=self.c.time(r["at"]),
-                kind=r["kind"],
-                step_id=r["step_id"],
-                data=self.c.doc(r["data"]),
-            )
-            for r in await self.c.all("events_of", case_id=case_id)
-        ]
+        rows = await self.c.all("events_of", case_id=case_id)
+        return [self._record(CaseEvent, r, "at", "data") for r in rows]
 
     async def evidence(self, case_id: str) -> list[EvidenceRecord]:
         return [
