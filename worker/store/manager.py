@@ -332,7 +332,7 @@ class StoreManager:
                 await self.c.notify(tx, f"cases_admitted {len(created)}")
             deliveries, admissions = settle_admission(plan, arrivals, created, now)
             if deliveries:
-                await tx.many("delivery_insert", [self._delivery_row(d) for d in deliveries])
+                await tx.many("delivery_insert", [asdict(d) for d in deliveries])
         return admissions
 
     async def get_case(self, case_id: str) -> Case:
@@ -508,16 +508,7 @@ class StoreManager:
     # operator tasks
 
     async def open_task(self, task: OperatorTask) -> OperatorTask:
-        await self.c.run(
-            "task_open",
-            case_id=task.case_id,
-            step_id=task.step_id,
-            title=task.title,
-            instructions=task.instructions,
-            console_url=task.console_url,
-            subject=task.subject,
-            opened_at=task.opened_at,
-        )
+        await self.c.run("task_open", **asdict(task))
         existing = await self.get_task(task.case_id, task.step_id)
         if existing is None:
             raise StoreError(f"the task of case {task.case_id} step {task.step_id!r} vanished")
@@ -554,16 +545,7 @@ class StoreManager:
             # timers before the case row: the lock order claim_due_timer takes too
             await tx.run("timers_drop_older", case_id=case_id, epoch=epoch)
             if timers:
-                rows = [
-                    {
-                        "case_id": case_id,
-                        "name": t.name,
-                        "epoch": epoch,
-                        "due_at": t.due_at,
-                        "closes_case": t.closes_case,
-                    }
-                    for t in timers
-                ]
+                rows = [{**asdict(t), "case_id": case_id, "epoch": epoch} for t in timers]
                 await tx.many("timer_upsert", rows)
             await tx.run("countdown_set", case_id=case_id, countdown=countdown, now=now)
             await self.c.notify(tx, f"countdown_saved {case_id}")
@@ -597,17 +579,8 @@ class StoreManager:
 
     # trigger deliveries and refusals
 
-    @staticmethod
-    def _delivery_row(delivery: Delivery) -> dict[str, Any]:
-        return {
-            "key": delivery.key,
-            "case_id": delivery.case_id,
-            "outcome": delivery.outcome,
-            "received_at": delivery.received_at,
-        }
-
     async def record_delivery(self, delivery: Delivery) -> tuple[Delivery, bool]:
-        if await self.c.run("delivery_insert", **self._delivery_row(delivery)):
+        if await self.c.run("delivery_insert", **asdict(delivery)):
             return delivery, True
         existing = await self.get_delivery(delivery.key)
         if existing is None:
@@ -619,13 +592,7 @@ class StoreManager:
         return None if row is None else self._delivery(row)
 
     async def record_refusal(self, refusal: Refusal) -> None:
-        await self.c.run(
-            "refusal_insert",
-            at=refusal.at,
-            source=refusal.source,
-            subject=refusal.subject,
-            reason=refusal.reason,
-        )
+        await self.c.run("refusal_insert", **asdict(refusal))
 
     async def refusals(self) -> list[Refusal]:
         return [self._record(Refusal, r, "at") for r in await self.c.all("refusals")]
@@ -657,15 +624,11 @@ class StoreManager:
 
     async def evidence(self, case_id: str) -> list[EvidenceRecord]:
         return [
-            EvidenceRecord(
-                case_id=r["case_id"],
-                seq=r["seq"],
+            self._record(
+                EvidenceRecord,
+                r,
                 at=self.c.chain_time(r["at"]),
-                kind=r["kind"],
-                step_id=r["step_id"],
                 data=_stored_data(self.c, r["data"]),
-                prev_hash=r["prev_hash"] or "",
-                hash=r["hash"] or "",
             )
             for r in await self.c.all("events_of", case_id=case_id)
         ]
@@ -679,10 +642,8 @@ class StoreManager:
     # aggregates and pages
 
     async def case_counts(self) -> list[CaseCount]:
-        return [
-            CaseCount(status=CaseStatus(r["status"]), playbook=r["playbook"], count=r["n"])
-            for r in await self.c.all("case_counts")
-        ]
+        rows = await self.c.all("case_counts")
+        return [self._record(CaseCount, r, status=CaseStatus(r["status"])) for r in rows]
 
     async def running_countdowns(self, now: datetime) -> int:
         # Milestone times are kept to the millisecond: `now` is cut to its own, since

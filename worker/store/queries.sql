@@ -155,7 +155,7 @@ SELECT * FROM events WHERE case_id = :case_id ORDER BY seq
 -- name: evidence_head
 SELECT events_head, events_count FROM cases WHERE id = :case_id
 -- name: case_counts
-SELECT status, playbook, COUNT(*) AS n FROM cases GROUP BY status, playbook
+SELECT status, playbook, COUNT(*) AS count FROM cases GROUP BY status, playbook
 ORDER BY status, playbook
 -- name: count_events
 SELECT COUNT(*) AS n FROM events WHERE kind = :kind
