@@ -5,7 +5,8 @@ closing the case, admission). A `Connector` runs the queries on one database.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 #: a row as a connector returns it: read by column name
 Row = Any
 R = TypeVar("R", bound="DataclassInstance")
+M = TypeVar("M")
 
 
 @cache
@@ -123,6 +125,33 @@ class Connector(Runner, Protocol):
         ...
 
     async def wait_for_work(self, timeout: float) -> bool: ...  # noqa: ASYNC109
+
+
+async def migrate(
+    migrations: Sequence[M], current: int, where: str, apply: Callable[[M], Awaitable[None]]
+) -> list[int]:
+    """Upgrade a database from schema version `current`: refuse one newer than this
+    offboard; else `apply` each missing migration in order. The versions applied."""
+    if current > len(migrations):
+        raise StoreError(
+            f"database {where} has schema version {current}, newer than this "
+            f"offboard ({len(migrations)}): upgrade offboard"
+        )
+    for script in migrations[current:]:
+        await apply(script)
+    return list(range(current + 1, len(migrations) + 1))
+
+
+async def take_signal(signal: asyncio.Event, timeout: float) -> bool:  # noqa: ASYNC109
+    """Wait up to `timeout` seconds for `signal`; True (and cleared) once it is set,
+    at once if it was set before the call."""
+    if not signal.is_set():
+        try:
+            await asyncio.wait_for(signal.wait(), timeout)
+        except TimeoutError:
+            return False
+    signal.clear()
+    return True
 
 
 def _statuses(statuses: tuple[CaseStatus, ...] | None) -> dict[str, Any]:
@@ -344,23 +373,24 @@ class StoreManager:
     async def list_cases(self, statuses: tuple[CaseStatus, ...] | None = None) -> list[Case]:
         return list(map(self._case, await self.c.all("cases_list", **_statuses(statuses))))
 
+    async def _claim(
+        self, query: str, worker_id: str, now: datetime, lease_seconds: float, **params: Any
+    ) -> Case | None:
+        expires = now + timedelta(seconds=lease_seconds)
+        row = await self.c.one(query, worker_id=worker_id, now=now, expires=expires, **params)
+        return None if row is None else self._case(row)
+
     async def claim_next(
         self, worker_id: str, now: datetime, lease_seconds: float, *, min_priority: int = 0
     ) -> Case | None:
-        expires = now + timedelta(seconds=lease_seconds)
-        row = await self.c.one(
-            "claim_next", worker_id=worker_id, now=now, expires=expires, min_priority=min_priority
+        return await self._claim(
+            "claim_next", worker_id, now, lease_seconds, min_priority=min_priority
         )
-        return None if row is None else self._case(row)
 
     async def claim_case(
         self, case_id: str, worker_id: str, now: datetime, lease_seconds: float
     ) -> Case | None:
-        expires = now + timedelta(seconds=lease_seconds)
-        row = await self.c.one(
-            "claim_case", case_id=case_id, worker_id=worker_id, now=now, expires=expires
-        )
-        return None if row is None else self._case(row)
+        return await self._claim("claim_case", worker_id, now, lease_seconds, case_id=case_id)
 
     async def heartbeat(
         self, case_id: str, worker_id: str, now: datetime, lease_seconds: float

@@ -42,7 +42,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from worker.errors import StoreError
 from worker.store.base import NewEvent, chain_time, event_hash, genesis_hash
-from worker.store.manager import Row, Runner, StoreManager, queries
+from worker.store.manager import Row, Runner, StoreManager, migrate, queries, take_signal
 
 #: The channel `wait_for_work` listens on.
 WORK_CHANNEL = "offboard_work"
@@ -499,19 +499,12 @@ class PostgresConnector:
                     "CREATE TABLE schema_version (version integer PRIMARY KEY, "
                     "applied_at timestamptz NOT NULL DEFAULT now())"
                 )
-            current: int = await conn.fetchval(
-                "SELECT COALESCE(MAX(version), 0) FROM schema_version"
-            )
-            if current > len(MIGRATIONS):
-                raise StoreError(
-                    f"database {self.where} has schema version {current}, newer than this "
-                    f"offboard ({len(MIGRATIONS)}): upgrade offboard"
-                )
-            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-                if isinstance(script, str):
-                    await conn.execute(script)
-                else:
-                    await script(conn)
+            current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+
+            async def apply(script: str | PythonMigration) -> None:
+                await (conn.execute(script) if isinstance(script, str) else script(conn))
+
+            for version in await migrate(MIGRATIONS, current, self.where, apply):
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
 
     # work notifications
@@ -563,13 +556,7 @@ class PostgresConnector:
             await self._listen()
             self._work.clear()
             return True
-        if not self._work.is_set():
-            try:
-                await asyncio.wait_for(self._work.wait(), timeout)
-            except TimeoutError:
-                return False
-        self._work.clear()
-        return True
+        return await take_signal(self._work, timeout)
 
     async def lock_admission(self, tx: Runner, names: Sequence[str]) -> None:
         # Replicas admitting the same key, or a case for the same person, take

@@ -26,7 +26,7 @@ import aiosqlite
 from worker.clock import parse_iso, utc_iso
 from worker.errors import StoreError
 from worker.store.base import NewEvent, event_hash, genesis_hash
-from worker.store.manager import Runner, StoreManager, queries
+from worker.store.manager import Runner, StoreManager, migrate, queries, take_signal
 
 #: A migration step that SQL alone cannot express; it runs inside the migration's
 #: transaction, on the store's connection.
@@ -382,18 +382,15 @@ class SqliteConnector:
             )
             row = await self._one("SELECT MAX(version) AS v FROM schema_version")
             current = (row["v"] if row else None) or 0
-            if current > len(MIGRATIONS):
-                raise StoreError(
-                    f"database {self.path} has schema version {current}, newer than this "
-                    f"offboard ({len(MIGRATIONS)}): upgrade offboard"
-                )
-            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-                if isinstance(script, str):
-                    for statement in filter(str.strip, script.split(";")):
-                        await self.db.execute(statement)
-                else:
-                    await script(self.db)
+            for version in await migrate(MIGRATIONS, current, self.path, self._apply):
                 await self.db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+
+    async def _apply(self, script: str | PythonMigration) -> None:
+        if isinstance(script, str):
+            for statement in filter(str.strip, script.split(";")):
+                await self.db.execute(statement)
+        else:
+            await script(self.db)
 
     @contextlib.asynccontextmanager
     async def _begin(self, begin: str) -> AsyncIterator[Runner]:
@@ -484,13 +481,7 @@ class SqliteConnector:
     async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
         """True once this process made work since the last True; other processes'
         work is not seen (their cases are found by polling)."""
-        if not self._work.is_set():
-            try:
-                await asyncio.wait_for(self._work.wait(), timeout)
-            except TimeoutError:
-                return False
-        self._work.clear()
-        return True
+        return await take_signal(self._work, timeout)
 
 
 class SqliteStore(StoreManager):
