@@ -150,8 +150,6 @@ class CasePage:
 ALL_LAPSED = "all-lapsed"
 #: The statuses of a case that is closed for good: no countdown of theirs runs.
 CLOSED_STATUSES = (CaseStatus.ACCESS_LAPSED, CaseStatus.CANCELLED)
-#: How `Store.urgent_cases` ranks states: these first, in this order, then the rest.
-URGENT_STATUSES = (CaseStatus.HALTED, CaseStatus.WAITING)
 
 
 class Store(Protocol):
@@ -363,7 +361,7 @@ class Store(Protocol):
         self, statuses: tuple[CaseStatus, ...] | None, *, limit: int, offset: int
     ) -> CasePage:
         """Cases in these states (None or empty: every case), the most urgent first:
-        `URGENT_STATUSES` in their order, then the rest; the newest first within each,
+        halted, then waiting, then the rest; the newest first within each,
         then by id. `limit` of them from `offset`, with the number of all of them."""
         ...
 

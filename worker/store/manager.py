@@ -69,61 +69,36 @@ def queries() -> dict[str, str]:
 
 
 class Runner(Protocol):
-    """Runs named queries with `:name` parameters (Python values; the connector
-    encodes them), alone or inside a transaction."""
+    """Runs a named query with `:name` parameters given as Python values (the
+    connector encodes them), alone or in a transaction; `run` counts rows changed."""
 
     async def one(self, query: str, **params: Any) -> Row | None: ...
-
     async def all(self, query: str, **params: Any) -> list[Row]: ...
-
-    async def run(self, query: str, **params: Any) -> int:
-        """Rows changed."""
-        ...
-
+    async def run(self, query: str, **params: Any) -> int: ...
     async def many(self, query: str, rows: Sequence[dict[str, Any]]) -> None: ...
 
 
 class Connector(Runner, Protocol):
-    """What differs between the databases; everything else is `StoreManager`'s."""
+    """What differs between the databases; everything else is `StoreManager`'s.
+
+    `snapshot`: reads that see one state. `time`, `doc`: a stored time or JSON
+    document as Python (None stays None); `chain_time`: an event's time as hashed.
+    `append_event(s)`: onto the case's hash chain, in `tx` (the seq). `notify`: say
+    there may be work (`wait_for_work`) when `tx` commits. `lock_admission`: make
+    concurrent `admit`s of these deliveries and people take turns.
+    """
 
     async def open(self) -> None: ...
-
     async def close(self) -> None: ...
-
     def transaction(self) -> AbstractAsyncContextManager[Runner]: ...
-
-    def snapshot(self) -> AbstractAsyncContextManager[Runner]:
-        """Reads that see one state of the database."""
-        ...
-
-    def time(self, value: Any) -> Any:
-        """A stored time as a datetime (None stays None)."""
-        ...
-
-    def doc(self, value: Any) -> Any:
-        """A stored JSON document (None stays None)."""
-        ...
-
-    def chain_time(self, value: Any) -> str:
-        """An event's stored time as its hash covers it."""
-        ...
-
-    async def append_event(self, tx: Runner, event: NewEvent) -> int:
-        """Append the event to its case's hash chain in `tx`; its seq number."""
-        ...
-
-    async def append_events(self, tx: Runner, events: Sequence[NewEvent]) -> None:
-        """Append the events in `tx`, as fast as the database can (group commit)."""
-        ...
-
-    async def notify(self, tx: Runner, what: str) -> None:
-        """Say, when `tx` commits, that there may be new work (`wait_for_work`)."""
-        ...
-
-    async def lock_admission(self, tx: Runner, names: Sequence[str]) -> None:
-        """Make concurrent `admit`s of these deliveries and people take turns."""
-        ...
-
+    def snapshot(self) -> AbstractAsyncContextManager[Runner]: ...
+    def time(self, value: Any) -> Any: ...
+    def doc(self, value: Any) -> Any: ...
+    def chain_time(self, value: Any) -> str: ...
+    async def append_event(self, tx: Runner, event: NewEvent) -> int: ...
+    async def append_events(self, tx: Runner, events: Sequence[NewEvent]) -> None: ...
+    async def notify(self, tx: Runner, what: str) -> None: ...
+    async def lock_admission(self, tx: Runner, names: Sequence[str]) -> None: ...
     async def wait_for_work(self, timeout: float) -> bool: ...  # noqa: ASYNC109
 
 

@@ -175,7 +175,7 @@ WHERE countdown IS NOT NULL AND NOT status = ANY(:closed) AND (
     ) WITH ORDINALITY AS m (value, n)
     WHERE m.value ->> 'name' = :milestone ORDER BY m.n LIMIT 1) > :now
 -- name: cases_urgent
--- URGENT_STATUSES (halted, waiting) first, then the newest; the page's ids are
+-- halted, then waiting, then the rest (Store.urgent_cases); the newest first; the page's ids are
 -- sorted first, not whole cases
 SELECT * FROM cases WHERE id IN (
     SELECT id FROM cases WHERE status = ANY(:statuses) OR :every
