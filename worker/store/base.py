@@ -157,14 +157,16 @@ class Store(Protocol):
 
     Writes that belong to a claimed case take the worker id: a worker whose lease
     was lost (it stalled, another took over) cannot overwrite the new owner's work.
+
+    Every ordering ends on a unique key, the same in every backend: cases by
+    (created_at, id), after priority for `claim_next` (a person's open case: the
+    first); open tasks by (opened_at, case_id, step_id); due timers by (due_at,
+    case_id, name, epoch); a case's timers by (epoch, due_at, name).
     """
 
     async def open(self) -> None: ...
-
     async def close(self) -> None: ...
-
     async def ping(self) -> None: ...
-
     async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
         """Wait until there may be new work (a case created, resumed or rescheduled, a
         countdown saved: by any process sharing the store, where the backend can tell),
@@ -187,9 +189,7 @@ class Store(Protocol):
         ...
 
     async def get_case(self, case_id: str) -> Case: ...
-
     async def list_cases(self, statuses: tuple[CaseStatus, ...] | None = None) -> list[Case]: ...
-
     async def claim_next(
         self, worker_id: str, now: datetime, lease_seconds: float, *, min_priority: int = 0
     ) -> Case | None:
@@ -206,7 +206,6 @@ class Store(Protocol):
     async def heartbeat(
         self, case_id: str, worker_id: str, now: datetime, lease_seconds: float
     ) -> bool: ...
-
     async def release_case(
         self,
         case_id: str,
@@ -217,7 +216,6 @@ class Store(Protocol):
         run_after: datetime | None = None,
         halt_reason: str | None = None,
     ) -> None: ...
-
     async def find_open_case(self, subject: str, playbook: str) -> Case | None:
         """The case of this playbook for this person that has not finished, if any."""
         ...
@@ -237,11 +235,9 @@ class Store(Protocol):
 
     # steps
     async def steps(self, case_id: str) -> list[StepRecord]: ...
-
     async def start_step(
         self, case_id: str, index: int, worker_id: str, now: datetime
     ) -> StepRecord: ...
-
     async def finish_step(
         self,
         case_id: str,
@@ -257,11 +253,9 @@ class Store(Protocol):
 
     # side-effect ledger
     async def ledger_get(self, key: str) -> LedgerEntry | None: ...
-
     async def ledger_intent(
         self, key: str, case_id: str, step_id: str, operation: str, now: datetime
     ) -> LedgerEntry: ...
-
     async def ledger_applied(self, key: str, now: datetime) -> LedgerEntry: ...
 
     # operator tasks
@@ -270,11 +264,9 @@ class Store(Protocol):
         ...
 
     async def get_task(self, case_id: str, step_id: str) -> OperatorTask | None: ...
-
     async def confirm_task(
         self, case_id: str, step_id: str, confirmed_by: str, now: datetime
     ) -> OperatorTask: ...
-
     async def open_tasks(self) -> list[OperatorTask]: ...
 
     # countdown and its timers
@@ -298,7 +290,6 @@ class Store(Protocol):
         ...
 
     async def timers(self, case_id: str) -> list[Timer]: ...
-
     async def next_timer_due(self) -> datetime | None: ...
 
     # trigger deliveries and refusals
@@ -307,16 +298,13 @@ class Store(Protocol):
         ...
 
     async def get_delivery(self, key: str) -> Delivery | None: ...
-
     async def record_refusal(self, refusal: Refusal) -> None: ...
-
     async def refusals(self) -> list[Refusal]: ...
 
     # timeline
     async def append_event(
         self, case_id: str, kind: str, now: datetime, *, step_id: str | None, data: dict[str, Any]
     ) -> CaseEvent: ...
-
     async def events(self, case_id: str) -> list[CaseEvent]: ...
 
     # evidence: the events with their hash chain. Events are only ever inserted; each
