@@ -135,11 +135,12 @@ class Worker:
         due = await self.store.next_timer_due()
         if due is not None:
             delay = max(0.0, min(delay, seconds_until(due, self.clock.now())))
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
-        notified = getattr(self.store, "wait_for_work", None)
-        if notified is not None:
-            # PostgreSQL: another replica's new case wakes this one at once (LISTEN/NOTIFY)
-            waiters.append(asyncio.ensure_future(notified(delay)))
+        waiters: list[asyncio.Future[bool]] = [
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self.wake.wait()),
+        ]
+        # PostgreSQL: another replica's new case wakes this one at once (LISTEN/NOTIFY)
+        waiters.append(asyncio.ensure_future(self.store.wait_for_work(delay)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
                 asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED), delay

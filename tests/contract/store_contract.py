@@ -1286,3 +1286,72 @@ class StoreContract:
         late = await self._in_state(store, CaseStatus.PENDING, 9)
         rest = await store.cases_after(None, after=page[-1].id, limit=100)
         assert [c.id for c in page + rest] == [*listed, late.id]
+
+    # ties: every ordered listing ends on a unique key, so rows equal in what they are
+    # sorted by come back in one documented order, the same on every backend
+
+    async def _tied_cases(self, store: Store, n: int = 4, subject: str | None = None) -> list[Case]:
+        """`n` cases created at one instant with one priority, sorted by id."""
+        cases = [
+            (await store.create_case(new_case(subject or f"tie{i}@example.com"), T0))[0]
+            for i in range(n)
+        ]
+        return sorted(cases, key=lambda case: case.id)
+
+    async def test_cases_created_at_one_instant_list_and_page_by_id(self, store: Store) -> None:
+        ids = [case.id for case in await self._tied_cases(store)]
+
+        assert [c.id for c in await store.list_cases()] == ids
+        assert [c.id for c in await store.list_cases((CaseStatus.PENDING,))] == ids
+        assert [c.id for c in await store.cases_after(None, after=None, limit=10)] == ids
+        assert [c.id for c in await store.cases_after(None, after=ids[1], limit=10)] == ids[2:]
+        page = await store.urgent_cases(None, limit=10, offset=0)
+        assert [c.id for c in page.cases] == ids
+        page = await store.urgent_cases((CaseStatus.PENDING,), limit=2, offset=1)
+        assert [c.id for c in page.cases] == ids[1:3]
+
+    async def test_claim_next_takes_cases_of_one_priority_and_instant_by_id(
+        self, store: Store
+    ) -> None:
+        ids = [case.id for case in await self._tied_cases(store)]
+
+        claimed = []
+        while (case := await store.claim_next("w1", at(1), LEASE)) is not None:
+            claimed.append(case.id)
+        assert claimed == ids
+
+    async def test_a_person_s_open_cases_of_one_instant_are_found_by_id(self, store: Store) -> None:
+        ids = [case.id for case in await self._tied_cases(store, 3, "twin@example.com")]
+
+        found = await store.find_open_case("twin@example.com", "leaver")
+        assert found is not None
+        assert found.id == ids[0]
+        arrival = Arrival(key="hook:twin", case=new_case("twin@example.com"), answer=lambda c: {})
+        [admission] = await store.admit([arrival], at(1))
+        assert admission.created is False
+        assert admission.case is not None
+        assert admission.case.id == ids[0]
+
+    async def test_tasks_opened_at_one_instant_list_by_case_then_step(self, store: Store) -> None:
+        cases = await self._tied_cases(store, 3)
+        for case in reversed(cases):
+            for step_id in ("b-step", "a-step"):
+                await store.open_task(task_for(case, step_id, opened_at=at(1)))
+
+        expected = [(case.id, step_id) for case in cases for step_id in ("a-step", "b-step")]
+        assert [(t.case_id, t.step_id) for t in await store.open_tasks()] == expected
+        some = [cases[2].id, cases[0].id]
+        listed = await store.open_tasks_of(some)
+        assert [(t.case_id, t.step_id) for t in listed] == [e for e in expected if e[0] in some]
+
+    async def test_timers_due_at_one_instant_fire_by_case_then_name(self, store: Store) -> None:
+        cases = await self._tied_cases(store, 3)
+        for case in reversed(cases):
+            timers = [Timer(case_id=case.id, name=n, epoch=0, due_at=at(5)) for n in ("b", "a")]
+            await store.save_countdown(case.id, {}, 0, timers, T0)
+
+        assert [t.name for t in await store.timers(cases[0].id)] == ["a", "b"]
+        fired = []
+        while (timer := await store.claim_due_timer("w1", at(5))) is not None:
+            fired.append((timer.case_id, timer.name))
+        assert fired == [(case.id, name) for case in cases for name in ("a", "b")]

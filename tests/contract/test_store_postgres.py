@@ -310,7 +310,7 @@ async def test_wait_for_work_keeps_a_notification_that_came_before_the_call(
     # A round trip on the listening connection: PostgreSQL delivers what was committed
     # before it ends, so both notifications are in before anyone waits (else a loaded
     # machine may deliver the second after the first wait, and that is not the point).
-    await waiter._listener.fetchval("SELECT 1")
+    await waiter.connector._listener.fetchval("SELECT 1")
     # the notifications arrived without anyone waiting, and are kept (as one)
     assert await waiter.wait_for_work(5) is True
     assert await waiter.wait_for_work(0.1) is False

@@ -104,7 +104,7 @@ async def test_refused_open_leaves_no_connection_open(tmp_path: Path) -> None:
         with pytest.raises(StoreError):
             await refused.open()
         # the connection (and with it aiosqlite's thread) was closed by the refusal
-        assert refused._db is None
+        assert refused.connector._db is None
         with pytest.raises(StoreError, match="not open"):
             await refused.ping()
     finally:
@@ -208,14 +208,14 @@ async def test_admit_finds_open_cases_by_person_not_by_scanning(tmp_path: Path) 
     await store.open()
     statements: list[str] = []
     try:
-        await store.db.set_trace_callback(statements.append)
+        await store.connector.db.set_trace_callback(statements.append)
         arrival = Arrival(key="hook:1", case=new_case("a@example.com"), answer=lambda c: {})
         await store.admit([arrival], T0)
-        await store.db.set_trace_callback(None)
+        await store.connector.db.set_trace_callback(None)
         reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
         assert len(reads) >= 3
         for statement in reads:
-            plan = await store.db.execute_fetchall(f"EXPLAIN QUERY PLAN {statement}")
+            plan = await store.connector.db.execute_fetchall(f"EXPLAIN QUERY PLAN {statement}")
             details = [row[3] for row in plan]
             scans = [d for d in details if d.startswith("SCAN") and "json_each" not in d]
             assert scans == [], (statement, details)
@@ -230,28 +230,29 @@ async def test_the_wal_is_checkpointed_beside_the_writes_not_in_a_commit(
 ) -> None:
     path = tmp_path / "offboard.db"
     store = SqliteStore(path)
-    store.checkpoint_seconds = 3600.0  # held back until the test lets it run
+    wal = store.connector
+    wal.checkpoint_seconds = 3600.0  # held back until the test lets it run
     await store.open()
     try:
         # no commit runs a checkpoint (SQLite's default: the one crossing 1,000 pages)
-        assert (await store._one("PRAGMA wal_autocheckpoint"))[0] == 0  # type: ignore[index]
+        assert (await wal._one("PRAGMA wal_autocheckpoint"))[0] == 0  # type: ignore[index]
         await asyncio.sleep(0.1)
         size = path.stat().st_size
         for n in range(50):
             await store.create_case(new_case(f"p{n}@example.com"), T0)
         assert path.stat().st_size == size  # every page still in the WAL only
         # the background checkpointer copies them into the database file
-        store.checkpoint_seconds = 0.01
-        assert store._checkpointer is not None
-        store._checkpointer.cancel()
-        store._checkpointer = asyncio.create_task(store._checkpoints())
+        wal.checkpoint_seconds = 0.01
+        assert wal._checkpointer is not None
+        wal._checkpointer.cancel()
+        wal._checkpointer = asyncio.create_task(wal._checkpoints())
         for _ in range(500):
-            if store.checkpoints:
+            if wal.checkpoints:
                 break
             await asyncio.sleep(0.01)
-        assert store.checkpoints >= 1
+        assert wal.checkpoints >= 1
         assert path.stat().st_size > size
         assert len(await store.list_cases()) == 50
     finally:
         await store.close()
-    assert not store._checkpointer
+    assert not wal._checkpointer

@@ -1,4 +1,5 @@
-"""Durable state. `open_store` picks the backend from configuration."""
+"""Durable state: the `Store` protocol (base), its one implementation over named
+queries (manager, queries.sql) and the two databases it runs on (sqlite, postgres)."""
 
 from worker.store.base import Store
 from worker.store.postgres import PostgresStore

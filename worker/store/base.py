@@ -1,7 +1,8 @@
-"""The store interface. Every backend implements it; no SQL lives outside the backends.
+"""The store interface, the records it returns, and the evidence chain.
 
-It also defines the evidence chain both backends keep over a case's events, so
-that the two hash the same way and `worker.evidence` can check either offline.
+No SQL here: the statements are in `queries.sql`, run by `manager.StoreManager` on
+a connector (`sqlite`, `postgres`). The evidence chain is defined here so that every
+backend hashes the same way and `worker.evidence` can check any of them offline.
 """
 
 from __future__ import annotations
@@ -83,8 +84,6 @@ def chain_time(when: datetime) -> str:
 
 #: The statuses of a case that is still open: a new trigger for the person joins it.
 OPEN_STATUSES = (CaseStatus.PENDING, CaseStatus.RUNNING, CaseStatus.WAITING)
-#: The same, as an SQL list for `status IN …`, in every backend
-OPEN_STATUSES_SQL = "(" + ", ".join(f"'{s.value}'" for s in OPEN_STATUSES) + ")"
 
 
 def created_event(new: NewCase) -> dict[str, Any]:
@@ -93,81 +92,14 @@ def created_event(new: NewCase) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AdmissionPlan:
-    """What `Store.admit` will do, decided from what the store holds: the cases to
-    create (with their ids) and, per arrival, ("replayed", Delivery), ("open", Case),
-    or ("new", case id) for a case created by this call (its own or an earlier
-    arrival's), with the key's first arrival as the one that recorded the delivery."""
+class NewEvent:
+    """An event to append to its case's timeline (and hash chain)."""
 
-    creates: tuple[tuple[str, NewCase], ...]
-    fates: tuple[tuple[str, Any], ...]
-
-
-def plan_admission(
-    arrivals: Sequence[Arrival],
-    seen: dict[str, Delivery],
-    open_cases: dict[tuple[str, str], Case],
-) -> AdmissionPlan:
-    """`seen`: the recorded deliveries among the arrivals' keys; `open_cases`: the
-    oldest open case per (subject, playbook) among the arrivals' people."""
-    creates: list[tuple[str, NewCase]] = []
-    fates: list[tuple[str, Any]] = []
-    made_for_key: dict[str, str] = {}
-    made_for_person: dict[tuple[str, str], str] = {}
-    for arrival in arrivals:
-        new = arrival.case
-        if new.idempotency_key is not None:
-            raise ValueError("an arrival's case takes no idempotency key: its delivery key is one")
-        person = (new.subject, new.playbook)
-        if arrival.key in seen:
-            fates.append(("replayed", seen[arrival.key]))
-        elif arrival.key in made_for_key:
-            fates.append(("replayed-new", made_for_key[arrival.key]))
-        elif person in open_cases:
-            fates.append(("open", open_cases[person]))
-        elif person in made_for_person:
-            fates.append(("open-new", made_for_person[person]))
-        else:
-            case_id = new_case_id()
-            creates.append((case_id, new))
-            made_for_key[arrival.key] = made_for_person[person] = case_id
-            fates.append(("new", case_id))
-    return AdmissionPlan(creates=tuple(creates), fates=tuple(fates))
-
-
-def settle_admission(
-    plan: AdmissionPlan,
-    arrivals: Sequence[Arrival],
-    created: dict[str, Case],
-    received_at: datetime,
-) -> tuple[list[Delivery], list[Admission]]:
-    """The deliveries to record for the created cases, and each arrival's admission;
-    `created` holds the new cases as the store reads them back."""
-    deliveries: dict[str, Delivery] = {}
-    for arrival, (fate, value) in zip(arrivals, plan.fates, strict=True):
-        if fate == "new":
-            case = created[value]
-            deliveries[value] = Delivery(
-                key=arrival.key,
-                case_id=case.id,
-                outcome=arrival.answer(case),
-                received_at=received_at,
-            )
-    admissions: list[Admission] = []
-    for fate, value in plan.fates:
-        if fate == "replayed":
-            admissions.append(Admission(case=None, delivery=value, created=False))
-        elif fate == "replayed-new":
-            admissions.append(Admission(case=None, delivery=deliveries[value], created=False))
-        elif fate == "open":
-            admissions.append(Admission(case=value, delivery=None, created=False))
-        elif fate == "open-new":
-            admissions.append(Admission(case=created[value], delivery=None, created=False))
-        else:
-            admissions.append(
-                Admission(case=created[value], delivery=deliveries[value], created=True)
-            )
-    return list(deliveries.values()), admissions
+    case_id: str
+    kind: str
+    at: datetime
+    step_id: str | None = None
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,15 +150,6 @@ class CasePage:
 ALL_LAPSED = "all-lapsed"
 #: The statuses of a case that is closed for good: no countdown of theirs runs.
 CLOSED_STATUSES = (CaseStatus.ACCESS_LAPSED, CaseStatus.CANCELLED)
-#: How `Store.urgent_cases` ranks states: these first, in this order, then the rest.
-URGENT_STATUSES = (CaseStatus.HALTED, CaseStatus.WAITING)
-#: `urgent_cases`' order as SQL, the same in every backend: URGENT_STATUSES first,
-#: then the newest
-URGENCY_ORDER = (
-    "CASE status "
-    + " ".join(f"WHEN '{s.value}' THEN {i}" for i, s in enumerate(URGENT_STATUSES))
-    + f" ELSE {len(URGENT_STATUSES)} END, created_at DESC, id"
-)
 
 
 class Store(Protocol):
@@ -234,13 +157,22 @@ class Store(Protocol):
 
     Writes that belong to a claimed case take the worker id: a worker whose lease
     was lost (it stalled, another took over) cannot overwrite the new owner's work.
+
+    Every ordering ends on a unique key, the same in every backend: cases by
+    (created_at, id), after priority for `claim_next` (a person's open case: the
+    first); open tasks by (opened_at, case_id, step_id); due timers by (due_at,
+    case_id, name, epoch); a case's timers by (epoch, due_at, name).
     """
 
     async def open(self) -> None: ...
-
     async def close(self) -> None: ...
-
     async def ping(self) -> None: ...
+    async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait until there may be new work (a case created, resumed or rescheduled, a
+        countdown saved: by any process sharing the store, where the backend can tell),
+        for at most `timeout` seconds; False if none came. A hint, not a queue: work
+        that becomes due with time alone sends nothing, so callers still poll."""
+        ...
 
     # cases
     async def create_case(self, new: NewCase, now: datetime) -> tuple[Case, bool]:
@@ -257,9 +189,7 @@ class Store(Protocol):
         ...
 
     async def get_case(self, case_id: str) -> Case: ...
-
     async def list_cases(self, statuses: tuple[CaseStatus, ...] | None = None) -> list[Case]: ...
-
     async def claim_next(
         self, worker_id: str, now: datetime, lease_seconds: float, *, min_priority: int = 0
     ) -> Case | None:
@@ -276,7 +206,6 @@ class Store(Protocol):
     async def heartbeat(
         self, case_id: str, worker_id: str, now: datetime, lease_seconds: float
     ) -> bool: ...
-
     async def release_case(
         self,
         case_id: str,
@@ -287,7 +216,6 @@ class Store(Protocol):
         run_after: datetime | None = None,
         halt_reason: str | None = None,
     ) -> None: ...
-
     async def find_open_case(self, subject: str, playbook: str) -> Case | None:
         """The case of this playbook for this person that has not finished, if any."""
         ...
@@ -307,11 +235,9 @@ class Store(Protocol):
 
     # steps
     async def steps(self, case_id: str) -> list[StepRecord]: ...
-
     async def start_step(
         self, case_id: str, index: int, worker_id: str, now: datetime
     ) -> StepRecord: ...
-
     async def finish_step(
         self,
         case_id: str,
@@ -327,11 +253,9 @@ class Store(Protocol):
 
     # side-effect ledger
     async def ledger_get(self, key: str) -> LedgerEntry | None: ...
-
     async def ledger_intent(
         self, key: str, case_id: str, step_id: str, operation: str, now: datetime
     ) -> LedgerEntry: ...
-
     async def ledger_applied(self, key: str, now: datetime) -> LedgerEntry: ...
 
     # operator tasks
@@ -340,11 +264,9 @@ class Store(Protocol):
         ...
 
     async def get_task(self, case_id: str, step_id: str) -> OperatorTask | None: ...
-
     async def confirm_task(
         self, case_id: str, step_id: str, confirmed_by: str, now: datetime
     ) -> OperatorTask: ...
-
     async def open_tasks(self) -> list[OperatorTask]: ...
 
     # countdown and its timers
@@ -368,7 +290,6 @@ class Store(Protocol):
         ...
 
     async def timers(self, case_id: str) -> list[Timer]: ...
-
     async def next_timer_due(self) -> datetime | None: ...
 
     # trigger deliveries and refusals
@@ -377,16 +298,13 @@ class Store(Protocol):
         ...
 
     async def get_delivery(self, key: str) -> Delivery | None: ...
-
     async def record_refusal(self, refusal: Refusal) -> None: ...
-
     async def refusals(self) -> list[Refusal]: ...
 
     # timeline
     async def append_event(
         self, case_id: str, kind: str, now: datetime, *, step_id: str | None, data: dict[str, Any]
     ) -> CaseEvent: ...
-
     async def events(self, case_id: str) -> list[CaseEvent]: ...
 
     # evidence: the events with their hash chain. Events are only ever inserted; each
@@ -431,7 +349,7 @@ class Store(Protocol):
         self, statuses: tuple[CaseStatus, ...] | None, *, limit: int, offset: int
     ) -> CasePage:
         """Cases in these states (None or empty: every case), the most urgent first:
-        `URGENT_STATUSES` in their order, then the rest; the newest first within each,
+        halted, then waiting, then the rest; the newest first within each,
         then by id. `limit` of them from `offset`, with the number of all of them."""
         ...
 

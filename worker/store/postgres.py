@@ -1,35 +1,30 @@
 """The shared store: PostgreSQL through an asyncpg pool, for several worker replicas.
 
-Same semantics as the SQLite store (the contract suite runs against both); what
-differs is how replicas are kept apart:
+Same semantics as the SQLite store (one `StoreManager`, one set of queries; the
+contract suite runs against both). What lives here is what differs:
 
 - Claims (`claim_next`, `claim_due_timer`) pick their row with
-  ``FOR UPDATE SKIP LOCKED`` and update it in the same statement: two replicas never
-  claim the same case or fire the same timer, and never wait on each other's claims.
-  `claim_case` names its case, so it waits for a concurrent writer of that row and
-  then re-checks that the case is still runnable.
-- Writes that belong to a claimed case check the lease owner in the transaction
-  that writes, holding the case row (``FOR SHARE``) so no claim can slip between the
-  check and the write; a worker that lost its lease gets StoreError.
+  ``FOR UPDATE SKIP LOCKED`` inside the statement that updates it: two replicas
+  never claim the same case or fire the same timer, and never wait on each other.
+- Writes that belong to a claimed case check the lease owner holding the case row
+  (``FOR SHARE``), so no claim can slip between the check and the write.
 - Event numbers come from a per-case counter on the case row, so concurrent appends
-  to one case serialise instead of colliding. The same transaction links the event
-  into the case's hash chain and moves the chain head on the case row
-  (`worker.store.base.event_hash`); the events table refuses UPDATE, DELETE and
-  TRUNCATE.
+  to one case serialise instead of colliding; the same transaction links the event
+  into the case's hash chain (`worker.store.base.event_hash`) and moves the head.
+  The events table refuses UPDATE, DELETE and TRUNCATE.
+- `admit` takes transaction-scoped advisory locks per delivery key and person.
 - Migrations run in one transaction under ``pg_advisory_xact_lock``: replicas
   starting together take turns, and each version is applied once.
 - Row locks are always taken timers first, then the case row, then its steps, so
   transactions of this module cannot deadlock one another.
 
 Timestamps are ``timestamptz`` (microseconds, more than the contract's milliseconds),
-documents ``jsonb`` (key order is not kept; JSON values compare equal), counters
-``bigint``. Every failure of the database (unreachable, refused, a constraint) is a
-StoreError whose message never contains the DSN's password.
+documents ``jsonb``, counters ``bigint``. Every failure of the database (unreachable,
+refused, a constraint) is a StoreError whose message never contains the DSN's password.
 
-Work notifications: `create_case`, `resume_case` (when it resumes), `reschedule_case`
-and `save_countdown` send ``NOTIFY offboard_work`` in their transaction, so it is
-delivered when they commit. `wait_for_work` lets an idle worker sleep until then
-instead of until its next poll; see its docstring.
+Work notifications: creating, admitting, resuming (when it resumes) and rescheduling
+a case and saving a countdown send ``NOTIFY offboard_work`` in their transaction, so
+it is delivered when they commit; `wait_for_work` lets an idle worker sleep until then.
 """
 
 from __future__ import annotations
@@ -38,49 +33,16 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import cache
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
 
-from worker.clock import utc_iso
-from worker.domain import (
-    Admission,
-    Arrival,
-    Case,
-    CaseEvent,
-    CaseStatus,
-    Delivery,
-    LedgerEntry,
-    LedgerState,
-    NewCase,
-    OperatorTask,
-    PlannedStep,
-    Refusal,
-    StepRecord,
-    StepStatus,
-    Timer,
-)
-from worker.errors import CaseStarted, NotFound, StoreError
-from worker.store.base import (
-    ALL_LAPSED,
-    CLOSED_STATUSES,
-    OPEN_STATUSES_SQL,
-    URGENCY_ORDER,
-    CaseCount,
-    CasePage,
-    EvidenceRecord,
-    TaskBacklog,
-    chain_time,
-    created_event,
-    event_hash,
-    genesis_hash,
-    new_case_id,
-    plan_admission,
-    settle_admission,
-)
+from worker.errors import StoreError
+from worker.store.base import NewEvent, chain_time, event_hash, genesis_hash
+from worker.store.manager import Row, Runner, StoreManager, migrate, queries, take_signal
 
 #: The channel `wait_for_work` listens on.
 WORK_CHANNEL = "offboard_work"
@@ -279,36 +241,6 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     "CREATE INDEX events_kind ON events (kind);",
 )
 
-_COLUMNS = (
-    "id",
-    "playbook",
-    "subject",
-    "status",
-    "priority",
-    "steps",
-    "trigger",
-    "created_at",
-    "updated_at",
-    "run_after",
-    "lease_owner",
-    "lease_expires_at",
-    "halt_reason",
-    "idempotency_key",
-    "countdown",
-)
-_CASE_COLUMNS = ", ".join(_COLUMNS)
-#: the same, qualified, for statements that join another relation
-_CASES_COLUMNS = ", ".join(f"cases.{c}" for c in _COLUMNS)
-
-#: $1 is now: pending and due, or running with a lapsed lease
-_RUNNABLE = (
-    "((status = 'pending' AND (run_after IS NULL OR run_after <= $1)) "
-    "OR (status = 'running' AND lease_expires_at <= $1))"
-)
-
-#: asyncpg records behave as read-only mappings of column name to value
-Row = Mapping[str, Any]
-
 #: errors that mean the server cannot be reached or the connection was lost
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
@@ -322,15 +254,6 @@ _REFUSED_LOGIN: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # class 28: login refused
     asyncpg.exceptions.InvalidCatalogNameError,  # the database does not exist
 )
-
-
-def _delivery(row: Row) -> Delivery:
-    return Delivery(
-        key=row["key"],
-        case_id=row["case_id"],
-        outcome=row["outcome"],
-        received_at=row["received_at"],
-    )
 
 
 def describe_dsn(dsn: str) -> str:
@@ -372,91 +295,27 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-def _case(row: Row) -> Case:
-    return Case(
-        id=row["id"],
-        playbook=row["playbook"],
-        subject=row["subject"],
-        status=CaseStatus(row["status"]),
-        priority=row["priority"],
-        steps=tuple(
-            PlannedStep(id=s["id"], action=s["action"], verify=s["verify"], options=s["options"])
-            for s in row["steps"]
-        ),
-        trigger=row["trigger"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        run_after=row["run_after"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=row["lease_expires_at"],
-        halt_reason=row["halt_reason"],
-        idempotency_key=row["idempotency_key"],
-        countdown=row["countdown"],
-    )
+_PARAM = re.compile(r"(?<![:\w]):(\w+)")
 
 
-def _step(row: Row) -> StepRecord:
-    return StepRecord(
-        case_id=row["case_id"],
-        index=row["idx"],
-        step_id=row["step_id"],
-        action=row["action"],
-        status=StepStatus(row["status"]),
-        attempts=row["attempts"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        evidence=row["evidence"],
-        error=row["error"],
-    )
+@cache
+def _sql(name: str) -> tuple[str, tuple[str, ...]]:
+    """A named query with `$n` placeholders, and the parameter name of each n."""
+    named = queries()
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    text = _PARAM.sub(number, named.get(f"{name}.postgres") or named[name])
+    return text, tuple(names)
 
 
-def _ledger(row: Row) -> LedgerEntry:
-    return LedgerEntry(
-        key=row["key"],
-        case_id=row["case_id"],
-        step_id=row["step_id"],
-        operation=row["operation"],
-        state=LedgerState(row["state"]),
-        requested_at=row["requested_at"],
-        applied_at=row["applied_at"],
-    )
-
-
-def _task(row: Row) -> OperatorTask:
-    return OperatorTask(
-        case_id=row["case_id"],
-        step_id=row["step_id"],
-        title=row["title"],
-        instructions=row["instructions"],
-        console_url=row["console_url"],
-        subject=row["subject"],
-        opened_at=row["opened_at"],
-        confirmed_at=row["confirmed_at"],
-        confirmed_by=row["confirmed_by"],
-    )
-
-
-def _timer(row: Row) -> Timer:
-    return Timer(
-        case_id=row["case_id"],
-        name=row["name"],
-        epoch=row["epoch"],
-        due_at=row["due_at"],
-        fired_at=row["fired_at"],
-        fired_by=row["fired_by"],
-        closes_case=row["closes_case"],
-    )
-
-
-def _event(row: Row) -> CaseEvent:
-    return CaseEvent(
-        case_id=row["case_id"],
-        seq=row["seq"],
-        at=row["at"],
-        kind=row["kind"],
-        step_id=row["step_id"],
-        data=row["data"],
-    )
+def _args(name: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
+    text, names = _sql(name)
+    return text, [list(v) if isinstance(v, tuple) else v for v in map(params.__getitem__, names)]
 
 
 async def _init_connection(conn: Any) -> None:
@@ -464,8 +323,38 @@ async def _init_connection(conn: Any) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-class PostgresStore:
-    """The Store on PostgreSQL (``postgresql://user:password@host:port/database``).
+class _Runner:
+    """Named queries on one connection."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def one(self, query: str, **params: Any) -> Row | None:
+        text, args = _args(query, params)
+        return await self.conn.fetchrow(text, *args)
+
+    async def all(self, query: str, **params: Any) -> list[Row]:
+        text, args = _args(query, params)
+        return list(await self.conn.fetch(text, *args))
+
+    async def run(self, query: str, **params: Any) -> int:
+        text, args = _args(query, params)
+        return _count(await self.conn.execute(text, *args))
+
+    async def many(self, query: str, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            text, _ = _sql(query)
+            await self.conn.executemany(text, [_args(query, row)[1] for row in rows])
+
+
+def _conn(tx: Runner) -> Any:
+    if not isinstance(tx, _Runner):
+        raise TypeError(f"not a PostgreSQL transaction: {tx!r}")
+    return tx.conn
+
+
+class PostgresConnector:
+    """Runs the store's queries on PostgreSQL (``postgresql://user:password@host/db``).
 
     `open` connects the pool, migrates the schema and starts listening for work
     notifications on one more, dedicated connection; `close` releases them all.
@@ -492,9 +381,6 @@ class PostgresStore:
         self._listener: Any = None
         self._listen_lock = asyncio.Lock()
         self._work = asyncio.Event()
-
-    def __repr__(self) -> str:
-        return f"PostgresStore({self.where!r})"
 
     # connections and errors
 
@@ -539,29 +425,33 @@ class PostgresStore:
             raise self._error(exc) from self._cause(exc)
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Any]:
+    async def transaction(self) -> AsyncIterator[Runner]:
         async with self._connection() as conn, conn.transaction():
-            yield conn
+            yield _Runner(conn)
 
-    async def _fetchrow(self, sql: str, *args: Any) -> Row | None:
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Runner]:
+        async with (
+            self._connection() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            yield _Runner(conn)
+
+    async def one(self, query: str, **params: Any) -> Row | None:
         async with self._connection() as conn:
-            row: Row | None = await conn.fetchrow(sql, *args)
-            return row
+            return await _Runner(conn).one(query, **params)
 
-    async def _fetch(self, sql: str, *args: Any) -> list[Row]:
+    async def all(self, query: str, **params: Any) -> list[Row]:
         async with self._connection() as conn:
-            rows: list[Row] = await conn.fetch(sql, *args)
-            return rows
+            return await _Runner(conn).all(query, **params)
 
-    async def _execute(self, sql: str, *args: Any) -> int:
+    async def run(self, query: str, **params: Any) -> int:
         async with self._connection() as conn:
-            status: str = await conn.execute(sql, *args)
-            return _count(status)
+            return await _Runner(conn).run(query, **params)
 
-    @staticmethod
-    async def _notify(conn: Any, payload: str) -> None:
-        """Delivered to every listener when the surrounding transaction commits."""
-        await conn.execute("SELECT pg_notify($1, $2)", WORK_CHANNEL, payload)
+    async def many(self, query: str, rows: Sequence[dict[str, Any]]) -> None:
+        async with self._connection() as conn:
+            await _Runner(conn).many(query, rows)
 
     # lifecycle
 
@@ -600,11 +490,8 @@ class PostgresStore:
             except Exception:
                 pool.terminate()
 
-    async def ping(self) -> None:
-        await self._fetchrow("SELECT 1")
-
     async def _migrate(self) -> None:
-        async with self._transaction() as conn:
+        async with self._connection() as conn, conn.transaction():
             # Replicas starting together queue here; the first applies what is missing.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
             if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
@@ -612,19 +499,12 @@ class PostgresStore:
                     "CREATE TABLE schema_version (version integer PRIMARY KEY, "
                     "applied_at timestamptz NOT NULL DEFAULT now())"
                 )
-            current: int = await conn.fetchval(
-                "SELECT COALESCE(MAX(version), 0) FROM schema_version"
-            )
-            if current > len(MIGRATIONS):
-                raise StoreError(
-                    f"database {self.where} has schema version {current}, newer than this "
-                    f"offboard ({len(MIGRATIONS)}): upgrade offboard"
-                )
-            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-                if isinstance(script, str):
-                    await conn.execute(script)
-                else:
-                    await script(conn)
+            current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+
+            async def apply(script: str | PythonMigration) -> None:
+                await (conn.execute(script) if isinstance(script, str) else script(conn))
+
+            for version in await migrate(MIGRATIONS, current, self.where, apply):
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
 
     # work notifications
@@ -655,727 +535,97 @@ class PostgresStore:
         # Wake the waiter: the next wait_for_work reconnects (or reports the outage).
         self._work.set()
 
+    async def notify(self, tx: Runner, what: str) -> None:
+        """Delivered to every listener when the surrounding transaction commits."""
+        await _conn(tx).execute("SELECT pg_notify($1, $2)", WORK_CHANNEL, what)
+
     async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
         """Wait until there may be new work, for at most `timeout` seconds.
 
         True as soon as a ``NOTIFY offboard_work`` arrived (from any replica, this
-        one included) since the previous call returned True, or since `open`: a case
-        was created, resumed or rescheduled, or a countdown saved. False when
-        `timeout` passed without one. Notifications that arrive while nobody waits
-        are kept (as one) for the next call, so none is lost between a `claim_next`
-        that found nothing and this call.
-
-        A hint, not a queue: True does not promise a claimable case, and work that
-        becomes due with time alone (a `run_after`, a lapsed lease, a timer) sends
-        nothing, so callers still poll (pass a timeout no longer than their poll
-        interval). If the listening connection was lost it is re-established and the
-        call returns True at once, since notifications may have been missed; if it
-        cannot be, StoreError. Safe to cancel: nothing is consumed unless it returns.
+        one included) since the previous call returned True, or since `open`; False
+        when `timeout` passed without one. Notifications that arrive while nobody
+        waits are kept (as one) for the next call, so none is lost between a
+        `claim_next` that found nothing and this call. If the listening connection
+        was lost it is re-established and the call returns True at once, since
+        notifications may have been missed; if it cannot be, StoreError. Safe to
+        cancel: nothing is consumed unless it returns.
         """
         self._require_pool()
         if self._listener is None or self._listener.is_closed():
             await self._listen()
             self._work.clear()
             return True
-        if not self._work.is_set():
-            try:
-                await asyncio.wait_for(self._work.wait(), timeout)
-            except TimeoutError:
-                return False
-        self._work.clear()
-        return True
+        return await take_signal(self._work, timeout)
 
-    # cases
-
-    async def create_case(self, new: NewCase, now: datetime) -> tuple[Case, bool]:
-        case_id = new_case_id()
-        async with self._transaction() as conn:
-            row = await self._insert_case(conn, case_id, new, now)
-            if row is None:
-                # The key is taken (ON CONFLICT waited for its writer to commit).
-                existing: Row | None = await conn.fetchrow(
-                    f"SELECT {_CASE_COLUMNS} FROM cases WHERE idempotency_key = $1",
-                    new.idempotency_key,
-                )
-                if existing is None:
-                    raise StoreError(f"case with idempotency key {new.idempotency_key!r} vanished")
-                return _case(existing), False
-            await self._notify(conn, f"case_created {case_id}")
-        return _case(row), True
-
-    async def _insert_case(
-        self, conn: Any, case_id: str, new: NewCase, now: datetime
-    ) -> Row | None:
-        """The case, its pending steps and its first event; None if its key is taken."""
-        steps = [
-            {"id": s.id, "action": s.action, "verify": s.verify, "options": s.options}
-            for s in new.steps
-        ]
-        row: Row | None = await conn.fetchrow(
-            "INSERT INTO cases (id, playbook, subject, status, priority, steps, trigger, "
-            "created_at, updated_at, run_after, idempotency_key) "
-            "VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $7, $8, $9) "
-            f"ON CONFLICT (idempotency_key) DO NOTHING RETURNING {_CASE_COLUMNS}",
-            case_id,
-            new.playbook,
-            new.subject,
-            new.priority,
-            steps,
-            new.trigger,
-            now,
-            new.run_after,
-            new.idempotency_key,
-        )
-        if row is None:
-            return None
-        if new.steps:
-            await conn.executemany(
-                "INSERT INTO steps (case_id, idx, step_id, action, status) "
-                "VALUES ($1, $2, $3, $4, 'pending')",
-                [(case_id, i, s.id, s.action) for i, s in enumerate(new.steps)],
-            )
-        await self._append_event(
-            conn,
-            case_id,
-            "case_created",
-            now,
-            None,
-            created_event(new),
-        )
-        return row
-
-    async def admit(self, arrivals: Sequence[Arrival], now: datetime) -> list[Admission]:
-        if not arrivals:
-            return []
-        keys = sorted({a.key for a in arrivals})
-        people = sorted({a.case.subject for a in arrivals})
-        async with self._transaction() as conn:
-            # Replicas admitting the same key, or a case for the same person, take
-            # turns (locks taken in one global order: no deadlock between them).
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended(k, 0) AS h "
-                "FROM unnest($1::text[]) AS k ORDER BY 1) AS locks",
-                [f"delivery:{k}" for k in keys] + [f"person:{p}" for p in people],
-            )
-            rows: list[Row] = await conn.fetch(
-                "SELECT * FROM deliveries WHERE key = ANY($1::text[])", keys
-            )
-            seen = {d.key: d for d in map(_delivery, rows)}
-            rows = await conn.fetch(
-                f"SELECT {_CASE_COLUMNS} FROM cases WHERE subject = ANY($1::text[]) "
-                f"AND status IN {OPEN_STATUSES_SQL} ORDER BY created_at DESC, id DESC",
-                people,
-            )
-            open_cases: dict[tuple[str, str], Case] = {}
-            for case in map(_case, rows):  # newest first: the oldest is written last
-                open_cases[(case.subject, case.playbook)] = case
-            plan = plan_admission(arrivals, seen, open_cases)
-            created: dict[str, Case] = {}
-            for case_id, new in plan.creates:
-                row = await self._insert_case(conn, case_id, new, now)
-                if row is None:  # plan_admission refuses idempotency keys
-                    raise StoreError(f"case {case_id} could not be created")
-                created[case_id] = _case(row)
-            deliveries, admissions = settle_admission(plan, arrivals, created, now)
-            if deliveries:
-                await conn.executemany(
-                    "INSERT INTO deliveries (key, case_id, outcome, received_at) "
-                    "VALUES ($1, $2, $3, $4)",
-                    [(d.key, d.case_id, d.outcome, d.received_at) for d in deliveries],
-                )
-            if created:
-                await self._notify(conn, f"cases_admitted {len(created)}")
-        return admissions
-
-    async def get_case(self, case_id: str) -> Case:
-        row = await self._fetchrow(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = $1", case_id)
-        if row is None:
-            raise NotFound(f"no case {case_id!r}")
-        return _case(row)
-
-    async def list_cases(self, statuses: tuple[CaseStatus, ...] | None = None) -> list[Case]:
-        if statuses:
-            rows = await self._fetch(
-                f"SELECT {_CASE_COLUMNS} FROM cases WHERE status = ANY($1::text[]) "
-                "ORDER BY created_at, id",
-                [s.value for s in statuses],
-            )
-        else:
-            rows = await self._fetch(f"SELECT {_CASE_COLUMNS} FROM cases ORDER BY created_at, id")
-        return [_case(r) for r in rows]
-
-    async def claim_next(
-        self, worker_id: str, now: datetime, lease_seconds: float, *, min_priority: int = 0
-    ) -> Case | None:
-        row = await self._fetchrow(
-            "WITH c AS ("
-            f"SELECT id FROM cases WHERE {_RUNNABLE} AND priority >= $4 "
-            "ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) "
-            "UPDATE cases SET status = 'running', lease_owner = $2, lease_expires_at = $3, "
-            f"updated_at = $1 FROM c WHERE cases.id = c.id RETURNING {_CASES_COLUMNS}",
-            now,
-            worker_id,
-            now + timedelta(seconds=lease_seconds),
-            min_priority,
-        )
-        return None if row is None else _case(row)
-
-    async def claim_case(
-        self, case_id: str, worker_id: str, now: datetime, lease_seconds: float
-    ) -> Case | None:
-        # No SKIP LOCKED: this names its case, so it waits for whoever writes that row
-        # (a claim, a heartbeat) and then re-checks that the case is still runnable.
-        row = await self._fetchrow(
-            "UPDATE cases SET status = 'running', lease_owner = $2, lease_expires_at = $3, "
-            f"updated_at = $1 WHERE id = $4 AND {_RUNNABLE} RETURNING {_CASE_COLUMNS}",
-            now,
-            worker_id,
-            now + timedelta(seconds=lease_seconds),
-            case_id,
-        )
-        return None if row is None else _case(row)
-
-    async def heartbeat(
-        self, case_id: str, worker_id: str, now: datetime, lease_seconds: float
-    ) -> bool:
-        count = await self._execute(
-            "UPDATE cases SET lease_expires_at = $1 "
-            "WHERE id = $2 AND lease_owner = $3 AND status = 'running'",
-            now + timedelta(seconds=lease_seconds),
-            case_id,
-            worker_id,
-        )
-        return count == 1
-
-    async def release_case(
-        self,
-        case_id: str,
-        worker_id: str,
-        status: CaseStatus,
-        now: datetime,
-        *,
-        run_after: datetime | None = None,
-        halt_reason: str | None = None,
-    ) -> None:
-        count = await self._execute(
-            "UPDATE cases SET status = $1, run_after = $2, halt_reason = $3, "
-            "lease_owner = NULL, lease_expires_at = NULL, updated_at = $4 "
-            "WHERE id = $5 AND lease_owner = $6",
-            status.value,
-            run_after,
-            halt_reason,
-            now,
-            case_id,
-            worker_id,
-        )
-        if count != 1:
-            raise StoreError(f"case {case_id} is not held by worker {worker_id}")
-
-    async def find_open_case(self, subject: str, playbook: str) -> Case | None:
-        row = await self._fetchrow(
-            f"SELECT {_CASE_COLUMNS} FROM cases WHERE subject = $1 AND playbook = $2 "
-            f"AND status IN {OPEN_STATUSES_SQL} ORDER BY created_at, id LIMIT 1",
-            subject,
-            playbook,
-        )
-        return None if row is None else _case(row)
-
-    async def _lock_not_started(self, conn: Any, case_id: str) -> None:
-        """Hold the case row for this transaction; StoreError if the case has started."""
-        row: Row | None = await conn.fetchrow(
-            "SELECT status, EXISTS (SELECT 1 FROM steps WHERE case_id = $1 AND attempts > 0) "
-            "AS started FROM cases WHERE id = $1 FOR UPDATE",
-            case_id,
-        )
-        if row is None:
-            raise NotFound(f"no case {case_id!r}")
-        if row["status"] != CaseStatus.PENDING.value or row["started"]:
-            raise CaseStarted(
-                f"case {case_id} has started (status {row['status']}): "
-                "containment cannot be withdrawn or moved once it began"
-            )
-
-    async def reschedule_case(self, case_id: str, run_after: datetime, now: datetime) -> Case:
-        async with self._transaction() as conn:
-            await self._lock_not_started(conn, case_id)
-            row: Row = await conn.fetchrow(
-                "UPDATE cases SET run_after = $2, updated_at = $3 WHERE id = $1 "
-                f"RETURNING {_CASE_COLUMNS}",
-                case_id,
-                run_after,
-                now,
-            )
-            await self._append_event(
-                conn, case_id, "case_rescheduled", now, None, {"run_after": utc_iso(run_after)}
-            )
-            await self._notify(conn, f"case_rescheduled {case_id}")
-        return _case(row)
-
-    async def cancel_case(self, case_id: str, now: datetime, reason: str) -> Case:
-        async with self._transaction() as conn:
-            await self._lock_not_started(conn, case_id)
-            row: Row = await conn.fetchrow(
-                "UPDATE cases SET status = 'cancelled', halt_reason = $2, updated_at = $3 "
-                f"WHERE id = $1 RETURNING {_CASE_COLUMNS}",
-                case_id,
-                reason,
-                now,
-            )
-            await self._append_event(conn, case_id, "case_cancelled", now, None, {"reason": reason})
-        return _case(row)
-
-    async def resume_case(self, case_id: str, now: datetime) -> Case:
-        async with self._transaction() as conn:
-            row: Row | None = await conn.fetchrow(
-                "UPDATE cases SET status = 'pending', run_after = NULL, halt_reason = NULL, "
-                "updated_at = $2 WHERE id = $1 AND status IN ('waiting', 'halted') "
-                f"RETURNING {_CASE_COLUMNS}",
-                case_id,
-                now,
-            )
-            if row is not None:
-                await self._notify(conn, f"case_resumed {case_id}")
-                return _case(row)
-        return await self.get_case(case_id)
-
-    # steps
-
-    async def steps(self, case_id: str) -> list[StepRecord]:
-        rows = await self._fetch("SELECT * FROM steps WHERE case_id = $1 ORDER BY idx", case_id)
-        return [_step(r) for r in rows]
-
-    async def _lock_owned(self, conn: Any, case_id: str, worker_id: str) -> None:
-        """Hold the case row (shared) for this transaction, so no claim can take it
-        before the write commits; StoreError unless `worker_id` holds the case."""
-        owner: Row | None = await conn.fetchrow(
-            "SELECT lease_owner FROM cases WHERE id = $1 FOR SHARE", case_id
-        )
-        if owner is None:
-            raise NotFound(f"no case {case_id!r}")
-        if owner["lease_owner"] != worker_id:
-            raise StoreError(f"case {case_id} is not held by worker {worker_id}")
-
-    async def start_step(
-        self, case_id: str, index: int, worker_id: str, now: datetime
-    ) -> StepRecord:
-        async with self._transaction() as conn:
-            await self._lock_owned(conn, case_id, worker_id)
-            row: Row | None = await conn.fetchrow(
-                "UPDATE steps SET status = 'running', attempts = attempts + 1, "
-                "started_at = COALESCE(started_at, $3) WHERE case_id = $1 AND idx = $2 "
-                "RETURNING *",
-                case_id,
-                index,
-                now,
-            )
-        if row is None:
-            raise NotFound(f"case {case_id} has no step {index}")
-        return _step(row)
-
-    async def finish_step(
-        self,
-        case_id: str,
-        index: int,
-        worker_id: str,
-        status: StepStatus,
-        now: datetime,
-        *,
-        evidence: dict[str, Any] | None = None,
-        error: str | None = None,
-        event: tuple[str, dict[str, Any]] | None = None,
-    ) -> StepRecord:
-        finished = now if status in (StepStatus.DONE, StepStatus.FAILED) else None
-        async with self._transaction() as conn:
-            await self._lock_owned(conn, case_id, worker_id)
-            row: Row | None = await conn.fetchrow(
-                "UPDATE steps SET status = $3, finished_at = $4, evidence = $5, error = $6 "
-                "WHERE case_id = $1 AND idx = $2 RETURNING *",
-                case_id,
-                index,
-                status.value,
-                finished,
-                evidence or {},
-                error,
-            )
-            if row is not None and event is not None:
-                # one transaction: a kill cannot leave a done step without its event
-                await self._append_event(conn, case_id, event[0], now, row["step_id"], event[1])
-        if row is None:
-            raise NotFound(f"case {case_id} has no step {index}")
-        return _step(row)
-
-    # side-effect ledger
-
-    async def ledger_get(self, key: str) -> LedgerEntry | None:
-        row = await self._fetchrow("SELECT * FROM side_effects WHERE key = $1", key)
-        return None if row is None else _ledger(row)
-
-    async def ledger_intent(
-        self, key: str, case_id: str, step_id: str, operation: str, now: datetime
-    ) -> LedgerEntry:
-        async with self._connection() as conn:
-            await conn.execute(
-                "INSERT INTO side_effects (key, case_id, step_id, operation, state, "
-                "requested_at) VALUES ($1, $2, $3, $4, 'intent', $5) "
-                "ON CONFLICT (key) DO NOTHING",
-                key,
-                case_id,
-                step_id,
-                operation,
-                now,
-            )
-            # A statement of its own: it sees the row even if another wrote it first.
-            row: Row = await conn.fetchrow("SELECT * FROM side_effects WHERE key = $1", key)
-        return _ledger(row)
-
-    async def ledger_applied(self, key: str, now: datetime) -> LedgerEntry:
-        row = await self._fetchrow(
-            "UPDATE side_effects SET state = 'applied', applied_at = COALESCE(applied_at, $2) "
-            "WHERE key = $1 RETURNING *",
-            key,
-            now,
-        )
-        if row is None:
-            raise NotFound(f"no ledger entry {key!r}")
-        return _ledger(row)
-
-    # operator tasks
-
-    async def open_task(self, task: OperatorTask) -> OperatorTask:
-        async with self._connection() as conn:
-            await conn.execute(
-                "INSERT INTO operator_tasks (case_id, step_id, title, instructions, "
-                "console_url, subject, opened_at) VALUES ($1, $2, $3, $4, $5, $6, $7) "
-                "ON CONFLICT (case_id, step_id) DO NOTHING",
-                task.case_id,
-                task.step_id,
-                task.title,
-                task.instructions,
-                task.console_url,
-                task.subject,
-                task.opened_at,
-            )
-            row: Row = await conn.fetchrow(
-                "SELECT * FROM operator_tasks WHERE case_id = $1 AND step_id = $2",
-                task.case_id,
-                task.step_id,
-            )
-        return _task(row)
-
-    async def get_task(self, case_id: str, step_id: str) -> OperatorTask | None:
-        row = await self._fetchrow(
-            "SELECT * FROM operator_tasks WHERE case_id = $1 AND step_id = $2", case_id, step_id
-        )
-        return None if row is None else _task(row)
-
-    async def confirm_task(
-        self, case_id: str, step_id: str, confirmed_by: str, now: datetime
-    ) -> OperatorTask:
-        row = await self._fetchrow(
-            "UPDATE operator_tasks SET confirmed_at = COALESCE(confirmed_at, $3), "
-            "confirmed_by = COALESCE(confirmed_by, $4) WHERE case_id = $1 AND step_id = $2 "
-            "RETURNING *",
-            case_id,
-            step_id,
-            now,
-            confirmed_by,
-        )
-        if row is None:
-            raise NotFound(f"case {case_id} has no operator task for step {step_id!r}")
-        return _task(row)
-
-    async def open_tasks(self) -> list[OperatorTask]:
-        rows = await self._fetch(
-            "SELECT * FROM operator_tasks WHERE confirmed_at IS NULL "
-            "ORDER BY opened_at, case_id, step_id"
-        )
-        return [_task(r) for r in rows]
-
-    # countdown and its timers
-
-    async def save_countdown(
-        self,
-        case_id: str,
-        countdown: dict[str, Any],
-        epoch: int,
-        timers: list[Timer],
-        now: datetime,
-    ) -> None:
-        async with self._transaction() as conn:
-            # Timers before the case row: the lock order claim_due_timer uses too.
-            await conn.execute(
-                "DELETE FROM timers WHERE case_id = $1 AND epoch < $2 AND fired_at IS NULL",
-                case_id,
-                epoch,
-            )
-            if timers:
-                await conn.executemany(
-                    "INSERT INTO timers (case_id, name, epoch, due_at, closes_case) "
-                    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (case_id, name, epoch) "
-                    "DO UPDATE SET due_at = excluded.due_at WHERE timers.fired_at IS NULL",
-                    [(case_id, t.name, epoch, t.due_at, t.closes_case) for t in timers],
-                )
-            await conn.execute(
-                "UPDATE cases SET countdown = $2, updated_at = $3 WHERE id = $1",
-                case_id,
-                countdown,
-                now,
-            )
-            await self._notify(conn, f"countdown_saved {case_id}")
-
-    async def claim_due_timer(self, worker_id: str, now: datetime) -> Timer | None:
-        async with self._transaction() as conn:
-            row: Row | None = await conn.fetchrow(
-                "WITH t AS ("
-                "SELECT case_id, name, epoch FROM timers WHERE fired_at IS NULL AND due_at <= $1 "
-                "ORDER BY due_at, case_id, name, epoch LIMIT 1 FOR UPDATE SKIP LOCKED) "
-                "UPDATE timers SET fired_at = $1, fired_by = $2 FROM t "
-                "WHERE timers.case_id = t.case_id AND timers.name = t.name "
-                "AND timers.epoch = t.epoch RETURNING timers.*",
-                now,
-                worker_id,
-            )
-            if row is None:
-                return None
-            timer = _timer(row)
-            await self._append_event(
-                conn,
-                timer.case_id,
-                "milestone_reached",
-                now,
-                None,
-                {"milestone": timer.name, "epoch": timer.epoch, "due_at": utc_iso(timer.due_at)},
-            )
-            if timer.closes_case:
-                await conn.execute(
-                    "UPDATE cases SET status = 'access_lapsed', updated_at = $2 "
-                    "WHERE id = $1 AND status = 'contained'",
-                    timer.case_id,
-                    now,
-                )
-                await self._append_event(conn, timer.case_id, "case_access_lapsed", now, None, {})
-        return timer
-
-    async def timers(self, case_id: str) -> list[Timer]:
-        rows = await self._fetch(
-            "SELECT * FROM timers WHERE case_id = $1 ORDER BY epoch, due_at, name", case_id
-        )
-        return [_timer(r) for r in rows]
-
-    async def next_timer_due(self) -> datetime | None:
-        row = await self._fetchrow("SELECT MIN(due_at) AS due FROM timers WHERE fired_at IS NULL")
-        due: datetime | None = None if row is None else row["due"]
-        return due
-
-    # trigger deliveries and refusals
-
-    async def record_delivery(self, delivery: Delivery) -> tuple[Delivery, bool]:
-        async with self._connection() as conn:
-            inserted: Row | None = await conn.fetchrow(
-                "INSERT INTO deliveries (key, case_id, outcome, received_at) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING RETURNING key",
-                delivery.key,
-                delivery.case_id,
-                delivery.outcome,
-                delivery.received_at,
-            )
-        if inserted is not None:
-            return delivery, True
-        existing = await self.get_delivery(delivery.key)
-        if existing is None:
-            raise StoreError(f"delivery {delivery.key!r} vanished")
-        return existing, False
-
-    async def get_delivery(self, key: str) -> Delivery | None:
-        row = await self._fetchrow("SELECT * FROM deliveries WHERE key = $1", key)
-        return None if row is None else _delivery(row)
-
-    async def record_refusal(self, refusal: Refusal) -> None:
-        await self._execute(
-            "INSERT INTO refusals (at, source, subject, reason) VALUES ($1, $2, $3, $4)",
-            refusal.at,
-            refusal.source,
-            refusal.subject,
-            refusal.reason,
+    async def lock_admission(self, tx: Runner, names: Sequence[str]) -> None:
+        # Replicas admitting the same key, or a case for the same person, take
+        # turns (locks taken in one global order: no deadlock between them).
+        await _conn(tx).execute(
+            "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended(k, 0) AS h "
+            "FROM unnest($1::text[]) AS k ORDER BY 1) AS locks",
+            list(names),
         )
 
-    async def refusals(self) -> list[Refusal]:
-        rows = await self._fetch("SELECT * FROM refusals ORDER BY id")
-        return [
-            Refusal(at=r["at"], source=r["source"], subject=r["subject"], reason=r["reason"])
-            for r in rows
-        ]
+    # what PostgreSQL stores differently
 
-    # timeline
+    def time(self, value: Any) -> Any:
+        return value
 
-    async def _append_event(
-        self,
-        conn: Any,
-        case_id: str,
-        kind: str,
-        now: datetime,
-        step_id: str | None,
-        data: dict[str, Any],
-    ) -> int:
+    def doc(self, value: Any) -> Any:
+        return value
+
+    def chain_time(self, value: Any) -> str:
+        return chain_time(value)
+
+    async def append_event(self, tx: Runner, event: NewEvent) -> int:
         # Bumping the counter locks the case row until commit: appends to one case
         # take turns, so two never compute the same seq or link to the same head.
         # The data and time come back as the server stores them, which is what is
         # hashed (jsonb normalises numbers; timestamptz keeps microseconds).
+        conn = _conn(tx)
         head: Row | None = await conn.fetchrow(
             "UPDATE cases SET events_count = events_count + 1 WHERE id = $1 "
             "RETURNING events_count, events_head, $2::jsonb AS data, $3::timestamptz AS at",
-            case_id,
-            data,
-            now,
+            event.case_id,
+            event.data,
+            event.at,
         )
         if head is None:
-            raise StoreError(f"no case {case_id!r} to record the event {kind!r} for")
+            raise StoreError(f"no case {event.case_id!r} to record the event {event.kind!r} for")
         seq: int = head["events_count"]
-        prev: str = head["events_head"] or genesis_hash(case_id)
-        digest = event_hash(case_id, seq, chain_time(head["at"]), kind, step_id, head["data"], prev)
+        prev: str = head["events_head"] or genesis_hash(event.case_id)
+        at = chain_time(head["at"])
+        digest = event_hash(event.case_id, seq, at, event.kind, event.step_id, head["data"], prev)
         # One statement: the event and the head that points at it.
         await conn.execute(
             "WITH event AS (INSERT INTO events (case_id, seq, at, kind, step_id, data, "
             "prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)) "
             "UPDATE cases SET events_head = $8 WHERE id = $1",
-            case_id,
+            event.case_id,
             seq,
-            now,
-            kind,
-            step_id,
-            data,
+            event.at,
+            event.kind,
+            event.step_id,
+            event.data,
             prev,
             digest,
         )
         return seq
 
-    async def append_event(
-        self, case_id: str, kind: str, now: datetime, *, step_id: str | None, data: dict[str, Any]
-    ) -> CaseEvent:
-        async with self._transaction() as conn:
-            seq = await self._append_event(conn, case_id, kind, now, step_id, data)
-        return CaseEvent(case_id=case_id, seq=seq, at=now, kind=kind, step_id=step_id, data=data)
+    async def append_events(self, tx: Runner, events: Sequence[NewEvent]) -> None:
+        for event in events:
+            await self.append_event(tx, event)
 
-    async def events(self, case_id: str) -> list[CaseEvent]:
-        rows = await self._fetch("SELECT * FROM events WHERE case_id = $1 ORDER BY seq", case_id)
-        return [_event(r) for r in rows]
 
-    async def evidence(self, case_id: str) -> list[EvidenceRecord]:
-        rows = await self._fetch("SELECT * FROM events WHERE case_id = $1 ORDER BY seq", case_id)
-        return [
-            EvidenceRecord(
-                case_id=r["case_id"],
-                seq=r["seq"],
-                at=chain_time(r["at"]),
-                kind=r["kind"],
-                step_id=r["step_id"],
-                data=r["data"],
-                prev_hash=r["prev_hash"],
-                hash=r["hash"],
-            )
-            for r in rows
-        ]
+class PostgresStore(StoreManager):
+    """The Store on PostgreSQL; the arguments are `PostgresConnector`'s."""
 
-    async def evidence_head(self, case_id: str) -> tuple[str, int]:
-        row = await self._fetchrow(
-            "SELECT events_head, events_count FROM cases WHERE id = $1", case_id
-        )
-        if row is None:
-            raise NotFound(f"no case {case_id!r}")
-        return row["events_head"] or genesis_hash(case_id), int(row["events_count"])
+    def __init__(self, dsn: str, **options: Any) -> None:
+        self.connector: PostgresConnector = PostgresConnector(dsn, **options)
+        super().__init__(self.connector)
+        #: where the DSN points, without its password: safe for messages and logs
+        self.where = self.connector.where
 
-    # aggregates and pages
-
-    async def case_counts(self) -> list[CaseCount]:
-        rows = await self._fetch(
-            "SELECT status, playbook, COUNT(*) AS n FROM cases "
-            "GROUP BY status, playbook ORDER BY status, playbook"
-        )
-        return [
-            CaseCount(status=CaseStatus(r["status"]), playbook=r["playbook"], count=r["n"])
-            for r in rows
-        ]
-
-    async def running_countdowns(self, now: datetime) -> int:
-        # a countdown document whose milestones are not a list has no all-lapsed
-        row = await self._fetchrow(
-            "SELECT COUNT(*) AS n FROM cases WHERE countdown IS NOT NULL "
-            "AND status <> ALL($1::text[]) AND ("
-            "SELECT (m.value ->> 'at')::timestamptz FROM jsonb_array_elements("
-            "CASE jsonb_typeof(countdown -> 'milestones') WHEN 'array' "
-            "THEN countdown -> 'milestones' ELSE '[]'::jsonb END"
-            ") WITH ORDINALITY AS m (value, n) "
-            "WHERE m.value ->> 'name' = $2 ORDER BY m.n LIMIT 1) > $3",
-            [s.value for s in CLOSED_STATUSES],
-            ALL_LAPSED,
-            now,
-        )
-        return 0 if row is None else int(row["n"])
-
-    async def count_events(self, kind: str) -> int:
-        row = await self._fetchrow("SELECT COUNT(*) AS n FROM events WHERE kind = $1", kind)
-        return 0 if row is None else int(row["n"])
-
-    async def task_backlog(self) -> TaskBacklog:
-        row = await self._fetchrow(
-            "SELECT COUNT(*) AS n, MIN(opened_at) AS oldest FROM operator_tasks "
-            "WHERE confirmed_at IS NULL"
-        )
-        if row is None:
-            return TaskBacklog(waiting=0, oldest_opened_at=None)
-        return TaskBacklog(waiting=int(row["n"]), oldest_opened_at=row["oldest"])
-
-    async def open_tasks_of(self, case_ids: Sequence[str]) -> list[OperatorTask]:
-        rows = await self._fetch(
-            "SELECT * FROM operator_tasks WHERE case_id = ANY($1::text[]) "
-            "AND confirmed_at IS NULL ORDER BY opened_at, case_id, step_id",
-            list(case_ids),
-        )
-        return [_task(r) for r in rows]
-
-    async def urgent_cases(
-        self, statuses: tuple[CaseStatus, ...] | None, *, limit: int, offset: int
-    ) -> CasePage:
-        wanted = [s.value for s in statuses] if statuses else None
-        where = "WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))"
-        # one snapshot: the page and the count agree
-        async with (
-            self._connection() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            rows: list[Row] = await conn.fetch(
-                f"SELECT {_CASE_COLUMNS} FROM cases {where} "
-                f"ORDER BY {URGENCY_ORDER} LIMIT $2 OFFSET $3",
-                wanted,
-                max(0, limit),
-                max(0, offset),
-            )
-            total: int = await conn.fetchval(f"SELECT COUNT(*) FROM cases {where}", wanted)
-        return CasePage(cases=tuple(map(_case, rows)), total=total)
-
-    async def cases_after(
-        self, statuses: tuple[CaseStatus, ...] | None, *, after: str | None, limit: int
-    ) -> list[Case]:
-        wanted = [s.value for s in statuses] if statuses else None
-        select = (
-            f"SELECT {_CASE_COLUMNS} FROM cases "
-            "WHERE ($1::text[] IS NULL OR status = ANY($1::text[])) "
-        )
-        async with self._connection() as conn:
-            if after is None:
-                rows: list[Row] = await conn.fetch(
-                    select + "ORDER BY created_at, id LIMIT $2", wanted, max(0, limit)
-                )
-            else:
-                start = await conn.fetchrow("SELECT created_at FROM cases WHERE id = $1", after)
-                if start is None:
-                    raise NotFound(f"no case {after!r}")
-                # a row comparison: a range of the index cases_created (created_at, id)
-                rows = await conn.fetch(
-                    select + "AND (created_at, id) > ($2, $3) ORDER BY created_at, id LIMIT $4",
-                    wanted,
-                    start["created_at"],
-                    after,
-                    max(0, limit),
-                )
-        return [_case(r) for r in rows]
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.where!r})"

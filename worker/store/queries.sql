@@ -1,0 +1,197 @@
+-- Every statement the store runs, each written once, read by `worker.store.manager`.
+--
+-- A statement starts at a line `-- name: <name>`; a name ending in `.sqlite` or
+-- `.postgres` is that backend's own version of the statement without it (used only
+-- where the two SQL dialects cannot say the same thing). Parameters are `:name`;
+-- the connectors turn them into their own style. A list is compared with
+-- `= ANY(:name)`, which SQLite reads through json_each. Row locks (`FOR UPDATE`,
+-- `FOR SHARE`, `SKIP LOCKED`) are PostgreSQL's; SQLite's connector drops them, since
+-- its writes already hold the whole database (BEGIN IMMEDIATE).
+-- Every ordered listing ends on a unique key, so equal times come back in one
+-- order on both backends (tests/contract pins them).
+
+-- name: ping
+SELECT 1
+-- name: case_insert
+INSERT INTO cases (id, playbook, subject, status, priority, steps, trigger, created_at,
+                   updated_at, run_after, idempotency_key)
+VALUES (:id, :playbook, :subject, 'pending', :priority, :steps, :trigger, :now, :now,
+        :run_after, :idempotency_key)
+ON CONFLICT (idempotency_key) DO NOTHING
+-- name: steps_insert
+INSERT INTO steps (case_id, idx, step_id, action, status)
+VALUES (:case_id, :idx, :step_id, :action, 'pending')
+-- name: case_get
+SELECT * FROM cases WHERE id = :case_id
+-- name: case_by_key
+SELECT * FROM cases WHERE idempotency_key = :key
+-- name: cases_by_ids
+SELECT * FROM cases WHERE id = ANY(:ids)
+-- name: cases_list
+SELECT * FROM cases WHERE status = ANY(:statuses) OR :every ORDER BY created_at, id
+-- name: open_cases_of
+-- `status || ''`: by person (index cases_subject), never a scan of every pending case
+SELECT * FROM cases WHERE subject = ANY(:people) AND status || '' = ANY(:open)
+ORDER BY created_at, id
+-- name: open_case_find
+SELECT * FROM cases WHERE subject = :subject AND playbook = :playbook
+AND status = ANY(:open) ORDER BY created_at, id LIMIT 1
+-- name: claim_next
+-- pending and due, or running with a lapsed lease; the most urgent first
+UPDATE cases SET status = 'running', lease_owner = :worker_id, lease_expires_at = :expires,
+                 updated_at = :now
+WHERE id = (SELECT id FROM cases
+            WHERE ((status = 'pending' AND (run_after IS NULL OR run_after <= :now))
+                   OR (status = 'running' AND lease_expires_at <= :now))
+            AND priority >= :min_priority
+            ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+RETURNING *
+-- name: claim_case
+-- no SKIP LOCKED: it names its case, so it waits for that row's writer, then re-checks
+UPDATE cases SET status = 'running', lease_owner = :worker_id, lease_expires_at = :expires,
+                 updated_at = :now
+WHERE id = :case_id AND ((status = 'pending' AND (run_after IS NULL OR run_after <= :now))
+                         OR (status = 'running' AND lease_expires_at <= :now))
+RETURNING *
+-- name: heartbeat
+UPDATE cases SET lease_expires_at = :expires
+WHERE id = :case_id AND lease_owner = :worker_id AND status = 'running'
+-- name: release
+UPDATE cases SET status = :status, run_after = :run_after, halt_reason = :halt_reason,
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
+WHERE id = :case_id AND lease_owner = :worker_id
+-- name: case_started
+SELECT status, EXISTS (SELECT 1 FROM steps WHERE case_id = :case_id AND attempts > 0)
+       AS started
+FROM cases WHERE id = :case_id FOR UPDATE
+-- name: case_reschedule
+UPDATE cases SET run_after = :run_after, updated_at = :now WHERE id = :case_id RETURNING *
+-- name: case_cancel
+UPDATE cases SET status = 'cancelled', halt_reason = :reason, updated_at = :now
+WHERE id = :case_id RETURNING *
+-- name: case_resume
+UPDATE cases SET status = 'pending', run_after = NULL, halt_reason = NULL, updated_at = :now
+WHERE id = :case_id AND status IN ('waiting', 'halted') RETURNING *
+-- name: case_move
+UPDATE cases SET status = :to, updated_at = :now WHERE id = :case_id AND status = :from
+-- name: case_owner
+SELECT lease_owner FROM cases WHERE id = :case_id
+-- name: steps_of
+SELECT * FROM steps WHERE case_id = :case_id ORDER BY idx
+-- name: step_start
+-- a step write happens only while the writer holds the case's lease; the shared row
+-- lock keeps a claim from slipping in before the write commits
+UPDATE steps SET status = 'running', attempts = attempts + 1,
+                 started_at = COALESCE(started_at, :now)
+WHERE case_id = :case_id AND idx = :idx
+AND EXISTS (SELECT 1 FROM cases WHERE id = :case_id AND lease_owner = :worker_id FOR SHARE)
+RETURNING *
+-- name: step_finish
+UPDATE steps SET status = :status, finished_at = :finished, evidence = :evidence,
+                 error = :error
+WHERE case_id = :case_id AND idx = :idx
+AND EXISTS (SELECT 1 FROM cases WHERE id = :case_id AND lease_owner = :worker_id FOR SHARE)
+RETURNING *
+-- name: ledger_get
+SELECT * FROM side_effects WHERE key = :key
+-- name: ledger_intent
+-- an update that changes nothing: the entry already there comes back as it is
+INSERT INTO side_effects (key, case_id, step_id, operation, state, requested_at)
+VALUES (:key, :case_id, :step_id, :operation, 'intent', :now)
+ON CONFLICT (key) DO UPDATE SET key = excluded.key RETURNING *
+-- name: ledger_applied
+UPDATE side_effects SET state = 'applied', applied_at = COALESCE(applied_at, :now)
+WHERE key = :key RETURNING *
+-- name: task_open
+INSERT INTO operator_tasks (case_id, step_id, title, instructions, console_url, subject,
+                            opened_at)
+VALUES (:case_id, :step_id, :title, :instructions, :console_url, :subject, :opened_at)
+ON CONFLICT (case_id, step_id) DO NOTHING
+-- name: task_get
+SELECT * FROM operator_tasks WHERE case_id = :case_id AND step_id = :step_id
+-- name: task_confirm
+UPDATE operator_tasks SET confirmed_at = COALESCE(confirmed_at, :now),
+                          confirmed_by = COALESCE(confirmed_by, :by)
+WHERE case_id = :case_id AND step_id = :step_id RETURNING *
+-- name: tasks_open
+SELECT * FROM operator_tasks WHERE confirmed_at IS NULL ORDER BY opened_at, case_id, step_id
+-- name: tasks_open_of
+SELECT * FROM operator_tasks WHERE case_id = ANY(:ids) AND confirmed_at IS NULL
+ORDER BY opened_at, case_id, step_id
+-- name: task_backlog
+SELECT COUNT(*) AS n, MIN(opened_at) AS oldest FROM operator_tasks WHERE confirmed_at IS NULL
+-- name: timers_drop_older
+DELETE FROM timers WHERE case_id = :case_id AND epoch < :epoch AND fired_at IS NULL
+-- name: timer_upsert
+INSERT INTO timers (case_id, name, epoch, due_at, closes_case)
+VALUES (:case_id, :name, :epoch, :due_at, :closes_case)
+ON CONFLICT (case_id, name, epoch) DO UPDATE SET due_at = excluded.due_at
+WHERE timers.fired_at IS NULL
+-- name: countdown_set
+UPDATE cases SET countdown = :countdown, updated_at = :now WHERE id = :case_id
+-- name: timer_claim
+UPDATE timers SET fired_at = :now, fired_by = :worker_id
+WHERE (case_id, name, epoch) = (
+    SELECT case_id, name, epoch FROM timers WHERE fired_at IS NULL AND due_at <= :now
+    ORDER BY due_at, case_id, name, epoch LIMIT 1 FOR UPDATE SKIP LOCKED)
+RETURNING *
+-- name: timers_of
+SELECT * FROM timers WHERE case_id = :case_id ORDER BY epoch, due_at, name
+-- name: timer_next
+SELECT MIN(due_at) AS due FROM timers WHERE fired_at IS NULL
+-- name: delivery_insert
+INSERT INTO deliveries (key, case_id, outcome, received_at)
+VALUES (:key, :case_id, :outcome, :received_at) ON CONFLICT (key) DO NOTHING
+-- name: delivery_get
+SELECT * FROM deliveries WHERE key = :key
+-- name: deliveries_of
+SELECT * FROM deliveries WHERE key = ANY(:keys)
+-- name: refusal_insert
+INSERT INTO refusals (at, source, subject, reason) VALUES (:at, :source, :subject, :reason)
+-- name: refusals
+SELECT * FROM refusals ORDER BY id
+-- name: events_of
+SELECT * FROM events WHERE case_id = :case_id ORDER BY seq
+-- name: evidence_head
+SELECT events_head, events_count FROM cases WHERE id = :case_id
+-- name: case_counts
+SELECT status, playbook, COUNT(*) AS count FROM cases GROUP BY status, playbook
+ORDER BY status, playbook
+-- name: count_events
+SELECT COUNT(*) AS n FROM events WHERE kind = :kind
+-- name: running_countdowns.sqlite
+-- milestone times are utc_iso text (milliseconds, Z): compared as text
+SELECT COUNT(*) AS n FROM cases
+WHERE countdown IS NOT NULL AND NOT status = ANY(:closed) AND (
+    SELECT json_extract(m.value, '$.at') FROM json_each(cases.countdown, '$.milestones') m
+    WHERE json_extract(m.value, '$.name') = :milestone ORDER BY m.key LIMIT 1) > :now
+-- name: running_countdowns.postgres
+-- a countdown document whose milestones are not a list has no all-lapsed
+SELECT COUNT(*) AS n FROM cases
+WHERE countdown IS NOT NULL AND NOT status = ANY(:closed) AND (
+    SELECT (m.value ->> 'at')::timestamptz FROM jsonb_array_elements(
+        CASE jsonb_typeof(countdown -> 'milestones') WHEN 'array'
+        THEN countdown -> 'milestones' ELSE '[]'::jsonb END
+    ) WITH ORDINALITY AS m (value, n)
+    WHERE m.value ->> 'name' = :milestone ORDER BY m.n LIMIT 1) > :now
+-- name: cases_urgent
+-- halted, then waiting, then the rest (Store.urgent_cases); the newest first; the page's ids are
+-- sorted first, not whole cases
+SELECT * FROM cases WHERE id IN (
+    SELECT id FROM cases WHERE status = ANY(:statuses) OR :every
+    ORDER BY CASE status WHEN 'halted' THEN 0 WHEN 'waiting' THEN 1 ELSE 2 END,
+             created_at DESC, id
+    LIMIT :limit OFFSET :offset)
+ORDER BY CASE status WHEN 'halted' THEN 0 WHEN 'waiting' THEN 1 ELSE 2 END,
+         created_at DESC, id
+-- name: cases_count
+SELECT COUNT(*) AS n FROM cases WHERE status = ANY(:statuses) OR :every
+-- name: cases_first
+SELECT * FROM cases WHERE status = ANY(:statuses) OR :every ORDER BY created_at, id
+LIMIT :limit
+-- name: cases_after
+-- a row comparison: a range of the index cases_created (created_at, id)
+SELECT * FROM cases WHERE (status = ANY(:statuses) OR :every)
+AND (created_at, id) > (:created_at, :after) ORDER BY created_at, id LIMIT :limit
+-- name: case_created_at
+SELECT created_at FROM cases WHERE id = :case_id
