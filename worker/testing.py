@@ -863,10 +863,10 @@ class _Fake:
         striking = [f for f in self.faults if f.method == method and f.strikes()]
         for fault in striking:
             if not fault.after:
-                raise fault.error
+                raise fault.error.with_traceback(None)  # one traceback, not every raise's
         result = effect()
         for fault in striking:
-            raise fault.error
+            raise fault.error.with_traceback(None)
         return result
 
 
