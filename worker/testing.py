@@ -232,13 +232,14 @@ class InMemoryStore:
 
     @_recorded
     async def create_case(self, new: NewCase, now: datetime) -> tuple[Case, bool]:
+        case_id = new_case_id()  # drawn first, as the SQL backends do
         if new.idempotency_key is not None:
             for case in self._cases.values():
                 if case.idempotency_key == new.idempotency_key:
                     return case, False
         # what cannot be stored as JSON fails before anything is written
         _json([new.trigger, [s.options for s in new.steps], created_event(new)])
-        return self._insert_case(new_case_id(), new, now, new.idempotency_key), True
+        return self._insert_case(case_id, new, now, new.idempotency_key), True
 
     @_recorded
     async def admit(self, arrivals: Sequence[Arrival], now: datetime) -> list[Admission]:
