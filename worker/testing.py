@@ -873,6 +873,8 @@ class _Fake:
 
 @dataclass(kw_only=True)
 class FakeIdpUser:
+    """A user as the fake IdP holds it; mutable, as the provider's own state is."""
+
     id: str
     login: str
     #: "ACTIVE" | "DEPROVISIONED", Okta's words
@@ -952,6 +954,8 @@ class FakeIdentityProvider(_Fake):
 
 @dataclass(kw_only=True)
 class FakeIcUser:
+    """A user as the fake Identity Center holds it; mutable, as AWS's state is."""
+
     user_id: str
     user_name: str
     #: "ENABLED" | "DISABLED", as DescribeUser reports it
