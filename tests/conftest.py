@@ -3,11 +3,13 @@ runtime pointed at it with settings fast enough for tests."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_timeout
 
 from tests.pg import pg_dsn, pg_fresh_dsn  # noqa: F401  (fixtures)
 from worker.config import Config, parse_config
@@ -16,6 +18,35 @@ from worker.sandbox import Sandbox, SeededUser
 
 REPO = Path(__file__).resolve().parent.parent
 LEAVER = "leaver@example.com"
+
+#: how long a test may run on after its timeout before the process is ended
+TIMEOUT_GRACE = 10.0
+_BACKSTOP = pytest.StashKey[threading.Timer]()
+
+
+@pytest.hookimpl
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    """pytest-timeout's signal method, with its thread method behind it.
+
+    SIGALRM fails a test by raising where the main thread is; when that is the event
+    loop's own code, asyncio logs the error and the loop runs on, and a test awaiting in
+    a loop would never end. So a test still running `TIMEOUT_GRACE` seconds after its
+    timeout ends the process, stacks dumped (under xdist: the worker, reported as
+    crashed in that test). Returns None: pytest-timeout then sets its own timer."""
+    if settings.method == "signal":
+        backstop = threading.Timer(
+            settings.timeout + TIMEOUT_GRACE, pytest_timeout.timeout_timer, (item, settings)
+        )
+        backstop.daemon = True
+        backstop.start()
+        item.stash[_BACKSTOP] = backstop
+
+
+@pytest.hookimpl
+def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
+    backstop = item.stash.get(_BACKSTOP, None)
+    if backstop is not None:
+        backstop.cancel()
 
 
 def fast_settings(data: dict[str, Any]) -> dict[str, Any]:

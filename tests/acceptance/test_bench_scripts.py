@@ -14,6 +14,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
+#: beyond each bench run's own 300 s limit, so that it speaks first
+pytestmark = pytest.mark.timeout(360)
+
 
 def run_bench(module: str, tmp_path: Path, *args: str) -> dict[str, Any]:
     output = tmp_path / f"{module}.json"

@@ -8,6 +8,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.acceptance import cli
 from worker.sandbox import Sandbox
 
@@ -21,6 +23,8 @@ def case_rows(db: str) -> list[tuple[str, str, int]]:
         ).fetchall()
 
 
+# beyond its own deadlines (240 s + 120 s), so that they speak first
+@pytest.mark.timeout(420)
 async def test_bulk_settles_every_row_and_a_rerun_changes_nothing(
     sandbox: Sandbox, config_data: dict[str, Any], tmp_path: Path
 ) -> None:

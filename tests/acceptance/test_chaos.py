@@ -43,6 +43,7 @@ def run_chaos(tmp_path: Path, *args: str, timeout: float = 150) -> dict[str, Any
     return report
 
 
+@pytest.mark.timeout(240)  # beyond the run's own 150 s limit, so that it speaks first
 @pytest.mark.parametrize(
     ("backend", "workers", "cases", "kills", "seed"),
     [

@@ -9,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.flows import CONTAINMENT_ORDER, delete_portal_sessions
 from worker.cases import confirm_task, open_case
 from worker.config import parse_config
@@ -32,6 +34,8 @@ async def _drain(worker: Worker, runtime: Any, timeout: float) -> None:
     raise AssertionError("cases still running at the deadline")
 
 
+# beyond its own deadlines (240 s + 120 s), so that they speak first
+@pytest.mark.timeout(420)
 async def test_200_cases_complete_in_order_under_a_25_percent_fault_rate(
     sandbox: Sandbox, config_data: dict[str, Any], tmp_path: Path
 ) -> None:

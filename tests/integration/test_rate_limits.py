@@ -7,6 +7,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from worker.cases import open_case
 from worker.config import parse_config
 from worker.domain import CaseStatus
@@ -37,6 +39,7 @@ async def _run_until_all_waiting(runtime: Any, case_ids: list[str], timeout: flo
     raise AssertionError("cases did not all reach the operator task in time")
 
 
+@pytest.mark.timeout(300)  # beyond its own 240 s deadline, so that it speaks first
 async def test_a_burst_of_100_cases_stays_under_the_identity_center_limit(
     sandbox: Sandbox, config_data: dict[str, Any], tmp_path: Path
 ) -> None:
