@@ -60,9 +60,8 @@ from worker.store.base import (
     event_hash,
     genesis_hash,
     new_case_id,
-    plan_admission,
-    settle_admission,
 )
+from worker.store.manager import plan_admission, settle_admission
 
 if TYPE_CHECKING:
     from worker.notify import Notifier

@@ -150,6 +150,9 @@ class CasePage:
 ALL_LAPSED = "all-lapsed"
 #: The statuses of a case that is closed for good: no countdown of theirs runs.
 CLOSED_STATUSES = (CaseStatus.ACCESS_LAPSED, CaseStatus.CANCELLED)
+#: How `Store.urgent_cases` ranks states: these first, in this order, then the rest
+#: (queries.sql's `cases_urgent` writes the same order as a CASE expression).
+URGENT_STATUSES = (CaseStatus.HALTED, CaseStatus.WAITING)
 
 
 class Store(Protocol):
