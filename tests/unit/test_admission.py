@@ -26,15 +26,15 @@ from worker.errors import OffboardError
 from worker.intake import Intake
 from worker.playbook import Playbook, find_playbook, load_playbook
 from worker.store.base import Store
-from worker.store.sqlite import SqliteStore
+from worker.testing import InMemoryStore
 
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 PROTECTED = ["breakglass-*@example.com"]
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = SqliteStore(tmp_path / "admission.db")
+async def store() -> AsyncIterator[Store]:
+    store = InMemoryStore()
     await store.open()
     try:
         yield store
