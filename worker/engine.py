@@ -17,6 +17,7 @@ from datetime import timedelta
 
 import structlog
 
+from worker.actions import action
 from worker.clock import Clock, utc_iso
 from worker.countdown import SessionSettings, compute, inputs_from_evidence
 from worker.domain import Case, CaseStatus, StepStatus, Timer
@@ -25,20 +26,10 @@ from worker.metrics import Metrics
 from worker.notify import LogNotifier, Notification, Notifier, deliver
 from worker.ratelimit import CASE_AGE, CASE_PRIORITY
 from worker.retry import RetryPolicy
-from worker.steps import Done, Providers, StepContext, Waiting, handler_for
+from worker.steps import Done, Providers, StepContext, Waiting
 from worker.store.base import Store
 
 log = structlog.get_logger(__name__)
-
-#: the steps whose evidence feeds the countdown: it is recomputed after each of them
-COUNTDOWN_INPUTS = frozenset(
-    {
-        "identity_center.disable_user",
-        "identity_center.portal_sessions",
-        "identity_center.remove_access",
-        "identity_center.deny_role_sessions",
-    }
-)
 
 
 def default_worker_id() -> str:
@@ -160,7 +151,7 @@ class Engine:
                 )
                 started = time.monotonic()
                 try:
-                    outcome = await handler_for(step.action)(ctx)
+                    outcome = await action(step.action).handler(ctx)
                 except TransientError as exc:
                     self._took(case, index, "requeued", started)
                     return await self._requeue(case, index, str(exc))
@@ -228,7 +219,7 @@ class Engine:
                 )
                 log.info("step_done", verified_by=outcome.evidence.get("verified_by"))
                 earlier[step.id] = outcome.evidence
-                if step.action in COUNTDOWN_INPUTS:
+                if action(step.action).countdown_input is not None:
                     await self.update_countdown(case.id)
         await self.store.release_case(
             case.id, self.worker_id, CaseStatus.CONTAINED, self.clock.now()
