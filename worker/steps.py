@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, TypeVar
 
 import structlog
@@ -65,7 +65,7 @@ class StepContext:
     verify_interval: float
     facts: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def ledger(self) -> Ledger:
         """This step's side effects, keyed `{case}:{step}:{operation}`."""
         return Ledger(

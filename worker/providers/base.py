@@ -92,12 +92,12 @@ class IdentityCenter(Protocol):
     # status string or policy JSON leaves the adapter
     async def deny_policy(self, arn: str, user_id: str) -> InlinePolicy: ...
 
-    async def merge_deny(self, policy: InlinePolicy) -> None:
-        """Put `policy` back with our deny statement for its user added (refused over
+    async def merge_deny(self, current: InlinePolicy) -> None:
+        """Put `current` back with our deny statement for its user added (refused over
         AWS's size limit)."""
 
-    async def remove_deny(self, policy: InlinePolicy) -> None:
-        """Put `policy` back without our statement; delete it if nothing is left."""
+    async def remove_deny(self, current: InlinePolicy) -> None:
+        """Put `current` back without our statement; delete it if nothing is left."""
 
     async def provision(self, arn: str) -> str: ...
 
