@@ -20,7 +20,13 @@ from worker.countdown import ReachablePermissionSet
 from worker.domain import Case, OperatorTask, PlannedStep, StepRecord
 from worker.errors import PermanentError, TransientError
 from worker.ledger import Ledger
-from worker.providers.base import IdentityCenter, IdentityCenterUser, IdentityProvider, IdpUser
+from worker.providers.base import (
+    REQUEST_SUCCEEDED,
+    IdentityCenter,
+    IdentityCenterUser,
+    IdentityProvider,
+    IdpUser,
+)
 from worker.providers.policy import deny_sid
 from worker.retry import RetryPolicy
 from worker.store.base import Store
@@ -355,7 +361,7 @@ async def identity_center_deny_role_sessions(ctx: StepContext) -> Outcome:
             "provisioned_at": utc_iso(provisioned_at),
             "verified_by": (
                 f"GetInlinePolicyForPermissionSet shows {deny_sid(user_id)} on {len(sets)} "
-                "permission set(s); provisioning SUCCEEDED"
+                f"permission set(s); provisioning {REQUEST_SUCCEEDED}"
             ),
             "verified_at": utc_iso(ctx.clock.now()),
         }

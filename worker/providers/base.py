@@ -54,6 +54,10 @@ class IdentityCenterUser:
         return self.status == "DISABLED"
 
 
+#: AWS's word for a finished asynchronous sso-admin request, quoted in evidence
+REQUEST_SUCCEEDED = "SUCCEEDED"
+
+
 @dataclass(frozen=True, kw_only=True)
 class InlinePolicy:
     """A permission set's inline policy as read, and whether it carries our deny

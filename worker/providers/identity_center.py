@@ -25,7 +25,12 @@ from worker.countdown import ReachablePermissionSet, parse_iso_duration
 from worker.errors import PermanentError, ProviderError, TransientError
 from worker.metrics import Metrics
 from worker.providers import policy
-from worker.providers.base import IdentityCenterUser, InlinePolicy, PlannedCall
+from worker.providers.base import (
+    REQUEST_SUCCEEDED,
+    IdentityCenterUser,
+    InlinePolicy,
+    PlannedCall,
+)
 from worker.providers.http import JsonHttpClient
 from worker.ratelimit import UNHINTED_PAUSE, RateLimiter
 
@@ -68,7 +73,7 @@ def _finished(operation: str, request_id: str, status: str, reason: str) -> bool
         raise PermanentError(
             "sso-admin", f"{operation} {request_id} FAILED: {reason or 'no reason given'}"
         )
-    return status == "SUCCEEDED"
+    return status == REQUEST_SUCCEEDED
 
 
 def classify_client_error(service: str, operation: str, error: ClientError) -> Exception:
