@@ -7,6 +7,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
 
+from structlog.testing import capture_logs
+
 from worker.clock import ManualClock
 from worker.domain import LedgerEntry, LedgerState
 from worker.errors import TransientError
@@ -95,7 +97,9 @@ async def deactivate(account: Account, store: LedgerStore) -> dict[str, Any]:
 
 async def test_a_retry_after_an_after_fault_reads_and_does_not_send_again() -> None:
     account, store = Account(fault="after"), LedgerStore()
-    evidence = await deactivate(account, store)
+    with capture_logs() as logs:
+        evidence = await deactivate(account, store)
+    assert [e["event"] for e in logs] == ["provider_call_retry"]  # the fault was retried
     assert account.sends == 1, "the retry re-sent a mutation that had applied"
     assert not account.active
     # read, act (applied, then failed), read again (applied: stop), verify
@@ -106,7 +110,9 @@ async def test_a_retry_after_an_after_fault_reads_and_does_not_send_again() -> N
 
 async def test_a_retry_after_a_before_fault_reads_and_sends_again() -> None:
     account, store = Account(fault="before"), LedgerStore()
-    await deactivate(account, store)
+    with capture_logs() as logs:
+        await deactivate(account, store)
+    assert [e["event"] for e in logs] == ["provider_call_retry"]
     assert account.sends == 2
     assert not account.active
     assert store.entries["c-1:idp-deactivate:okta.deactivate"].state is LedgerState.APPLIED
