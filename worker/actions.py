@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
 from worker import steps
+from worker.countdown import CountdownInput
 from worker.errors import PermanentError
 
 
@@ -33,19 +34,6 @@ class Role(StrEnum):
     IDENTITY_CENTER = "identity_center"
 
 
-class CountdownInput(StrEnum):
-    """The countdown input an action's evidence gives (countdown.inputs_from_evidence)."""
-
-    #: t_ic, and the reachable permission sets read right after it
-    IC_DISABLED = "ic_disabled_at"
-    #: t_portal_revoked
-    PORTAL_REVOKED = "portal_revoked_at"
-    #: t_unassigned
-    UNASSIGNED = "unassigned_at"
-    #: t_deny_provisioned
-    DENY_PROVISIONED = "deny_provisioned_at"
-
-
 @dataclass(frozen=True, kw_only=True)
 class Action:
     name: str
@@ -58,7 +46,7 @@ class Action:
     verifications: tuple[str, ...]
     #: what it does, in a sentence (dry-run plans, the UI)
     summary: str
-    #: the countdown is recomputed after it, from this input of its evidence
+    #: the countdown input its evidence gives: the countdown is recomputed after it
     countdown_input: CountdownInput | None = None
     #: done by a human in the console: the step opens an operator task and waits
     operator_task: bool = False

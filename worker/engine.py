@@ -14,6 +14,7 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import structlog
 
@@ -283,11 +284,11 @@ class Engine:
     async def update_countdown(self, case_id: str) -> None:
         """(Re)compute the countdown from the evidence so far and reschedule its milestones."""
         case = await self.store.get_case(case_id)
-        evidence = {
-            s.action: s.evidence
-            for s in await self.store.steps(case_id)
-            if s.status is StepStatus.DONE
-        }
+        evidence: dict[str, dict[str, Any]] = {}
+        for step in await self.store.steps(case_id):
+            given = action(step.action).countdown_input
+            if given is not None and step.status is StepStatus.DONE:
+                evidence[given] = step.evidence
         drift = (case.countdown or {}).get("drift")
         inputs = inputs_from_evidence(evidence, drift)
         if inputs is None:
