@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from worker.clock import utc_iso
 from worker.countdown import (
     Countdown,
+    CountdownInput,
     CountdownInputs,
     ReachablePermissionSet,
     SessionSettings,
@@ -325,21 +326,25 @@ def _opt_iso(when: datetime | None) -> str | None:
 
 
 def evidence_of(inputs: CountdownInputs) -> dict[str, dict[str, Any]]:
-    """The done steps' evidence as the step handlers write it (only the keys read back)."""
+    (
+        """The done steps' evidence as the step handlers write it (only the keys read back),
+    keyed as the engine gives it to the countdown."""
+        ""
+    )
     evidence: dict[str, dict[str, Any]] = {
-        "identity_center.disable_user": {
+        CountdownInput.IC_DISABLED: {
             "verified_at": utc_iso(inputs.ic_disabled_at),
             "permission_sets": [ps.as_json() for ps in inputs.permission_sets],
         }
     }
     if inputs.portal_revoked_at is not None:
-        evidence["identity_center.portal_sessions"] = {
+        evidence[CountdownInput.PORTAL_REVOKED] = {
             "confirmed_at": utc_iso(inputs.portal_revoked_at)
         }
     if inputs.unassigned_at is not None:
-        evidence["identity_center.remove_access"] = {"verified_at": utc_iso(inputs.unassigned_at)}
+        evidence[CountdownInput.UNASSIGNED] = {"verified_at": utc_iso(inputs.unassigned_at)}
     if inputs.deny_provisioned_at is not None:
-        evidence["identity_center.deny_role_sessions"] = {
+        evidence[CountdownInput.DENY_PROVISIONED] = {
             "provisioned_at": utc_iso(inputs.deny_provisioned_at)
         }
     return evidence

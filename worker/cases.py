@@ -4,25 +4,23 @@ off once its access has lapsed."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
 import structlog
 
+from worker.actions import DENY_ROLE_SESSIONS
 from worker.admission import Instruction, Outcome, ProtectedIdentity
 from worker.clock import seconds_until
 from worker.domain import Case, CaseStatus, OperatorTask, StepStatus
 from worker.errors import NotFound, OffboardError
+from worker.ledger import Ledger
 from worker.playbook import Playbook
-from worker.retry import with_retry
 from worker.runtime import Runtime
-from worker.steps import remove_deny
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-DENY_ACTION = "identity_center.deny_role_sessions"
 
 #: case states in which nothing more will happen without a human
 FINAL = (
@@ -107,38 +105,44 @@ async def remove_deny_statements(runtime: Runtime) -> list[tuple[str, list[str]]
     """Take our deny statements off permission sets once a case's access has lapsed,
     so permission sets do not grow forever. Returns (case, permission sets) cleaned."""
     ic = runtime.providers.identity_center
-
-    async def call(operation: str, fn: Callable[[], Awaitable[T]]) -> T:
-        return await with_retry(fn, runtime.engine.policy, runtime.clock, operation=operation)
-
     cleaned: list[tuple[str, list[str]]] = []
     for case in await runtime.store.list_cases((CaseStatus.ACCESS_LAPSED,)):
         steps = await runtime.store.steps(case.id)
         deny = next(
-            (s for s in steps if s.action == DENY_ACTION and s.status is StepStatus.DONE), None
+            (
+                s
+                for s in steps
+                if s.action == DENY_ROLE_SESSIONS.name and s.status is StepStatus.DONE
+            ),
+            None,
         )
         events = await runtime.store.events(case.id)
         if deny is None or any(e.kind == "deny_removed" for e in events):
             continue
         user_id = str(deny.evidence["ic_user_id"])
+        ledger = Ledger(
+            store=runtime.store,
+            clock=runtime.clock,
+            policy=runtime.engine.policy,
+            case_id=case.id,
+            step_id=deny.step_id,
+            verify_timeout=runtime.engine.settings.verify_timeout,
+            verify_interval=runtime.config.worker.verify_interval_seconds,
+        )
         changed: list[str] = []
         for arn in deny.evidence.get("permission_sets", []):
-            without = remove_deny(
-                await call("GetInlinePolicy", partial(ic.inline_policy, arn)), user_id, arn
+            _, removal = await ledger.mutate(
+                operation="sso-admin.PutInlinePolicy",
+                entry_key=f"deny-remove:{arn}",
+                read=partial(ic.deny_policy, arn, user_id),
+                reached=lambda policy: not policy.denies,
+                act=ic.remove_deny,
+                verify=False,
             )
-            if without is None:
+            if not removal["acted"]:
                 continue
-            if without:
-                await call("PutInlinePolicy", partial(ic.put_inline_policy, arn, without))
-            else:
-                await call("DeleteInlinePolicy", partial(ic.delete_inline_policy, arn))
-            request = await call("ProvisionPermissionSet", partial(ic.provision, arn))
-            status = await call("ProvisioningStatus", partial(ic.provisioning_status, request))
-            while status[0] == "IN_PROGRESS":
-                await runtime.clock.sleep(runtime.config.worker.verify_interval_seconds)
-                status = await call("ProvisioningStatus", partial(ic.provisioning_status, request))
-            if status[0] != "SUCCEEDED":
-                raise OffboardError(f"case {case.id}: provisioning {arn} failed: {status[1]}")
+            request = await ledger.call("ProvisionPermissionSet", partial(ic.provision, arn))
+            await ledger.poll_until("ProvisioningStatus", partial(ic.provisioned, request), bool)
             changed.append(arn)
         await runtime.store.append_event(
             case.id,

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from worker.actions import ACTIONS, Role
 from worker.admission import Instruction, Outcome
 from worker.cases import confirm_task, drive_case, remove_deny_statements, retry_case
 from worker.clock import Clock, OffsetClock, SystemClock, parse_iso
@@ -383,7 +384,7 @@ async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> 
         print(f"dry run: playbook {playbook.name} ({playbook.source}) for {args.user}")
         print("nothing is read or changed; the calls each step would make:")
         for number, step in enumerate(playbook.steps, start=1):
-            provider = idp if step.action.startswith("idp.") else ic
+            provider = idp if ACTIONS[step.action].role is Role.IDP else ic
             print(f"{number}. {step.id}: {step.action} (verify: {step.verify})")
             for call in provider.plan(step.action, args.user):
                 kind = "WRITE" if call.mutates else "read "

@@ -11,11 +11,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from worker.clock import parse_iso, utc_iso
 
 HOUR = timedelta(hours=1)
+
+
+class CountdownInput(StrEnum):
+    """The evidence the countdown reads, by what it gives (worker/actions.py says which
+    action's evidence gives which input)."""
+
+    #: t_ic (`verified_at`) and the permission sets reachable right after it
+    IC_DISABLED = "ic_disabled"
+    #: t_portal_revoked (`confirmed_at`)
+    PORTAL_REVOKED = "portal_revoked"
+    #: t_unassigned (`verified_at`)
+    UNASSIGNED = "unassigned"
+    #: t_deny_provisioned (`provisioned_at`)
+    DENY_PROVISIONED = "deny_provisioned"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -274,24 +289,25 @@ def inputs_from_json(data: dict[str, Any]) -> CountdownInputs:
 def inputs_from_evidence(
     evidence: dict[str, dict[str, Any]], drift: dict[str, Any] | None = None
 ) -> CountdownInputs | None:
-    """Countdown inputs from the evidence of the case's done steps, keyed by action.
+    """Countdown inputs from the evidence of the case's done steps, keyed by the
+    CountdownInput each gives.
 
     After drift (the user was re-enabled and disabled again) the countdown restarts
     from the new disable; portal revocation, removal and deny are not trusted from
     before the drift, because whoever re-enabled the user may have undone them."""
-    disable = evidence.get("identity_center.disable_user")
+    disable = evidence.get(CountdownInput.IC_DISABLED)
     if not disable or "verified_at" not in disable:
         return None
     sets = [ReachablePermissionSet.from_json(p) for p in disable.get("permission_sets", [])]
     ic_disabled_at = parse_iso(disable["verified_at"])
 
-    def at(action: str, key: str) -> datetime | None:
-        found = evidence.get(action, {}).get(key)
+    def at(given: CountdownInput, key: str) -> datetime | None:
+        found = evidence.get(given, {}).get(key)
         return parse_iso(found) if found else None
 
-    portal = at("identity_center.portal_sessions", "confirmed_at")
-    unassigned = at("identity_center.remove_access", "verified_at")
-    deny = at("identity_center.deny_role_sessions", "provisioned_at")
+    portal = at(CountdownInput.PORTAL_REVOKED, "confirmed_at")
+    unassigned = at(CountdownInput.UNASSIGNED, "verified_at")
+    deny = at(CountdownInput.DENY_PROVISIONED, "provisioned_at")
     if drift:
         ic_disabled_at = max(ic_disabled_at, parse_iso(drift["redisabled_at"]))
         sets = [ReachablePermissionSet.from_json(p) for p in drift.get("permission_sets", [])]

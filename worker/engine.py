@@ -14,9 +14,11 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import structlog
 
+from worker.actions import action
 from worker.clock import Clock, utc_iso
 from worker.countdown import SessionSettings, compute, inputs_from_evidence
 from worker.domain import Case, CaseStatus, StepStatus, Timer
@@ -25,20 +27,10 @@ from worker.metrics import Metrics
 from worker.notify import LogNotifier, Notification, Notifier, deliver
 from worker.ratelimit import CASE_AGE, CASE_PRIORITY
 from worker.retry import RetryPolicy
-from worker.steps import Done, Providers, StepContext, Waiting, handler_for
+from worker.steps import Done, Providers, StepContext, Waiting
 from worker.store.base import Store
 
 log = structlog.get_logger(__name__)
-
-#: the steps whose evidence feeds the countdown: it is recomputed after each of them
-COUNTDOWN_INPUTS = frozenset(
-    {
-        "identity_center.disable_user",
-        "identity_center.portal_sessions",
-        "identity_center.remove_access",
-        "identity_center.deny_role_sessions",
-    }
-)
 
 
 def default_worker_id() -> str:
@@ -160,7 +152,7 @@ class Engine:
                 )
                 started = time.monotonic()
                 try:
-                    outcome = await handler_for(step.action)(ctx)
+                    outcome = await action(step.action).handler(ctx)
                 except TransientError as exc:
                     self._took(case, index, "requeued", started)
                     return await self._requeue(case, index, str(exc))
@@ -228,7 +220,7 @@ class Engine:
                 )
                 log.info("step_done", verified_by=outcome.evidence.get("verified_by"))
                 earlier[step.id] = outcome.evidence
-                if step.action in COUNTDOWN_INPUTS:
+                if action(step.action).countdown_input is not None:
                     await self.update_countdown(case.id)
         await self.store.release_case(
             case.id, self.worker_id, CaseStatus.CONTAINED, self.clock.now()
@@ -292,11 +284,11 @@ class Engine:
     async def update_countdown(self, case_id: str) -> None:
         """(Re)compute the countdown from the evidence so far and reschedule its milestones."""
         case = await self.store.get_case(case_id)
-        evidence = {
-            s.action: s.evidence
-            for s in await self.store.steps(case_id)
-            if s.status is StepStatus.DONE
-        }
+        evidence: dict[str, dict[str, Any]] = {}
+        for step in await self.store.steps(case_id):
+            given = action(step.action).countdown_input
+            if given is not None and step.status is StepStatus.DONE:
+                evidence[given] = step.evidence
         drift = (case.countdown or {}).get("drift")
         inputs = inputs_from_evidence(evidence, drift)
         if inputs is None:

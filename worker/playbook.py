@@ -13,7 +13,6 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,77 +20,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from worker import yamlfile
+from worker.actions import ACTIONS, DEACTIVATE_USER, DISABLE_USER, REVOKE_SESSIONS, Phase
 from worker.domain import PRIORITIES, PlannedStep
 from worker.errors import PlaybookError
-
-
-class Phase(IntEnum):
-    """Where an action stands in the one safe order."""
-
-    IDP = 1
-    IDENTITY_CENTER = 2
-    PORTAL_SESSIONS = 3
-    HARDENING = 4
-
-
-@dataclass(frozen=True, kw_only=True)
-class ActionSpec:
-    name: str
-    phase: Phase
-    containment: bool
-    verifications: tuple[str, ...]
-    summary: str
-
-
-#: Every action a playbook may name. A step names one of these and, for containment
-#: actions, one of its verifications.
-ACTIONS: dict[str, ActionSpec] = {
-    spec.name: spec
-    for spec in (
-        ActionSpec(
-            name="idp.deactivate_user",
-            phase=Phase.IDP,
-            containment=True,
-            verifications=("idp.user_status",),
-            summary="deactivate the user in the identity provider",
-        ),
-        ActionSpec(
-            name="idp.revoke_sessions",
-            phase=Phase.IDP,
-            containment=True,
-            verifications=("idp.user_status",),
-            summary="end the user's IdP sessions and revoke their OAuth tokens",
-        ),
-        ActionSpec(
-            name="identity_center.disable_user",
-            phase=Phase.IDENTITY_CENTER,
-            containment=True,
-            verifications=("identity_center.user_status",),
-            summary="disable the IAM Identity Center user",
-        ),
-        ActionSpec(
-            name="identity_center.portal_sessions",
-            phase=Phase.PORTAL_SESSIONS,
-            containment=True,
-            verifications=("operator.confirmation",),
-            summary="have an operator revoke the user's access-portal sessions (console only)",
-        ),
-        ActionSpec(
-            name="identity_center.deny_role_sessions",
-            phase=Phase.HARDENING,
-            containment=False,
-            verifications=("identity_center.deny_provisioned",),
-            summary="deny everything to this user id on every reachable permission set",
-        ),
-        ActionSpec(
-            name="identity_center.remove_access",
-            phase=Phase.HARDENING,
-            containment=False,
-            verifications=("identity_center.access_removed",),
-            summary="delete the user's own account assignments and group memberships",
-        ),
-    )
-}
 
 
 class StepSpec(BaseModel):
@@ -307,28 +238,25 @@ def _check_invariant(source: str, steps: tuple[PlannedStep, ...], lines: dict[in
                 f"{highest_phase.name} step: the order is IdP -> Identity Center -> "
                 "portal sessions -> hardening",
             )
-        if spec.phase >= Phase.IDENTITY_CENTER and "idp.deactivate_user" not in seen_actions:
+        if spec.phase >= Phase.IDENTITY_CENTER and DEACTIVATE_USER.name not in seen_actions:
             raise refuse(
                 index,
                 "idp-first",
-                f"{step.action} needs an earlier idp.deactivate_user step: the IdP user must be "
+                f"{step.action} needs an earlier {DEACTIVATE_USER.name} step: the IdP user must be "
                 "deactivated and confirmed first, or the IdP's SCIM sync can re-enable the user",
             )
-        if step.action == "idp.revoke_sessions" and "idp.deactivate_user" not in seen_actions:
+        if spec is REVOKE_SESSIONS and DEACTIVATE_USER.name not in seen_actions:
             raise refuse(
                 index,
                 "deactivate-before-revoke",
-                "idp.revoke_sessions needs an earlier idp.deactivate_user step, "
+                f"{REVOKE_SESSIONS.name} needs an earlier {DEACTIVATE_USER.name} step, "
                 "or the user can sign in again after the revocation",
             )
-        if (
-            spec.phase >= Phase.PORTAL_SESSIONS
-            and "identity_center.disable_user" not in seen_actions
-        ):
+        if spec.phase >= Phase.PORTAL_SESSIONS and DISABLE_USER.name not in seen_actions:
             raise refuse(
                 index,
                 "identity-center-before-portal",
-                f"{step.action} needs an earlier identity_center.disable_user step",
+                f"{step.action} needs an earlier {DISABLE_USER.name} step",
             )
         highest_phase = max(highest_phase, spec.phase)
         seen_actions[step.action] = index

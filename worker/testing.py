@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
+from worker import actions
 from worker.clock import parse_iso, utc_iso
 from worker.countdown import ReachablePermissionSet
 from worker.domain import (
@@ -46,7 +47,8 @@ from worker.domain import (
 )
 from worker.errors import CaseStarted, NotFound, PermanentError, StoreError
 from worker.notify import Notification
-from worker.providers.base import IdentityCenterUser, IdpUser, PlannedCall
+from worker.providers import policy
+from worker.providers.base import IdentityCenterUser, IdpUser, InlinePolicy, PlannedCall
 from worker.store.base import (
     ALL_LAPSED,
     CLOSED_STATUSES,
@@ -937,13 +939,13 @@ class FakeIdentityProvider(_Fake):
 
     def plan(self, action: str, subject: str) -> list[PlannedCall]:
         self.calls.append(ProviderCall(provider=self.provider, method="plan", args=(action,)))
-        if action == "idp.deactivate_user":
+        if action == actions.DEACTIVATE_USER.name:
             return [
                 PlannedCall(method="find_user", target=subject, mutates=False),
                 PlannedCall(method="deactivate_user", target=subject, mutates=True),
                 PlannedCall(method="get_user", target=subject, mutates=False),
             ]
-        if action == "idp.revoke_sessions":
+        if action == actions.REVOKE_SESSIONS.name:
             return [
                 PlannedCall(method="revoke_sessions", target=subject, mutates=True),
                 PlannedCall(method="get_user", target=subject, mutates=False),
@@ -973,8 +975,8 @@ class FakeIdentityCenter(_Fake):
     """IAM Identity Center (`IdentityCenter`): users, groups, account assignments,
     permission sets and their inline policies, in dictionaries.
 
-    Asynchronous requests (provisioning, assignment deletion) finish at once with
-    `request_outcome`; set it to ("FAILED", reason) to see a request fail."""
+    Asynchronous requests (provisioning, assignment deletion) finish at once; set
+    `request_failure` to a reason to see the next requests fail."""
 
     provider = "identity_center"
 
@@ -992,10 +994,10 @@ class FakeIdentityCenter(_Fake):
         #: permission set arn -> its inline policy (JSON text)
         self.policies: dict[str, str] = {}
         #: permission set arn -> the inline policy each provisioning pushed, in order
-        self.provisioned: dict[str, list[str]] = {}
-        #: how the next asynchronous requests end: (status, failure reason)
-        self.request_outcome: tuple[str, str] = ("SUCCEEDED", "")
-        self._requests: dict[str, tuple[str, str]] = {}
+        self.provisionings: dict[str, list[str]] = {}
+        #: why the next asynchronous requests fail (None: they succeed)
+        self.request_failure: str | None = None
+        self._requests: dict[str, str | None] = {}
         self._ids = itertools.count(1)
 
     # arranging the state
@@ -1039,7 +1041,7 @@ class FakeIdentityCenter(_Fake):
 
     def _request(self) -> str:
         request_id = f"req-{next(self._ids)}"
-        self._requests[request_id] = self.request_outcome
+        self._requests[request_id] = self.request_failure
         return request_id
 
     # the protocol
@@ -1127,64 +1129,78 @@ class FakeIdentityCenter(_Fake):
             )
         return result
 
-    async def inline_policy(self, arn: str) -> str:
-        return await self._call("inline_policy", (arn,), lambda: self.policies.get(arn, ""))
+    async def deny_policy(self, arn: str, user_id: str) -> InlinePolicy:
+        def read() -> InlinePolicy:
+            text = self.policies.get(arn, "")
+            return InlinePolicy(
+                arn=arn, user_id=user_id, text=text, denies=policy.has_deny(text, user_id, arn)
+            )
 
-    async def put_inline_policy(self, arn: str, policy: str) -> None:
-        def put() -> None:
-            self.policies[arn] = policy
+        return await self._call("deny_policy", (arn, user_id), read)
 
-        await self._call("put_inline_policy", (arn, policy), put)
+    async def merge_deny(self, current: InlinePolicy) -> None:
+        def merge() -> None:
+            merged = policy.merge_deny(current.text, current.user_id, current.arn)
+            if merged is not None:
+                self.policies[current.arn] = merged
 
-    async def delete_inline_policy(self, arn: str) -> None:
-        def delete() -> None:
-            self.policies.pop(arn, None)
+        await self._call("merge_deny", (current.arn, current.user_id), merge)
 
-        await self._call("delete_inline_policy", (arn,), delete)
+    async def remove_deny(self, current: InlinePolicy) -> None:
+        def remove() -> None:
+            without = policy.remove_deny(current.text, current.user_id, current.arn)
+            if without:
+                self.policies[current.arn] = without
+            elif without is not None:
+                del self.policies[current.arn]
+
+        await self._call("remove_deny", (current.arn, current.user_id), remove)
 
     async def provision(self, arn: str) -> str:
         def provision() -> str:
-            self.provisioned.setdefault(arn, []).append(self.policies.get(arn, ""))
+            self.provisionings.setdefault(arn, []).append(self.policies.get(arn, ""))
             return self._request()
 
         return await self._call("provision", (arn,), provision)
 
-    async def provisioning_status(self, request_id: str) -> tuple[str, str]:
-        return await self._call(
-            "provisioning_status", (request_id,), lambda: self._requests[request_id]
-        )
+    def _finished(self, request_id: str) -> bool:
+        failure = self._requests[request_id]
+        if failure is not None:
+            raise PermanentError("sso-admin", f"request {request_id} failed: {failure}")
+        return True
 
-    async def delete_assignment(self, user_id: str, account_id: str, arn: str) -> str:
-        def delete() -> str:
+    async def provisioned(self, request_id: str) -> bool:
+        return await self._call("provisioned", (request_id,), lambda: self._finished(request_id))
+
+    async def unassign(self, user_id: str, account_id: str, arn: str) -> str | None:
+        def delete() -> str | None:
             assignment = ("USER", user_id, account_id, arn)
             if assignment not in self.assignments_made:
-                raise self._not_found(f"assignment of {arn} in {account_id}")
+                return None  # gone already: by us before a crash, or by someone
             self.assignments_made.remove(assignment)
             return self._request()
 
-        return await self._call("delete_assignment", (user_id, account_id, arn), delete)
+        return await self._call("unassign", (user_id, account_id, arn), delete)
 
-    async def deletion_status(self, request_id: str) -> tuple[str, str]:
+    async def assignment_deleted(self, request_id: str) -> bool:
         return await self._call(
-            "deletion_status", (request_id,), lambda: self._requests[request_id]
+            "assignment_deleted", (request_id,), lambda: self._finished(request_id)
         )
 
-    async def delete_membership(self, membership_id: str) -> None:
-        def delete() -> None:
-            if self.memberships.pop(membership_id, None) is None:
-                raise self._not_found(f"membership {membership_id!r}")
-
-        await self._call("delete_membership", (membership_id,), delete)
+    async def leave_group(self, membership_id: str) -> None:
+        await self._call(
+            "leave_group", (membership_id,), lambda: self.memberships.pop(membership_id, None)
+        )
 
     def plan(self, action: str, subject: str) -> list[PlannedCall]:
         self.calls.append(ProviderCall(provider=self.provider, method="plan", args=(action,)))
-        if action == "identity_center.disable_user":
+        if action == actions.DISABLE_USER.name:
             return [
                 PlannedCall(method="find_user", target=subject, mutates=False),
                 PlannedCall(method="disable_user", target=subject, mutates=True),
                 PlannedCall(method="get_user", target=subject, mutates=False),
             ]
-        if action == "identity_center.portal_sessions":
+        if action == actions.PORTAL_SESSIONS.name:
             return [PlannedCall(method="operator task", target="console", mutates=True)]
         return []
 

@@ -11,11 +11,12 @@ from typing import Any
 
 import structlog
 
+from worker.actions import DEACTIVATE_USER, DISABLE_USER
 from worker.clock import utc_iso
-from worker.domain import Case, CaseStatus, PlannedStep, StepRecord, StepStatus
+from worker.domain import Case, CaseStatus, StepStatus
 from worker.engine import Engine
+from worker.ledger import Ledger
 from worker.notify import Notification, deliver
-from worker.steps import StepContext, guarded_mutation
 
 log = structlog.get_logger(__name__)
 
@@ -27,17 +28,17 @@ async def check_case(engine: Engine, case: Case) -> bool:
     """Re-read one case's user; re-contain on drift. True if drift was found."""
     records = await engine.store.steps(case.id)
     done = {r.action: r for r in records if r.status is StepStatus.DONE}
-    idp_step = done.get("idp.deactivate_user")
-    ic_step = done.get("identity_center.disable_user")
+    idp_step = done.get(DEACTIVATE_USER.name)
+    ic_step = done.get(DISABLE_USER.name)
     if idp_step is None or ic_step is None:
         return False  # the countdown has not started
     idp, ic = engine.providers.idp, engine.providers.identity_center
     idp_id = str(idp_step.evidence["idp_user_id"])
     ic_id = str(ic_step.evidence["ic_user_id"])
     with structlog.contextvars.bound_contextvars(case_id=case.id, watchdog=True):
-        ctx = _context(engine, case, records[0].index, "watchdog")
-        idp_user = await ctx.call("idp.get_user", lambda: idp.get_user(idp_id))
-        ic_user = await ctx.call("identitystore.DescribeUser", lambda: ic.get_user(ic_id))
+        ledger = _ledger(engine, case, "watchdog")
+        idp_user = await ledger.call("idp.get_user", lambda: idp.get_user(idp_id))
+        ic_user = await ledger.call("identitystore.DescribeUser", lambda: ic.get_user(ic_id))
         if idp_user.deactivated and ic_user.disabled:
             return False
         epoch = int((case.countdown or {}).get("epoch", 0)) + 1
@@ -57,23 +58,23 @@ async def check_case(engine: Engine, case: Case) -> bool:
             ),
         )
         # The same order as ever: the IdP first and confirmed, then Identity Center.
-        ctx = _context(engine, case, records[0].index, f"drift-{epoch}")
-        await guarded_mutation(
-            ctx,
+        # Each drift epoch has its own ledger entries: an earlier epoch's applied
+        # disable must not stop this one.
+        ledger = _ledger(engine, case, f"drift-{epoch}")
+        await ledger.mutate(
             operation=f"{idp.name}.deactivate",
             read=lambda: idp.get_user(idp_id),
             reached=lambda u: u.deactivated,
-            act=lambda: idp.deactivate_user(idp_id),
+            act=lambda _: idp.deactivate_user(idp_id),
         )
-        user, _ = await guarded_mutation(
-            ctx,
+        user, _ = await ledger.mutate(
             operation="identity_center.disable",
             read=lambda: ic.get_user(ic_id),
             reached=lambda u: u.disabled,
-            act=lambda: ic.disable_user(ic_id),
+            act=lambda _: ic.disable_user(ic_id),
         )
         redisabled_at = engine.clock.now()
-        sets = await ctx.call(
+        sets = await ledger.call(
             "identity_center.inventory", lambda: ic.reachable_permission_sets(ic_id)
         )
         drift: dict[str, Any] = {
@@ -99,24 +100,15 @@ async def check_case(engine: Engine, case: Case) -> bool:
         return True
 
 
-def _context(engine: Engine, case: Case, index: int, label: str) -> StepContext:
-    step = PlannedStep(id=label, action="watchdog", verify=None)
-    return StepContext(
-        case=case,
-        step=step,
-        index=index,
-        record=StepRecord(
-            case_id=case.id,
-            index=index,
-            step_id=label,
-            action="watchdog",
-            status=StepStatus.RUNNING,
-        ),
-        earlier={},
+def _ledger(engine: Engine, case: Case, label: str) -> Ledger:
+    """The watchdog's own side effects of a case, under the engine's retry and
+    read-back settings."""
+    return Ledger(
         store=engine.store,
         clock=engine.clock,
-        providers=engine.providers,
         policy=engine.policy,
+        case_id=case.id,
+        step_id=label,
         verify_timeout=engine.settings.verify_timeout,
         verify_interval=engine.settings.verify_interval,
     )

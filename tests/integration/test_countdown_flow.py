@@ -18,10 +18,10 @@ from worker.clock import ManualClock, parse_iso
 from worker.config import parse_config
 from worker.domain import CaseStatus, StepStatus
 from worker.notify import RecordingNotifier
+from worker.providers.policy import deny_sid
 from worker.runtime import Runtime, open_runtime
 from worker.sandbox import Sandbox, SeededUser
 from worker.sandbox.sessions import AccessKind, SimulatedLeaver
-from worker.steps import deny_sid
 from worker.worker import Worker
 
 

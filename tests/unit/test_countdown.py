@@ -40,6 +40,7 @@ from bench.countdown_tightness import (
 )
 from worker.countdown import (
     Countdown,
+    CountdownInput,
     CountdownInputs,
     ReachablePermissionSet,
     SessionSettings,
@@ -281,7 +282,7 @@ def test_restarts_recompute_the_same_milestones() -> None:
 
 def test_evidence_without_a_verified_disable_has_no_countdown() -> None:
     assert inputs_from_evidence({}) is None
-    assert inputs_from_evidence({"identity_center.disable_user": {"method": "console"}}) is None
+    assert inputs_from_evidence({CountdownInput.IC_DISABLED: {"method": "console"}}) is None
 
 
 def test_after_drift_the_countdown_restarts_from_the_new_disable_without_hardening() -> None:

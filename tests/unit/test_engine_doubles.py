@@ -63,10 +63,10 @@ MUTATIONS = {
     "idp.deactivate_user": "idp",
     "idp.revoke_sessions": "idp",
     "identity_center.disable_user": "identity_center",
-    "identity_center.put_inline_policy": "hardening",
+    "identity_center.merge_deny": "hardening",
     "identity_center.provision": "hardening",
-    "identity_center.delete_assignment": "hardening",
-    "identity_center.delete_membership": "hardening",
+    "identity_center.unassign": "hardening",
+    "identity_center.leave_group": "hardening",
 }
 
 
@@ -226,12 +226,12 @@ async def test_steps_run_in_playbook_order_as_the_providers_see_it(world: World)
         "idp.deactivate_user",
         "idp.revoke_sessions",
         "identity_center.disable_user",
-        "identity_center.put_inline_policy",
+        "identity_center.merge_deny",
         "identity_center.provision",
-        "identity_center.put_inline_policy",
+        "identity_center.merge_deny",
         "identity_center.provision",
-        "identity_center.delete_assignment",
-        "identity_center.delete_membership",
+        "identity_center.unassign",
+        "identity_center.leave_group",
     ]
     names = [c.name for c in world.calls]
     # nothing touches Identity Center before the IdP deactivation is read back
@@ -422,7 +422,7 @@ async def test_a_console_disable_the_read_back_confirms_goes_on(store: InMemoryS
 
 
 async def test_a_failed_provisioning_request_halts_the_hardening(world: World) -> None:
-    world.ic.request_outcome = ("FAILED", "account suspended")
+    world.ic.request_failure = "account suspended"
     case = await open_case(world)
 
     assert await drive(world, case.id) == [CaseStatus.WAITING, CaseStatus.HALTED]
@@ -432,7 +432,7 @@ async def test_a_failed_provisioning_request_halts_the_hardening(world: World) -
     assert "deny-role-sessions" in halted.halt_reason
     assert "account suspended" in halted.halt_reason
     assert (await step_states(world, case.id))[-2:] == [StepStatus.FAILED, StepStatus.PENDING]
-    assert "identity_center.delete_assignment" not in world.mutations()
+    assert "identity_center.unassign" not in world.mutations()
 
 
 async def test_a_call_applied_before_a_timeout_is_not_repeated_on_the_next_run(
@@ -492,7 +492,7 @@ async def test_countdown_inputs_are_recorded_from_what_the_providers_said(world:
     assert reached["ReadOnly"]["accounts"] == ["222222222222"]
     # the deny statement went on both sets before they were provisioned
     for arn in world.ic.permission_sets:
-        assert "OffboardDeny" in world.ic.provisioned[arn][-1]
+        assert "OffboardDeny" in world.ic.provisionings[arn][-1]
 
     # its milestones are durable timers; the last one closes the case
     milestones = {m["name"]: m["at"] for m in contained.countdown["milestones"]}

@@ -104,20 +104,26 @@ async def test_identity_center_state_answers_as_the_adapter_would() -> None:
     assert reached["Admin"].session_duration == timedelta(hours=4)
     assert reached["Legacy"].session_duration is None
 
-    request = await ic.delete_assignment(user.user_id, "111", admin.arn)
-    assert await ic.deletion_status(request) == ("SUCCEEDED", "")
+    request = await ic.unassign(user.user_id, "111", admin.arn)
+    assert request is not None
+    assert await ic.assignment_deleted(request)
     assert await ic.assignments("USER", user.user_id) == []
-    with pytest.raises(PermanentError) as gone:
-        await ic.delete_assignment(user.user_id, "111", admin.arn)
-    assert gone.value.code == "ResourceNotFoundException"
-    await ic.delete_membership(membership)
+    assert await ic.unassign(user.user_id, "111", admin.arn) is None  # gone already
+    await ic.leave_group(membership)
     assert await ic.group_memberships(user.user_id) == []
+    await ic.leave_group(membership)  # a membership gone already is left as it is
 
-    await ic.put_inline_policy(admin.arn, '{"Statement": []}')
-    ic.request_outcome = ("FAILED", "throttled")
+    policy = await ic.deny_policy(admin.arn, user.user_id)
+    assert not policy.denies
+    await ic.merge_deny(policy)
+    assert (await ic.deny_policy(admin.arn, user.user_id)).denies
+    ic.request_failure = "throttled"
     request = await ic.provision(admin.arn)
-    assert await ic.provisioning_status(request) == ("FAILED", "throttled")
-    assert ic.provisioned[admin.arn] == ['{"Statement": []}']
+    with pytest.raises(PermanentError, match="throttled"):
+        await ic.provisioned(request)
+    assert "OffboardDeny" in ic.provisionings[admin.arn][0]
+    await ic.remove_deny(await ic.deny_policy(admin.arn, user.user_id))
+    assert admin.arn not in ic.policies
 
 
 async def test_unknown_people_are_permanent_errors() -> None:

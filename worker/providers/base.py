@@ -54,6 +54,21 @@ class IdentityCenterUser:
         return self.status == "DISABLED"
 
 
+#: AWS's word for a finished asynchronous sso-admin request, quoted in evidence
+REQUEST_SUCCEEDED = "SUCCEEDED"
+
+
+@dataclass(frozen=True, kw_only=True)
+class InlinePolicy:
+    """A permission set's inline policy as read, and whether it carries our deny
+    statement for one user (the text is the adapter's to interpret)."""
+
+    arn: str
+    user_id: str
+    text: str
+    denies: bool
+
+
 class IdentityCenter(Protocol):
     #: "scim" (external IdP, disabled by SCIM) or "directory" (console only)
     identity_source: str
@@ -77,21 +92,32 @@ class IdentityCenter(Protocol):
 
     async def reachable_permission_sets(self, user_id: str) -> list[ReachablePermissionSet]: ...
 
-    # cutting role sessions early and removing access
-    async def inline_policy(self, arn: str) -> str: ...
+    # cutting role sessions early and removing access: typed operations, so no AWS
+    # status string or policy JSON leaves the adapter
+    async def deny_policy(self, arn: str, user_id: str) -> InlinePolicy: ...
 
-    async def put_inline_policy(self, arn: str, policy: str) -> None: ...
+    async def merge_deny(self, current: InlinePolicy) -> None:
+        """Put `current` back with our deny statement for its user added (refused over
+        AWS's size limit)."""
 
-    async def delete_inline_policy(self, arn: str) -> None: ...
+    async def remove_deny(self, current: InlinePolicy) -> None:
+        """Put `current` back without our statement; delete it if nothing is left."""
 
     async def provision(self, arn: str) -> str: ...
 
-    async def provisioning_status(self, request_id: str) -> tuple[str, str]: ...
+    async def provisioned(self, request_id: str) -> bool:
+        """True once provisioning succeeded, False while it runs; a failed one raises
+        PermanentError."""
 
-    async def delete_assignment(self, user_id: str, account_id: str, arn: str) -> str: ...
+    async def unassign(self, user_id: str, account_id: str, arn: str) -> str | None:
+        """Delete one of the user's own assignments: the deletion request, or None if
+        the assignment was gone already."""
 
-    async def deletion_status(self, request_id: str) -> tuple[str, str]: ...
+    async def assignment_deleted(self, request_id: str) -> bool:
+        """True once the deletion succeeded, False while it runs; a failed one raises
+        PermanentError."""
 
-    async def delete_membership(self, membership_id: str) -> None: ...
+    async def leave_group(self, membership_id: str) -> None:
+        """Delete a group membership; one already gone is left as it is."""
 
     def plan(self, action: str, subject: str) -> list[PlannedCall]: ...

@@ -15,6 +15,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from worker import actions
 from worker.clock import Clock, SystemClock
 from worker.config import EntraConfig, Secret
 from worker.errors import ConfigError, PermanentError
@@ -196,7 +197,7 @@ class Entra:
             target=f"{self.token_url} (client credentials; only when no cached token)",
             mutates=False,
         )
-        if action == "idp.deactivate_user":
+        if action == actions.DEACTIVATE_USER.name:
             return [
                 token,
                 PlannedCall(
@@ -211,7 +212,7 @@ class Entra:
                     mutates=False,
                 ),
             ]
-        if action == "idp.revoke_sessions":
+        if action == actions.REVOKE_SESSIONS.name:
             return [
                 token,
                 PlannedCall(

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from worker import actions
 from worker.clock import Clock, SystemClock
 from worker.config import GoogleConfig, Secret
 from worker.errors import ConfigError, PermanentError, TransientError
@@ -217,7 +218,7 @@ class GoogleWorkspace:
             ),
             mutates=False,
         )
-        if action == "idp.deactivate_user":
+        if action == actions.DEACTIVATE_USER.name:
             return [
                 token,
                 PlannedCall(method="GET", target=f"{users}/{subject}", mutates=False),
@@ -228,7 +229,7 @@ class GoogleWorkspace:
                     method="GET", target=f"{users}/{{id}} (until suspended=true)", mutates=False
                 ),
             ]
-        if action == "idp.revoke_sessions":
+        if action == actions.REVOKE_SESSIONS.name:
             return [
                 token,
                 PlannedCall(method="POST", target=f"{users}/{{id}}/signOut", mutates=True),

@@ -19,11 +19,18 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
+from worker import actions
 from worker.config import IdentityCenterConfig
 from worker.countdown import ReachablePermissionSet, parse_iso_duration
 from worker.errors import PermanentError, ProviderError, TransientError
 from worker.metrics import Metrics
-from worker.providers.base import IdentityCenterUser, PlannedCall
+from worker.providers import policy
+from worker.providers.base import (
+    REQUEST_SUCCEEDED,
+    IdentityCenterUser,
+    InlinePolicy,
+    PlannedCall,
+)
 from worker.providers.http import JsonHttpClient
 from worker.ratelimit import UNHINTED_PAUSE, RateLimiter
 
@@ -54,6 +61,19 @@ TRANSIENT_CODES = frozenset(
         "RequestTimeoutException",
     }
 )
+
+
+#: the error code of a thing that is not there (a user, an assignment, a membership)
+NOT_FOUND = "ResourceNotFoundException"
+
+
+def _finished(operation: str, request_id: str, status: str, reason: str) -> bool:
+    """An asynchronous sso-admin request: True once SUCCEEDED, False while IN_PROGRESS."""
+    if status == "FAILED":
+        raise PermanentError(
+            "sso-admin", f"{operation} {request_id} FAILED: {reason or 'no reason given'}"
+        )
+    return status == REQUEST_SUCCEEDED
 
 
 def classify_client_error(service: str, operation: str, error: ClientError) -> Exception:
@@ -207,7 +227,7 @@ class AwsIdentityCenter:
                 ),
             )
         except PermanentError as exc:
-            if exc.code == "ResourceNotFoundException":
+            if exc.code == NOT_FOUND:
                 raise PermanentError(
                     "identitystore",
                     f"no Identity Center user with userName {user_name!r}",
@@ -444,6 +464,49 @@ class AwsIdentityCenter:
             ),
         )
 
+    # the typed operations the steps use (base.IdentityCenter)
+
+    async def deny_policy(self, arn: str, user_id: str) -> InlinePolicy:
+        text = await self.inline_policy(arn)
+        return InlinePolicy(
+            arn=arn, user_id=user_id, text=text, denies=policy.has_deny(text, user_id, arn)
+        )
+
+    async def merge_deny(self, current: InlinePolicy) -> None:
+        merged = policy.merge_deny(current.text, current.user_id, current.arn)
+        if merged is not None:
+            await self.put_inline_policy(current.arn, merged)
+
+    async def remove_deny(self, current: InlinePolicy) -> None:
+        without = policy.remove_deny(current.text, current.user_id, current.arn)
+        if without:
+            await self.put_inline_policy(current.arn, without)
+        elif without is not None:
+            await self.delete_inline_policy(current.arn)
+
+    async def provisioned(self, request_id: str) -> bool:
+        status, reason = await self.provisioning_status(request_id)
+        return _finished("DescribePermissionSetProvisioningStatus", request_id, status, reason)
+
+    async def unassign(self, user_id: str, account_id: str, arn: str) -> str | None:
+        try:
+            return await self.delete_assignment(user_id, account_id, arn)
+        except PermanentError as exc:
+            if exc.code == NOT_FOUND:
+                return None  # deleted already (by us before a crash, or by someone)
+            raise
+
+    async def assignment_deleted(self, request_id: str) -> bool:
+        status, reason = await self.deletion_status(request_id)
+        return _finished("DescribeAccountAssignmentDeletionStatus", request_id, status, reason)
+
+    async def leave_group(self, membership_id: str) -> None:
+        try:
+            await self.delete_membership(membership_id)
+        except PermanentError as exc:
+            if exc.code != NOT_FOUND:
+                raise
+
     def console_user_url(self, user_id: str) -> str:
         instance_id = self.config.instance_arn.rsplit("/", 1)[-1]
         return self.config.console_url.format(
@@ -460,7 +523,7 @@ class AwsIdentityCenter:
             target=f"{store} (until UserStatus=DISABLED)",
             mutates=False,
         )
-        if action == "identity_center.disable_user":
+        if action == actions.DISABLE_USER.name:
             if self.identity_source == "scim" and self.config.scim is not None:
                 patch = PlannedCall(
                     method="PATCH",
@@ -474,7 +537,7 @@ class AwsIdentityCenter:
                     mutates=True,
                 )
             return [find, patch, describe]
-        if action == "identity_center.portal_sessions":
+        if action == actions.PORTAL_SESSIONS.name:
             return [
                 PlannedCall(
                     method="operator task",

@@ -6,6 +6,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from worker import actions
 from worker.config import OktaConfig
 from worker.errors import PermanentError, TransientError
 from worker.metrics import Metrics
@@ -92,7 +93,7 @@ class Okta:
     def plan(self, action: str, subject: str) -> list[PlannedCall]:
         user = f"{self.org_url}/api/v1/users"
         find = PlannedCall(method="GET", target=f"{user}/{subject}", mutates=False)
-        if action == "idp.deactivate_user":
+        if action == actions.DEACTIVATE_USER.name:
             return [
                 find,
                 PlannedCall(
@@ -104,7 +105,7 @@ class Okta:
                     method="GET", target=f"{user}/{{id}} (until DEPROVISIONED)", mutates=False
                 ),
             ]
-        if action == "idp.revoke_sessions":
+        if action == actions.REVOKE_SESSIONS.name:
             return [
                 PlannedCall(
                     method="DELETE", target=f"{user}/{{id}}/sessions?oauthTokens=true", mutates=True

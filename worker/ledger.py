@@ -1,0 +1,160 @@
+"""The write-ahead side-effect ledger: one idempotent-mutation primitive.
+
+A mutation goes intent -> act -> applied -> verified. Its ledger entry
+(`{case}:{step}:{operation}`) is written before the call and marked applied after
+it, and the provider's state is read first on *every* attempt, in-process retries
+included: a retry after a call that took effect but failed on the way back (or
+after a `kill -9` between the call and the ledger update) reads the effect and
+does not send the call again. Where no read can tell (a session revocation), the
+entry alone decides, and the evidence says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from worker.clock import Clock, utc_iso
+from worker.domain import LedgerState
+from worker.errors import TransientError
+from worker.retry import RetryPolicy, with_retry
+from worker.store.base import Store
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ledger:
+    """The side effects of one step of one case (the watchdog and the cleanup name
+    their own), with the retry policy and the read-back patience they run under."""
+
+    store: Store
+    clock: Clock
+    policy: RetryPolicy
+    case_id: str
+    step_id: str
+    verify_timeout: float
+    verify_interval: float
+
+    def key(self, operation: str) -> str:
+        return f"{self.case_id}:{self.step_id}:{operation}"
+
+    async def call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """One provider call, retried in-process on transient failures (a read, or a
+        mutation that is harmless to repeat)."""
+        return await with_retry(call, self.policy, self.clock, operation=operation)
+
+    async def poll_until(
+        self, operation: str, read: Callable[[], Awaitable[T]], reached: Callable[[T], bool]
+    ) -> tuple[T, int]:
+        """Read until `reached`, for at most the verify timeout; the last read and the count."""
+        deadline = self.clock.now().timestamp() + self.verify_timeout
+        reads = 0
+        while True:
+            value = await self.call(operation, read)
+            reads += 1
+            if reached(value):
+                return value, reads
+            if self.clock.now().timestamp() >= deadline:
+                raise TransientError(
+                    operation.split(".")[0],
+                    f"{operation}: read-back did not show the change within "
+                    f"{self.verify_timeout:.0f} s (last read: {value})",
+                )
+            await self.clock.sleep(self.verify_interval)
+
+    async def mutate(
+        self,
+        *,
+        operation: str,
+        read: Callable[[], Awaitable[T]],
+        reached: Callable[[T], bool],
+        act: Callable[[T], Awaitable[object]],
+        fresh: T | None = None,
+        entry_key: str | None = None,
+        verify: bool = True,
+    ) -> tuple[T, dict[str, Any]]:
+        """Read; act (given that read) only if the goal is not reached; verify by read-back.
+
+        The read and the act are retried together, so every attempt reads first.
+        `fresh` is a read made a moment ago (looking the person up returns their state):
+        it serves as the first attempt's read. `entry_key` names the entry when one
+        operation runs on several targets (default: the operation). Without `verify`
+        the caller reads back itself (the deny step reads every set at the end)."""
+        name = entry_key or operation
+        key = self.key(name)
+        entry = await self.store.ledger_get(key)
+        applied_earlier = entry is not None and entry.state is LedgerState.APPLIED
+        sent = False
+        first = fresh
+
+        async def attempt() -> tuple[T, bool]:
+            nonlocal first, sent
+            before = first if first is not None else await read()
+            first = None
+            if reached(before) or applied_earlier:
+                return before, reached(before)
+            if not sent:
+                await self._intent(name)
+            # sent from here on: a failure on the way back may hide a call that applied
+            sent = True
+            await act(before)
+            return before, False
+
+        before, was_reached = await self.call(operation, attempt)
+        evidence: dict[str, Any] = {}
+        if was_reached and not sent:
+            evidence["acted"] = False
+            evidence["note"] = (
+                "already in the target state when read; no call made"
+                if entry is None
+                else "the earlier call had taken effect; not repeated"
+            )
+            if entry is not None and entry.state is LedgerState.INTENT:
+                await self.store.ledger_applied(key, self.clock.now())
+            return before, evidence
+        if sent:
+            applied = await self.store.ledger_applied(key, self.clock.now())
+            evidence["acted_at"] = utc_iso(applied.applied_at or self.clock.now())
+        else:
+            # Applied but not visible yet: wait for read-back, never call twice.
+            evidence["note"] = "call applied earlier; waiting for read-back"
+        evidence["acted"] = True
+        if not verify:
+            return before, evidence
+        after, reads = await self.poll_until(f"{operation}.verify", read, reached)
+        evidence["read_back_count"] = reads
+        return after, evidence
+
+    async def once(
+        self,
+        operation: str,
+        act: Callable[[], Awaitable[T]],
+        *,
+        entry_key: str | None = None,
+        settle: Callable[[T], Awaitable[object]] | None = None,
+    ) -> tuple[datetime, bool]:
+        """A mutation no read can confirm, or one whose repeat is harmless (a delete that
+        answers "not found" once done): sent unless the ledger shows it applied. `settle`
+        waits for what the call started (an asynchronous request) before the entry is
+        marked applied. When it was applied, and whether it was sent now."""
+        name = entry_key or operation
+        key = self.key(name)
+        entry = await self.store.ledger_get(key)
+        if entry is not None and entry.state is LedgerState.APPLIED:
+            return entry.applied_at or entry.requested_at, False
+        await self._intent(name)
+        answer = await self.call(operation, act)
+        if settle is not None:
+            await settle(answer)
+        applied = await self.store.ledger_applied(key, self.clock.now())
+        return applied.applied_at or self.clock.now(), True
+
+    async def _intent(self, name: str) -> None:
+        # The operation column keeps the kind ("unassign"), the key the target too.
+        operation = name.split(":", 1)[0]
+        await self.store.ledger_intent(
+            self.key(name), self.case_id, self.step_id, operation, self.clock.now()
+        )
