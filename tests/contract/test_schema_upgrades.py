@@ -16,7 +16,8 @@ from worker.store import postgres, sqlite
 
 #: every object of the public schema, as PostgreSQL describes it
 PG_SCHEMA = """
-SELECT 'column', c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+SELECT 'column', c.relname || '.' || a.attnum || ' ' || a.attname
+       || ' ' || format_type(a.atttypid, a.atttypmod)
        || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
        || COALESCE(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
        || CASE WHEN a.attidentity::text <> '' THEN ' identity ' || a.attidentity::text ELSE '' END
