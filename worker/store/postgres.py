@@ -100,24 +100,16 @@ async def _chain_events(conn: Any) -> None:
     it must. From here on the events table refuses UPDATE, DELETE and TRUNCATE."""
     await conn.execute(_CHAIN_SCHEMA)
     links: list[tuple[str, int, str, str]] = []
-    case_id: str | None = None
+    last: str | None = None
     prev = ""
-    async for row in conn.cursor(
+    async for case_id, seq, at, kind, step_id, data in conn.cursor(
         "SELECT case_id, seq, at, kind, step_id, data FROM events_unchained ORDER BY case_id, seq",
         prefetch=500,
     ):
-        if row["case_id"] != case_id:
-            case_id, prev = row["case_id"], genesis_hash(row["case_id"])
-        digest = event_hash(
-            row["case_id"],
-            row["seq"],
-            chain_time(row["at"]),
-            row["kind"],
-            row["step_id"],
-            row["data"],
-            prev,
-        )
-        links.append((row["case_id"], row["seq"], prev, digest))
+        if case_id != last:
+            last, prev = case_id, genesis_hash(case_id)
+        digest = event_hash(case_id, seq, chain_time(at), kind, step_id, data, prev)
+        links.append((case_id, seq, prev, digest))
         prev = digest
         if len(links) >= 5000:
             await conn.copy_records_to_table("events_links", records=links)
@@ -226,28 +218,42 @@ async def _init_connection(conn: Any) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-class _Runner:
-    """Named queries on one connection."""
+class _Queries:
+    """Named queries, each on the connection `_connection` lends."""
+
+    def _connection(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        raise NotImplementedError
+
+    async def one(self, query: str, **params: Any) -> Row | None:
+        text, args = _args(query, params)
+        async with self._connection() as conn:
+            return await conn.fetchrow(text, *args)
+
+    async def all(self, query: str, **params: Any) -> list[Row]:
+        text, args = _args(query, params)
+        async with self._connection() as conn:
+            return list(await conn.fetch(text, *args))
+
+    async def run(self, query: str, **params: Any) -> int:
+        text, args = _args(query, params)
+        async with self._connection() as conn:
+            return _count(await conn.execute(text, *args))
+
+    async def many(self, query: str, rows: Sequence[dict[str, Any]]) -> None:
+        async with self._connection() as conn:
+            if rows:
+                text, _ = _sql(query)
+                await conn.executemany(text, [_args(query, row)[1] for row in rows])
+
+
+class _Runner(_Queries):
+    """Named queries on one connection: a transaction's."""
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
 
-    async def one(self, query: str, **params: Any) -> Row | None:
-        text, args = _args(query, params)
-        return await self.conn.fetchrow(text, *args)
-
-    async def all(self, query: str, **params: Any) -> list[Row]:
-        text, args = _args(query, params)
-        return list(await self.conn.fetch(text, *args))
-
-    async def run(self, query: str, **params: Any) -> int:
-        text, args = _args(query, params)
-        return _count(await self.conn.execute(text, *args))
-
-    async def many(self, query: str, rows: Sequence[dict[str, Any]]) -> None:
-        if rows:
-            text, _ = _sql(query)
-            await self.conn.executemany(text, [_args(query, row)[1] for row in rows])
+    def _connection(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return contextlib.nullcontext(self.conn)
 
 
 def _conn(tx: Runner) -> Any:
@@ -256,7 +262,7 @@ def _conn(tx: Runner) -> Any:
     return tx.conn
 
 
-class PostgresConnector:
+class PostgresConnector(_Queries):
     """Runs the store's queries on PostgreSQL (``postgresql://user:password@host/db``).
 
     `open` connects the pool, migrates the schema and starts listening for work
@@ -339,22 +345,6 @@ class PostgresConnector:
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             yield _Runner(conn)
-
-    async def one(self, query: str, **params: Any) -> Row | None:
-        async with self._connection() as conn:
-            return await _Runner(conn).one(query, **params)
-
-    async def all(self, query: str, **params: Any) -> list[Row]:
-        async with self._connection() as conn:
-            return await _Runner(conn).all(query, **params)
-
-    async def run(self, query: str, **params: Any) -> int:
-        async with self._connection() as conn:
-            return await _Runner(conn).run(query, **params)
-
-    async def many(self, query: str, rows: Sequence[dict[str, Any]]) -> None:
-        async with self._connection() as conn:
-            await _Runner(conn).many(query, rows)
 
     # lifecycle
 
@@ -443,17 +433,12 @@ class PostgresConnector:
         await _conn(tx).execute("SELECT pg_notify($1, $2)", WORK_CHANNEL, what)
 
     async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
-        """Wait until there may be new work, for at most `timeout` seconds.
-
-        True as soon as a ``NOTIFY offboard_work`` arrived (from any replica, this
-        one included) since the previous call returned True, or since `open`; False
-        when `timeout` passed without one. Notifications that arrive while nobody
-        waits are kept (as one) for the next call, so none is lost between a
-        `claim_next` that found nothing and this call. If the listening connection
-        was lost it is re-established and the call returns True at once, since
-        notifications may have been missed; if it cannot be, StoreError. Safe to
-        cancel: nothing is consumed unless it returns.
-        """
+        """True once a ``NOTIFY offboard_work`` came (from any replica, this one
+        included) since the last True or `open`: one that comes while nobody waits is
+        kept (`take_signal`), so none is lost between a `claim_next` that found nothing
+        and this call. A lost listening connection is re-established and the call
+        returns True at once (notifications may have been missed); if it cannot be,
+        StoreError."""
         self._require_pool()
         if self._listener is None or self._listener.is_closed():
             await self._listen()

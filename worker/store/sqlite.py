@@ -85,22 +85,14 @@ async def _chain_events(db: aiosqlite.Connection) -> None:
     ) as cursor:
         while rows := list(await cursor.fetchmany(500)):
             batch = []
-            for row in rows:
-                if row["case_id"] != case_id:
+            for case, seq, at, kind, step_id, data in rows:
+                if case != case_id:
                     if case_id is not None:
                         heads.append((prev, last, case_id))
-                    case_id, prev = row["case_id"], genesis_hash(row["case_id"])
-                digest = event_hash(
-                    row["case_id"],
-                    row["seq"],
-                    row["at"],
-                    row["kind"],
-                    row["step_id"],
-                    json.loads(row["data"]),
-                    prev,
-                )
-                batch.append((*tuple(row), prev, digest))
-                prev, last = digest, row["seq"]
+                    case_id, prev = case, genesis_hash(case)
+                digest = _sql_event_hash(case, seq, at, kind, step_id, data, prev)
+                batch.append((case, seq, at, kind, step_id, data, prev, digest))
+                prev, last = digest, seq
             await db.executemany(
                 "INSERT INTO events_chained (case_id, seq, at, kind, step_id, data, prev_hash, "
                 "hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -143,18 +135,16 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
         """
     CREATE TABLE cases (id TEXT PRIMARY KEY, playbook TEXT NOT NULL, subject TEXT NOT NULL,
         status TEXT NOT NULL, priority INTEGER NOT NULL, steps TEXT NOT NULL,
-        trigger TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
-        run_after TEXT, lease_owner TEXT, lease_expires_at TEXT, halt_reason TEXT,
-        idempotency_key TEXT UNIQUE);
+        trigger TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, run_after TEXT,
+        lease_owner TEXT, lease_expires_at TEXT, halt_reason TEXT, idempotency_key TEXT UNIQUE);
     CREATE INDEX cases_runnable ON cases (status, priority DESC, created_at);
     CREATE TABLE steps (case_id TEXT NOT NULL REFERENCES cases (id), idx INTEGER NOT NULL,
         step_id TEXT NOT NULL, action TEXT NOT NULL, status TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0, started_at TEXT, finished_at TEXT,
         evidence TEXT NOT NULL DEFAULT '{}', error TEXT, PRIMARY KEY (case_id, idx));
-    CREATE TABLE side_effects (key TEXT PRIMARY KEY,
-        case_id TEXT NOT NULL REFERENCES cases (id), step_id TEXT NOT NULL,
-        operation TEXT NOT NULL, state TEXT NOT NULL, requested_at TEXT NOT NULL,
-        applied_at TEXT);
+    CREATE TABLE side_effects (key TEXT PRIMARY KEY, case_id TEXT NOT NULL REFERENCES cases (id),
+        step_id TEXT NOT NULL, operation TEXT NOT NULL, state TEXT NOT NULL,
+        requested_at TEXT NOT NULL, applied_at TEXT);
     CREATE TABLE operator_tasks (case_id TEXT NOT NULL REFERENCES cases (id),
         step_id TEXT NOT NULL, title TEXT NOT NULL, instructions TEXT NOT NULL,
         console_url TEXT NOT NULL, subject TEXT NOT NULL, opened_at TEXT NOT NULL,
