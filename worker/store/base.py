@@ -175,13 +175,11 @@ class Store(Protocol):
         countdown saved: by any process sharing the store, where the backend can tell),
         for at most `timeout` seconds; False if none came. A hint, not a queue: work
         that becomes due with time alone sends nothing, so callers still poll."""
-        ...
 
     # cases
     async def create_case(self, new: NewCase, now: datetime) -> tuple[Case, bool]:
         """Create a case (and its pending steps); with an idempotency key already used,
         return the existing case and False."""
-        ...
 
     async def admit(self, arrivals: Sequence[Arrival], now: datetime) -> list[Admission]:
         """Admit trigger deliveries together, in one transaction (group commit): for
@@ -189,7 +187,6 @@ class Store(Protocol):
         the person's open case of that playbook if there is one (nothing written);
         else a new case, with the delivery recorded as `arrival.answer(case)`. An
         arrival sees the ones before it in the same call. All or nothing."""
-        ...
 
     async def get_case(self, case_id: str) -> Case: ...
     async def list_cases(self, statuses: tuple[CaseStatus, ...] | None = None) -> list[Case]: ...
@@ -198,13 +195,11 @@ class Store(Protocol):
     ) -> Case | None:
         """Claim the most urgent runnable case: pending and due, or running with a lapsed
         lease; only one of at least `min_priority` (a worker's slots kept for incidents)."""
-        ...
 
     async def claim_case(
         self, case_id: str, worker_id: str, now: datetime, lease_seconds: float
     ) -> Case | None:
         """Claim this case if it is runnable now; None if another worker holds it or not due."""
-        ...
 
     async def heartbeat(
         self, case_id: str, worker_id: str, now: datetime, lease_seconds: float
@@ -221,20 +216,16 @@ class Store(Protocol):
     ) -> None: ...
     async def find_open_case(self, subject: str, playbook: str) -> Case | None:
         """The case of this playbook for this person that has not finished, if any."""
-        ...
 
     async def reschedule_case(self, case_id: str, run_after: datetime, now: datetime) -> Case:
         """Move a case that has not started yet; StoreError if it has."""
-        ...
 
     async def cancel_case(self, case_id: str, now: datetime, reason: str) -> Case:
         """Withdraw a case no step of which has run; StoreError if one has."""
-        ...
 
     async def resume_case(self, case_id: str, now: datetime) -> Case:
         """Make a waiting or halted case runnable again (an operator confirmed its task,
         or fixed what halted it); any other case is left as it is."""
-        ...
 
     # steps
     async def steps(self, case_id: str) -> list[StepRecord]: ...
@@ -264,7 +255,6 @@ class Store(Protocol):
     # operator tasks
     async def open_task(self, task: OperatorTask) -> OperatorTask:
         """Open the task, or return the one already open for that case and step."""
-        ...
 
     async def get_task(self, case_id: str, step_id: str) -> OperatorTask | None: ...
     async def confirm_task(
@@ -285,12 +275,10 @@ class Store(Protocol):
 
         Unfired timers of older epochs are dropped; within an epoch an unfired timer
         moves to its new time and a fired one stays fired."""
-        ...
 
     async def claim_due_timer(self, worker_id: str, now: datetime) -> Timer | None:
         """Fire the earliest due timer: mark it, record a `milestone_reached` event and,
         for the last milestone, close the case, all in one transaction (exactly once)."""
-        ...
 
     async def timers(self, case_id: str) -> list[Timer]: ...
     async def next_timer_due(self) -> datetime | None: ...
@@ -298,7 +286,6 @@ class Store(Protocol):
     # trigger deliveries and refusals
     async def record_delivery(self, delivery: Delivery) -> tuple[Delivery, bool]:
         """Record a processed delivery; if its key is known, the first record and False."""
-        ...
 
     async def get_delivery(self, key: str) -> Delivery | None: ...
     async def record_refusal(self, refusal: Refusal) -> None: ...
@@ -315,38 +302,31 @@ class Store(Protocol):
     async def evidence(self, case_id: str) -> list[EvidenceRecord]:
         """The case's events as stored, in seq order, with their hashes; [] for an
         unknown case. Reads what is there: checking it is `worker.evidence.verify`."""
-        ...
 
     async def evidence_head(self, case_id: str) -> tuple[str, int]:
         """The case's chain head as the case row records it: the hash of its last event
         (the genesis hash before any) and how many events were appended. NotFound for
         an unknown case."""
-        ...
 
     # aggregates and pages: what a scrape, the status page and the API's list read,
     # without loading every case
 
     async def case_counts(self) -> list[CaseCount]:
         """How many cases each (status, playbook) pair holds; only pairs with a case."""
-        ...
 
     async def running_countdowns(self, now: datetime) -> int:
         """How many cases, not closed (`CLOSED_STATUSES`), have a countdown whose first
         milestone named `ALL_LAPSED` is after `now` (milestone times are stored as
         `utc_iso` text in the countdown document, as the engine writes them)."""
-        ...
 
     async def count_events(self, kind: str) -> int:
         """How many events of this kind every case's timeline holds together."""
-        ...
 
     async def task_backlog(self) -> TaskBacklog:
         """The operator tasks not yet confirmed, counted, with the oldest one's opening."""
-        ...
 
     async def open_tasks_of(self, case_ids: Sequence[str]) -> list[OperatorTask]:
         """The unconfirmed operator tasks of these cases, oldest first."""
-        ...
 
     async def urgent_cases(
         self, statuses: tuple[CaseStatus, ...] | None, *, limit: int, offset: int
@@ -354,7 +334,6 @@ class Store(Protocol):
         """Cases in these states (None or empty: every case), the most urgent first:
         halted, then waiting, then the rest; the newest first within each,
         then by id. `limit` of them from `offset`, with the number of all of them."""
-        ...
 
     async def cases_after(
         self, statuses: tuple[CaseStatus, ...] | None, *, after: str | None, limit: int
@@ -362,4 +341,3 @@ class Store(Protocol):
         """Up to `limit` cases in these states (None or empty: every case) in
         `list_cases`' order (created_at, then id), those after the case `after` only
         (from the first for None): a keyset page. NotFound for an unknown `after`."""
-        ...

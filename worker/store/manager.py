@@ -119,7 +119,7 @@ async def migrate(
 
 async def take_signal(signal: asyncio.Event, timeout: float) -> bool:  # noqa: ASYNC109
     """Wait up to `timeout` seconds for `signal`; True (and cleared) once it is set,
-    at once if it was set before the call."""
+    at once if it was set before the call. Cancelled, it consumes nothing."""
     if not signal.is_set():
         try:
             await asyncio.wait_for(signal.wait(), timeout)

@@ -36,11 +36,11 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import cache
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
 
 from worker.errors import StoreError
+from worker.logging import describe_dsn, dsn_secrets
 from worker.store.base import NewEvent, chain_time, event_hash, genesis_hash
 from worker.store.manager import Row, Runner, StoreManager, migrate, queries, take_signal
 
@@ -59,23 +59,11 @@ _CHAIN_SCHEMA = """
     ALTER TABLE cases ADD COLUMN events_head text;
     ALTER TABLE events RENAME TO events_unchained;
     ALTER INDEX events_pkey RENAME TO events_unchained_pkey;
-    CREATE TABLE events (
-        case_id text NOT NULL REFERENCES cases (id),
-        seq bigint NOT NULL,
-        at timestamptz NOT NULL,
-        kind text NOT NULL,
-        step_id text,
-        data jsonb NOT NULL,
-        prev_hash text NOT NULL,
-        hash text NOT NULL,
-        PRIMARY KEY (case_id, seq)
-    );
-    CREATE TEMPORARY TABLE events_links (
-        case_id text NOT NULL,
-        seq bigint NOT NULL,
-        prev_hash text NOT NULL,
-        hash text NOT NULL
-    ) ON COMMIT DROP;
+    CREATE TABLE events (case_id text NOT NULL REFERENCES cases (id), seq bigint NOT NULL,
+        at timestamptz NOT NULL, kind text NOT NULL, step_id text, data jsonb NOT NULL,
+        prev_hash text NOT NULL, hash text NOT NULL, PRIMARY KEY (case_id, seq));
+    CREATE TEMPORARY TABLE events_links (case_id text NOT NULL, seq bigint NOT NULL,
+        prev_hash text NOT NULL, hash text NOT NULL) ON COMMIT DROP;
 """
 
 _APPEND_ONLY = """
@@ -112,24 +100,16 @@ async def _chain_events(conn: Any) -> None:
     it must. From here on the events table refuses UPDATE, DELETE and TRUNCATE."""
     await conn.execute(_CHAIN_SCHEMA)
     links: list[tuple[str, int, str, str]] = []
-    case_id: str | None = None
+    last: str | None = None
     prev = ""
-    async for row in conn.cursor(
+    async for case_id, seq, at, kind, step_id, data in conn.cursor(
         "SELECT case_id, seq, at, kind, step_id, data FROM events_unchained ORDER BY case_id, seq",
         prefetch=500,
     ):
-        if row["case_id"] != case_id:
-            case_id, prev = row["case_id"], genesis_hash(row["case_id"])
-        digest = event_hash(
-            row["case_id"],
-            row["seq"],
-            chain_time(row["at"]),
-            row["kind"],
-            row["step_id"],
-            row["data"],
-            prev,
-        )
-        links.append((row["case_id"], row["seq"], prev, digest))
+        if case_id != last:
+            last, prev = case_id, genesis_hash(case_id)
+        digest = event_hash(case_id, seq, chain_time(at), kind, step_id, data, prev)
+        links.append((case_id, seq, prev, digest))
         prev = digest
         if len(links) >= 5000:
             await conn.copy_records_to_table("events_links", records=links)
@@ -140,101 +120,50 @@ async def _chain_events(conn: Any) -> None:
 
 
 #: Versioned schema: each entry upgrades from the previous version, in one
-#: transaction. Never edit a released entry; append a new one. (Versions count
-#: separately from the SQLite store's: version 1 here is its versions 1 to 3.)
+#: transaction. Never change what a released entry makes (its text may be rewritten:
+#: tests/contract/test_schema_upgrades.py compares upgrades with a fresh install);
+#: append a new one. (Versions count separately from the SQLite store's: version 1
+#: here is its versions 1 to 3.)
 MIGRATIONS: tuple[str | PythonMigration, ...] = (
     """
-    CREATE TABLE cases (
-        id text PRIMARY KEY,
-        playbook text NOT NULL,
-        subject text NOT NULL,
-        status text NOT NULL,
-        priority bigint NOT NULL,
-        steps jsonb NOT NULL,
-        trigger jsonb NOT NULL,
-        created_at timestamptz NOT NULL,
-        updated_at timestamptz NOT NULL,
-        run_after timestamptz,
-        lease_owner text,
-        lease_expires_at timestamptz,
-        halt_reason text,
-        idempotency_key text UNIQUE,
+    CREATE TABLE cases (id text PRIMARY KEY, playbook text NOT NULL, subject text NOT NULL,
+        status text NOT NULL, priority bigint NOT NULL, steps jsonb NOT NULL,
+        trigger jsonb NOT NULL, created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL, run_after timestamptz, lease_owner text,
+        lease_expires_at timestamptz, halt_reason text, idempotency_key text UNIQUE,
         countdown jsonb,
         -- seq of the case's last event: bumping it serialises appends to one case
-        last_event_seq bigint NOT NULL DEFAULT 0
-    );
+        last_event_seq bigint NOT NULL DEFAULT 0);
     CREATE INDEX cases_runnable ON cases (priority DESC, created_at, id)
         WHERE status IN ('pending', 'running');
     CREATE INDEX cases_created ON cases (created_at, id);
     CREATE INDEX cases_subject ON cases (subject, playbook, status);
-    CREATE TABLE steps (
-        case_id text NOT NULL REFERENCES cases (id),
-        idx integer NOT NULL,
-        step_id text NOT NULL,
-        action text NOT NULL,
-        status text NOT NULL,
-        attempts integer NOT NULL DEFAULT 0,
-        started_at timestamptz,
-        finished_at timestamptz,
-        evidence jsonb NOT NULL DEFAULT '{}',
-        error text,
-        PRIMARY KEY (case_id, idx)
-    );
-    CREATE TABLE side_effects (
-        key text PRIMARY KEY,
-        case_id text NOT NULL REFERENCES cases (id),
-        step_id text NOT NULL,
-        operation text NOT NULL,
-        state text NOT NULL,
-        requested_at timestamptz NOT NULL,
-        applied_at timestamptz
-    );
-    CREATE TABLE operator_tasks (
-        case_id text NOT NULL REFERENCES cases (id),
-        step_id text NOT NULL,
-        title text NOT NULL,
-        instructions text NOT NULL,
-        console_url text NOT NULL,
-        subject text NOT NULL,
-        opened_at timestamptz NOT NULL,
-        confirmed_at timestamptz,
-        confirmed_by text,
-        PRIMARY KEY (case_id, step_id)
-    );
+    CREATE TABLE steps (case_id text NOT NULL REFERENCES cases (id), idx integer NOT NULL,
+        step_id text NOT NULL, action text NOT NULL, status text NOT NULL,
+        attempts integer NOT NULL DEFAULT 0, started_at timestamptz, finished_at timestamptz,
+        evidence jsonb NOT NULL DEFAULT '{}', error text, PRIMARY KEY (case_id, idx));
+    CREATE TABLE side_effects (key text PRIMARY KEY,
+        case_id text NOT NULL REFERENCES cases (id), step_id text NOT NULL,
+        operation text NOT NULL, state text NOT NULL, requested_at timestamptz NOT NULL,
+        applied_at timestamptz);
+    CREATE TABLE operator_tasks (case_id text NOT NULL REFERENCES cases (id),
+        step_id text NOT NULL, title text NOT NULL, instructions text NOT NULL,
+        console_url text NOT NULL, subject text NOT NULL, opened_at timestamptz NOT NULL,
+        confirmed_at timestamptz, confirmed_by text, PRIMARY KEY (case_id, step_id));
     CREATE INDEX operator_tasks_open ON operator_tasks (opened_at) WHERE confirmed_at IS NULL;
-    CREATE TABLE events (
-        case_id text NOT NULL REFERENCES cases (id),
-        seq bigint NOT NULL,
-        at timestamptz NOT NULL,
-        kind text NOT NULL,
-        step_id text,
-        data jsonb NOT NULL,
-        PRIMARY KEY (case_id, seq)
-    );
-    CREATE TABLE timers (
-        case_id text NOT NULL REFERENCES cases (id),
-        name text NOT NULL,
-        epoch bigint NOT NULL,
-        due_at timestamptz NOT NULL,
-        fired_at timestamptz,
-        fired_by text,
-        closes_case boolean NOT NULL DEFAULT false,
-        PRIMARY KEY (case_id, name, epoch)
-    );
+    CREATE TABLE events (case_id text NOT NULL REFERENCES cases (id), seq bigint NOT NULL,
+        at timestamptz NOT NULL, kind text NOT NULL, step_id text, data jsonb NOT NULL,
+        PRIMARY KEY (case_id, seq));
+    CREATE TABLE timers (case_id text NOT NULL REFERENCES cases (id), name text NOT NULL,
+        epoch bigint NOT NULL, due_at timestamptz NOT NULL, fired_at timestamptz,
+        fired_by text, closes_case boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (case_id, name, epoch));
     CREATE INDEX timers_due ON timers (due_at, case_id, name, epoch) WHERE fired_at IS NULL;
-    CREATE TABLE deliveries (
-        key text PRIMARY KEY,
-        case_id text,
-        outcome jsonb NOT NULL,
-        received_at timestamptz NOT NULL
-    );
-    CREATE TABLE refusals (
-        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        at timestamptz NOT NULL,
-        source text NOT NULL,
-        subject text NOT NULL,
-        reason text NOT NULL
-    );
+    CREATE TABLE deliveries (key text PRIMARY KEY, case_id text, outcome jsonb NOT NULL,
+        received_at timestamptz NOT NULL);
+    CREATE TABLE refusals (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at timestamptz NOT NULL, source text NOT NULL, subject text NOT NULL,
+        reason text NOT NULL);
     """,
     _chain_events,
     # version 3: a scrape counts events by kind (cases_created already serves paging)
@@ -254,40 +183,6 @@ _REFUSED_LOGIN: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # class 28: login refused
     asyncpg.exceptions.InvalidCatalogNameError,  # the database does not exist
 )
-
-
-def describe_dsn(dsn: str) -> str:
-    """Where a DSN points, for messages: scheme, user, hosts and database, no secrets."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("postgresql", "postgres"):
-        return "<a DSN that is not a postgresql:// URL>"
-    user = parts.username
-    hosts = parts.netloc.rpartition("@")[2]
-    where = f"{parts.scheme or 'postgresql'}://{unquote(user) + '@' if user else ''}{hosts}"
-    where += parts.path
-    socket_hosts = parse_qs(parts.query).get("host")
-    if socket_hosts:
-        where += f"?host={socket_hosts[0]}"
-    return where
-
-
-def _dsn_secrets(dsn: str) -> list[str]:
-    """The DSN's password, as written and decoded, to be scrubbed from any message."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        parts = None
-    if parts is not None and parts.scheme in ("postgresql", "postgres"):
-        password = parts.netloc.rpartition("@")[0].partition(":")[2]
-        candidates = [password, *parse_qs(parts.query).get("password", [])]
-    else:
-        # a libpq keyword DSN (host=... password=...) is refused, but must not show either
-        candidates = re.findall(r"password\s*=\s*'?([^'\s]+)", dsn)
-    secrets = {text for candidate in candidates for text in (candidate, unquote(candidate))}
-    return sorted((s for s in secrets if s), key=len, reverse=True)
 
 
 def _count(status: str) -> int:
@@ -323,28 +218,42 @@ async def _init_connection(conn: Any) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-class _Runner:
-    """Named queries on one connection."""
+class _Queries:
+    """Named queries, each on the connection `_connection` lends."""
+
+    def _connection(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        raise NotImplementedError
+
+    async def one(self, query: str, **params: Any) -> Row | None:
+        text, args = _args(query, params)
+        async with self._connection() as conn:
+            return await conn.fetchrow(text, *args)
+
+    async def all(self, query: str, **params: Any) -> list[Row]:
+        text, args = _args(query, params)
+        async with self._connection() as conn:
+            return list(await conn.fetch(text, *args))
+
+    async def run(self, query: str, **params: Any) -> int:
+        text, args = _args(query, params)
+        async with self._connection() as conn:
+            return _count(await conn.execute(text, *args))
+
+    async def many(self, query: str, rows: Sequence[dict[str, Any]]) -> None:
+        async with self._connection() as conn:
+            if rows:
+                text, _ = _sql(query)
+                await conn.executemany(text, [_args(query, row)[1] for row in rows])
+
+
+class _Runner(_Queries):
+    """Named queries on one connection: a transaction's."""
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
 
-    async def one(self, query: str, **params: Any) -> Row | None:
-        text, args = _args(query, params)
-        return await self.conn.fetchrow(text, *args)
-
-    async def all(self, query: str, **params: Any) -> list[Row]:
-        text, args = _args(query, params)
-        return list(await self.conn.fetch(text, *args))
-
-    async def run(self, query: str, **params: Any) -> int:
-        text, args = _args(query, params)
-        return _count(await self.conn.execute(text, *args))
-
-    async def many(self, query: str, rows: Sequence[dict[str, Any]]) -> None:
-        if rows:
-            text, _ = _sql(query)
-            await self.conn.executemany(text, [_args(query, row)[1] for row in rows])
+    def _connection(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return contextlib.nullcontext(self.conn)
 
 
 def _conn(tx: Runner) -> Any:
@@ -353,7 +262,7 @@ def _conn(tx: Runner) -> Any:
     return tx.conn
 
 
-class PostgresConnector:
+class PostgresConnector(_Queries):
     """Runs the store's queries on PostgreSQL (``postgresql://user:password@host/db``).
 
     `open` connects the pool, migrates the schema and starts listening for work
@@ -372,7 +281,7 @@ class PostgresConnector:
         self._dsn = dsn
         #: where the DSN points, without its password: safe for messages and logs
         self.where = describe_dsn(dsn)
-        self._secrets = _dsn_secrets(dsn)
+        self._secrets = dsn_secrets(dsn)
         self._min = min_connections
         self._max = max_connections
         self._connect_timeout = connect_timeout
@@ -436,22 +345,6 @@ class PostgresConnector:
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             yield _Runner(conn)
-
-    async def one(self, query: str, **params: Any) -> Row | None:
-        async with self._connection() as conn:
-            return await _Runner(conn).one(query, **params)
-
-    async def all(self, query: str, **params: Any) -> list[Row]:
-        async with self._connection() as conn:
-            return await _Runner(conn).all(query, **params)
-
-    async def run(self, query: str, **params: Any) -> int:
-        async with self._connection() as conn:
-            return await _Runner(conn).run(query, **params)
-
-    async def many(self, query: str, rows: Sequence[dict[str, Any]]) -> None:
-        async with self._connection() as conn:
-            await _Runner(conn).many(query, rows)
 
     # lifecycle
 
@@ -540,17 +433,12 @@ class PostgresConnector:
         await _conn(tx).execute("SELECT pg_notify($1, $2)", WORK_CHANNEL, what)
 
     async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
-        """Wait until there may be new work, for at most `timeout` seconds.
-
-        True as soon as a ``NOTIFY offboard_work`` arrived (from any replica, this
-        one included) since the previous call returned True, or since `open`; False
-        when `timeout` passed without one. Notifications that arrive while nobody
-        waits are kept (as one) for the next call, so none is lost between a
-        `claim_next` that found nothing and this call. If the listening connection
-        was lost it is re-established and the call returns True at once, since
-        notifications may have been missed; if it cannot be, StoreError. Safe to
-        cancel: nothing is consumed unless it returns.
-        """
+        """True once a ``NOTIFY offboard_work`` came (from any replica, this one
+        included) since the last True or `open`: one that comes while nobody waits is
+        kept (`take_signal`), so none is lost between a `claim_next` that found nothing
+        and this call. A lost listening connection is re-established and the call
+        returns True at once (notifications may have been missed); if it cannot be,
+        StoreError."""
         self._require_pool()
         if self._listener is None or self._listener.is_closed():
             await self._listen()
