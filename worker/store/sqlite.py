@@ -32,26 +32,21 @@ from worker.store.manager import Runner, StoreManager, migrate, queries, take_si
 #: transaction, on the store's connection.
 PythonMigration = Callable[[aiosqlite.Connection], Awaitable[None]]
 
-
-def _as_released(script: str) -> str:
-    """`script` with each CREATE TABLE's columns one a line, as the first releases wrote
-    them: sqlite_master keeps a CREATE's text as written, so the text must not change."""
-
-    def one_a_line(table: re.Match[str]) -> str:
-        columns = re.split(r",\s+(?![^(]*\))", " ".join(table[2].split()))
-        return f"{table[1]} (\n        " + ",\n        ".join(columns) + "\n    )"
-
-    return re.sub(r"(CREATE TABLE \w+) \((.*?)\)(?=;|\s*$)", one_a_line, script, flags=re.S)
-
-
 #: The events table from version 4 on: the hash chain, and nothing can change a row.
 _CHAINED_EVENTS = (
-    _as_released(
-        """CREATE TABLE events_chained (case_id TEXT NOT NULL REFERENCES cases (id),
-        seq INTEGER NOT NULL, at TEXT NOT NULL, kind TEXT NOT NULL, step_id TEXT,
-        data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL,
-        PRIMARY KEY (case_id, seq))"""
-    ),
+    """
+    CREATE TABLE events_chained (
+        case_id TEXT NOT NULL REFERENCES cases (id),
+        seq INTEGER NOT NULL,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        step_id TEXT,
+        data TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        PRIMARY KEY (case_id, seq)
+    )
+    """,
     "ALTER TABLE cases ADD COLUMN events_head TEXT",
     "ALTER TABLE cases ADD COLUMN events_count INTEGER NOT NULL DEFAULT 0",
 )
@@ -127,51 +122,101 @@ def _sql_event_hash(
     return event_hash(case_id, seq, at, kind, step_id, json.loads(data), prev)
 
 
-#: Versioned schema: each entry upgrades from the previous version. Never change what
-#: a released entry makes (tests/contract/test_schema_upgrades.py compares upgrades
-#: with a fresh install); append a new one. A string is SQL statements separated by `;`.
+#: Versioned schema: each entry upgrades from the previous version. Never edit a
+#: released entry; append a new one. A string is SQL statements separated by `;`.
 MIGRATIONS: tuple[str | PythonMigration, ...] = (
-    _as_released(
-        """
-    CREATE TABLE cases (id TEXT PRIMARY KEY, playbook TEXT NOT NULL, subject TEXT NOT NULL,
-        status TEXT NOT NULL, priority INTEGER NOT NULL, steps TEXT NOT NULL,
-        trigger TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, run_after TEXT,
-        lease_owner TEXT, lease_expires_at TEXT, halt_reason TEXT, idempotency_key TEXT UNIQUE);
+    """
+    CREATE TABLE cases (
+        id TEXT PRIMARY KEY,
+        playbook TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        status TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        steps TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        run_after TEXT,
+        lease_owner TEXT,
+        lease_expires_at TEXT,
+        halt_reason TEXT,
+        idempotency_key TEXT UNIQUE
+    );
     CREATE INDEX cases_runnable ON cases (status, priority DESC, created_at);
-    CREATE TABLE steps (case_id TEXT NOT NULL REFERENCES cases (id), idx INTEGER NOT NULL,
-        step_id TEXT NOT NULL, action TEXT NOT NULL, status TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0, started_at TEXT, finished_at TEXT,
-        evidence TEXT NOT NULL DEFAULT '{}', error TEXT, PRIMARY KEY (case_id, idx));
-    CREATE TABLE side_effects (key TEXT PRIMARY KEY, case_id TEXT NOT NULL REFERENCES cases (id),
-        step_id TEXT NOT NULL, operation TEXT NOT NULL, state TEXT NOT NULL,
-        requested_at TEXT NOT NULL, applied_at TEXT);
-    CREATE TABLE operator_tasks (case_id TEXT NOT NULL REFERENCES cases (id),
-        step_id TEXT NOT NULL, title TEXT NOT NULL, instructions TEXT NOT NULL,
-        console_url TEXT NOT NULL, subject TEXT NOT NULL, opened_at TEXT NOT NULL,
-        confirmed_at TEXT, confirmed_by TEXT, PRIMARY KEY (case_id, step_id));
-    CREATE TABLE events (case_id TEXT NOT NULL REFERENCES cases (id), seq INTEGER NOT NULL,
-        at TEXT NOT NULL, kind TEXT NOT NULL, step_id TEXT, data TEXT NOT NULL,
-        PRIMARY KEY (case_id, seq));
+    CREATE TABLE steps (
+        case_id TEXT NOT NULL REFERENCES cases (id),
+        idx INTEGER NOT NULL,
+        step_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        started_at TEXT,
+        finished_at TEXT,
+        evidence TEXT NOT NULL DEFAULT '{}',
+        error TEXT,
+        PRIMARY KEY (case_id, idx)
+    );
+    CREATE TABLE side_effects (
+        key TEXT PRIMARY KEY,
+        case_id TEXT NOT NULL REFERENCES cases (id),
+        step_id TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        state TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        applied_at TEXT
+    );
+    CREATE TABLE operator_tasks (
+        case_id TEXT NOT NULL REFERENCES cases (id),
+        step_id TEXT NOT NULL,
+        title TEXT NOT NULL,
+        instructions TEXT NOT NULL,
+        console_url TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        opened_at TEXT NOT NULL,
+        confirmed_at TEXT,
+        confirmed_by TEXT,
+        PRIMARY KEY (case_id, step_id)
+    );
+    CREATE TABLE events (
+        case_id TEXT NOT NULL REFERENCES cases (id),
+        seq INTEGER NOT NULL,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        step_id TEXT,
+        data TEXT NOT NULL,
+        PRIMARY KEY (case_id, seq)
+    );
+    """,
     """
-    ),
-    _as_released(
-        """
     ALTER TABLE cases ADD COLUMN countdown TEXT;
-    CREATE TABLE timers (case_id TEXT NOT NULL REFERENCES cases (id), name TEXT NOT NULL,
-        epoch INTEGER NOT NULL, due_at TEXT NOT NULL, fired_at TEXT, fired_by TEXT,
-        closes_case INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (case_id, name, epoch));
+    CREATE TABLE timers (
+        case_id TEXT NOT NULL REFERENCES cases (id),
+        name TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        due_at TEXT NOT NULL,
+        fired_at TEXT,
+        fired_by TEXT,
+        closes_case INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (case_id, name, epoch)
+    );
     CREATE INDEX timers_due ON timers (fired_at, due_at);
+    """,
     """
-    ),
-    _as_released(
-        """
     CREATE INDEX cases_subject ON cases (subject, playbook, status);
-    CREATE TABLE deliveries (key TEXT PRIMARY KEY, case_id TEXT, outcome TEXT NOT NULL,
-        received_at TEXT NOT NULL);
-    CREATE TABLE refusals (id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL,
-        source TEXT NOT NULL, subject TEXT NOT NULL, reason TEXT NOT NULL);
-    """
-    ),
+    CREATE TABLE deliveries (
+        key TEXT PRIMARY KEY,
+        case_id TEXT,
+        outcome TEXT NOT NULL,
+        received_at TEXT NOT NULL
+    );
+    CREATE TABLE refusals (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        source TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    """,
     _chain_events,
     # version 5: a scrape counts events by kind, the API pages cases by (created_at, id)
     """
