@@ -232,6 +232,11 @@ class CountdownConfig(_Model):
     unassign_propagation: str = "PT15M"
     deny_propagation: str = "PT15M"
     max_role_session: str = "PT12H"
+    #: user background sessions' lifetime: AWS's default (an instance setting, 15 min to
+    #: 90 days, that no API reads: set yours)
+    background_session: str = "P7D"
+    #: how often the reachable permission sets are read again until new sessions end
+    reread_interval: str = "PT5M"
     watchdog_interval: str = "PT5M"
 
     @model_validator(mode="after")
@@ -251,6 +256,8 @@ class CountdownConfig(_Model):
             unassign_propagation=parse_iso_duration(self.unassign_propagation),
             deny_propagation=parse_iso_duration(self.deny_propagation),
             max_role_session=parse_iso_duration(self.max_role_session),
+            background_session=parse_iso_duration(self.background_session),
+            reread_interval=parse_iso_duration(self.reread_interval),
         )
 
 

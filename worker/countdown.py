@@ -9,7 +9,8 @@ milestone is an upper bound: the promise is "never earlier than the truth".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -49,6 +50,11 @@ class SessionSettings:
     deny_propagation: timedelta = timedelta(minutes=15)
     #: a permission set whose duration cannot be read counts as the maximum
     max_role_session: timedelta = timedelta(hours=12)
+    #: user background sessions (AWS managed applications with trusted identity
+    #: propagation) live this long: AWS's default; an instance setting no API reads
+    background_session: timedelta = timedelta(days=7)
+    #: how often the reachable permission sets are read again until new sessions end
+    reread_interval: timedelta = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,12 +89,77 @@ class ReachablePermissionSet:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReachableApplication:
+    """An Identity Center application the user is assigned to (directly or through a
+    group), and whether it keeps user background sessions."""
+
+    arn: str
+    name: str
+    #: UserBackgroundSessionApplicationStatus: True ENABLED, False DISABLED, None unread
+    background_sessions: bool | None
+    #: how the user reaches it: "USER" (direct) or "GROUP:<group id>"
+    via: tuple[str, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "arn": self.arn,
+            "name": self.name,
+            "background_sessions": self.background_sessions,
+            "via": list(self.via),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReachableApplication:
+        return cls(
+            arn=data["arn"],
+            name=data.get("name", ""),
+            background_sessions=data.get("background_sessions"),
+            via=tuple(data.get("via", ())),
+        )
+
+
+def union_sets(
+    *reads: tuple[ReachablePermissionSet, ...] | list[ReachablePermissionSet],
+) -> tuple[ReachablePermissionSet, ...]:
+    """Every permission set any read saw, each with the longest duration any read gave
+    it (an unreadable one, None, counts as the longest) and every account and path:
+    a set that was reachable once may have issued a session then."""
+    merged: dict[str, ReachablePermissionSet] = {}
+    for read in reads:
+        for ps in read:
+            seen = merged.get(ps.arn)
+            if seen is None:
+                merged[ps.arn] = ps
+                continue
+            longest = (
+                None
+                if seen.session_duration is None or ps.session_duration is None
+                else max(seen.session_duration, ps.session_duration)
+            )
+            merged[ps.arn] = ReachablePermissionSet(
+                arn=ps.arn,
+                name=ps.name or seen.name,
+                session_duration=longest,
+                accounts=tuple(sorted({*seen.accounts, *ps.accounts})),
+                via=tuple(sorted({*seen.via, *ps.via})),
+            )
+    return tuple(merged[arn] for arn in sorted(merged))
+
+
+@dataclass(frozen=True, kw_only=True)
 class CountdownInputs:
     ic_disabled_at: datetime
+    #: every set any read saw until new sessions could no longer start (union_sets)
     permission_sets: tuple[ReachablePermissionSet, ...]
     portal_revoked_at: datetime | None = None
     unassigned_at: datetime | None = None
+    #: when the deny statement was last provisioned on *every* set in permission_sets;
+    #: None while any of them lacks it
     deny_provisioned_at: datetime | None = None
+    #: the applications the user is assigned to; None: they could not be read
+    applications: tuple[ReachableApplication, ...] | None = ()
+    #: an earlier epoch's all-lapsed (before a re-enable): never report earlier
+    floor: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,23 +169,30 @@ class Milestone:
     meaning: str
 
 
+#: Said on every countdown: what no step of this tool ends or can see.
+NOT_COVERED = (
+    "credentials minted from a live session (IAM access keys, role chaining into "
+    "other roles) are not ended by any of these steps",
+    "role sessions issued from assignments removed before this case began",
+    "customer-managed SAML/OIDC applications keep their own sessions, which Identity "
+    "Center cannot end: end them in each application",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Countdown:
     milestones: tuple[Milestone, ...]
     inputs: CountdownInputs
     settings: SessionSettings
-    #: why the role-session milestone is what it is, in words
+    #: why the milestones are what they are, in words
     reasons: tuple[str, ...]
     #: what the operator could still do to end access sooner
     would_shorten: tuple[str, ...]
-    #: what this model cannot see, said out loud
-    out_of_model: tuple[str, ...] = field(
-        default=(
-            "credentials minted from a live session (IAM access keys, role chaining into "
-            "other roles) are not ended by any of these steps",
-            "role sessions issued from assignments removed before this case began",
-        )
-    )
+    #: what this model cannot see or does not bound, said out loud
+    out_of_model: tuple[str, ...] = NOT_COVERED
+    #: when role sessions end even if no deny statement had ever been provisioned:
+    #: the earliest moment the deny may be taken off (None: no permission set)
+    deny_removable_at: datetime | None = None
 
     @property
     def all_lapsed(self) -> datetime:
@@ -135,6 +213,10 @@ class Countdown:
                 "unassigned_at": _opt(i.unassigned_at),
                 "deny_provisioned_at": _opt(i.deny_provisioned_at),
                 "permission_sets": [p.as_json() for p in i.permission_sets],
+                "applications": (
+                    None if i.applications is None else [a.as_json() for a in i.applications]
+                ),
+                "floor": _opt(i.floor),
             },
             "settings": {
                 "signin_cache": iso_duration(self.settings.signin_cache),
@@ -143,10 +225,13 @@ class Countdown:
                 "unassign_propagation": iso_duration(self.settings.unassign_propagation),
                 "deny_propagation": iso_duration(self.settings.deny_propagation),
                 "max_role_session": iso_duration(self.settings.max_role_session),
+                "background_session": iso_duration(self.settings.background_session),
+                "reread_interval": iso_duration(self.settings.reread_interval),
             },
             "reasons": list(self.reasons),
             "would_shorten": list(self.would_shorten),
             "out_of_model": list(self.out_of_model),
+            "deny_removable_at": _opt(self.deny_removable_at),
         }
 
 
@@ -167,8 +252,15 @@ def compute(inputs: CountdownInputs, settings: SessionSettings) -> Countdown:
     roles_lapse = new_role_end + longest
     if i.permission_sets:
         reasons.append(f"longest reachable role session: {longest_name} ({_h(longest)})")
+        unread = [ps.name or ps.arn for ps in i.permission_sets if ps.session_duration is None]
+        if unread:
+            reasons.append(
+                f"session duration unreadable for {', '.join(unread)}: counted as the "
+                f"{_h(s.max_role_session)} maximum"
+            )
     else:
         reasons.append("no permission set reachable: no role session can outlive new sessions")
+    deny_removable_at = roles_lapse if i.permission_sets else None
     if i.deny_provisioned_at is not None and i.permission_sets:
         deny_end = i.deny_provisioned_at + s.deny_propagation
         if deny_end < roles_lapse:
@@ -177,7 +269,70 @@ def compute(inputs: CountdownInputs, settings: SessionSettings) -> Countdown:
                 f"deny statement provisioned on every reachable permission set: "
                 f"role sessions cut {_h(s.deny_propagation)} after provisioning"
             )
-    all_lapsed = max(apps_lapse, roles_lapse)
+    lapses = [apps_lapse, roles_lapse]
+
+    not_covered = list(NOT_COVERED)
+    milestones = [
+        Milestone(
+            name="new-sessions-end",
+            at=new_app_end,
+            meaning="no new application or AWS role session can start",
+        ),
+        Milestone(
+            name="applications-lapse",
+            at=apps_lapse,
+            meaning=(
+                "every session of an Identity Center-managed application (the access "
+                "portal, AWS managed applications) has ended"
+            ),
+        ),
+        Milestone(
+            name="role-sessions-lapse",
+            at=roles_lapse,
+            meaning="every AWS account (role) session has ended",
+        ),
+    ]
+    if i.applications is None:
+        not_covered.append(
+            "user background sessions: the user's applications could not be read, so "
+            "background sessions (up to 90 days) are not bounded here"
+        )
+    else:
+        background = [a for a in i.applications if a.background_sessions]
+        unknown = [a for a in i.applications if a.background_sessions is None]
+        if background:
+            bg_lapse = new_app_end + s.background_session
+            lapses.append(bg_lapse)
+            names = ", ".join(a.name or a.arn for a in background)
+            reasons.append(
+                f"user background sessions enabled for {names}: they outlive sign-out "
+                f"by up to {_h(s.background_session)} (the configured instance setting)"
+            )
+            milestones.append(
+                Milestone(
+                    name="background-sessions-lapse",
+                    at=bg_lapse,
+                    meaning=(
+                        "every user background session (AWS managed applications with "
+                        "trusted identity propagation) has ended"
+                    ),
+                )
+            )
+        if unknown:
+            not_covered.append(
+                "user background sessions of "
+                + ", ".join(a.name or a.arn for a in unknown)
+                + ": their session configuration could not be read"
+            )
+    all_lapsed = max(lapses)
+    if i.floor is not None and i.floor > all_lapsed:
+        all_lapsed = i.floor
+        reasons.append("an earlier disable's countdown ends later: kept as the floor")
+    milestones.append(
+        Milestone(
+            name="all-lapsed", at=all_lapsed, meaning="no access through Identity Center remains"
+        )
+    )
 
     shorten: list[str] = []
     if i.deny_provisioned_at is None and i.permission_sets:
@@ -190,32 +345,14 @@ def compute(inputs: CountdownInputs, settings: SessionSettings) -> Countdown:
             "run identity_center.remove_access: no new role sessions "
             f"{_h(s.unassign_propagation)} after removal"
         )
-    milestones = (
-        Milestone(
-            name="new-sessions-end",
-            at=new_app_end,
-            meaning="no new application or AWS role session can start",
-        ),
-        Milestone(
-            name="applications-lapse",
-            at=apps_lapse,
-            meaning="every application session has ended",
-        ),
-        Milestone(
-            name="role-sessions-lapse",
-            at=roles_lapse,
-            meaning="every AWS account (role) session has ended",
-        ),
-        Milestone(
-            name="all-lapsed", at=all_lapsed, meaning="no access through Identity Center remains"
-        ),
-    )
     return Countdown(
-        milestones=milestones,
+        milestones=tuple(milestones),
         inputs=inputs,
         settings=settings,
         reasons=tuple(reasons),
         would_shorten=tuple(shorten),
+        out_of_model=tuple(not_covered),
+        deny_removable_at=deny_removable_at,
     )
 
 
@@ -244,22 +381,41 @@ def _h(delta: timedelta) -> str:
 
 
 def parse_iso_duration(text: str) -> timedelta:
-    """ISO-8601 durations as AWS writes SessionDuration: PT1H, PT12H, PT90M, PT1H30M."""
-    if not text.startswith("PT"):
-        raise ValueError(f"not an ISO-8601 time duration: {text!r}")
-    rest, total, number = text[2:], 0.0, ""
-    units = {"H": 3600, "M": 60, "S": 1}
-    for char in rest:
-        if char.isdigit() or char == ".":
-            number += char
-        elif char in units and number:
-            total += float(number) * units[char]
-            number = ""
-        else:
-            raise ValueError(f"not an ISO-8601 time duration: {text!r}")
-    if number or total <= 0:
-        raise ValueError(f"not an ISO-8601 time duration: {text!r}")
-    return timedelta(seconds=total)
+    """ISO-8601 durations as AWS and the configuration write them: PT1H, PT12H, PT90M,
+    PT1H30M, P7D, P1DT12H (days, hours, minutes, seconds; no years or months)."""
+    match = _DURATION.fullmatch(text)
+    if match is None or not any(match.groups()) or text.endswith("T"):
+        raise ValueError(f"not an ISO-8601 duration: {text!r}")
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if total <= timedelta(0):
+        raise ValueError(f"not an ISO-8601 duration: {text!r}")
+    return total
+
+
+_DURATION = re.compile(
+    r"P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?"
+)
+
+
+def parse_session_duration(value: object) -> timedelta | None:
+    """A permission set's SessionDuration in any shape AWS or an emulator gives it: an
+    ISO-8601 text (AWS: "PT4H") or a number of seconds (moto: 3600, "3600"). None when
+    it cannot be read: the countdown then takes the maximum and says so."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return timedelta(seconds=value) if value > 0 else None
+    text = str(value).strip()
+    try:
+        return parse_iso_duration(text)
+    except ValueError:
+        pass
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return timedelta(seconds=seconds) if seconds > 0 else None
 
 
 def iso_duration(delta: timedelta | None) -> str | None:
@@ -277,12 +433,17 @@ def inputs_from_json(data: dict[str, Any]) -> CountdownInputs:
         value = data.get(key)
         return parse_iso(value) if value else None
 
+    apps = data.get("applications", [])
     return CountdownInputs(
         ic_disabled_at=parse_iso(data["ic_disabled_at"]),
         permission_sets=tuple(ReachablePermissionSet.from_json(p) for p in data["permission_sets"]),
         portal_revoked_at=opt("portal_revoked_at"),
         unassigned_at=opt("unassigned_at"),
         deny_provisioned_at=opt("deny_provisioned_at"),
+        applications=None
+        if apps is None
+        else tuple(ReachableApplication.from_json(a) for a in apps),
+        floor=opt("floor"),
     )
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from worker import actions
 from worker.clock import parse_iso, utc_iso
-from worker.countdown import ReachablePermissionSet
+from worker.countdown import ReachableApplication, ReachablePermissionSet
 from worker.domain import (
     Admission,
     Arrival,
@@ -991,6 +991,10 @@ class FakeIdentityCenter(_Fake):
         self.memberships: dict[str, tuple[str, str]] = {}
         #: (principal type, principal id, account id, permission set arn)
         self.assignments_made: list[tuple[str, str, str, str]] = []
+        #: application arn -> (name, user background sessions enabled)
+        self.applications: dict[str, tuple[str, bool | None]] = {}
+        #: (principal type, principal id, application arn)
+        self.application_assignments: list[tuple[str, str, str]] = []
         #: permission set arn -> its inline policy (JSON text)
         self.policies: dict[str, str] = {}
         #: permission set arn -> the inline policy each provisioning pushed, in order
@@ -1128,6 +1132,40 @@ class FakeIdentityCenter(_Fake):
                 )
             )
         return result
+
+    def assign_application(
+        self,
+        principal_type: str,
+        principal_id: str,
+        arn: str,
+        *,
+        name: str = "",
+        background_sessions: bool | None = False,
+    ) -> None:
+        self.applications[arn] = (name or arn.rsplit("/", 1)[-1], background_sessions)
+        self.application_assignments.append((principal_type, principal_id, arn))
+
+    async def reachable_applications(self, user_id: str) -> list[ReachableApplication]:
+        groups = {f"GROUP:{group}": group for _, group in await self.group_memberships(user_id)}
+
+        def read() -> list[ReachableApplication]:
+            found: dict[str, set[str]] = {}
+            for principal_type, principal_id, arn in self.application_assignments:
+                if principal_type == "USER" and principal_id == user_id:
+                    found.setdefault(arn, set()).add("USER")
+                elif principal_type == "GROUP" and principal_id in groups.values():
+                    found.setdefault(arn, set()).add(f"GROUP:{principal_id}")
+            return [
+                ReachableApplication(
+                    arn=arn,
+                    name=self.applications[arn][0],
+                    background_sessions=self.applications[arn][1],
+                    via=tuple(sorted(vias)),
+                )
+                for arn, vias in sorted(found.items())
+            ]
+
+        return await self._call("reachable_applications", (user_id,), read)
 
     async def deny_policy(self, arn: str, user_id: str) -> InlinePolicy:
         def read() -> InlinePolicy:

@@ -49,6 +49,7 @@ from worker.countdown import (
     inputs_from_json,
     iso_duration,
     parse_iso_duration,
+    parse_session_duration,
 )
 from worker.sandbox.sessions import AccessKind
 
@@ -223,6 +224,10 @@ def test_portal_sessions_deleted_after_the_disable_change_nothing() -> None:
         ("PT30S", timedelta(seconds=30)),
         ("PT1H0M30S", H + timedelta(seconds=30)),
         ("PT0.5H", 30 * MIN),
+        # days: user background sessions last 7 days by default (P7D)
+        ("P1D", 24 * H),
+        ("P7D", 7 * 24 * H),
+        ("P1DT1H", 25 * H),
     ],
 )
 def test_parse_iso_duration(text: str, expected: timedelta) -> None:
@@ -231,11 +236,29 @@ def test_parse_iso_duration(text: str, expected: timedelta) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["PT", "P1D", "1H", "PT-1H", "", "PTH", "PT1X", "PT1H30", "PT0S", "PT0H", "P1DT1H"]
+    "text", ["PT", "P", "P1DT", "1H", "PT-1H", "", "PTH", "PT1X", "PT1H30", "PT0S", "PT0H", "P1Y"]
 )
 def test_parse_iso_duration_refuses(text: str) -> None:
-    with pytest.raises(ValueError, match="not an ISO-8601 time duration"):
+    with pytest.raises(ValueError, match="not an ISO-8601 duration"):
         parse_iso_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("PT4H", 4 * H),  # AWS
+        (3600, H),  # moto, for a set created without one
+        ("3600", H),
+        (5400.0, 90 * MIN),
+        (None, None),
+        ("", None),
+        ("soon", None),
+        (0, None),
+        (True, None),
+    ],
+)
+def test_session_durations_are_read_in_any_shape(value: object, expected: timedelta | None) -> None:
+    assert parse_session_duration(value) == expected
 
 
 def test_iso_duration_writes_what_aws_writes() -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
-from worker.countdown import ReachablePermissionSet
+from worker.countdown import ReachableApplication, ReachablePermissionSet
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +91,11 @@ class IdentityCenter(Protocol):
     async def permission_set(self, arn: str) -> tuple[str, timedelta | None]: ...
 
     async def reachable_permission_sets(self, user_id: str) -> list[ReachablePermissionSet]: ...
+
+    async def reachable_applications(self, user_id: str) -> list[ReachableApplication]:
+        """The applications the user is assigned to (directly and through groups) and
+        whether each keeps user background sessions (None: its configuration said
+        neither)."""
 
     # cutting role sessions early and removing access: typed operations, so no AWS
     # status string or policy JSON leaves the adapter

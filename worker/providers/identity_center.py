@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from worker import actions
 from worker.config import IdentityCenterConfig
-from worker.countdown import ReachablePermissionSet, parse_iso_duration
+from worker.countdown import ReachableApplication, ReachablePermissionSet, parse_session_duration
 from worker.errors import PermanentError, ProviderError, TransientError
 from worker.metrics import Metrics
 from worker.providers import policy
@@ -342,12 +342,8 @@ class AwsIdentityCenter:
             ),
         )
         ps = described["PermissionSet"]
-        duration: timedelta | None
-        try:
-            duration = parse_iso_duration(str(ps.get("SessionDuration", "")))
-        except ValueError:
-            duration = None  # unknown: the countdown takes the 12 h maximum
-        return str(ps.get("Name", "")), duration
+        # None when unreadable: the countdown takes the 12 h maximum and says so
+        return str(ps.get("Name", "")), parse_session_duration(ps.get("SessionDuration"))
 
     async def reachable_permission_sets(self, user_id: str) -> list[ReachablePermissionSet]:
         """Every permission set the user reaches, directly and through each group."""
@@ -370,6 +366,49 @@ class AwsIdentityCenter:
                     name=name,
                     session_duration=duration,
                     accounts=tuple(sorted(accounts)),
+                    via=tuple(sorted(vias)),
+                )
+            )
+        return result
+
+    async def reachable_applications(self, user_id: str) -> list[ReachableApplication]:
+        """Every application the user is assigned to, directly and through each group,
+        with its name and whether it keeps user background sessions."""
+        reach: dict[str, set[str]] = {}
+        principals = [("USER", user_id, "USER")] + [
+            ("GROUP", group_id, f"GROUP:{group_id}")
+            for _, group_id in await self.group_memberships(user_id)
+        ]
+        for principal_type, principal_id, via in principals:
+            pages = await self._pages(
+                self._sso_admin,
+                "sso-admin",
+                "ListApplicationAssignmentsForPrincipal",
+                InstanceArn=self.config.instance_arn,
+                PrincipalId=principal_id,
+                PrincipalType=principal_type,
+            )
+            for page in pages:
+                for assignment in page["ApplicationAssignments"]:
+                    reach.setdefault(assignment["ApplicationArn"], set()).add(via)
+        result = []
+        for arn, vias in sorted(reach.items()):
+            described = await self._aws(
+                "sso-admin",
+                "DescribeApplication",
+                self._sso_admin.describe_application(ApplicationArn=arn),
+            )
+            configured = await self._aws(
+                "sso-admin",
+                "GetApplicationSessionConfiguration",
+                self._sso_admin.get_application_session_configuration(ApplicationArn=arn),
+            )
+            status = configured.get("UserBackgroundSessionApplicationStatus")
+            result.append(
+                ReachableApplication(
+                    arn=arn,
+                    name=str(described.get("Name", "")),
+                    background_sessions={"ENABLED": True, "DISABLED": False}.get(str(status)),
                     via=tuple(sorted(vias)),
                 )
             )
