@@ -15,6 +15,7 @@ from tests.pg import pg_dsn, pg_fresh_dsn  # noqa: F401  (fixtures)
 from worker.config import Config, parse_config
 from worker.runtime import Runtime, open_runtime
 from worker.sandbox import Sandbox, SeededUser
+from worker.testing import InMemoryStore
 
 REPO = Path(__file__).resolve().parent.parent
 LEAVER = "leaver@example.com"
@@ -98,3 +99,15 @@ def config(config_data: dict[str, Any]) -> Config:
 async def runtime(config: Config, tmp_path: Path) -> AsyncIterator[Runtime]:
     async with open_runtime(config, base_dir=tmp_path) as rt:
         yield rt
+
+
+@pytest.fixture
+async def memory_store() -> AsyncIterator[InMemoryStore]:
+    """An open in-memory store (worker/testing.py): engine and admission tests in
+    milliseconds."""
+    store = InMemoryStore()
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,23 +23,13 @@ from .store_contract import LEASE, T0, StoreContract, at, new_case, task_for
 
 class TestInMemoryStore(StoreContract):
     @pytest.fixture
-    async def store(self) -> AsyncIterator[Store]:
-        store = InMemoryStore()
-        await store.open()
-        try:
-            yield store
-        finally:
-            await store.close()
+    def store(self, memory_store: InMemoryStore) -> Store:
+        return memory_store
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[InMemoryStore]:
-    store = InMemoryStore()
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
+def store(memory_store: InMemoryStore) -> InMemoryStore:
+    return memory_store
 
 
 async def test_it_records_what_it_was_asked(store: InMemoryStore) -> None:

@@ -6,7 +6,6 @@ the contract suite, the in-memory one included, can take its place there.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,8 @@ PROTECTED = ["breakglass-*@example.com"]
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[Store]:
-    store = InMemoryStore()
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
+def store(memory_store: InMemoryStore) -> Store:
+    return memory_store
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ step that keeps crashing, and the countdown inputs it records.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -146,13 +146,8 @@ def logs() -> Iterator[list[dict[str, Any]]]:
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[InMemoryStore]:
-    store = InMemoryStore()
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
+def store(memory_store: InMemoryStore) -> InMemoryStore:
+    return memory_store
 
 
 @pytest.fixture
