@@ -467,6 +467,7 @@ async def test_emulator_scim_disable_and_console_deletion_then_simulate(served: 
         "session_start": H,  # the session's cache, refreshed at T0, lasts to T0 + 1 h
         "application": 2 * H - MIN,
         "aws_account": 13 * H - MIN,
+        "background": None,  # no application here keeps user background sessions
     }
     assert at(result["last_access"]) == 13 * H - MIN
     assert result["accesses"] > 0
