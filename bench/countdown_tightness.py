@@ -141,6 +141,8 @@ class Weakening(StrEnum):
     DRIFT_DROPS_EPOCH = "drift-drops-epoch"
     #: after drift the earlier all-lapsed is no floor
     NO_FLOOR = "no-floor"
+    #: both: after drift only the fresh read, no floor (c4770d4's inputs_from_evidence)
+    DRIFT_FORGETS = "drift-forgets"
     #: applications (and their background sessions) not read
     NO_APPLICATIONS = "no-applications"
     #: unassigned_at kept though a read after the removal found a reachable set
@@ -547,7 +549,6 @@ def describe(
 def read_applications(scenario: Scenario, at: datetime) -> tuple[ReachableApplication, ...] | None:
     if not scenario.applications_readable:
         return None
-    gone = removals(scenario)
     member = groups_read(scenario, at)
     found = []
     for app in scenario.applications:
@@ -708,13 +709,14 @@ def observe(
             extra_reads=(),
         )
         times += more
-        drop = weaken is Weakening.DRIFT_DROPS_EPOCH
+        drop = weaken in (Weakening.DRIFT_DROPS_EPOCH, Weakening.DRIFT_FORGETS)
+        forget_floor = weaken in (Weakening.NO_FLOOR, Weakening.DRIFT_FORGETS)
         # portal revocation, removal and deny are not trusted from before the drift
         inputs = CountdownInputs(
             ic_disabled_at=s.drift.redisable_seen_at,
             permission_sets=sets2 if drop else union_sets(sets, sets2),
             applications=apps2 if drop else union_applications(apps, apps2),
-            floor=None if weaken is Weakening.NO_FLOOR else floor,
+            floor=None if forget_floor else floor,
         )
     return Observation(inputs=inputs, deny_succeeded=deny_succeeded, reads=tuple(times))
 
