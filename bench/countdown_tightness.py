@@ -1013,6 +1013,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary("overall", [o.all_lapsed_slack for o in outcomes]))
     known = [o for o in outcomes if o.scenario.durations_known]
     print(summary("durations all known", [o.all_lapsed_slack for o in known]))
+    steady = [o for o in known if o.scenario.drift is None]
+    print(summary("  known, no drift", [o.all_lapsed_slack for o in steady]))
+    still = [o for o in steady if not o.scenario.world_changes]
+    print(summary("  known, world still", [o.all_lapsed_slack for o in still]))
     print(summary("with deny", [o.all_lapsed_slack for o in outcomes if o.scenario.with_deny]))
     print(
         summary("without deny", [o.all_lapsed_slack for o in outcomes if not o.scenario.with_deny])
