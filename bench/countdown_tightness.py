@@ -600,7 +600,7 @@ class Observation:
     inputs: CountdownInputs
     #: permission set -> when its deny statement was provisioned (true success)
     deny_succeeded: dict[str, datetime]
-    #: every read: (when, permission sets, applications)
+    #: when the worker read the inventory (both epochs)
     reads: tuple[datetime, ...]
 
 
@@ -721,17 +721,9 @@ def observe(
     return Observation(inputs=inputs, deny_succeeded=deny_succeeded, reads=tuple(times))
 
 
-def observed_inputs(scenario: Scenario, settings: SessionSettings | None = None) -> CountdownInputs:
-    return observe(scenario, settings or SessionSettings()).inputs
-
-
 def settings_for(scenario: Scenario, settings: SessionSettings | None = None) -> SessionSettings:
     """The worker configured with the instance's background-session duration."""
     return replace(settings or SessionSettings(), background_session=scenario.background_session)
-
-
-def _opt_iso(when: datetime | None) -> str | None:
-    return None if when is None else utc_iso(when)
 
 
 def evidence_of(inputs: CountdownInputs) -> dict[str, dict[str, Any]]:
