@@ -24,10 +24,11 @@ import aiohttp
 import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
 from worker.config import IdentityCenterConfig
-from worker.countdown import ReachablePermissionSet
+from worker.countdown import ReachableApplication, ReachablePermissionSet
 from worker.errors import PermanentError, TransientError
 from worker.providers.identity_center import AwsIdentityCenter
 from worker.sandbox import Sandbox
@@ -434,6 +435,78 @@ async def test_a_user_without_access_reaches_nothing(world: World, ic: AwsIdenti
     loner = await world.seed.user("loner@example.com")
     assert await ic.group_memberships(loner) == []
     assert await ic.reachable_permission_sets(loner) == []
+
+
+async def test_reachable_applications_directly_and_through_the_group(
+    world: World, ic: AwsIdentityCenter
+) -> None:
+    if world.moto:
+        # moto 5.2.6 implements none of the application operations: each is an HTML 500
+        # from a NotImplementedError inside moto. The adapter fails loudly (a 500 is
+        # transient for AWS; the engine must bound its retries and say "not covered").
+        with pytest.raises(TransientError) as err:
+            await ic.reachable_applications(world.user_id)
+        assert str(err.value).startswith(
+            "sso-admin: ListApplicationAssignmentsForPrincipal failed: 500:"
+        )
+        assert (err.value.status, err.value.code) == (500, "500")
+        # Nor can moto hold an application, so the sandbox's assertions cannot run there.
+        with pytest.raises(ClientError) as created:
+            await world.admin.create_application(
+                InstanceArn=world.config.instance_arn,
+                Name="Studio",
+                ApplicationProviderArn="arn:aws:sso::aws:applicationProvider/custom",
+            )
+        assert created.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+        return
+    assert isinstance(world.seed, SandboxSeeder)
+    emulator = world.seed.emulator
+    studio = emulator.add_application("Studio", provider="sagemaker", background_sessions=True)
+    wiki = emulator.add_application("Wiki")
+    emulator.assign_application(studio, principal_type="GROUP", principal_id=world.group_id)
+    emulator.assign_application(wiki, principal_type="USER", principal_id=world.user_id)
+    emulator.assign_application(wiki, principal_type="GROUP", principal_id=world.group_id)
+    expected = [
+        ReachableApplication(
+            arn=studio,
+            name="Studio",
+            background_sessions=True,
+            via=(f"GROUP:{world.group_id}",),
+        ),
+        ReachableApplication(
+            arn=wiki,
+            name="Wiki",
+            background_sessions=False,
+            via=(f"GROUP:{world.group_id}", "USER"),
+        ),
+    ]
+    assert await ic.reachable_applications(world.user_id) == sorted(expected, key=lambda a: a.arn)
+    # Read again after a change: the setting is read, not remembered.
+    emulator.set_background_sessions(wiki, True)
+    reach = {a.arn: a for a in await ic.reachable_applications(world.user_id)}
+    assert reach[wiki].background_sessions is True
+    loner = await world.seed.user("loner@example.com")
+    assert await ic.reachable_applications(loner) == []
+
+
+async def test_an_unreadable_session_configuration_fails_the_read(
+    sandbox: Sandbox, sandbox_world_only: World, sandbox_ic: AwsIdentityCenter
+) -> None:
+    """What the adapter does today when one application's configuration cannot be read:
+    the whole read fails (the engine then says "not covered" for every application)."""
+    emulator = sandbox.identity_center
+    studio = emulator.add_application("Studio", background_sessions=True)
+    emulator.assign_application(
+        studio, principal_type="USER", principal_id=sandbox_world_only.user_id
+    )
+    sandbox.faults.add(
+        FaultRule(endpoint="sso-admin.GetApplicationSessionConfiguration", kind="error", count=1)
+    )
+    with pytest.raises(TransientError) as err:
+        await sandbox_ic.reachable_applications(sandbox_world_only.user_id)
+    assert err.value.code == "InternalServerException"
+    [app] = await sandbox_ic.reachable_applications(sandbox_world_only.user_id)
+    assert app.background_sessions is True
 
 
 async def test_reads_span_pages(world: World, ic: AwsIdentityCenter) -> None:

@@ -12,7 +12,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -777,6 +777,177 @@ async def test_sandbox_admin_seeds_over_http(
     assert [a["PermissionSetArn"] for a in listed["AccountAssignments"]] == [ps]
     assert sandbox.audit.entries() == []  # seeding is not a mutation under test
     assert dict(sandbox.audit.calls) == {"sso-admin.ListAccountAssignmentsForPrincipal": 1}
+
+
+# ---------------------------------------------------------------- applications
+
+APP_ARN_PATTERN = r"arn:aws:sso::111122223333:application/ssoins-7223c0ffee000001/apl-[a-f0-9]{16}"
+
+
+async def test_application_assignments_for_principal_paginate_per_principal(
+    sandbox: Sandbox, admin: Client
+) -> None:
+    emulator = sandbox.emulator
+    user_id = emulator.add_user("ada@example.com")
+    group_id = emulator.add_group("engineers")
+    emulator.add_membership(group_id, user_id)
+    apps = [emulator.add_application(f"App{i}") for i in range(3)]
+    assert all(re.fullmatch(APP_ARN_PATTERN, a) for a in apps)
+    for app in apps:
+        emulator.assign_application(app, principal_type="USER", principal_id=user_id)
+    studio = emulator.add_application("Studio", provider="sagemaker", background_sessions=True)
+    emulator.assign_application(studio, principal_type="GROUP", principal_id=group_id)
+
+    paginator = admin.get_paginator("list_application_assignments_for_principal")
+    pages = [
+        page
+        async for page in paginator.paginate(
+            InstanceArn=INSTANCE,
+            PrincipalId=user_id,
+            PrincipalType="USER",
+            PaginationConfig={"PageSize": 2},
+        )
+    ]
+    assert [len(p["ApplicationAssignments"]) for p in pages] == [2, 1]
+    listed = [a for p in pages for a in p["ApplicationAssignments"]]
+    assert listed == [
+        {"ApplicationArn": app, "PrincipalId": user_id, "PrincipalType": "USER"} for app in apps
+    ]  # the group's application is listed for the group, not expanded for the user
+    for_group = await admin.list_application_assignments_for_principal(
+        InstanceArn=INSTANCE, PrincipalId=group_id, PrincipalType="GROUP"
+    )
+    assert for_group["ApplicationAssignments"] == [
+        {"ApplicationArn": studio, "PrincipalId": group_id, "PrincipalType": "GROUP"}
+    ]
+    assert "NextToken" not in for_group
+    filtered = await admin.list_application_assignments_for_principal(
+        InstanceArn=INSTANCE,
+        PrincipalId=user_id,
+        PrincipalType="USER",
+        Filter={"ApplicationArn": apps[1]},
+    )
+    assert [a["ApplicationArn"] for a in filtered["ApplicationAssignments"]] == [apps[1]]
+    with pytest.raises(ClientError) as err:
+        await admin.list_application_assignments_for_principal(
+            InstanceArn=INSTANCE.replace("c0ffee", "bad000"),
+            PrincipalId=user_id,
+            PrincipalType="USER",
+        )
+    assert code_of(err) == "AccessDeniedException"
+
+
+async def test_describe_application_and_its_session_configuration(
+    sandbox: Sandbox, admin: Client
+) -> None:
+    emulator = sandbox.emulator
+    studio = emulator.add_application("Studio", provider="sagemaker", background_sessions=True)
+    described = await admin.describe_application(ApplicationArn=studio)
+    assert described["ApplicationArn"] == studio
+    assert described["Name"] == "Studio"
+    assert described["ApplicationProviderArn"] == "arn:aws:sso::aws:applicationProvider/sagemaker"
+    assert described["InstanceArn"] == INSTANCE
+    assert described["Status"] == "ENABLED"
+    assert isinstance(described["CreatedDate"], datetime)
+
+    configured = await admin.get_application_session_configuration(ApplicationArn=studio)
+    assert configured["UserBackgroundSessionApplicationStatus"] == "ENABLED"
+    await admin.put_application_session_configuration(
+        ApplicationArn=studio, UserBackgroundSessionApplicationStatus="DISABLED"
+    )
+    configured = await admin.get_application_session_configuration(ApplicationArn=studio)
+    assert configured["UserBackgroundSessionApplicationStatus"] == "DISABLED"
+    assert [e.action for e in sandbox.audit.entries()] == [
+        "sso-admin.PutApplicationSessionConfiguration"
+    ]
+    # The session model sees the setting from the moment it changed.
+    timeline = emulator.session_timeline
+    assert not timeline.background_sessions_enabled(studio, sandbox.clock.now())
+
+    missing = studio[:-16] + "0" * 16
+    for call in (
+        lambda: admin.describe_application(ApplicationArn=missing),
+        lambda: admin.get_application_session_configuration(ApplicationArn=missing),
+    ):
+        with pytest.raises(ClientError) as err:
+            await call()
+        assert code_of(err) == "ResourceNotFoundException"
+    with pytest.raises(ClientError) as err:
+        await admin.put_application_session_configuration(
+            ApplicationArn=studio, UserBackgroundSessionApplicationStatus="SOMETIMES"
+        )
+    assert code_of(err) == "ValidationException"
+
+
+async def test_world_changes_mid_countdown_reach_the_session_model(
+    sandbox: Sandbox, admin: Client
+) -> None:
+    """A set assigned to the group, its duration raised, an application assigned: each
+    from the moment it happened on, for the reads and for the sessions."""
+    emulator, clock = sandbox.emulator, sandbox.clock
+    user_id = emulator.add_user("ada@example.com")
+    group_id = emulator.add_group("engineers")
+    emulator.add_membership(group_id, user_id)
+    ps = emulator.add_permission_set("Deploy", session_duration="PT1H")
+    before = clock.now()
+    clock.advance(timedelta(minutes=10))
+    emulator.add_account_assignment(
+        account_id=ACCOUNT_A, permission_set_arn=ps, principal_type="GROUP", principal_id=group_id
+    )
+    emulator.set_session_duration(ps, "PT12H")
+    studio = emulator.add_application("Studio", background_sessions=True)
+    emulator.assign_application(studio, principal_type="GROUP", principal_id=group_id)
+    now = clock.now()
+
+    described = await admin.describe_permission_set(InstanceArn=INSTANCE, PermissionSetArn=ps)
+    assert described["PermissionSet"]["SessionDuration"] == "PT12H"
+    timeline = emulator.session_timeline
+    assert timeline.entitlements(user_id, before) == frozenset()
+    [entitlement] = timeline.entitlements(user_id, now)
+    assert entitlement.session_duration == timedelta(hours=12)
+    assert timeline.session_duration(ps, before) == timedelta(hours=1)
+    assert studio in timeline.applications(user_id, now)
+    assert studio not in timeline.applications(user_id, before)
+    assert timeline.background_sessions_enabled(studio, now)
+    assert [e.action for e in sandbox.audit.entries()] == ["identity-center.set_session_duration"]
+
+
+async def test_sandbox_admin_seeds_applications_and_changes_over_http(
+    sandbox: Sandbox, admin: Client, http: aiohttp.ClientSession
+) -> None:
+    base = f"{sandbox.url}/_sandbox/identity-center"
+    emulator = sandbox.emulator
+    user_id = emulator.add_user("ada@example.com")
+    ps = emulator.add_permission_set("Admin")
+
+    async def post(path: str, body: dict[str, Any], status: int = 201) -> dict[str, Any]:
+        async with http.post(base + path, json=body) as response:
+            assert response.status == status, await response.text()
+            result: dict[str, Any] = await response.json()
+            return result
+
+    app = (await post("/applications", {"name": "Studio", "background_sessions": True}))["arn"]
+    await post(
+        "/application-assignments",
+        {"application_arn": app, "principal_type": "USER", "principal_id": user_id},
+    )
+    changed = await post(
+        "/permission-sets/duration",
+        {"permission_set_arn": ps, "session_duration": "PT4H"},
+        status=200,
+    )
+    assert changed == {"arn": ps, "session_duration": "PT4H"}
+    await post("/permission-sets/duration", {"permission_set_arn": ps}, status=400)
+    await post(
+        "/application-assignments",
+        {"application_arn": app[:-1] + "x", "principal_type": "USER", "principal_id": user_id},
+        status=404,
+    )
+    listed = await admin.list_application_assignments_for_principal(
+        InstanceArn=INSTANCE, PrincipalId=user_id, PrincipalType="USER"
+    )
+    assert [a["ApplicationArn"] for a in listed["ApplicationAssignments"]] == [app]
+    configured = await admin.get_application_session_configuration(ApplicationArn=app)
+    assert configured["UserBackgroundSessionApplicationStatus"] == "ENABLED"
 
 
 # ---------------------------------------------------------------- cross-check against moto

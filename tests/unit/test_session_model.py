@@ -345,6 +345,152 @@ def test_the_leaver_keeps_every_validation_phase_it_can() -> None:
     assert last(report, AccessKind.AWS_ACCOUNT) == D + 39 * MIN + 13 * H - STEP
 
 
+# ---------------------------------------------------------------- a world that changes
+
+
+def test_a_role_session_takes_the_duration_in_force_when_issued() -> None:
+    """A set raised from 1 h to 12 h after the disable: sessions issued after the change
+    live 12 h, those issued before keep their 1 h."""
+    timeline = world(H)
+    timeline.disable_user(USER, D)
+    raised = D + 20 * MIN
+    timeline.change_session_duration(PS, 12 * H, raised)
+    assert timeline.session_duration(PS, raised - STEP) == H
+    assert timeline.session_duration(PS, raised) == 12 * H
+    assert timeline.session_duration(PS) == 12 * H
+    report, model = leave(timeline, validated_at=D)
+    issued = {r.issued_at: r.expires_at - r.issued_at for r in model.role_sessions(USER)}
+    assert issued[D] == H
+    assert issued[raised] == 12 * H
+    assert D + 13 * H - STEP <= last(report, AccessKind.AWS_ACCOUNT) < D + 13 * H
+    # Lowered instead: what was issued before the change keeps the longer duration.
+    timeline = world(12 * H)
+    timeline.disable_user(USER, D)
+    timeline.change_session_duration(PS, H, D + 20 * MIN)
+    report, _ = leave(timeline, validated_at=D)
+    assert D + 12 * H + 20 * MIN - 2 * STEP <= last(report, AccessKind.AWS_ACCOUNT)
+    assert last(report, AccessKind.AWS_ACCOUNT) < D + 12 * H + 20 * MIN
+
+
+@pytest.mark.parametrize("through", ["user", "group"])
+def test_an_assignment_added_after_the_disable_is_used_while_sessions_can_start(
+    through: str,
+) -> None:
+    timeline = Timeline(open_applications=[APP])
+    timeline.define_permission_set(PS, 12 * H)
+    added = D + 10 * MIN
+    if through == "user":
+        timeline.assign(USER, PS, ACCOUNT, at=added)
+    else:
+        timeline.add_member("engineers", USER)
+        timeline.assign("engineers", PS, ACCOUNT, at=added)
+    timeline.disable_user(USER, D)
+    report, model = leave(timeline, validated_at=D)
+    first = min(r.issued_at for r in model.role_sessions(USER))
+    assert first == added
+    assert last(report, AccessKind.SESSION_START, target=TARGET) == D + H
+    assert D + 13 * H - STEP <= last(report, AccessKind.AWS_ACCOUNT) < D + 13 * H
+    # Added after the sign-in session's cache ran out: nothing can use it.
+    late = Timeline(open_applications=[APP])
+    late.define_permission_set(PS, 12 * H)
+    late.assign(USER, PS, ACCOUNT, at=D + H + STEP)
+    late.disable_user(USER, D)
+    report, _ = leave(late, validated_at=D)
+    assert report.last(AccessKind.AWS_ACCOUNT) is None
+
+
+def background_world(duration: timedelta = 3 * H) -> Timeline:
+    timeline = world(H, AwsSessionFacts(background_session_duration=duration))
+    timeline.assign_application(USER, "studio")
+    timeline.set_background_sessions("studio", True)
+    return timeline
+
+
+def test_a_background_session_outlives_sign_out_and_the_disable() -> None:
+    timeline = background_world()
+    timeline.disable_user(USER, D)
+    timeline.delete_sign_in_sessions(USER, D + 5 * MIN)  # signed out everywhere
+    report, model = leave(timeline, validated_at=D)
+    # Started while application sessions could be (the sign-in session's cache) ...
+    assert last(report, AccessKind.SESSION_START, target="background:studio") == D + H
+    # ... each lives the instance's duration from its start, whatever the sign-in does.
+    background = last(report, AccessKind.BACKGROUND, target="studio")
+    assert D + 4 * H - STEP <= background < D + 4 * H
+    assert report.last_access == background
+    assert max(b.expires_at for b in model.background_sessions(USER)) == D + 4 * H
+    # The sign-in session itself is long gone.
+    assert last(report, AccessKind.APPLICATION) < D + 2 * H
+
+
+def test_background_sessions_need_the_application_setting() -> None:
+    timeline = world(H, AwsSessionFacts(background_session_duration=3 * H))
+    timeline.assign_application(USER, "studio")
+    timeline.disable_user(USER, D)
+    report, _ = leave(timeline, validated_at=D)
+    assert report.last(AccessKind.BACKGROUND) is None
+    # Enabled half an hour after the disable: from then on, while sessions can start.
+    timeline.set_background_sessions("studio", True, at=D + 30 * MIN)
+    report, model = leave(timeline, validated_at=D)
+    assert min(b.started_at for b in model.background_sessions(USER)) == D + 30 * MIN
+    # Disabled again later: the sessions already running are not ended (undocumented:
+    # the conservative reading).
+    timeline.set_background_sessions("studio", False, at=D + 40 * MIN)
+    report, _ = leave(timeline, validated_at=D)
+    assert last(report, AccessKind.SESSION_START, target="background:studio") < D + 40 * MIN
+    assert D + 40 * MIN + 3 * H - 2 * STEP <= last(report, AccessKind.BACKGROUND)
+    assert last(report, AccessKind.BACKGROUND) < D + 40 * MIN + 3 * H
+
+
+def test_re_enable_and_re_disable_extend_the_sessions() -> None:
+    """Drift: re-enabled in Identity Center for ten minutes at +3 h, disabled again."""
+    timeline = world()
+    timeline.disable_user(USER, D)
+    report, _ = leave(timeline, validated_at=D - 30 * MIN)
+    assert last(report, AccessKind.SESSION_START) <= D + 30 * MIN  # the cache's end
+    # The sessions ended before the re-enable stay ended; the CLI, validated separately
+    # and later, is still within its cache: re-validated in the window, it goes on.
+    drifted = world()
+    drifted.deactivate_in_idp(USER, D - H)  # the playbook's first step
+    drifted.disable_user(USER, D)
+    drifted.enable_user(USER, D + 40 * MIN)
+    drifted.disable_user(USER, D + 50 * MIN)
+    model = SessionModel(drifted)
+    session = model.add_sign_in_session(USER, issued_at=D - 3 * H, validated_at=D - 30 * MIN)
+    model.attach_cli(session, validated_at=D - 15 * MIN)
+    report = SimulatedLeaver(model, USER, step=STEP).run(D, D + 15 * H)
+    assert (
+        D + 45 * MIN - STEP < last(report, AccessKind.SESSION_START, via="cli") <= D + 50 * MIN + H
+    )
+    assert report.last(AccessKind.SIGN_IN) is None  # the IdP still refuses
+    # With the IdP re-activated too, the leaver signs in anew inside the window.
+    drifted.set_idp_allows_sign_in(USER, True, D + 40 * MIN)
+    drifted.deactivate_in_idp(USER, D + 49 * MIN)
+    report, _ = leave(drifted, validated_at=D - 30 * MIN)
+    assert D + 40 * MIN <= last(report, AccessKind.SIGN_IN) < D + 49 * MIN
+    assert D + 50 * MIN < last(report, AccessKind.SESSION_START) <= D + 49 * MIN + H
+
+
+def test_cleanup_revives_role_sessions_still_inside_their_duration() -> None:
+    """The deny taken off (provisioned again without it): what had not expired works."""
+    timeline = world()
+    timeline.disable_user(USER, D)
+    timeline.provision_policy(PS, deny_policy(USER), D + 5 * MIN)
+    timeline.provision_policy(PS, "", D + 3 * H)  # cleanup at +3 h
+    report, _ = leave(timeline, validated_at=D)
+    used = sorted(a.at for a in report.accesses if a.kind == AccessKind.AWS_ACCOUNT)
+    bites = D + 5 * MIN + timeline.facts.deny_propagation
+    assert not [at for at in used if bites <= at < D + 3 * H]
+    assert D + 3 * H in used
+    assert D + 13 * H - STEP <= used[-1] < D + 13 * H
+    # Taken off only once the last session issued without it had expired: nothing revives.
+    safe = world()
+    safe.disable_user(USER, D)
+    safe.provision_policy(PS, deny_policy(USER), D + 5 * MIN)
+    safe.provision_policy(PS, "", D + 13 * H)
+    report, _ = leave(safe, validated_at=D)
+    assert last(report, AccessKind.AWS_ACCOUNT) < bites
+
+
 def test_policy_reading() -> None:
     assert denial_in_policy(deny_policy(USER)) == (frozenset({USER}), False)
     many = {
@@ -467,6 +613,7 @@ async def test_emulator_scim_disable_and_console_deletion_then_simulate(served: 
         "session_start": H,  # the session's cache, refreshed at T0, lasts to T0 + 1 h
         "application": 2 * H - MIN,
         "aws_account": 13 * H - MIN,
+        "background": None,  # no application here keeps user background sessions
     }
     assert at(result["last_access"]) == 13 * H - MIN
     assert result["accesses"] > 0

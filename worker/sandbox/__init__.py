@@ -5,6 +5,7 @@ tests and the benchmarks."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,6 +44,10 @@ class SeededUser:
     okta_id: str
     ic_user_id: str
     portal_sessions: tuple[str, ...]
+    #: the Identity Center group the person is in (world changes may assign to it)
+    ic_group_id: str = ""
+    #: application name -> ARN, for the applications asked for
+    applications: dict[str, str] = field(default_factory=dict)
 
 
 class Sandbox:
@@ -118,10 +123,16 @@ class Sandbox:
         await self.stop()
 
     def seed_leaver(
-        self, login: str, *, okta_sessions: int = 2, portal_sessions: int = 2
+        self,
+        login: str,
+        *,
+        okta_sessions: int = 2,
+        portal_sessions: int = 2,
+        applications: Sequence[tuple[str, bool]] = (),
     ) -> SeededUser:
         """A person as they stand on their last day: active everywhere, signed in,
-        with AWS access directly and through a group."""
+        with AWS access directly and through a group; and, when asked, applications
+        `(name, user background sessions enabled)` assigned to that group."""
         first = login.partition("@")[0]
         if self.idp == "entra":
             idp_id = self.entra.add_user(
@@ -153,8 +164,21 @@ class Sandbox:
             principal_type="GROUP",
             principal_id=group,
         )
+        apps = {
+            name: ic.add_application(name, background_sessions=background)
+            for name, background in applications
+        }
+        for arn in apps.values():
+            ic.assign_application(arn, principal_type="GROUP", principal_id=group)
         sessions = tuple(ic.open_portal_session(user_id) for _ in range(portal_sessions))
-        return SeededUser(login=login, okta_id=idp_id, ic_user_id=user_id, portal_sessions=sessions)
+        return SeededUser(
+            login=login,
+            okta_id=idp_id,
+            ic_user_id=user_id,
+            portal_sessions=sessions,
+            ic_group_id=group,
+            applications=apps,
+        )
 
     def config_data(
         self, *, sqlite_path: str, env_prefix: str = "OFFBOARD_SANDBOX_"

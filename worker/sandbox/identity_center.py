@@ -59,9 +59,12 @@ TARGET_PREFIXES = {"AWSIdentityStore": "identitystore", "SWBExternalService": "s
 STATUSES = ("ENABLED", "DISABLED")
 PRINCIPAL_TYPES = ("USER", "GROUP")
 MAX_INLINE_POLICY_BYTES = 32768
-#: The emulator has no applications API: the session model gives every user one AWS managed
-#: application set to "do not require assignments", so application sessions are simulated.
+#: The session model gives every user one AWS managed application set to "do not require
+#: assignments" (never listed for a principal), so application sessions are always simulated;
+#: applications seeded with `add_application` are listed through their assignments.
 SANDBOX_APPLICATION = "sandbox-managed-application"
+#: UserBackgroundSessionApplicationStatus (botocore's sso-admin model)
+BACKGROUND_STATUSES = ("ENABLED", "DISABLED")
 MAX_SIMULATION_STEPS = 200_000
 
 SCIM_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -299,6 +302,26 @@ class Assignment:
 
 
 @dataclass
+class Application:
+    arn: str
+    name: str
+    provider_arn: str
+    created_at: datetime
+    seq: int
+    #: UserBackgroundSessionApplicationStatus
+    background_status: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ApplicationAssignment:
+    application_arn: str
+    principal_type: str
+    principal_id: str
+    seq: int = field(compare=False)
+
+
+@dataclass
 class AsyncOperation:
     request_id: str
     created_at: datetime
@@ -344,6 +367,8 @@ class IdentityCenterEmulator:
         self._memberships: dict[str, Membership] = {}
         self._permission_sets: dict[str, PermissionSet] = {}
         self._assignments: set[Assignment] = set()
+        self._applications: dict[str, Application] = {}
+        self._app_assignments: set[ApplicationAssignment] = set()
         self._provisioning: dict[str, AsyncOperation] = {}
         self._deletions: dict[str, AsyncOperation] = {}
         #: What happened when, for the session model; fed by the mutations below.
@@ -371,6 +396,16 @@ class IdentityCenterEmulator:
             ),
             "SWBExternalService.ListAccountsForProvisionedPermissionSet": (
                 self._list_provisioned_accounts
+            ),
+            "SWBExternalService.ListApplicationAssignmentsForPrincipal": (
+                self._list_application_assignments_for_principal
+            ),
+            "SWBExternalService.DescribeApplication": self._describe_application,
+            "SWBExternalService.GetApplicationSessionConfiguration": (
+                self._get_application_session_configuration
+            ),
+            "SWBExternalService.PutApplicationSessionConfiguration": (
+                self._put_application_session_configuration
             ),
             "SWBExternalService.DeleteAccountAssignment": self._delete_account_assignment,
             "SWBExternalService.DescribeAccountAssignmentDeletionStatus": (
@@ -421,6 +456,9 @@ class IdentityCenterEmulator:
         app.router.add_post(admin + "/memberships", self._admin_add_membership)
         app.router.add_post(admin + "/permission-sets", self._admin_add_permission_set)
         app.router.add_post(admin + "/assignments", self._admin_add_assignment)
+        app.router.add_post(admin + "/permission-sets/duration", self._admin_set_duration)
+        app.router.add_post(admin + "/applications", self._admin_add_application)
+        app.router.add_post(admin + "/application-assignments", self._admin_assign_application)
         app.router.add_post(admin + "/users/{user_id}/simulate", self._admin_simulate)
         return app
 
@@ -532,6 +570,67 @@ class IdentityCenterEmulator:
             )
         permission_set.provisioned.setdefault(account_id, permission_set.revision)
 
+    def set_session_duration(self, permission_set_arn: str, session_duration: str) -> None:
+        """UpdatePermissionSet's SessionDuration, from now on: a role session issued later
+        gets the new duration, one issued before keeps its own."""
+        duration = parse_session_duration(session_duration)
+        self._permission_set(permission_set_arn).session_duration = session_duration
+        self.session_timeline.change_session_duration(
+            permission_set_arn, duration, self.clock.now()
+        )
+        self.audit.record(
+            SERVICE,
+            "identity-center.set_session_duration",
+            permission_set_arn,
+            session_duration=session_duration,
+        )
+
+    def add_application(
+        self,
+        name: str,
+        *,
+        background_sessions: bool = False,
+        provider: str = "custom",
+        description: str = "",
+    ) -> str:
+        """An application of the instance; `provider` names its application provider
+        (AWS managed ones, e.g. "sagemaker", can keep user background sessions)."""
+        application_id = f"apl-{secrets.token_hex(8)}"
+        arn = f"arn:aws:sso::{OWNER_ACCOUNT}:application/{self.instance_id}/{application_id}"
+        self._applications[arn] = Application(
+            arn=arn,
+            name=name,
+            provider_arn=f"arn:aws:sso::aws:applicationProvider/{provider}",
+            created_at=self.clock.now(),
+            seq=self._next_seq(),
+            background_status="DISABLED",
+            description=description,
+        )
+        if background_sessions:
+            self.set_background_sessions(arn, True)
+        return arn
+
+    def set_background_sessions(self, application_arn: str, enabled: bool) -> None:
+        """PutApplicationSessionConfiguration, from now on."""
+        self._application(application_arn).background_status = "ENABLED" if enabled else "DISABLED"
+        self.session_timeline.set_background_sessions(application_arn, enabled, at=self.clock.now())
+
+    def assign_application(
+        self, application_arn: str, *, principal_type: str, principal_id: str
+    ) -> None:
+        """CreateApplicationAssignment for a user or group, from now on."""
+        self._application(application_arn)
+        if principal_type == "USER":
+            self._user(principal_id)
+        elif principal_type == "GROUP":
+            self._group(principal_id)
+        else:
+            raise ValueError(f"principal_type must be USER or GROUP, not {principal_type!r}")
+        self._app_assignments.add(
+            ApplicationAssignment(application_arn, principal_type, principal_id, self._next_seq())
+        )
+        self.session_timeline.assign_application(principal_id, application_arn, at=self.clock.now())
+
     def open_portal_session(self, user_id: str) -> str:
         session_id = str(uuid.uuid4())
         now = self.clock.now()
@@ -586,6 +685,12 @@ class IdentityCenterEmulator:
             return self._permission_sets[arn]
         except KeyError:
             raise KeyError(f"unknown permission set {arn!r}") from None
+
+    def _application(self, arn: str) -> Application:
+        try:
+            return self._applications[arn]
+        except KeyError:
+            raise KeyError(f"unknown application {arn!r}") from None
 
     def _membership_of(self, group_id: str, user_id: str) -> Membership | None:
         return next(
@@ -909,6 +1014,84 @@ class IdentityCenterEmulator:
                 "SessionDuration": permission_set.session_duration,
             }
         }
+
+    def _list_application_assignments_for_principal(self, body: Json) -> Json:
+        self._check_instance(body)
+        principal_id = required_str(body, "PrincipalId")
+        principal_type = one_of(body, "PrincipalType", PRINCIPAL_TYPES)
+        wanted = optional_struct(body, "Filter").get("ApplicationArn")
+        # The principal's own assignments: a user's through groups are listed per group.
+        found = [
+            a
+            for a in self._app_assignments
+            if a.principal_id == principal_id
+            and a.principal_type == principal_type
+            and (wanted is None or a.application_arn == wanted)
+        ]
+        page, token = paginate(
+            found,
+            lambda a: f"{a.seq:012d}",
+            body,
+            f"ApplicationsForPrincipal:{principal_type}:{principal_id}:{wanted}",
+        )
+        return with_token(
+            {
+                "ApplicationAssignments": [
+                    {
+                        "ApplicationArn": a.application_arn,
+                        "PrincipalId": a.principal_id,
+                        "PrincipalType": a.principal_type,
+                    }
+                    for a in page
+                ]
+            },
+            token,
+        )
+
+    def _sso_application(self, body: Json) -> Application:
+        arn = required_str(body, "ApplicationArn")
+        application = self._applications.get(arn)
+        if application is None:
+            raise AwsError(
+                "ResourceNotFoundException",
+                f"Application {arn.rsplit('/', 1)[-1]} not found",
+                Reason="APPLICATION",
+            )
+        return application
+
+    def _describe_application(self, body: Json) -> Json:
+        application = self._sso_application(body)
+        result: Json = {
+            "ApplicationArn": application.arn,
+            "ApplicationProviderArn": application.provider_arn,
+            "Name": application.name,
+            "ApplicationAccount": OWNER_ACCOUNT,
+            "InstanceArn": self.instance_arn,
+            "Status": "ENABLED",
+            "PortalOptions": {"Visibility": "ENABLED"},
+            "CreatedDate": epoch(application.created_at),
+            "CreatedFrom": self.region,
+        }
+        if application.description:
+            result["Description"] = application.description
+        return result
+
+    def _get_application_session_configuration(self, body: Json) -> Json:
+        application = self._sso_application(body)
+        return {"UserBackgroundSessionApplicationStatus": application.background_status}
+
+    def _put_application_session_configuration(self, body: Json) -> Json:
+        application = self._sso_application(body)
+        if "UserBackgroundSessionApplicationStatus" in body:
+            status = one_of(body, "UserBackgroundSessionApplicationStatus", BACKGROUND_STATUSES)
+            self.set_background_sessions(application.arn, status == "ENABLED")
+            self.audit.record(
+                SERVICE,
+                "sso-admin.PutApplicationSessionConfiguration",
+                application.arn,
+                status=status,
+            )
+        return {}
 
     def _list_permission_sets(self, body: Json) -> Json:
         self._check_instance(body)
@@ -1318,6 +1501,42 @@ class IdentityCenterEmulator:
                 )
             }
         )
+
+    async def _admin_set_duration(self, request: web.Request) -> web.Response:
+        data = await _admin_body(request)
+
+        def change() -> Json:
+            arn = need(data, "permission_set_arn")
+            self.set_session_duration(arn, need(data, "session_duration"))
+            return {"arn": arn, "session_duration": self._permission_set(arn).session_duration}
+
+        return _admin_call(change, status=200)
+
+    async def _admin_add_application(self, request: web.Request) -> web.Response:
+        data = await _admin_body(request)
+        background = data.get("background_sessions", False)
+        return _admin_call(
+            lambda: {
+                "arn": self.add_application(
+                    need(data, "name"),
+                    background_sessions=background is True,
+                    provider=str(data.get("provider", "custom")),
+                )
+            }
+        )
+
+    async def _admin_assign_application(self, request: web.Request) -> web.Response:
+        data = await _admin_body(request)
+
+        def assign() -> Json:
+            self.assign_application(
+                need(data, "application_arn"),
+                principal_type=need(data, "principal_type"),
+                principal_id=need(data, "principal_id"),
+            )
+            return {}
+
+        return _admin_call(assign)
 
     async def _admin_add_assignment(self, request: web.Request) -> web.Response:
         data = await _admin_body(request)

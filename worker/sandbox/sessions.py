@@ -24,7 +24,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ __all__ = [
     "AccessKind",
     "ApplicationSession",
     "AwsSessionFacts",
+    "BackgroundSession",
     "CliCredentialCache",
     "Directory",
     "Entitlement",
@@ -73,6 +74,9 @@ class AwsSessionFacts:
     portal_session_duration: timedelta = timedelta(hours=8)
     #: A permission set's SessionDuration when none is known (AWS's default, PT1H).
     default_role_session_duration: timedelta = HOUR
+    #: A user background session lives this long from its start, whatever happens to the
+    #: sign-in session it came from (instance setting, 15 min to 90 days; AWS's default 7 d).
+    background_session_duration: timedelta = timedelta(days=7)
 
     def __post_init__(self) -> None:
         for name in (
@@ -81,6 +85,7 @@ class AwsSessionFacts:
             "cli_credential_cache",
             "portal_session_duration",
             "default_role_session_duration",
+            "background_session_duration",
         ):
             if getattr(self, name) <= timedelta(0):
                 raise ValueError(f"{name} must be positive")
@@ -132,6 +137,10 @@ class Directory(Protocol):
         """The applications a new application session can be started for at `at`."""
         ...
 
+    def background_sessions_enabled(self, application_id: str, at: datetime) -> bool:
+        """Whether the application lets a user start a background session at `at`."""
+        ...
+
     def role_use_denied(
         self, user_id: str, permission_set_arn: str, account_id: str, at: datetime
     ) -> bool:
@@ -173,6 +182,20 @@ class ApplicationSession:
     @property
     def valid_until(self) -> datetime:
         return self.last_refreshed_at + self.lifetime
+
+
+@dataclass(kw_only=True)
+class BackgroundSession:
+    """A user background session (an AWS managed application with trusted identity
+    propagation running a job on the user's behalf)."""
+
+    session_id: str
+    user_id: str
+    application_id: str
+    #: The sign-in session it was started from; it does not depend on it afterwards.
+    issued_from: str
+    started_at: datetime
+    expires_at: datetime
 
 
 @dataclass(kw_only=True)
@@ -222,6 +245,7 @@ class SessionModel:
         self._by_user: dict[str, list[SignInSession]] = {}
         self._clis: dict[str, CliCredentialCache] = {}
         self._applications: list[ApplicationSession] = []
+        self._background: list[BackgroundSession] = []
         self._roles: list[RoleSession] = []
         self._counter = 0
 
@@ -239,6 +263,7 @@ class SessionModel:
         }
         twin._clis = copy.deepcopy(self._clis)
         twin._applications = copy.deepcopy(self._applications)
+        twin._background = copy.deepcopy(self._background)
         twin._roles = copy.deepcopy(self._roles)
         twin._counter = self._counter
         return twin
@@ -396,6 +421,40 @@ class SessionModel:
     def application_sessions(self, user_id: str) -> list[ApplicationSession]:
         return [a for a in self._applications if a.user_id == user_id]
 
+    # ------------------------------------------------------------ user background sessions
+
+    def start_background_session(
+        self, session: SignInSession, application_id: str, at: datetime
+    ) -> BackgroundSession | None:
+        """Start a job that outlives the sign-in: needs what an application session needs,
+        and the application's background sessions ENABLED at `at`."""
+        directory = self.directory
+        if application_id not in directory.applications(session.user_id, at):
+            return None
+        if not directory.background_sessions_enabled(application_id, at):
+            return None
+        if not self.check_sign_in(session, at):
+            return None
+        background = BackgroundSession(
+            session_id=self._new_id("background"),
+            user_id=session.user_id,
+            application_id=application_id,
+            issued_from=session.session_id,
+            started_at=at,
+            expires_at=at + self.facts.background_session_duration,
+        )
+        self._background.append(background)
+        return background
+
+    def use_background_session(self, background: BackgroundSession, at: datetime) -> bool:
+        """It survives sign-out and the sign-in session's expiry (documented). Whether a
+        disable or a later DISABLED setting ends it is not documented: the conservative
+        reading is that nothing but its own duration does."""
+        return at < background.expires_at
+
+    def background_sessions(self, user_id: str) -> list[BackgroundSession]:
+        return [b for b in self._background if b.user_id == user_id]
+
     # ------------------------------------------------------------ role sessions
 
     def _new_role_session(
@@ -456,6 +515,8 @@ class AccessKind(StrEnum):
     """A new application or role session obtained through Identity Center."""
     APPLICATION = "application"
     """Use of an application through an application session."""
+    BACKGROUND = "background"
+    """Use of an application by a user background session (a job running on)."""
     AWS_ACCOUNT = "aws_account"
     """Use of an AWS account through a role session that no deny refuses."""
 
@@ -575,6 +636,8 @@ class SimulatedLeaver:
         self._adopted = 0
         #: (target, via) -> the freshest role session
         self._roles: dict[tuple[str, str], RoleSession] = {}
+        #: application id -> the background session that lives longest
+        self._background: dict[str, BackgroundSession] = {}
         self.accesses: list[Access] = []
 
     def run(self, start: datetime, until: datetime) -> LeaverReport:
@@ -628,6 +691,14 @@ class SimulatedLeaver:
                 if opened is not None:
                     held.apps[application_id] = opened
                     found.append(Access(AccessKind.SESSION_START, at, application_id, "portal"))
+        for application_id in applications if portal else ():
+            background = model.start_background_session(portal[0].session, application_id, at)
+            if background is not None:
+                target = f"background:{application_id}"
+                found.append(Access(AccessKind.SESSION_START, at, target, "portal"))
+                held_background = self._background.get(application_id)
+                if held_background is None or held_background.expires_at <= background.expires_at:
+                    self._background[application_id] = background
 
         entitlements = sorted(
             model.directory.entitlements(user, at), key=lambda e: (e.target, e.session_duration)
@@ -655,6 +726,12 @@ class SimulatedLeaver:
             Access(AccessKind.APPLICATION, at, application_id, "portal")
             for application_id in sorted(used_apps)
         )
+        found.extend(
+            Access(AccessKind.BACKGROUND, at, application_id, "background")
+            for application_id, background in sorted(self._background.items())
+            if model.use_background_session(background, at)
+        )
+        self._background = {app: b for app, b in self._background.items() if at < b.expires_at}
 
         used_roles: dict[str, str] = {}
         for (target, via), role in sorted(self._roles.items()):
@@ -694,6 +771,10 @@ class SimulatedLeaver:
 
 
 # ---------------------------------------------------------------- an in-memory directory
+
+
+#: "Since always", for facts given without a time.
+_ALWAYS = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -760,7 +841,10 @@ class Timeline:
         self._enabled: dict[str, list[tuple[datetime, int, bool]]] = {}
         self._idp: dict[str, list[tuple[datetime, int, bool]]] = {}
         self._deletions: dict[str, list[datetime]] = {}
-        self._durations: dict[str, timedelta] = {}
+        #: permission set -> its SessionDuration from each change on
+        self._durations: dict[str, list[tuple[datetime, int, timedelta]]] = {}
+        #: application -> UserBackgroundSessionApplicationStatus from each change on
+        self._background: dict[str, list[tuple[datetime, int, bool]]] = {}
         self._assignments = _Spans()
         self._app_assignments = _Spans()
         self._memberships = _Spans()
@@ -771,11 +855,13 @@ class Timeline:
         return self._seq
 
     @staticmethod
-    def _value_at(events: list[tuple[datetime, int, bool]] | None, at: datetime) -> bool:
+    def _value_at(
+        events: list[tuple[datetime, int, bool]] | None, at: datetime, default: bool = True
+    ) -> bool:
         if not events:
-            return True
+            return default
         index = bisect.bisect_right(events, at, key=lambda event: event[0])
-        return True if index == 0 else events[index - 1][2]
+        return default if index == 0 else events[index - 1][2]
 
     # ------------------------------------------------------------ facts, as they happen
 
@@ -798,13 +884,39 @@ class Timeline:
         """The console's "Delete session" on every session the user has at `at`."""
         bisect.insort(self._deletions.setdefault(user_id, []), at)
 
-    def define_permission_set(self, permission_set_arn: str, session_duration: timedelta) -> None:
+    def define_permission_set(
+        self, permission_set_arn: str, session_duration: timedelta, *, at: datetime | None = None
+    ) -> None:
+        """The set's SessionDuration from `at` on (None: always); a role session takes the
+        duration in force when it is issued."""
         if session_duration <= timedelta(0):
             raise ValueError("a session duration is positive")
-        self._durations[permission_set_arn] = session_duration
+        since = _ALWAYS if at is None else at
+        bisect.insort(
+            self._durations.setdefault(permission_set_arn, []),
+            (since, self._next(), session_duration),
+        )
 
-    def session_duration(self, permission_set_arn: str) -> timedelta:
-        return self._durations.get(permission_set_arn, self.facts.default_role_session_duration)
+    def change_session_duration(
+        self, permission_set_arn: str, session_duration: timedelta, at: datetime
+    ) -> None:
+        self.define_permission_set(permission_set_arn, session_duration, at=at)
+
+    def session_duration(self, permission_set_arn: str, at: datetime | None = None) -> timedelta:
+        """The duration in force at `at` (None: after every known change)."""
+        changes = self._durations.get(permission_set_arn, [])
+        if at is not None:
+            changes = changes[: bisect.bisect_right(changes, at, key=lambda change: change[0])]
+        return changes[-1][2] if changes else self.facts.default_role_session_duration
+
+    def set_background_sessions(
+        self, application_id: str, enabled: bool, *, at: datetime | None = None
+    ) -> None:
+        """PutApplicationSessionConfiguration: ENABLED or DISABLED from `at` on."""
+        since = _ALWAYS if at is None else at
+        bisect.insort(
+            self._background.setdefault(application_id, []), (since, self._next(), enabled)
+        )
 
     def assign(
         self,
@@ -910,12 +1022,15 @@ class Timeline:
     def entitlements(self, user_id: str, at: datetime) -> frozenset[Entitlement]:
         principals = {user_id} | self._groups(user_id, at)
         return frozenset(
-            Entitlement(arn, account, self.session_duration(arn))
+            Entitlement(arn, account, self.session_duration(arn, at))
             for principal, arn, account in self._assignments.reaching(
                 at, self.facts.assignment_propagation
             )
             if principal in principals
         )
+
+    def background_sessions_enabled(self, application_id: str, at: datetime) -> bool:
+        return self._value_at(self._background.get(application_id), at, default=False)
 
     def applications(self, user_id: str, at: datetime) -> frozenset[str]:
         principals = {user_id} | self._groups(user_id, at)
