@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import socket
 import time
@@ -20,15 +21,24 @@ import structlog
 
 from worker.actions import action
 from worker.clock import Clock, utc_iso
-from worker.countdown import SessionSettings, compute, inputs_from_evidence
+from worker.countdown import (
+    DENY_EXTENDED,
+    INVENTORY_READ,
+    Countdown,
+    CountdownInput,
+    SessionSettings,
+    compute,
+    inputs_from_evidence,
+)
 from worker.domain import Case, CaseStatus, StepStatus, Timer
 from worker.errors import PermanentError, StoreError, TransientError
+from worker.ledger import Ledger
 from worker.metrics import Metrics
 from worker.notify import LogNotifier, Notification, Notifier, deliver
 from worker.ratelimit import CASE_AGE, CASE_PRIORITY
 from worker.retry import RetryPolicy
 from worker.steps import Done, Providers, StepContext, Waiting
-from worker.store.base import Store
+from worker.store.base import ALL_LAPSED, DENY_REMOVABLE, REREAD_FINAL, Store
 
 log = structlog.get_logger(__name__)
 
@@ -281,18 +291,28 @@ class Engine:
         )
         return CaseStatus.HALTED
 
-    async def update_countdown(self, case_id: str) -> None:
-        """(Re)compute the countdown from the evidence so far and reschedule its milestones."""
+    async def update_countdown(self, case_id: str) -> Countdown | None:
+        """(Re)compute the countdown from the evidence so far and the inventory read
+        since, and reschedule its milestones and work timers (the re-reads until new
+        sessions end, the moment the deny may come off)."""
         case = await self.store.get_case(case_id)
         evidence: dict[str, dict[str, Any]] = {}
+        deny_ran = False
         for step in await self.store.steps(case_id):
             given = action(step.action).countdown_input
             if given is not None and step.status is StepStatus.DONE:
                 evidence[given] = step.evidence
+                deny_ran = deny_ran or given is CountdownInput.DENY_PROVISIONED
+        events = await self.store.events(case_id)
         drift = (case.countdown or {}).get("drift")
-        inputs = inputs_from_evidence(evidence, drift)
+        inputs = inputs_from_evidence(
+            evidence,
+            drift,
+            reads=[e.data for e in events if e.kind == INVENTORY_READ],
+            deny_extensions=[e.data for e in events if e.kind == DENY_EXTENDED],
+        )
         if inputs is None:
-            return
+            return None
         countdown = compute(inputs, self.sessions)
         epoch = int((case.countdown or {}).get("epoch", 0))
         timers = [
@@ -301,16 +321,59 @@ class Engine:
                 name=m.name,
                 epoch=epoch,
                 due_at=m.at,
-                closes_case=m.name == "all-lapsed",
+                closes_case=m.name == ALL_LAPSED,
             )
             for m in countdown.milestones
         ]
+        timers += self._work_timers(case_id, epoch, countdown, deny_ran)
         record = {**countdown.as_json(), "epoch": epoch, "drift": drift}
         await self.store.save_countdown(case_id, record, epoch, timers, self.clock.now())
         await self._event(
             case, "countdown_computed", None, {"all_lapsed": utc_iso(countdown.all_lapsed)}
         )
         log.info("countdown_computed", case_id=case_id, all_lapsed=utc_iso(countdown.all_lapsed))
+        return countdown
+
+    def _work_timers(
+        self, case_id: str, epoch: int, countdown: Countdown, deny_ran: bool
+    ) -> list[Timer]:
+        """A re-read every `reread_interval` from the disable while new sessions can
+        start, and one at the moment they no longer can; with a deny, the moment it
+        may come off (the role bound as if it had never run)."""
+        new_sessions_end = countdown.milestone("new-sessions-end").at
+        due = countdown.inputs.ic_disabled_at + self.sessions.reread_interval
+        timers = []
+        for n in itertools.count(1):
+            if due >= new_sessions_end:
+                break
+            timers.append(Timer(case_id=case_id, name=f"reread-{n:02d}", epoch=epoch, due_at=due))
+            due += self.sessions.reread_interval
+        timers.append(
+            Timer(case_id=case_id, name=REREAD_FINAL, epoch=epoch, due_at=new_sessions_end)
+        )
+        if deny_ran and countdown.deny_removable_at is not None:
+            timers.append(
+                Timer(
+                    case_id=case_id,
+                    name=DENY_REMOVABLE,
+                    epoch=epoch,
+                    due_at=countdown.deny_removable_at,
+                )
+            )
+        return timers
+
+    def ledger(self, case_id: str, label: str) -> Ledger:
+        """The side effects a case has outside its steps (the watchdog's, the re-reads',
+        the cleanup's), under the engine's retry and read-back settings."""
+        return Ledger(
+            store=self.store,
+            clock=self.clock,
+            policy=self.policy,
+            case_id=case_id,
+            step_id=label,
+            verify_timeout=self.settings.verify_timeout,
+            verify_interval=self.settings.verify_interval,
+        )
 
     async def _event(
         self, case: Case, kind: str, step_id: str | None, data: dict[str, object]

@@ -311,6 +311,9 @@ def _countdown_json(case: Case, records: Sequence[EvidenceRecord]) -> dict[str, 
             }
             for m in countdown.get("milestones", [])
         ],
+        "reasons": countdown.get("reasons", []),
+        "not_covered": countdown.get("out_of_model", []),
+        "deny_removable_at": countdown.get("deny_removable_at"),
     }
 
 
@@ -356,6 +359,21 @@ def describe(record: EvidenceRecord) -> str:
         case "deny_removed":
             sets = d.get("permission_sets") or []
             return f"deny statement removed from {len(sets)} permission set(s)"
+        case "deny_extended":
+            sets = d.get("permission_sets") or []
+            return f"deny statement provisioned on {len(sets)} permission set(s) found later"
+        case "timer_fired":
+            return f"timer {text('milestone')} (due {text('due_at')}, epoch {text('epoch')})"
+        case "inventory_read":
+            apps = d.get("applications")
+            return (
+                f"inventory read again: {len(d.get('permission_sets') or [])} permission "
+                "set(s), "
+                + ("applications unreadable" if apps is None else f"{len(apps)} application(s)")
+            )
+        case "countdown_extended":
+            reasons = "; ".join(str(r) for r in d.get("reasons") or [])
+            return f"countdown extended to {text('all_lapsed')}: {reasons}"
         case "notification_sent":
             return f"{text('notification')} notification sent via {text('channel')}"
         case "notification_failed":

@@ -60,6 +60,7 @@ from worker.store.base import (
     TaskBacklog,
     created_event,
     event_hash,
+    fired_event,
     genesis_hash,
     new_case_id,
 )
@@ -583,7 +584,7 @@ class InMemoryStore:
         )
         self._append(
             timer.case_id,
-            "milestone_reached",
+            fired_event(timer.name),
             now,
             None,
             {"milestone": timer.name, "epoch": timer.epoch, "due_at": utc_iso(timer.due_at)},
@@ -1107,7 +1108,10 @@ class FakeIdentityCenter(_Fake):
 
         return await self._call("permission_set", (arn,), describe)
 
-    async def reachable_permission_sets(self, user_id: str) -> list[ReachablePermissionSet]:
+    async def reachable_permission_sets(
+        self, user_id: str, *, fresh: bool = False
+    ) -> list[ReachablePermissionSet]:
+        # no cache here: every read is fresh
         await self._call("reachable_permission_sets", (user_id,), lambda: None)
         # as the adapter: the user's own assignments, then each group's, each a call
         found: dict[str, tuple[set[str], set[str]]] = {}

@@ -18,7 +18,9 @@ from worker.countdown import parse_iso_duration
 from worker.domain import URGENT, Timer
 from worker.notify import Notification, deliver
 from worker.runtime import Runtime
+from worker.store.base import REREAD_FINAL
 from worker.watchdog import WATCHED, check_case
+from worker.window import on_timer
 
 log = structlog.get_logger(__name__)
 
@@ -78,7 +80,7 @@ class Worker:
         while (
             timer := await self.store.claim_due_timer(self.engine.worker_id, self.clock.now())
         ) is not None:
-            await self._milestone(timer)
+            await self._fired(timer)
             busy = True
         now = self.clock.now()
         if self._next_watchdog is None:
@@ -103,6 +105,32 @@ class Worker:
             except Exception as exc:  # one unreadable user must not stop the others
                 log.error("watchdog_check_failed", case_id=case.id, error=str(exc))
         return drifted
+
+    async def _fired(self, timer: Timer) -> None:
+        try:
+            if await on_timer(self.engine, timer):
+                return
+        except Exception as exc:
+            # a failed re-read is not repeated by this timer; the next one reads again,
+            # and reread-final is retried below so the window's last read is not lost
+            log.error("work_timer_failed", case_id=timer.case_id, timer=timer.name, error=str(exc))
+            if timer.name == REREAD_FINAL:
+                await self._retry_final(timer)
+            return
+        await self._milestone(timer)
+
+    async def _retry_final(self, timer: Timer) -> None:
+        """The last re-read failed: schedule another, a re-read interval later."""
+        retry = Timer(
+            case_id=timer.case_id,
+            name=f"reread-retry-{utc_iso(self.clock.now())}",
+            epoch=timer.epoch,
+            due_at=self.clock.now() + self.engine.sessions.reread_interval,
+        )
+        case = await self.store.get_case(timer.case_id)
+        await self.store.save_countdown(
+            timer.case_id, case.countdown or {}, timer.epoch, [retry], self.clock.now()
+        )
 
     async def _milestone(self, timer: Timer) -> None:
         case = await self.store.get_case(timer.case_id)

@@ -90,7 +90,12 @@ class IdentityCenter(Protocol):
 
     async def permission_set(self, arn: str) -> tuple[str, timedelta | None]: ...
 
-    async def reachable_permission_sets(self, user_id: str) -> list[ReachablePermissionSet]: ...
+    async def reachable_permission_sets(
+        self, user_id: str, *, fresh: bool = False
+    ) -> list[ReachablePermissionSet]:
+        """Every permission set the user reaches, directly and through each group, with
+        its session duration; `fresh`: read every duration now, not from a shared cache
+        (the countdown's re-reads: a duration raised since must be seen)."""
 
     async def reachable_applications(self, user_id: str) -> list[ReachableApplication]:
         """The applications the user is assigned to (directly and through groups) and

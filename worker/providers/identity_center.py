@@ -333,6 +333,16 @@ class AwsIdentityCenter:
                 del self._permission_sets[arn]  # a failed read is not remembered
             raise
 
+    async def _fresh_permission_set(self, arn: str) -> tuple[str, timedelta | None]:
+        """Read now, bypassing the cache, and share what was read with later cases."""
+        described = await self._describe_permission_set(arn)
+        done: asyncio.Future[tuple[str, timedelta | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        done.set_result(described)
+        self._permission_sets[arn] = (time.monotonic(), done)
+        return described
+
     async def _describe_permission_set(self, arn: str) -> tuple[str, timedelta | None]:
         described = await self._aws(
             "sso-admin",
@@ -345,8 +355,11 @@ class AwsIdentityCenter:
         # None when unreadable: the countdown takes the 12 h maximum and says so
         return str(ps.get("Name", "")), parse_session_duration(ps.get("SessionDuration"))
 
-    async def reachable_permission_sets(self, user_id: str) -> list[ReachablePermissionSet]:
-        """Every permission set the user reaches, directly and through each group."""
+    async def reachable_permission_sets(
+        self, user_id: str, *, fresh: bool = False
+    ) -> list[ReachablePermissionSet]:
+        """Every permission set the user reaches, directly and through each group; with
+        `fresh` each duration is read now (and the shared cache takes the new value)."""
         reach: dict[str, tuple[set[str], set[str]]] = {}
         principals = [("USER", user_id, "USER")] + [
             ("GROUP", group_id, f"GROUP:{group_id}")
@@ -359,7 +372,9 @@ class AwsIdentityCenter:
                 vias.add(via)
         result = []
         for arn, (accounts, vias) in sorted(reach.items()):
-            name, duration = await self.permission_set(arn)
+            name, duration = await (self._fresh_permission_set if fresh else self.permission_set)(
+                arn
+            )
             result.append(
                 ReachablePermissionSet(
                     arn=arn,
