@@ -20,6 +20,7 @@ from worker.clock import utc_iso
 from worker.countdown import DENY_EXTENDED, INVENTORY_READ, Countdown, inputs_from_json
 from worker.domain import Case, StepStatus, Timer
 from worker.engine import Engine
+from worker.errors import OffboardError
 from worker.notify import Notification, deliver
 from worker.steps import cover_with_deny, read_inventory
 from worker.store.base import CLOSED_STATUSES, DENY_REMOVABLE, WORK_TIMER_PREFIXES
@@ -77,7 +78,11 @@ async def reread(engine: Engine, case_id: str, label: str) -> Countdown | None:
         )
         deny = records.get(DENY_ROLE_SESSIONS.name)
         if deny is not None and not case.countdown.get("drift"):
-            await _cover_new_sets(engine, case, deny.step_id, user_id)
+            try:
+                await _cover_new_sets(engine, case, deny.step_id, user_id)
+            except OffboardError as exc:
+                # uncovered, the deny bound drops out (below); the next re-read tries again
+                log.error("deny_extension_failed", error=str(exc))
         countdown = await engine.update_countdown(case_id)
         if countdown is not None:
             await _said_if_extended(engine, case, case.countdown, countdown)
