@@ -304,3 +304,98 @@ async def test_worker_runs_new_cases_by_priority(
     await worker.join()
     first = sandbox.audit.entries(action="okta.deactivate")[0]
     assert first.target == users[2].okta_id
+
+
+# issue 13: the countdown tells the truth while the world changes (each failed before)
+
+
+def ic_calls(runtime: Runtime) -> float:
+    value = runtime.metrics.provider_calls.labels("identity_center")._value.get()
+    return float(value)
+
+
+async def tick_until(worker: Worker, clock: ManualClock, until: Any, step: timedelta) -> None:
+    """The worker's loop on a manual clock: due timers fire as time passes."""
+    while clock.now() < until:
+        clock.advance(step)
+        await worker.tick()
+
+
+async def test_cleanup_never_revives_role_sessions(
+    runtime: Runtime, sandbox: Sandbox, leaver: SeededUser, clock: ManualClock
+) -> None:
+    seeded_at = clock.now()
+    case = await contain(runtime, sandbox, leaver, playbook="incident")
+    countdown = (await runtime.store.get_case(case.id)).countdown
+    assert countdown is not None
+    worker = Worker(runtime)
+    # all-lapsed (+2 h, the deny cut role sessions) has passed: an operator cleans up
+    await tick_until(worker, clock, at(countdown, "all-lapsed") + timedelta(hours=1), 5 * 60)
+    assert (await runtime.store.get_case(case.id)).status is CaseStatus.ACCESS_LAPSED
+    await remove_deny_statements(runtime)
+    # and again once the role bound without the deny (+13 h) has passed
+    clock.set(at(countdown, "new-sessions-end") + timedelta(hours=12, minutes=1))
+    await worker.tick()
+    await remove_deny_statements(runtime)
+    assert all(
+        deny_sid(leaver.ic_user_id) not in sandbox.identity_center.inline_policy(p["arn"])
+        for p in countdown["inputs"]["permission_sets"]
+    )
+
+    truth = SimulatedLeaver(
+        sandbox.identity_center.sessions.fork(), leaver.ic_user_id, step=timedelta(minutes=1)
+    ).run(seeded_at, seeded_at + timedelta(hours=16))
+    final = (await runtime.store.get_case(case.id)).countdown
+    assert final is not None and truth.last_access is not None
+    # before issue 13 the 12 h role sessions worked again from +3 h to +13 h
+    assert truth.last_access <= at(final, "all-lapsed")
+    removed = [e for e in await runtime.store.events(case.id) if e.kind == "deny_removed"]
+    assert len(removed) == 1 and removed[0].at >= parse_iso(final["deny_removable_at"])
+
+
+async def test_a_set_assigned_to_the_group_after_the_disable_is_counted_and_denied(
+    runtime: Runtime,
+    sandbox: Sandbox,
+    leaver: SeededUser,
+    clock: ManualClock,
+    notifier: RecordingNotifier,
+) -> None:
+    seeded_at = clock.now()
+    case = await contain(runtime, sandbox, leaver, playbook="incident")
+    before = (await runtime.store.get_case(case.id)).countdown
+    assert before is not None
+    disabled = parse_iso(before["inputs"]["ic_disabled_at"])
+    worker = Worker(runtime)
+    await worker.tick()
+
+    # ten minutes after the disable, while new sessions can still start
+    clock.set(disabled + timedelta(minutes=10))
+    ic = sandbox.identity_center
+    late = ic.add_permission_set("LateAdmin", session_duration="PT12H")
+    ic.add_account_assignment(
+        account_id="444455556666",
+        permission_set_arn=late,
+        principal_type="GROUP",
+        principal_id=ic.group_ids(leaver.ic_user_id)[0],
+    )
+    calls = ic_calls(runtime)
+    await tick_until(worker, clock, at(before, "new-sessions-end") + timedelta(minutes=1), 60)
+    # what the re-reads (and covering the late set) cost this person, over the window
+    print(f"identity center calls during the re-read window: {ic_calls(runtime) - calls:.0f}")
+
+    after = (await runtime.store.get_case(case.id)).countdown
+    assert after is not None
+    assert late in {p["arn"] for p in after["inputs"]["permission_sets"]}
+    assert deny_sid(leaver.ic_user_id) in ic.inline_policy(late)
+    assert parse_iso(after["deny_removable_at"]) >= disabled + timedelta(hours=13)
+    assert [n for n in notifier.sent if n.kind == "countdown_extended"]
+
+    await tick_until(worker, clock, disabled + timedelta(hours=14), 30 * 60)
+    truth = SimulatedLeaver(ic.sessions.fork(), leaver.ic_user_id, step=timedelta(minutes=1)).run(
+        seeded_at, seeded_at + timedelta(hours=16)
+    )
+    final = (await runtime.store.get_case(case.id)).countdown
+    assert final is not None and truth.last_access is not None
+    assert truth.last_access <= at(final, "all-lapsed")
+    last_role = truth.last(AccessKind.AWS_ACCOUNT)
+    assert last_role is not None and last_role <= at(final, "role-sessions-lapse")
