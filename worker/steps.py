@@ -207,13 +207,22 @@ async def read_inventory(
     cache) and the applications they are assigned to, as evidence and countdown input.
     Applications that cannot be read (access denied, not implemented) are recorded as
     None, said "not covered" by the countdown, and do not halt the case."""
+    # the memberships once, for both: every call is time in a mass run
+    groups = [
+        group
+        for _, group in await ledger.call(
+            "identitystore.ListGroupMemberships", lambda: ic.group_memberships(user_id)
+        )
+    ]
     sets = await ledger.call(
-        "identity_center.inventory", lambda: ic.reachable_permission_sets(user_id, fresh=fresh)
+        "identity_center.inventory",
+        lambda: ic.reachable_permission_sets(user_id, fresh=fresh, groups=groups),
     )
     applications: list[dict[str, Any]] | None
     try:
         found = await ledger.call(
-            "identity_center.applications", lambda: ic.reachable_applications(user_id)
+            "identity_center.applications",
+            lambda: ic.reachable_applications(user_id, groups=groups),
         )
         applications = [a.as_json() for a in found]
     except PermanentError as exc:
@@ -330,10 +339,9 @@ StepHandler = Callable[[StepContext], Awaitable[Outcome]]
 # --- hardening: cut role sessions early, remove access -------------------------------
 
 
-async def _reachable(ctx: StepContext, user_id: str) -> list[ReachablePermissionSet]:
-    """Every set read so far (the disable's read and the re-reads since) and a read now:
-    the deny must cover each set the user could have started a session with."""
-    ic = ctx.providers.identity_center
+async def _reachable(ctx: StepContext) -> list[ReachablePermissionSet]:
+    """Every set read so far: the disable's read and the re-reads since (a set found
+    by a later re-read is covered then, through the same ledger entries)."""
     known = ctx.earlier_fact("permission_sets") or []
     reread = [
         p
@@ -341,15 +349,7 @@ async def _reachable(ctx: StepContext, user_id: str) -> list[ReachablePermission
         if e.kind == INVENTORY_READ
         for p in e.data.get("permission_sets", [])
     ]
-    now = await ctx.call(
-        "identity_center.inventory", lambda: ic.reachable_permission_sets(user_id, fresh=True)
-    )
-    return list(
-        union_sets(
-            [ReachablePermissionSet.from_json(p) for p in [*known, *reread]],
-            now,
-        )
-    )
+    return list(union_sets([ReachablePermissionSet.from_json(p) for p in [*known, *reread]]))
 
 
 async def cover_with_deny(
@@ -393,7 +393,7 @@ async def cover_with_deny(
 async def identity_center_deny_role_sessions(ctx: StepContext) -> Outcome:
     ic = ctx.providers.identity_center
     user_id = await _ic_user_id(ctx)
-    sets = await _reachable(ctx, user_id)
+    sets = await _reachable(ctx)
     changed, provisioned_at = await cover_with_deny(ctx.ledger, ic, user_id, sets)
     return Done(
         evidence={
