@@ -399,3 +399,28 @@ async def test_a_set_assigned_to_the_group_after_the_disable_is_counted_and_deni
     assert truth.last_access <= at(final, "all-lapsed")
     last_role = truth.last(AccessKind.AWS_ACCOUNT)
     assert last_role is not None and last_role <= at(final, "role-sessions-lapse")
+
+
+async def test_what_the_rereads_cost_per_person(
+    runtime: Runtime, sandbox: Sandbox, leaver: SeededUser, clock: ManualClock
+) -> None:
+    case = await contain(runtime, sandbox, leaver)
+    countdown = (await runtime.store.get_case(case.id)).countdown
+    assert countdown is not None
+    groups = len(sandbox.identity_center.group_ids(leaver.ic_user_id))
+    sets = len(countdown["inputs"]["permission_sets"])
+    before = dict(sandbox.audit.calls)
+    await tick_until(worker := Worker(runtime), clock, at(countdown, "all-lapsed"), 60)
+    del worker
+    extra = {k: v - before.get(k, 0) for k, v in sandbox.audit.calls.items()}
+    extra = {k: v for k, v in extra.items() if v}
+    print(f"calls the re-reads added for one person ({groups} group(s), {sets} set(s)): {extra}")
+    reads = 12  # every 5 min in the first hour (11) and once at new-sessions-end
+    assert extra.pop("identitystore.ListGroupMembershipsForMember") == reads
+    assert extra.pop("sso-admin.ListAccountAssignmentsForPrincipal") == reads * (1 + groups)
+    # a fresh read: never from the process's 300 s cache
+    assert extra.pop("sso-admin.DescribePermissionSet") == reads * sets
+    # the emulator has no application API: the user's listing is refused, once a read
+    assert extra.pop("sso-admin.ListApplicationAssignmentsForPrincipal") == reads
+    # the watchdog's reads (IdP and DescribeUser), nothing else
+    assert set(extra) <= {"okta.get_user", "identitystore.DescribeUser"}, extra
