@@ -205,8 +205,9 @@ async def export(
     ``steps`` (per step: id, action, status, attempts, started_at, finished_at,
     verified_by, confirmed_by and confirmed_at, the timestamps being those of the
     chained events, as stored), ``countdown`` (its milestones, and when each was
-    reached) or null, ``events`` (every event with seq, at, kind, step_id, data,
-    prev_hash and hash) and ``verification`` (chain_valid, head, count, problems).
+    reached; its reasons, what it does not cover, when the deny may come off) or
+    null, ``events`` (every event with seq, at, kind, step_id, data, prev_hash and
+    hash) and ``verification`` (chain_valid, head, count, problems).
     The same store gives the same text; `exported_at`, if given, is recorded too.
 
     CSV: a header and one row per event (`CSV_COLUMNS`); a cell a spreadsheet would

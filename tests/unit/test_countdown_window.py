@@ -7,6 +7,7 @@ Each test here failed on the code before issue 13 (c4770d4)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -16,12 +17,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.unit.test_engine_doubles import PLAYBOOK, World, build, drive
+from worker import evidence, report
 from worker.clock import parse_iso
 from worker.domain import Case, CaseStatus, NewCase
 from worker.errors import PermanentError
 from worker.playbook import Playbook, parse_playbook
 from worker.testing import InMemoryStore
 from worker.watchdog import check_case
+from worker.web import ui
 from worker.window import on_timer
 
 H = timedelta(hours=1)
@@ -313,3 +316,33 @@ async def test_drift_after_remove_access_keeps_the_earlier_epochs_sets(world: Wo
     assert at(after, "all-lapsed") >= redisabled + H + 8 * H
     assert after["inputs"]["floor"] == before["milestones"][-1]["at"]
     assert at(after, "all-lapsed") >= at(before, "all-lapsed")
+
+
+# what people see: status, /ui and the evidence export
+
+
+async def test_status_ui_and_evidence_show_every_milestone_with_reasons(world: World) -> None:
+    world.ic.assign_application(
+        "USER", world.ic_user_id, "arn:aws:sso::app/studio", name="Studio", background_sessions=True
+    )
+    case = await contain(world, INCIDENT)
+    countdown = await countdown_of(world, case)
+    now = world.clock.now()
+    names = [m["name"] for m in countdown["milestones"]]
+    assert "background-sessions-lapse" in names
+
+    status = report.countdown_text(countdown, now)
+    page = ui._milestones(countdown, now) + ui._countdown_inputs(countdown)
+    exported = json.loads(await evidence.export(world.store, case.id, "json"))["countdown"]
+    for name in names:
+        assert name in status and name in page
+    assert [m["name"] for m in exported["milestones"]] == names
+    for reason in countdown["reasons"]:
+        assert reason in status and ui.e(reason) in page
+    assert exported["reasons"] == countdown["reasons"]
+    assert any("customer-managed" in item for item in exported["not_covered"])
+    assert "customer-managed" in status and "customer-managed" in page
+    assert exported["deny_removable_at"] == countdown["deny_removable_at"] is not None
+    assert f"deny removable at {countdown['deny_removable_at']}" in status
+    assert "deny statement removable" in page
+    assert "application Studio: background sessions enabled" in status
