@@ -411,6 +411,44 @@ async def identity_center_deny_role_sessions(ctx: StepContext) -> Outcome:
     )
 
 
+async def identity_center_background_sessions(ctx: StepContext) -> Outcome:
+    """User background sessions: no API ends one user's (PutApplicationSessionConfiguration
+    turns them off for everyone's new ones, and whether that ends running ones is not
+    documented), so this step changes nothing and says which applications keep them and
+    how to end them, rather than pretend they ended."""
+    ic = ctx.providers.identity_center
+    user_id = await _ic_user_id(ctx)
+    evidence: dict[str, Any] = {"ic_user_id": user_id, "ended_by_this_step": False}
+    try:
+        found = await ctx.call(
+            "identity_center.applications", lambda: ic.reachable_applications(user_id)
+        )
+    except PermanentError as exc:
+        evidence["applications"] = None
+        evidence["verified_by"] = f"applications could not be read ({exc}): not covered"
+        evidence["verified_at"] = utc_iso(ctx.clock.now())
+        return Done(evidence=evidence)
+    keeping = [a for a in found if a.background_sessions is not False]
+    evidence["applications"] = [a.as_json() for a in keeping]
+    evidence["how_to_end"] = [
+        f"{a.name or a.arn}: stop {ctx.case.subject}'s running jobs and sessions in the "
+        "application itself (e.g. SageMaker Studio spaces, EMR Studio, Glue interactive "
+        "sessions); or set UserBackgroundSessionApplicationStatus DISABLED with "
+        "PutApplicationSessionConfiguration, which affects every user of it"
+        + ("" if a.background_sessions else " (its setting could not be read)")
+        for a in keeping
+    ]
+    if keeping:
+        log.warning("background_sessions_remain", applications=[a.name for a in keeping])
+    evidence["verified_by"] = "GetApplicationSessionConfiguration: user background sessions " + (
+        "enabled or unknown for " + ", ".join(a.name or a.arn for a in keeping)
+        if keeping
+        else f"disabled on all {len(found)} application(s)"
+    )
+    evidence["verified_at"] = utc_iso(ctx.clock.now())
+    return Done(evidence=evidence)
+
+
 async def identity_center_remove_access(ctx: StepContext) -> Outcome:
     ic = ctx.providers.identity_center
     user_id = await _ic_user_id(ctx)

@@ -293,6 +293,30 @@ async def test_unreadable_applications_are_not_covered_and_do_not_halt(world: Wo
     assert any("could not be read" in item for item in countdown["out_of_model"])
 
 
+async def test_the_background_sessions_step_reports_how_to_end_them(world: World) -> None:
+    world.ic.assign_application(
+        "GROUP", "g-engineers", "arn:aws:sso::app/studio", name="Studio", background_sessions=True
+    )
+    world.ic.assign_application("USER", world.ic_user_id, "arn:aws:sso::app/q", name="Q")
+    playbook = parse_playbook(
+        "name: incident-bg\nsteps:\n"
+        + "".join(
+            f"  - {{id: {s.id}, action: {s.action}, verify: {s.verify}}}\n" for s in INCIDENT.steps
+        )
+        + "  - id: background-sessions\n"
+        "    action: identity_center.background_sessions\n"
+        "    verify: identity_center.background_sessions_reported\n",
+        "test playbook",
+    )
+    case = await contain(world, playbook)
+    step = (await world.store.steps(case.id))[-1]
+    assert step.evidence["ended_by_this_step"] is False
+    assert [a["name"] for a in step.evidence["applications"]] == ["Studio"]
+    assert "Studio" in step.evidence["how_to_end"][0]
+    # nothing was changed to pretend otherwise
+    assert not [c for c in world.calls if "application" in c.name and "put" in c.name.lower()]
+
+
 # flow 4: drift after remove_access drops the earlier sets
 
 
