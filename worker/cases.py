@@ -114,6 +114,8 @@ class DenyCleanup:
     #: without it may live until then)
     kept: tuple[str, ...] = ()
     kept_until: datetime | None = None
+    #: why they are kept
+    reason: str = ""
 
 
 async def remove_deny_statements(runtime: Runtime) -> list[DenyCleanup]:
@@ -149,7 +151,15 @@ async def remove_deny_statements(runtime: Runtime) -> list[DenyCleanup]:
             for t in await runtime.store.timers(case.id)
         )
         if until is None or now < until or window_open:
-            done.append(DenyCleanup(case_id=case.id, kept=tuple(arns), kept_until=until))
+            reason = (
+                "the inventory's last re-read (at new-sessions-end) has not run yet: "
+                "a worker fires it"
+                if window_open
+                else "role sessions started without it may live until then"
+            )
+            done.append(
+                DenyCleanup(case_id=case.id, kept=tuple(arns), kept_until=until, reason=reason)
+            )
             continue
         user_id = str(deny.evidence["ic_user_id"])
         ledger = runtime.engine.ledger(case.id, deny.step_id)

@@ -398,8 +398,7 @@ async def _cleanup(runtime: Runtime) -> int:
             until = utc_iso(r.kept_until) if r.kept_until else "its countdown is known"
             print(
                 f"{r.case_id}: deny statement kept on {len(r.kept)} permission set(s) until "
-                f"{until} (role sessions started without it may live until then): "
-                + ", ".join(r.kept)
+                f"at least {until} ({r.reason}): " + ", ".join(r.kept)
             )
         else:
             print(
