@@ -21,6 +21,7 @@ from worker import evidence, report
 from worker.clock import parse_iso
 from worker.domain import Case, CaseStatus, NewCase
 from worker.errors import PermanentError
+from worker.notify import Notification, slack_message
 from worker.playbook import Playbook, parse_playbook
 from worker.testing import InMemoryStore
 from worker.watchdog import check_case
@@ -370,3 +371,21 @@ async def test_status_ui_and_evidence_show_every_milestone_with_reasons(world: W
     assert f"deny removable at {countdown['deny_removable_at']}" in status
     assert "deny statement removable" in page
     assert "application Studio: background sessions enabled" in status
+
+
+def test_an_extension_reads_well_in_slack() -> None:
+    message = slack_message(
+        Notification(
+            kind="countdown_extended",
+            case_id="c-1",
+            subject="leaver@example.com",
+            title="leaver@example.com: access may last until 2026-01-05T22:00:00.000Z",
+            data={
+                "reasons": ["permission set LateAdmin reachable since the disable"],
+                "all_lapsed_before": "2026-01-05T18:00:00.000Z",
+                "all_lapsed": "2026-01-05T22:00:00.000Z",
+            },
+        )
+    )
+    assert "until 2026-01-05T22:00:00.000Z (was 2026-01-05T18:00:00.000Z)" in message["text"]
+    assert "LateAdmin reachable since the disable" in message["text"]
