@@ -14,7 +14,7 @@ import structlog
 from worker.actions import DENY_ROLE_SESSIONS
 from worker.admission import Instruction, Outcome, ProtectedIdentity
 from worker.clock import seconds_until, utc_iso
-from worker.countdown import DENY_EXTENDED, compute, inputs_from_json
+from worker.countdown import DENY_EXTENDED, compute
 from worker.domain import Case, CaseStatus, OperatorTask, StepStatus
 from worker.errors import NotFound, OffboardError
 from worker.playbook import Playbook
@@ -145,7 +145,7 @@ async def remove_deny_statements(runtime: Runtime) -> list[DenyCleanup]:
         for e in events:
             if e.kind == DENY_EXTENDED:
                 arns += [a for a in e.data["permission_sets"] if a not in arns]
-        until = _deny_removable_at(runtime, case)
+        until = await _deny_removable_at(runtime, case)
         window_open = any(
             t.name == REREAD_FINAL and t.fired_at is None
             for t in await runtime.store.timers(case.id)
@@ -189,14 +189,13 @@ async def remove_deny_statements(runtime: Runtime) -> list[DenyCleanup]:
     return done
 
 
-def _deny_removable_at(runtime: Runtime, case: Case) -> datetime | None:
-    """The role bound without the deny, from the stored inputs (the union of every
-    read): recomputed, so a countdown stored before this bound existed has it too."""
-    assert case.countdown is not None
-    if "inputs" not in case.countdown:
+async def _deny_removable_at(runtime: Runtime, case: Case) -> datetime | None:
+    """The role bound without the deny, from what is stored for good (the union of
+    every read), not from a saved countdown that a racing save may have left stale."""
+    inputs, _ = await runtime.engine.countdown_inputs(case)
+    if inputs is None:
         return None
-    countdown = compute(inputs_from_json(case.countdown["inputs"]), runtime.engine.sessions)
-    return countdown.deny_removable_at
+    return compute(inputs, runtime.engine.sessions).deny_removable_at
 
 
 async def retry_case(runtime: Runtime, case_id: str, retried_by: str) -> Case:

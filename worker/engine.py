@@ -13,6 +13,7 @@ import itertools
 import os
 import socket
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from worker.countdown import (
     INVENTORY_READ,
     Countdown,
     CountdownInput,
+    CountdownInputs,
     SessionSettings,
     compute,
     inputs_from_evidence,
@@ -82,6 +84,10 @@ class Engine:
         self.worker_id = worker_id or default_worker_id()
         #: set on shutdown: the step in flight finishes, no further step starts
         self.stopping = asyncio.Event()
+        #: held while a case's countdown is recomputed (gone with its last holder)
+        self._countdown_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     async def run_claimed(self, case: Case) -> CaseStatus:
         """Run a case this worker has claimed until it is contained, waits, halts or is requeued."""
@@ -291,11 +297,10 @@ class Engine:
         )
         return CaseStatus.HALTED
 
-    async def update_countdown(self, case_id: str) -> Countdown | None:
-        """(Re)compute the countdown from the evidence so far and the inventory read
-        since, and reschedule its milestones and work timers (the re-reads until new
-        sessions end, the moment the deny may come off)."""
-        case = await self.store.get_case(case_id)
+    async def countdown_inputs(self, case: Case) -> tuple[CountdownInputs | None, bool]:
+        """The countdown's inputs from what is stored for good (the done steps' evidence,
+        every inventory read, every deny extension, the drift), and whether the deny ran."""
+        case_id = case.id
         evidence: dict[str, dict[str, Any]] = {}
         deny_ran = False
         for step in await self.store.steps(case_id):
@@ -304,15 +309,32 @@ class Engine:
                 evidence[given] = step.evidence
                 deny_ran = deny_ran or given is CountdownInput.DENY_PROVISIONED
         events = await self.store.events(case_id)
-        drift = (case.countdown or {}).get("drift")
         inputs = inputs_from_evidence(
             evidence,
-            drift,
+            (case.countdown or {}).get("drift"),
             reads=[e.data for e in events if e.kind == INVENTORY_READ],
             deny_extensions=[e.data for e in events if e.kind == DENY_EXTENDED],
         )
+        return inputs, deny_ran
+
+    async def update_countdown(self, case_id: str) -> Countdown | None:
+        """(Re)compute the countdown from the evidence so far and the inventory read
+        since, and reschedule its milestones and work timers (the re-reads until new
+        sessions end, the moment the deny may come off)."""
+        # one at a time per case in this process: a save computed from an older read
+        # must not land after a newer one and move a milestone earlier
+        lock = self._countdown_locks.get(case_id)
+        if lock is None:
+            lock = self._countdown_locks[case_id] = asyncio.Lock()
+        async with lock:
+            return await self._update_countdown(case_id)
+
+    async def _update_countdown(self, case_id: str) -> Countdown | None:
+        case = await self.store.get_case(case_id)
+        inputs, deny_ran = await self.countdown_inputs(case)
         if inputs is None:
             return None
+        drift = (case.countdown or {}).get("drift")
         countdown = compute(inputs, self.sessions)
         epoch = int((case.countdown or {}).get("epoch", 0))
         timers = [
