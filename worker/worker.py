@@ -18,7 +18,7 @@ from worker.countdown import parse_iso_duration
 from worker.domain import URGENT, Timer
 from worker.notify import Notification, deliver
 from worker.runtime import Runtime
-from worker.store.base import REREAD_FINAL
+from worker.store.base import REREAD_FINAL, is_milestone
 from worker.watchdog import WATCHED, check_case
 from worker.window import on_timer
 
@@ -40,6 +40,8 @@ class Worker:
         self._running: set[asyncio.Task[object]] = set()
         self._next_watchdog: datetime | None = None
         self._watchdog: asyncio.Task[int] | None = None
+        #: the work of fired work timers (re-reads), running beside the loop
+        self._timer_work: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -107,30 +109,44 @@ class Worker:
         return drifted
 
     async def _fired(self, timer: Timer) -> None:
-        try:
-            if await on_timer(self.engine, timer):
-                return
-        except Exception as exc:
-            # a failed re-read is not repeated by this timer; the next one reads again,
-            # and reread-final is retried below so the window's last read is not lost
-            log.error("work_timer_failed", case_id=timer.case_id, timer=timer.name, error=str(exc))
-            if timer.name == REREAD_FINAL:
-                await self._retry_final(timer)
+        if is_milestone(timer.name):
+            await self._milestone(timer)
             return
-        await self._milestone(timer)
+        # in the background: a re-read waits for the rate limiter behind every case's
+        # calls (it runs at the lowest priority) and must not hold up new cases
+        task = asyncio.create_task(self._work(timer))
+        self._timer_work.add(task)
+        task.add_done_callback(self._timer_work.discard)
+
+    async def _work(self, timer: Timer) -> None:
+        with structlog.contextvars.bound_contextvars(case_id=timer.case_id, timer=timer.name):
+            try:
+                await on_timer(self.engine, timer)
+            except Exception as exc:
+                # a failed re-read is not repeated by this timer: the next one reads
+                # again, and the window's last read is retried an interval later
+                log.error("work_timer_failed", error=str(exc))
+                if timer.name.startswith(REREAD_FINAL):
+                    await self._retry_final(timer)
 
     async def _retry_final(self, timer: Timer) -> None:
         """The last re-read failed: schedule another, a re-read interval later."""
+        now = self.clock.now()
         retry = Timer(
             case_id=timer.case_id,
-            name=f"reread-retry-{utc_iso(self.clock.now())}",
+            name=f"{REREAD_FINAL}+{utc_iso(now)}",
             epoch=timer.epoch,
-            due_at=self.clock.now() + self.engine.sessions.reread_interval,
+            due_at=now + self.engine.sessions.reread_interval,
         )
         case = await self.store.get_case(timer.case_id)
         await self.store.save_countdown(
-            timer.case_id, case.countdown or {}, timer.epoch, [retry], self.clock.now()
+            timer.case_id, case.countdown or {}, timer.epoch, [retry], now
         )
+
+    async def settle(self) -> None:
+        """Wait for the work of the timers fired so far (the re-reads)."""
+        while self._timer_work:
+            await asyncio.gather(*self._timer_work, return_exceptions=True)
 
     async def _milestone(self, timer: Timer) -> None:
         case = await self.store.get_case(timer.case_id)
@@ -187,6 +203,10 @@ class Worker:
         if self._watchdog is not None:
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
+        # a re-read cut short is not lost for good: the next timer reads again
+        for work in list(self._timer_work):
+            work.cancel()
+        await asyncio.gather(*self._timer_work, return_exceptions=True)
         if not self._running:
             return
         log.info("worker_draining", cases=len(self._running), grace_seconds=self.grace)

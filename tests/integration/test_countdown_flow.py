@@ -227,6 +227,7 @@ async def test_milestones_fire_once_and_close_the_case_then_deny_is_cleaned(
     clock.advance(timedelta(hours=3))
     for _ in range(3):
         await worker.tick()
+    await worker.settle()
 
     fired = [n.data["milestone"] for n in notifier.sent if n.kind == "milestone"]
     assert sorted(fired) == sorted(
@@ -319,6 +320,7 @@ async def tick_until(worker: Worker, clock: ManualClock, until: Any, step: timed
     while clock.now() < until:
         clock.advance(step)
         await worker.tick()
+        await worker.settle()  # the re-reads run beside the loop
 
 
 async def test_cleanup_never_revives_role_sessions(
