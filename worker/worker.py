@@ -112,6 +112,11 @@ class Worker:
         if is_milestone(timer.name):
             await self._milestone(timer)
             return
+        if self.clock.now() - timer.due_at >= self.engine.sessions.reread_interval:
+            # catching up after downtime: read before the case's later timers are
+            # claimed, or an overdue all-lapsed would close the case on the old count
+            await self._work(timer)
+            return
         # in the background: a re-read waits for the rate limiter behind every case's
         # calls (it runs at the lowest priority) and must not hold up new cases
         task = asyncio.create_task(self._work(timer))

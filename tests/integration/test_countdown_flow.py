@@ -428,3 +428,33 @@ async def test_what_the_rereads_cost_per_person(
     assert extra.pop("sso-admin.ListApplicationAssignmentsForPrincipal") == listed
     # the watchdog's reads (IdP and DescribeUser), nothing else
     assert set(extra) <= {"okta.get_user", "identitystore.DescribeUser"}, extra
+
+
+async def test_a_restarted_worker_reads_before_an_overdue_all_lapsed_closes_the_case(
+    runtime: Runtime, sandbox: Sandbox, leaver: SeededUser, clock: ManualClock
+) -> None:
+    case = await contain(runtime, sandbox, leaver, playbook="incident")
+    before = (await runtime.store.get_case(case.id)).countdown
+    assert before is not None
+    disabled = parse_iso(before["inputs"]["ic_disabled_at"])
+    clock.set(disabled + timedelta(minutes=10))
+    ic = sandbox.identity_center
+    late = ic.add_permission_set("LateAdmin", session_duration="PT12H")
+    ic.add_account_assignment(
+        account_id="444455556666",
+        permission_set_arn=late,
+        principal_type="USER",
+        principal_id=leaver.ic_user_id,
+    )
+    # no worker ran until an hour past all-lapsed (+2 h): every timer is due at once
+    clock.set(at(before, "all-lapsed") + timedelta(hours=1))
+    worker = Worker(runtime)
+    await worker.tick()
+    await worker.settle()
+
+    after = await runtime.store.get_case(case.id)
+    assert after.countdown is not None
+    # the late set was read (and denied) first: the case stays open until the new end
+    assert late in {p["arn"] for p in after.countdown["inputs"]["permission_sets"]}
+    assert at(after.countdown, "all-lapsed") > clock.now()
+    assert after.status is CaseStatus.CONTAINED
