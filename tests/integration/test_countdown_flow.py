@@ -426,6 +426,9 @@ async def test_what_the_rereads_cost_per_person(
     # read (and the countdown says the applications are not covered)
     listed = reads * (1 + groups) if APPLICATION_API else reads
     assert extra.pop("sso-admin.ListApplicationAssignmentsForPrincipal") == listed
+    apps = len(countdown["inputs"]["applications"] or [])
+    for endpoint in ("DescribeApplication", "GetApplicationSessionConfiguration"):
+        assert extra.pop(f"sso-admin.{endpoint}", 0) == reads * apps
     # the watchdog's reads (IdP and DescribeUser), nothing else
     assert set(extra) <= {"okta.get_user", "identitystore.DescribeUser"}, extra
 
