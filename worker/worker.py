@@ -129,19 +129,20 @@ class Worker:
                 await on_timer(self.engine, timer)
             except Exception as exc:
                 # a failed re-read is not repeated by this timer: the next one reads
-                # again, and the window's last read is retried an interval later
+                # again, and the window's last read is retried
                 log.error("work_timer_failed", error=str(exc))
                 if timer.name.startswith(REREAD_FINAL):
                     await self._retry_final(timer)
 
     async def _retry_final(self, timer: Timer) -> None:
-        """The last re-read failed: schedule another, a re-read interval later."""
+        """The last re-read failed (after the retry policy's own attempts): read again at
+        the next round, until it succeeds or the case closes (a closed case is not read)."""
         now = self.clock.now()
         retry = Timer(
             case_id=timer.case_id,
             name=f"{REREAD_FINAL}+{utc_iso(now)}",
             epoch=timer.epoch,
-            due_at=now + self.engine.sessions.reread_interval,
+            due_at=now,
         )
         case = await self.store.get_case(timer.case_id)
         await self.store.save_countdown(
