@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.unit.test_engine_doubles import PLAYBOOK, World, build, drive
+from tests.unit.test_engine_doubles import PLAYBOOK, World, build, drive, run_once
 from worker import evidence, report
 from worker.clock import parse_iso
 from worker.domain import Case, CaseStatus, NewCase
@@ -163,6 +163,33 @@ async def test_a_set_found_after_the_deny_step_is_denied_too(world: World) -> No
     assert at(after, "role-sessions-lapse") == covered_at + timedelta(minutes=15)
     # the deny may come off only once the late 12 h set's sessions have ended
     assert parse_iso(after["deny_removable_at"]) == disabled + H + 12 * H
+
+
+async def test_a_deny_step_after_a_reread_covers_what_the_reread_found(world: World) -> None:
+    case, _ = await world.store.create_case(
+        NewCase(
+            playbook=INCIDENT.name,
+            subject="leaver@example.com",
+            steps=INCIDENT.steps,
+            trigger={"source": "test"},
+            priority=INCIDENT.priority,
+        ),
+        world.clock.now(),
+    )
+    assert await run_once(world, case.id) is CaseStatus.WAITING  # the portal task
+    disabled = parse_iso((await countdown_of(world, case))["inputs"]["ic_disabled_at"])
+    late = world.ic.add_permission_set("LateAdmin", 12 * H)
+    world.ic.assign("GROUP", "g-engineers", "333333333333", late.arn)
+    await run_timers_until(world, disabled + timedelta(minutes=6))  # one re-read
+    # the operator confirms late; the deny step covers the set the re-read found
+    await world.store.confirm_task(case.id, "portal-sessions", "ops", world.clock.now())
+    await world.store.resume_case(case.id, world.clock.now())
+    assert await run_once(world, case.id) is CaseStatus.CONTAINED
+
+    deny = (await world.store.steps(case.id))[-1]
+    assert late.arn in deny.evidence["permission_sets"]
+    countdown = await countdown_of(world, case)
+    assert countdown["inputs"]["deny_provisioned_at"] == deny.evidence["provisioned_at"]
 
 
 async def test_a_set_the_deny_does_not_cover_takes_the_deny_bound_away(world: World) -> None:
