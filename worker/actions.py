@@ -112,6 +112,19 @@ REMOVE_ACCESS = Action(
     countdown_input=CountdownInput.UNASSIGNED,
 )
 
+BACKGROUND_SESSIONS = Action(
+    name="identity_center.background_sessions",
+    phase=Phase.HARDENING,
+    role=Role.IDENTITY_CENTER,
+    handler=steps.identity_center_background_sessions,
+    containment=False,
+    verifications=("identity_center.background_sessions_reported",),
+    summary=(
+        "report the applications that keep the user's background sessions and how to end "
+        "them (no API ends one user's)"
+    ),
+)
+
 #: Every action a playbook may name, by name.
 ACTIONS: dict[str, Action] = {
     action.name: action
@@ -122,6 +135,7 @@ ACTIONS: dict[str, Action] = {
         PORTAL_SESSIONS,
         DENY_ROLE_SESSIONS,
         REMOVE_ACCESS,
+        BACKGROUND_SESSIONS,
     )
 }
 

@@ -1,9 +1,10 @@
 """What is done to a case once it exists: open one for a person (through admission),
 drive it, confirm an operator task, retry a halted case, and take its deny statements
-off once its access has lapsed."""
+off once no role session started without them can live."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -12,12 +13,13 @@ import structlog
 
 from worker.actions import DENY_ROLE_SESSIONS
 from worker.admission import Instruction, Outcome, ProtectedIdentity
-from worker.clock import seconds_until
+from worker.clock import seconds_until, utc_iso
+from worker.countdown import DENY_EXTENDED, compute
 from worker.domain import Case, CaseStatus, OperatorTask, StepStatus
 from worker.errors import NotFound, OffboardError
-from worker.ledger import Ledger
 from worker.playbook import Playbook
 from worker.runtime import Runtime
+from worker.store.base import REREAD_FINAL
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -101,12 +103,32 @@ async def confirm_task(
     return task
 
 
-async def remove_deny_statements(runtime: Runtime) -> list[tuple[str, list[str]]]:
-    """Take our deny statements off permission sets once a case's access has lapsed,
-    so permission sets do not grow forever. Returns (case, permission sets) cleaned."""
+@dataclass(frozen=True, kw_only=True)
+class DenyCleanup:
+    """What `remove_deny_statements` did for one case."""
+
+    case_id: str
+    #: the permission sets the statement was taken off now
+    removed: tuple[str, ...] = ()
+    #: the permission sets that keep it, and until when (role sessions started
+    #: without it may live until then)
+    kept: tuple[str, ...] = ()
+    kept_until: datetime | None = None
+    #: why they are kept
+    reason: str = ""
+
+
+async def remove_deny_statements(runtime: Runtime) -> list[DenyCleanup]:
+    """Take our deny statements off permission sets once every role session that could
+    have started without them has ended: the role bound as if no deny had ever run, from
+    the final inventory (never at all-lapsed, which the deny itself brought forward).
+    Permission sets do not grow forever, and no role session comes back to life."""
     ic = runtime.providers.identity_center
-    cleaned: list[tuple[str, list[str]]] = []
-    for case in await runtime.store.list_cases((CaseStatus.ACCESS_LAPSED,)):
+    now = runtime.clock.now()
+    done: list[DenyCleanup] = []
+    for case in await runtime.store.list_cases():
+        if case.status is CaseStatus.CANCELLED or not case.countdown:
+            continue
         steps = await runtime.store.steps(case.id)
         deny = next(
             (
@@ -119,18 +141,30 @@ async def remove_deny_statements(runtime: Runtime) -> list[tuple[str, list[str]]
         events = await runtime.store.events(case.id)
         if deny is None or any(e.kind == "deny_removed" for e in events):
             continue
-        user_id = str(deny.evidence["ic_user_id"])
-        ledger = Ledger(
-            store=runtime.store,
-            clock=runtime.clock,
-            policy=runtime.engine.policy,
-            case_id=case.id,
-            step_id=deny.step_id,
-            verify_timeout=runtime.engine.settings.verify_timeout,
-            verify_interval=runtime.config.worker.verify_interval_seconds,
+        arns = list(deny.evidence.get("permission_sets", []))
+        for e in events:
+            if e.kind == DENY_EXTENDED:
+                arns += [a for a in e.data["permission_sets"] if a not in arns]
+        until = await _deny_removable_at(runtime, case)
+        window_open = any(
+            t.name == REREAD_FINAL and t.fired_at is None
+            for t in await runtime.store.timers(case.id)
         )
+        if until is None or now < until or window_open:
+            reason = (
+                "the inventory's last re-read (at new-sessions-end) has not run yet: "
+                "a worker fires it"
+                if window_open
+                else "role sessions started without it may live until then"
+            )
+            done.append(
+                DenyCleanup(case_id=case.id, kept=tuple(arns), kept_until=until, reason=reason)
+            )
+            continue
+        user_id = str(deny.evidence["ic_user_id"])
+        ledger = runtime.engine.ledger(case.id, deny.step_id)
         changed: list[str] = []
-        for arn in deny.evidence.get("permission_sets", []):
+        for arn in arns:
             _, removal = await ledger.mutate(
                 operation="sso-admin.PutInlinePolicy",
                 entry_key=f"deny-remove:{arn}",
@@ -149,10 +183,19 @@ async def remove_deny_statements(runtime: Runtime) -> list[tuple[str, list[str]]
             "deny_removed",
             runtime.clock.now(),
             step_id=None,
-            data={"permission_sets": changed},
+            data={"permission_sets": changed, "deny_removable_at": utc_iso(until)},
         )
-        cleaned.append((case.id, changed))
-    return cleaned
+        done.append(DenyCleanup(case_id=case.id, removed=tuple(changed)))
+    return done
+
+
+async def _deny_removable_at(runtime: Runtime, case: Case) -> datetime | None:
+    """The role bound without the deny, from what is stored for good (the union of
+    every read), not from a saved countdown that a racing save may have left stale."""
+    inputs, _ = await runtime.engine.countdown_inputs(case)
+    if inputs is None:
+        return None
+    return compute(inputs, runtime.engine.sessions).deny_removable_at
 
 
 async def retry_case(runtime: Runtime, case_id: str, retried_by: str) -> Case:

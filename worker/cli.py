@@ -19,7 +19,7 @@ from pathlib import Path
 from worker.actions import ACTIONS, Role
 from worker.admission import Instruction, Outcome
 from worker.cases import confirm_task, drive_case, remove_deny_statements, retry_case
-from worker.clock import Clock, OffsetClock, SystemClock, parse_iso
+from worker.clock import Clock, OffsetClock, SystemClock, parse_iso, utc_iso
 from worker.config import Config, load_config
 from worker.domain import CaseStatus
 from worker.errors import NotFound, OffboardError
@@ -205,9 +205,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "evidence":
             return await _evidence(runtime, args)
         if args.command == "cleanup":
-            for case_id, arns in await remove_deny_statements(runtime):
-                print(f"{case_id}: deny statement removed from {len(arns)} permission set(s)")
-            return EXIT_OK
+            return await _cleanup(runtime)
         if args.command == "run":
             return await _run(runtime, args)
         if args.command == "status":
@@ -389,6 +387,26 @@ async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> 
             for call in provider.plan(step.action, args.user):
                 kind = "WRITE" if call.mutates else "read "
                 print(f"     {kind} {call.method} {call.target}")
+    return EXIT_OK
+
+
+async def _cleanup(runtime: Runtime) -> int:
+    """Say per case what was taken off and what stays, and until when."""
+    results = await remove_deny_statements(runtime)
+    for r in results:
+        if r.kept:
+            until = utc_iso(r.kept_until) if r.kept_until else "its countdown is known"
+            print(
+                f"{r.case_id}: deny statement kept on {len(r.kept)} permission set(s) until "
+                f"at least {until} ({r.reason}): " + ", ".join(r.kept)
+            )
+        else:
+            print(
+                f"{r.case_id}: deny statement removed from {len(r.removed)} permission set(s)"
+                + (": " + ", ".join(r.removed) if r.removed else "")
+            )
+    if not results:
+        print("no deny statement to remove or keep")
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ milestone is an upper bound: the promise is "never earlier than the truth".
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -32,6 +33,13 @@ class CountdownInput(StrEnum):
     UNASSIGNED = "unassigned"
     #: t_deny_provisioned (`provisioned_at`)
     DENY_PROVISIONED = "deny_provisioned"
+
+
+#: The case events that carry countdown inputs besides the steps' evidence.
+#: A re-read of the inventory until new sessions end (`permission_sets`, `applications`).
+INVENTORY_READ = "inventory_read"
+#: The deny statement provisioned on sets found after the deny step.
+DENY_EXTENDED = "deny_extended"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -448,18 +456,35 @@ def inputs_from_json(data: dict[str, Any]) -> CountdownInputs:
 
 
 def inputs_from_evidence(
-    evidence: dict[str, dict[str, Any]], drift: dict[str, Any] | None = None
+    evidence: dict[str, dict[str, Any]],
+    drift: dict[str, Any] | None = None,
+    reads: Sequence[dict[str, Any]] = (),
+    deny_extensions: Sequence[dict[str, Any]] = (),
 ) -> CountdownInputs | None:
     """Countdown inputs from the evidence of the case's done steps, keyed by the
-    CountdownInput each gives.
+    CountdownInput each gives, and the inventory read again since (`reads`: each with
+    `permission_sets` and `applications`, as the disable's evidence writes them).
+
+    The permission sets are the union of every read of every epoch: a set reachable
+    once may have issued a session then. `deny_extensions` are the later provisionings
+    that covered sets found after the deny step (`permission_sets`, `provisioned_at`):
+    the deny counts only while it covers every set.
 
     After drift (the user was re-enabled and disabled again) the countdown restarts
-    from the new disable; portal revocation, removal and deny are not trusted from
-    before the drift, because whoever re-enabled the user may have undone them."""
+    from the new disable, with the earlier all-lapsed as its floor; portal revocation,
+    removal and deny are not trusted from before the drift, because whoever re-enabled
+    the user may have undone them."""
     disable = evidence.get(CountdownInput.IC_DISABLED)
     if not disable or "verified_at" not in disable:
         return None
-    sets = [ReachablePermissionSet.from_json(p) for p in disable.get("permission_sets", [])]
+    first = [ReachablePermissionSet.from_json(p) for p in disable.get("permission_sets", [])]
+    every = [first]
+    applications = _applications(disable.get("applications", []))
+    for read in [*reads, *([drift] if drift else [])]:
+        every.append([ReachablePermissionSet.from_json(p) for p in read.get("permission_sets", [])])
+        if "applications" in read:
+            applications = _union_applications(applications, _applications(read["applications"]))
+    sets = union_sets(*every)
     ic_disabled_at = parse_iso(disable["verified_at"])
 
     def at(given: CountdownInput, key: str) -> datetime | None:
@@ -469,14 +494,55 @@ def inputs_from_evidence(
     portal = at(CountdownInput.PORTAL_REVOKED, "confirmed_at")
     unassigned = at(CountdownInput.UNASSIGNED, "verified_at")
     deny = at(CountdownInput.DENY_PROVISIONED, "provisioned_at")
+    if deny is not None:
+        # evidence written before re-reads existed names no sets: it covered the first read
+        step = evidence[CountdownInput.DENY_PROVISIONED]
+        covered = set(step.get("permission_sets", [ps.arn for ps in first]))
+        for extension in deny_extensions:
+            covered.update(extension["permission_sets"])
+            deny = max(deny, parse_iso(extension["provisioned_at"]))
+        if not {ps.arn for ps in sets} <= covered:
+            deny = None
+    floor = None
     if drift:
         ic_disabled_at = max(ic_disabled_at, parse_iso(drift["redisabled_at"]))
-        sets = [ReachablePermissionSet.from_json(p) for p in drift.get("permission_sets", [])]
+        floor = parse_iso(drift["floor"]) if drift.get("floor") else None
         portal = unassigned = deny = None
     return CountdownInputs(
         ic_disabled_at=ic_disabled_at,
-        permission_sets=tuple(sets),
+        permission_sets=sets,
         portal_revoked_at=portal,
         unassigned_at=unassigned,
         deny_provisioned_at=deny,
+        applications=applications,
+        floor=floor,
     )
+
+
+def _applications(data: list[dict[str, Any]] | None) -> tuple[ReachableApplication, ...] | None:
+    return None if data is None else tuple(ReachableApplication.from_json(a) for a in data)
+
+
+def _union_applications(
+    *reads: tuple[ReachableApplication, ...] | None,
+) -> tuple[ReachableApplication, ...] | None:
+    """Every application any read saw; None (not covered) once any read could not say.
+    Background sessions count as enabled if any read saw them so (unknown over off)."""
+    if any(read is None for read in reads):
+        return None
+    merged: dict[str, ReachableApplication] = {}
+    rank = {True: 2, None: 1, False: 0}
+    for read in reads:
+        for app in read or ():
+            seen = merged.get(app.arn)
+            if seen is None:
+                merged[app.arn] = app
+                continue
+            status = max(seen.background_sessions, app.background_sessions, key=rank.__getitem__)
+            merged[app.arn] = ReachableApplication(
+                arn=app.arn,
+                name=app.name or seen.name,
+                background_sessions=status,
+                via=tuple(sorted({*seen.via, *app.via})),
+            )
+    return tuple(merged[arn] for arn in sorted(merged))

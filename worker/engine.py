@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import socket
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -20,15 +22,25 @@ import structlog
 
 from worker.actions import action
 from worker.clock import Clock, utc_iso
-from worker.countdown import SessionSettings, compute, inputs_from_evidence
+from worker.countdown import (
+    DENY_EXTENDED,
+    INVENTORY_READ,
+    Countdown,
+    CountdownInput,
+    CountdownInputs,
+    SessionSettings,
+    compute,
+    inputs_from_evidence,
+)
 from worker.domain import Case, CaseStatus, StepStatus, Timer
 from worker.errors import PermanentError, StoreError, TransientError
+from worker.ledger import Ledger
 from worker.metrics import Metrics
 from worker.notify import LogNotifier, Notification, Notifier, deliver
 from worker.ratelimit import CASE_AGE, CASE_PRIORITY
 from worker.retry import RetryPolicy
 from worker.steps import Done, Providers, StepContext, Waiting
-from worker.store.base import Store
+from worker.store.base import ALL_LAPSED, DENY_REMOVABLE, REREAD_FINAL, Store
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +84,10 @@ class Engine:
         self.worker_id = worker_id or default_worker_id()
         #: set on shutdown: the step in flight finishes, no further step starts
         self.stopping = asyncio.Event()
+        #: held while a case's countdown is recomputed (gone with its last holder)
+        self._countdown_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     async def run_claimed(self, case: Case) -> CaseStatus:
         """Run a case this worker has claimed until it is contained, waits, halts or is requeued."""
@@ -281,18 +297,44 @@ class Engine:
         )
         return CaseStatus.HALTED
 
-    async def update_countdown(self, case_id: str) -> None:
-        """(Re)compute the countdown from the evidence so far and reschedule its milestones."""
-        case = await self.store.get_case(case_id)
+    async def countdown_inputs(self, case: Case) -> tuple[CountdownInputs | None, bool]:
+        """The countdown's inputs from what is stored for good (the done steps' evidence,
+        every inventory read, every deny extension, the drift), and whether the deny ran."""
+        case_id = case.id
         evidence: dict[str, dict[str, Any]] = {}
+        deny_ran = False
         for step in await self.store.steps(case_id):
             given = action(step.action).countdown_input
             if given is not None and step.status is StepStatus.DONE:
                 evidence[given] = step.evidence
-        drift = (case.countdown or {}).get("drift")
-        inputs = inputs_from_evidence(evidence, drift)
+                deny_ran = deny_ran or given is CountdownInput.DENY_PROVISIONED
+        events = await self.store.events(case_id)
+        inputs = inputs_from_evidence(
+            evidence,
+            (case.countdown or {}).get("drift"),
+            reads=[e.data for e in events if e.kind == INVENTORY_READ],
+            deny_extensions=[e.data for e in events if e.kind == DENY_EXTENDED],
+        )
+        return inputs, deny_ran
+
+    async def update_countdown(self, case_id: str) -> Countdown | None:
+        """(Re)compute the countdown from the evidence so far and the inventory read
+        since, and reschedule its milestones and work timers (the re-reads until new
+        sessions end, the moment the deny may come off)."""
+        # one at a time per case in this process: a save computed from an older read
+        # must not land after a newer one and move a milestone earlier
+        lock = self._countdown_locks.get(case_id)
+        if lock is None:
+            lock = self._countdown_locks[case_id] = asyncio.Lock()
+        async with lock:
+            return await self._update_countdown(case_id)
+
+    async def _update_countdown(self, case_id: str) -> Countdown | None:
+        case = await self.store.get_case(case_id)
+        inputs, deny_ran = await self.countdown_inputs(case)
         if inputs is None:
-            return
+            return None
+        drift = (case.countdown or {}).get("drift")
         countdown = compute(inputs, self.sessions)
         epoch = int((case.countdown or {}).get("epoch", 0))
         timers = [
@@ -301,16 +343,59 @@ class Engine:
                 name=m.name,
                 epoch=epoch,
                 due_at=m.at,
-                closes_case=m.name == "all-lapsed",
+                closes_case=m.name == ALL_LAPSED,
             )
             for m in countdown.milestones
         ]
+        timers += self._work_timers(case_id, epoch, countdown, deny_ran)
         record = {**countdown.as_json(), "epoch": epoch, "drift": drift}
         await self.store.save_countdown(case_id, record, epoch, timers, self.clock.now())
         await self._event(
             case, "countdown_computed", None, {"all_lapsed": utc_iso(countdown.all_lapsed)}
         )
         log.info("countdown_computed", case_id=case_id, all_lapsed=utc_iso(countdown.all_lapsed))
+        return countdown
+
+    def _work_timers(
+        self, case_id: str, epoch: int, countdown: Countdown, deny_ran: bool
+    ) -> list[Timer]:
+        """A re-read every `reread_interval` from the disable while new sessions can
+        start, and one at the moment they no longer can; with a deny, the moment it
+        may come off (the role bound as if it had never run)."""
+        new_sessions_end = countdown.milestone("new-sessions-end").at
+        due = countdown.inputs.ic_disabled_at + self.sessions.reread_interval
+        timers = []
+        for n in itertools.count(1):
+            if due >= new_sessions_end:
+                break
+            timers.append(Timer(case_id=case_id, name=f"reread-{n:02d}", epoch=epoch, due_at=due))
+            due += self.sessions.reread_interval
+        timers.append(
+            Timer(case_id=case_id, name=REREAD_FINAL, epoch=epoch, due_at=new_sessions_end)
+        )
+        if deny_ran and countdown.deny_removable_at is not None:
+            timers.append(
+                Timer(
+                    case_id=case_id,
+                    name=DENY_REMOVABLE,
+                    epoch=epoch,
+                    due_at=countdown.deny_removable_at,
+                )
+            )
+        return timers
+
+    def ledger(self, case_id: str, label: str) -> Ledger:
+        """The side effects a case has outside its steps (the watchdog's, the re-reads',
+        the cleanup's), under the engine's retry and read-back settings."""
+        return Ledger(
+            store=self.store,
+            clock=self.clock,
+            policy=self.policy,
+            case_id=case_id,
+            step_id=label,
+            verify_timeout=self.settings.verify_timeout,
+            verify_interval=self.settings.verify_interval,
+        )
 
     async def _event(
         self, case: Case, kind: str, step_id: str | None, data: dict[str, object]

@@ -205,8 +205,9 @@ async def export(
     ``steps`` (per step: id, action, status, attempts, started_at, finished_at,
     verified_by, confirmed_by and confirmed_at, the timestamps being those of the
     chained events, as stored), ``countdown`` (its milestones, and when each was
-    reached) or null, ``events`` (every event with seq, at, kind, step_id, data,
-    prev_hash and hash) and ``verification`` (chain_valid, head, count, problems).
+    reached; its reasons, what it does not cover, when the deny may come off) or
+    null, ``events`` (every event with seq, at, kind, step_id, data, prev_hash and
+    hash) and ``verification`` (chain_valid, head, count, problems).
     The same store gives the same text; `exported_at`, if given, is recorded too.
 
     CSV: a header and one row per event (`CSV_COLUMNS`); a cell a spreadsheet would
@@ -311,6 +312,9 @@ def _countdown_json(case: Case, records: Sequence[EvidenceRecord]) -> dict[str, 
             }
             for m in countdown.get("milestones", [])
         ],
+        "reasons": countdown.get("reasons", []),
+        "not_covered": countdown.get("out_of_model", []),
+        "deny_removable_at": countdown.get("deny_removable_at"),
     }
 
 
@@ -356,6 +360,21 @@ def describe(record: EvidenceRecord) -> str:
         case "deny_removed":
             sets = d.get("permission_sets") or []
             return f"deny statement removed from {len(sets)} permission set(s)"
+        case "deny_extended":
+            sets = d.get("permission_sets") or []
+            return f"deny statement provisioned on {len(sets)} permission set(s) found later"
+        case "timer_fired":
+            return f"timer {text('milestone')} (due {text('due_at')}, epoch {text('epoch')})"
+        case "inventory_read":
+            apps = d.get("applications")
+            return (
+                f"inventory read again: {len(d.get('permission_sets') or [])} permission "
+                "set(s), "
+                + ("applications unreadable" if apps is None else f"{len(apps)} application(s)")
+            )
+        case "countdown_extended":
+            reasons = "; ".join(str(r) for r in d.get("reasons") or [])
+            return f"countdown extended to {text('all_lapsed')}: {reasons}"
         case "notification_sent":
             return f"{text('notification')} notification sent via {text('channel')}"
         case "notification_failed":

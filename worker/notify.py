@@ -46,7 +46,8 @@ DeliveryRecorder = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 @dataclass(frozen=True, kw_only=True)
 class Notification:
-    #: "milestone" | "drift" | "operator_task" | "halted"
+    #: "milestone" | "drift" | "operator_task" | "halted" | "countdown_extended" |
+    #: "deny_removable"
     kind: str
     case_id: str
     subject: str
@@ -573,6 +574,20 @@ def slack_message(n: Notification) -> dict[str, Any]:
         header = f"Milestone {milestone}: {n.subject}"
         text = f"{n.subject} (case {n.case_id}): milestone {milestone} reached, due at {due}."
         body = [_section(f"{who}: milestone *{_esc(milestone)}* reached (due at {_esc(due)})")]
+    elif n.kind == "countdown_extended":
+        reasons = "; ".join(str(r) for r in d.get("reasons", []))
+        until, before = d.get("all_lapsed", "?"), d.get("all_lapsed_before", "?")
+        header = f"Countdown extended: {n.subject}"
+        text = (
+            f"{n.subject} (case {n.case_id}): access may last until {until} "
+            f"(was {before}): {reasons}"
+        )
+        body = [
+            _section(
+                f":hourglass: {who}: access may last until *{_esc(until)}* (was {_esc(before)})"
+            ),
+            _section(f"*Why:* {_esc(reasons)}"),
+        ]
     else:
         header = n.title
         details = ", ".join(f"{k}: {v}" for k, v in d.items())

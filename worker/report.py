@@ -66,6 +66,17 @@ def timeline(events: list[CaseEvent]) -> str:
             detail = str(e.data.get("milestone"))
         elif e.kind in ("drift_detected", "recontained"):
             detail = str(e.data.get("summary", ""))
+        elif e.kind == "timer_fired":
+            detail = str(e.data.get("milestone"))
+        elif e.kind == "inventory_read":
+            apps = e.data.get("applications")
+            detail = f"{len(e.data.get('permission_sets', []))} permission set(s), " + (
+                "applications unreadable" if apps is None else f"{len(apps)} application(s)"
+            )
+        elif e.kind == "countdown_extended":
+            detail = f"until {e.data.get('all_lapsed')}: " + "; ".join(e.data.get("reasons", []))
+        elif e.kind in ("deny_extended", "deny_removed"):
+            detail = f"{len(e.data.get('permission_sets', []))} permission set(s)"
         step = e.step_id or ""
         lines.append(f"  {utc_iso(e.at)}  {e.kind:<22} {step:<16} {detail}".rstrip())
     return "\n".join(lines)
@@ -122,6 +133,25 @@ def countdown_text(countdown: dict[str, Any] | None, now: datetime) -> str:
         )
     if not inputs["permission_sets"]:
         lines.append("    no permission set reachable")
+    apps = inputs.get("applications", [])
+    if apps is None:
+        lines.append("    applications: could not be read (not covered)")
+    for app in apps or ():
+        background = {True: "enabled", False: "disabled", None: "unknown"}[
+            app["background_sessions"]
+        ]
+        lines.append(
+            f"    application {app['name'] or app['arn']}: background sessions {background}, "
+            f"via {', '.join(app['via'])}"
+        )
+    if inputs.get("floor"):
+        lines.append(f"    {'an earlier disable ends no earlier than':<40} {inputs['floor']}")
+    if countdown.get("deny_removable_at"):
+        removable = parse_iso(countdown["deny_removable_at"])
+        lines.append(
+            f"  deny removable at {countdown['deny_removable_at']} "
+            f"({remaining(removable, now)}): role sessions started without the deny end then"
+        )
     lines.append("  why: " + "; ".join(countdown["reasons"]))
     for item in countdown["would_shorten"]:
         lines.append(f"  would shorten: {item}")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property, partial
 from typing import Any, TypeVar
 
 import structlog
 
 from worker.clock import Clock, utc_iso
-from worker.countdown import ReachablePermissionSet
+from worker.countdown import INVENTORY_READ, ReachablePermissionSet, union_sets
 from worker.domain import Case, OperatorTask, PlannedStep, StepRecord
 from worker.errors import PermanentError, TransientError
 from worker.ledger import Ledger
@@ -188,19 +189,46 @@ async def identity_center_disable_user(ctx: StepContext) -> Outcome:
             "verified_by": f"identitystore DescribeUser: UserStatus {user.status}",
             "verified_at": verified_at,
             **evidence,
-            "permission_sets": await _inventory(ctx, user_id),
+            **await _inventory(ctx, user_id),
         }
     )
 
 
-async def _inventory(ctx: StepContext, user_id: str) -> list[dict[str, Any]]:
+async def _inventory(ctx: StepContext, user_id: str) -> dict[str, Any]:
     """What the user can still reach, read right after the disable (before any removal):
     the countdown's input, kept as evidence of why its times were chosen."""
-    ic = ctx.providers.identity_center
-    sets = await ctx.call(
-        "identity_center.inventory", lambda: ic.reachable_permission_sets(user_id)
+    return await read_inventory(ctx.ledger, ctx.providers.identity_center, user_id)
+
+
+async def read_inventory(
+    ledger: Ledger, ic: IdentityCenter, user_id: str, *, fresh: bool = False
+) -> dict[str, Any]:
+    """The permission sets the user reaches (with durations; `fresh`: not from a shared
+    cache) and the applications they are assigned to, as evidence and countdown input.
+    Applications that cannot be read (access denied, not implemented) are recorded as
+    None, said "not covered" by the countdown, and do not halt the case."""
+    # the memberships once, for both: every call is time in a mass run
+    groups = [
+        group
+        for _, group in await ledger.call(
+            "identitystore.ListGroupMemberships", lambda: ic.group_memberships(user_id)
+        )
+    ]
+    sets = await ledger.call(
+        "identity_center.inventory",
+        lambda: ic.reachable_permission_sets(user_id, fresh=fresh, groups=groups),
     )
-    return [ps.as_json() for ps in sets]
+    applications: list[dict[str, Any]] | None
+    try:
+        found = await ledger.call(
+            "identity_center.applications",
+            lambda: ic.reachable_applications(user_id, groups=groups),
+        )
+        applications = [a.as_json() for a in found]
+    except PermanentError as exc:
+        log.warning("applications_unreadable", error=str(exc))
+        applications = None
+    return {"permission_sets": [ps.as_json() for ps in sets], "applications": applications}
 
 
 async def _console_disable(ctx: StepContext, user_id: str, base: dict[str, Any]) -> Outcome:
@@ -217,7 +245,7 @@ async def _console_disable(ctx: StepContext, user_id: str, base: dict[str, Any])
                 "confirmed_by": task.confirmed_by if task else None,
                 "verified_by": f"identitystore DescribeUser: UserStatus {user.status}",
                 "verified_at": utc_iso(ctx.clock.now()),
-                "permission_sets": await _inventory(ctx, user_id),
+                **await _inventory(ctx, user_id),
             }
         )
     if task is None or task.confirmed_at is None:
@@ -251,7 +279,7 @@ async def _console_disable(ctx: StepContext, user_id: str, base: dict[str, Any])
             "confirmed_by": task.confirmed_by,
             "verified_by": f"identitystore DescribeUser: UserStatus {user.status}",
             "verified_at": utc_iso(ctx.clock.now()),
-            "permission_sets": await _inventory(ctx, user_id),
+            **await _inventory(ctx, user_id),
         }
     )
 
@@ -311,23 +339,28 @@ StepHandler = Callable[[StepContext], Awaitable[Outcome]]
 # --- hardening: cut role sessions early, remove access -------------------------------
 
 
-async def _reachable(ctx: StepContext, user_id: str) -> list[ReachablePermissionSet]:
-    known = ctx.earlier_fact("permission_sets")
-    if known is not None:
-        return [ReachablePermissionSet.from_json(p) for p in known]
-    ic = ctx.providers.identity_center
-    return await ctx.call(
-        "identity_center.inventory", lambda: ic.reachable_permission_sets(user_id)
-    )
+async def _reachable(ctx: StepContext) -> list[ReachablePermissionSet]:
+    """Every set read so far: the disable's read and the re-reads since (a set found
+    by a later re-read is covered then, through the same ledger entries)."""
+    known = ctx.earlier_fact("permission_sets") or []
+    reread = [
+        p
+        for e in await ctx.store.events(ctx.case.id)
+        if e.kind == INVENTORY_READ
+        for p in e.data.get("permission_sets", [])
+    ]
+    return list(union_sets([ReachablePermissionSet.from_json(p) for p in [*known, *reread]]))
 
 
-async def identity_center_deny_role_sessions(ctx: StepContext) -> Outcome:
-    ic = ctx.providers.identity_center
-    user_id = await _ic_user_id(ctx)
-    sets = await _reachable(ctx, user_id)
+async def cover_with_deny(
+    ledger: Ledger, ic: IdentityCenter, user_id: str, sets: list[ReachablePermissionSet]
+) -> tuple[list[str], datetime]:
+    """Put the deny statement on every set (read first: one already carrying it is left
+    alone), provision each and read every one back. The sets whose policy changed, and
+    when provisioning finished on all of them."""
     changed: list[str] = []
     for ps in sets:
-        _, put = await ctx.ledger.mutate(
+        _, put = await ledger.mutate(
             operation="sso-admin.PutInlinePolicy",
             entry_key=f"deny-put:{ps.arn}",
             read=partial(ic.deny_policy, ps.arn, user_id),
@@ -338,20 +371,30 @@ async def identity_center_deny_role_sessions(ctx: StepContext) -> Outcome:
         if "acted_at" in put:
             changed.append(ps.name or ps.arn)
         # Provisioning is what makes the statement bite; repeating it is harmless.
-        request = await ctx.call("sso-admin.ProvisionPermissionSet", partial(ic.provision, ps.arn))
-        await ctx.ledger.poll_until(
+        request = await ledger.call(
+            "sso-admin.ProvisionPermissionSet", partial(ic.provision, ps.arn)
+        )
+        await ledger.poll_until(
             f"sso-admin.DescribePermissionSetProvisioningStatus({ps.name or ps.arn})",
             partial(ic.provisioned, request),
             bool,
         )
-    provisioned_at = ctx.clock.now()
-    # Read back: every reachable set carries the statement.
+    provisioned_at = ledger.clock.now()
+    # Read back: every set carries the statement.
     for ps in sets:
-        policy = await ctx.call(
+        policy = await ledger.call(
             "sso-admin.GetInlinePolicy", partial(ic.deny_policy, ps.arn, user_id)
         )
         if not policy.denies:
             raise TransientError("sso-admin", f"deny statement not read back on {ps.arn}")
+    return changed, provisioned_at
+
+
+async def identity_center_deny_role_sessions(ctx: StepContext) -> Outcome:
+    ic = ctx.providers.identity_center
+    user_id = await _ic_user_id(ctx)
+    sets = await _reachable(ctx)
+    changed, provisioned_at = await cover_with_deny(ctx.ledger, ic, user_id, sets)
     return Done(
         evidence={
             "ic_user_id": user_id,
@@ -366,6 +409,44 @@ async def identity_center_deny_role_sessions(ctx: StepContext) -> Outcome:
             "verified_at": utc_iso(ctx.clock.now()),
         }
     )
+
+
+async def identity_center_background_sessions(ctx: StepContext) -> Outcome:
+    """User background sessions: no API ends one user's (PutApplicationSessionConfiguration
+    turns them off for everyone's new ones, and whether that ends running ones is not
+    documented), so this step changes nothing and says which applications keep them and
+    how to end them, rather than pretend they ended."""
+    ic = ctx.providers.identity_center
+    user_id = await _ic_user_id(ctx)
+    evidence: dict[str, Any] = {"ic_user_id": user_id, "ended_by_this_step": False}
+    try:
+        found = await ctx.call(
+            "identity_center.applications", lambda: ic.reachable_applications(user_id)
+        )
+    except PermanentError as exc:
+        evidence["applications"] = None
+        evidence["verified_by"] = f"applications could not be read ({exc}): not covered"
+        evidence["verified_at"] = utc_iso(ctx.clock.now())
+        return Done(evidence=evidence)
+    keeping = [a for a in found if a.background_sessions is not False]
+    evidence["applications"] = [a.as_json() for a in keeping]
+    evidence["how_to_end"] = [
+        f"{a.name or a.arn}: stop {ctx.case.subject}'s running jobs and sessions in the "
+        "application itself (e.g. SageMaker Studio spaces, EMR Studio, Glue interactive "
+        "sessions); or set UserBackgroundSessionApplicationStatus DISABLED with "
+        "PutApplicationSessionConfiguration, which affects every user of it"
+        + ("" if a.background_sessions else " (its setting could not be read)")
+        for a in keeping
+    ]
+    if keeping:
+        log.warning("background_sessions_remain", applications=[a.name for a in keeping])
+    evidence["verified_by"] = "GetApplicationSessionConfiguration: user background sessions " + (
+        "enabled or unknown for " + ", ".join(a.name or a.arn for a in keeping)
+        if keeping
+        else f"disabled on all {len(found)} application(s)"
+    )
+    evidence["verified_at"] = utc_iso(ctx.clock.now())
+    return Done(evidence=evidence)
 
 
 async def identity_center_remove_access(ctx: StepContext) -> Outcome:

@@ -60,6 +60,7 @@ from worker.store.base import (
     TaskBacklog,
     created_event,
     event_hash,
+    fired_event,
     genesis_hash,
     new_case_id,
 )
@@ -583,7 +584,7 @@ class InMemoryStore:
         )
         self._append(
             timer.case_id,
-            "milestone_reached",
+            fired_event(timer.name),
             now,
             None,
             {"milestone": timer.name, "epoch": timer.epoch, "due_at": utc_iso(timer.due_at)},
@@ -1107,12 +1108,17 @@ class FakeIdentityCenter(_Fake):
 
         return await self._call("permission_set", (arn,), describe)
 
-    async def reachable_permission_sets(self, user_id: str) -> list[ReachablePermissionSet]:
+    async def reachable_permission_sets(
+        self, user_id: str, *, fresh: bool = False, groups: Sequence[str] | None = None
+    ) -> list[ReachablePermissionSet]:
+        # no cache here: every read is fresh
         await self._call("reachable_permission_sets", (user_id,), lambda: None)
         # as the adapter: the user's own assignments, then each group's, each a call
         found: dict[str, tuple[set[str], set[str]]] = {}
+        if groups is None:
+            groups = [group for _, group in await self.group_memberships(user_id)]
         principals = [("USER", user_id, "USER")] + [
-            ("GROUP", group, f"GROUP:{group}") for _, group in await self.group_memberships(user_id)
+            ("GROUP", group, f"GROUP:{group}") for group in groups
         ]
         for principal_type, principal_id, via in principals:
             for account, arn in await self.assignments(principal_type, principal_id):
@@ -1145,15 +1151,18 @@ class FakeIdentityCenter(_Fake):
         self.applications[arn] = (name or arn.rsplit("/", 1)[-1], background_sessions)
         self.application_assignments.append((principal_type, principal_id, arn))
 
-    async def reachable_applications(self, user_id: str) -> list[ReachableApplication]:
-        groups = {f"GROUP:{group}": group for _, group in await self.group_memberships(user_id)}
+    async def reachable_applications(
+        self, user_id: str, *, groups: Sequence[str] | None = None
+    ) -> list[ReachableApplication]:
+        if groups is None:
+            groups = [group for _, group in await self.group_memberships(user_id)]
 
         def read() -> list[ReachableApplication]:
             found: dict[str, set[str]] = {}
             for principal_type, principal_id, arn in self.application_assignments:
                 if principal_type == "USER" and principal_id == user_id:
                     found.setdefault(arn, set()).add("USER")
-                elif principal_type == "GROUP" and principal_id in groups.values():
+                elif principal_type == "GROUP" and principal_id in groups:
                     found.setdefault(arn, set()).add(f"GROUP:{principal_id}")
             return [
                 ReachableApplication(

@@ -13,10 +13,12 @@ import structlog
 
 from worker.actions import DEACTIVATE_USER, DISABLE_USER
 from worker.clock import utc_iso
+from worker.countdown import INVENTORY_READ
 from worker.domain import Case, CaseStatus, StepStatus
 from worker.engine import Engine
-from worker.ledger import Ledger
 from worker.notify import Notification, deliver
+from worker.steps import read_inventory
+from worker.store.base import ALL_LAPSED
 
 log = structlog.get_logger(__name__)
 
@@ -36,7 +38,7 @@ async def check_case(engine: Engine, case: Case) -> bool:
     idp_id = str(idp_step.evidence["idp_user_id"])
     ic_id = str(ic_step.evidence["ic_user_id"])
     with structlog.contextvars.bound_contextvars(case_id=case.id, watchdog=True):
-        ledger = _ledger(engine, case, "watchdog")
+        ledger = engine.ledger(case.id, "watchdog")
         idp_user = await ledger.call("idp.get_user", lambda: idp.get_user(idp_id))
         ic_user = await ledger.call("identitystore.DescribeUser", lambda: ic.get_user(ic_id))
         if idp_user.deactivated and ic_user.disabled:
@@ -60,7 +62,7 @@ async def check_case(engine: Engine, case: Case) -> bool:
         # The same order as ever: the IdP first and confirmed, then Identity Center.
         # Each drift epoch has its own ledger entries: an earlier epoch's applied
         # disable must not stop this one.
-        ledger = _ledger(engine, case, f"drift-{epoch}")
+        ledger = engine.ledger(case.id, f"drift-{epoch}")
         await ledger.mutate(
             operation=f"{idp.name}.deactivate",
             read=lambda: idp.get_user(idp_id),
@@ -74,13 +76,22 @@ async def check_case(engine: Engine, case: Case) -> bool:
             act=lambda _: ic.disable_user(ic_id),
         )
         redisabled_at = engine.clock.now()
-        sets = await ledger.call(
-            "identity_center.inventory", lambda: ic.reachable_permission_sets(ic_id)
+        read = await read_inventory(ledger, ic, ic_id, fresh=True)
+        # every epoch's sets stay counted (a session started before the drift lives
+        # on), and the earlier countdown's end is a floor
+        await engine.store.append_event(
+            case.id,
+            INVENTORY_READ,
+            redisabled_at,
+            step_id=None,
+            data={"epoch": epoch, "timer": "drift", **read},
         )
+        earlier = {m["name"]: m["at"] for m in (case.countdown or {}).get("milestones", [])}
         drift: dict[str, Any] = {
             "epoch": epoch,
             "redisabled_at": utc_iso(redisabled_at),
-            "permission_sets": [ps.as_json() for ps in sets],
+            **read,
+            "floor": earlier.get(ALL_LAPSED),
         }
         await engine.store.save_countdown(
             case.id,
@@ -98,17 +109,3 @@ async def check_case(engine: Engine, case: Case) -> bool:
         )
         await engine.update_countdown(case.id)
         return True
-
-
-def _ledger(engine: Engine, case: Case, label: str) -> Ledger:
-    """The watchdog's own side effects of a case, under the engine's retry and
-    read-back settings."""
-    return Ledger(
-        store=engine.store,
-        clock=engine.clock,
-        policy=engine.policy,
-        case_id=case.id,
-        step_id=label,
-        verify_timeout=engine.settings.verify_timeout,
-        verify_interval=engine.settings.verify_interval,
-    )

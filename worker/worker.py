@@ -18,7 +18,9 @@ from worker.countdown import parse_iso_duration
 from worker.domain import URGENT, Timer
 from worker.notify import Notification, deliver
 from worker.runtime import Runtime
+from worker.store.base import REREAD_FINAL, is_milestone
 from worker.watchdog import WATCHED, check_case
+from worker.window import on_timer
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +40,8 @@ class Worker:
         self._running: set[asyncio.Task[object]] = set()
         self._next_watchdog: datetime | None = None
         self._watchdog: asyncio.Task[int] | None = None
+        #: the work of fired work timers (re-reads), running beside the loop
+        self._timer_work: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -78,7 +82,7 @@ class Worker:
         while (
             timer := await self.store.claim_due_timer(self.engine.worker_id, self.clock.now())
         ) is not None:
-            await self._milestone(timer)
+            await self._fired(timer)
             busy = True
         now = self.clock.now()
         if self._next_watchdog is None:
@@ -103,6 +107,52 @@ class Worker:
             except Exception as exc:  # one unreadable user must not stop the others
                 log.error("watchdog_check_failed", case_id=case.id, error=str(exc))
         return drifted
+
+    async def _fired(self, timer: Timer) -> None:
+        if is_milestone(timer.name):
+            await self._milestone(timer)
+            return
+        if self.clock.now() - timer.due_at >= self.engine.sessions.reread_interval:
+            # catching up after downtime: read before the case's later timers are
+            # claimed, or an overdue all-lapsed would close the case on the old count
+            await self._work(timer)
+            return
+        # in the background: a re-read waits for the rate limiter behind every case's
+        # calls (it runs at the lowest priority) and must not hold up new cases
+        task = asyncio.create_task(self._work(timer))
+        self._timer_work.add(task)
+        task.add_done_callback(self._timer_work.discard)
+
+    async def _work(self, timer: Timer) -> None:
+        with structlog.contextvars.bound_contextvars(case_id=timer.case_id, timer=timer.name):
+            try:
+                await on_timer(self.engine, timer)
+            except Exception as exc:
+                # a failed re-read is not repeated by this timer: the next one reads
+                # again, and the window's last read is retried
+                log.error("work_timer_failed", error=str(exc))
+                if timer.name.startswith(REREAD_FINAL):
+                    await self._retry_final(timer)
+
+    async def _retry_final(self, timer: Timer) -> None:
+        """The last re-read failed (after the retry policy's own attempts): read again at
+        the next round, until it succeeds or the case closes (a closed case is not read)."""
+        now = self.clock.now()
+        retry = Timer(
+            case_id=timer.case_id,
+            name=f"{REREAD_FINAL}+{utc_iso(now)}",
+            epoch=timer.epoch,
+            due_at=now,
+        )
+        case = await self.store.get_case(timer.case_id)
+        await self.store.save_countdown(
+            timer.case_id, case.countdown or {}, timer.epoch, [retry], now
+        )
+
+    async def settle(self) -> None:
+        """Wait for the work of the timers fired so far (the re-reads)."""
+        while self._timer_work:
+            await asyncio.gather(*self._timer_work, return_exceptions=True)
 
     async def _milestone(self, timer: Timer) -> None:
         case = await self.store.get_case(timer.case_id)
@@ -159,6 +209,10 @@ class Worker:
         if self._watchdog is not None:
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
+        # a re-read cut short is not lost for good: the next timer reads again
+        for work in list(self._timer_work):
+            work.cancel()
+        await asyncio.gather(*self._timer_work, return_exceptions=True)
         if not self._running:
             return
         log.info("worker_draining", cases=len(self._running), grace_seconds=self.grace)

@@ -926,6 +926,20 @@ class StoreContract:
         kinds = [e.kind for e in await store.events(case.id)]
         assert kinds.count("milestone_reached") == 2 and kinds[-1] == "case_access_lapsed"
 
+    async def test_a_work_timer_fires_once_without_a_milestone_event(self, store: Store) -> None:
+        case = await self._contained(store)
+        timers = self._timers(case, 0, **{"reread-01": 10, "deny-removable": 20, "a": 30})
+        await store.save_countdown(case.id, {}, 0, timers, at(2))
+        while await store.claim_due_timer("w1", at(40)) is not None:
+            pass
+        events = await store.events(case.id)
+        assert [e.data["milestone"] for e in events if e.kind == "timer_fired"] == [
+            "reread-01",
+            "deny-removable",
+        ]
+        assert [e.data["milestone"] for e in events if e.kind == "milestone_reached"] == ["a"]
+        assert (await store.get_case(case.id)).status is CaseStatus.CONTAINED
+
     async def test_rescheduling_moves_unfired_timers_and_keeps_fired_ones(
         self, store: Store
     ) -> None:

@@ -328,7 +328,9 @@ def test_after_drift_the_countdown_restarts_from_the_new_disable_without_hardeni
     assert after is not None
     assert after.ic_disabled_at == D + 2 * H
     assert after.deny_provisioned_at is None and after.unassigned_at is None
-    assert compute(after, SETTINGS).all_lapsed == D + 2 * H + 3 * H
+    # issue 13: the earlier epoch's 12 h set stays counted (a session it issued before
+    # the drift lives on); before, the drift's 2 h read replaced it (D + 2 h + 3 h)
+    assert compute(after, SETTINGS).all_lapsed == D + 2 * H + 1 * H + 12 * H
 
 
 # ---------------------------------------------------------------- the model agrees

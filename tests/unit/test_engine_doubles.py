@@ -23,6 +23,7 @@ from worker.errors import PermanentError, TransientError
 from worker.playbook import parse_playbook
 from worker.retry import RetryPolicy
 from worker.steps import Providers
+from worker.store.base import is_milestone
 from worker.testing import (
     FakeIdentityCenter,
     FakeIdentityProvider,
@@ -492,7 +493,13 @@ async def test_countdown_inputs_are_recorded_from_what_the_providers_said(world:
     # its milestones are durable timers; the last one closes the case
     milestones = {m["name"]: m["at"] for m in contained.countdown["milestones"]}
     timers = await world.store.timers(case.id)
-    assert {t.name: utc_iso(t.due_at) for t in timers} == milestones
+    assert {t.name: utc_iso(t.due_at) for t in timers if is_milestone(t.name)} == milestones
+    # beside them, work timers: a re-read every 5 min until new sessions end, one at
+    # it, and the moment the deny may come off (the role bound without it)
+    work = {t.name: utc_iso(t.due_at) for t in timers if not is_milestone(t.name)}
+    assert work.pop("deny-removable") == contained.countdown["deny_removable_at"]
+    assert work.pop("reread-final") == milestones["new-sessions-end"]
+    assert len(work) == 11 and all(name.startswith("reread-") for name in work)
     (closing,) = [t for t in timers if t.closes_case]
     assert closing.name == "all-lapsed"
     # never earlier than the disable, nor later than the longest session allows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
@@ -90,12 +91,20 @@ class IdentityCenter(Protocol):
 
     async def permission_set(self, arn: str) -> tuple[str, timedelta | None]: ...
 
-    async def reachable_permission_sets(self, user_id: str) -> list[ReachablePermissionSet]: ...
+    async def reachable_permission_sets(
+        self, user_id: str, *, fresh: bool = False, groups: Sequence[str] | None = None
+    ) -> list[ReachablePermissionSet]:
+        """Every permission set the user reaches, directly and through each group, with
+        its session duration; `fresh`: read every duration now, not from a shared cache
+        (the countdown's re-reads: a duration raised since must be seen); `groups`: the
+        user's group ids as the caller just read them (not listed again)."""
 
-    async def reachable_applications(self, user_id: str) -> list[ReachableApplication]:
+    async def reachable_applications(
+        self, user_id: str, *, groups: Sequence[str] | None = None
+    ) -> list[ReachableApplication]:
         """The applications the user is assigned to (directly and through groups) and
         whether each keeps user background sessions (None: its configuration said
-        neither)."""
+        neither); `groups` as for reachable_permission_sets."""
 
     # cutting role sessions early and removing access: typed operations, so no AWS
     # status string or policy JSON leaves the adapter

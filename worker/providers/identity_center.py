@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -333,6 +333,16 @@ class AwsIdentityCenter:
                 del self._permission_sets[arn]  # a failed read is not remembered
             raise
 
+    async def _fresh_permission_set(self, arn: str) -> tuple[str, timedelta | None]:
+        """Read now, bypassing the cache, and share what was read with later cases."""
+        described = await self._describe_permission_set(arn)
+        done: asyncio.Future[tuple[str, timedelta | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        done.set_result(described)
+        self._permission_sets[arn] = (time.monotonic(), done)
+        return described
+
     async def _describe_permission_set(self, arn: str) -> tuple[str, timedelta | None]:
         described = await self._aws(
             "sso-admin",
@@ -345,12 +355,20 @@ class AwsIdentityCenter:
         # None when unreadable: the countdown takes the 12 h maximum and says so
         return str(ps.get("Name", "")), parse_session_duration(ps.get("SessionDuration"))
 
-    async def reachable_permission_sets(self, user_id: str) -> list[ReachablePermissionSet]:
-        """Every permission set the user reaches, directly and through each group."""
+    async def _groups(self, user_id: str, known: Sequence[str] | None) -> Sequence[str]:
+        if known is not None:
+            return known
+        return [group_id for _, group_id in await self.group_memberships(user_id)]
+
+    async def reachable_permission_sets(
+        self, user_id: str, *, fresh: bool = False, groups: Sequence[str] | None = None
+    ) -> list[ReachablePermissionSet]:
+        """Every permission set the user reaches, directly and through each group; with
+        `fresh` each duration is read now (and the shared cache takes the new value)."""
         reach: dict[str, tuple[set[str], set[str]]] = {}
         principals = [("USER", user_id, "USER")] + [
             ("GROUP", group_id, f"GROUP:{group_id}")
-            for _, group_id in await self.group_memberships(user_id)
+            for group_id in await self._groups(user_id, groups)
         ]
         for principal_type, principal_id, via in principals:
             for account, arn in await self.assignments(principal_type, principal_id):
@@ -359,7 +377,9 @@ class AwsIdentityCenter:
                 vias.add(via)
         result = []
         for arn, (accounts, vias) in sorted(reach.items()):
-            name, duration = await self.permission_set(arn)
+            name, duration = await (self._fresh_permission_set if fresh else self.permission_set)(
+                arn
+            )
             result.append(
                 ReachablePermissionSet(
                     arn=arn,
@@ -371,13 +391,15 @@ class AwsIdentityCenter:
             )
         return result
 
-    async def reachable_applications(self, user_id: str) -> list[ReachableApplication]:
+    async def reachable_applications(
+        self, user_id: str, *, groups: Sequence[str] | None = None
+    ) -> list[ReachableApplication]:
         """Every application the user is assigned to, directly and through each group,
         with its name and whether it keeps user background sessions."""
         reach: dict[str, set[str]] = {}
         principals = [("USER", user_id, "USER")] + [
             ("GROUP", group_id, f"GROUP:{group_id}")
-            for _, group_id in await self.group_memberships(user_id)
+            for group_id in await self._groups(user_id, groups)
         ]
         for principal_type, principal_id, via in principals:
             pages = await self._pages(

@@ -148,6 +148,26 @@ class CasePage:
 
 #: The milestone whose time ends a case's residual-access countdown.
 ALL_LAPSED = "all-lapsed"
+#: Timers that schedule the worker's own work, not milestones of the countdown: the
+#: inventory re-reads until new sessions end (`reread-01`, ..., `reread-final`) and
+#: the moment a deny statement may come off. Their firing is recorded as `timer_fired`.
+WORK_TIMER_PREFIXES = ("reread-", "deny-removable")
+#: The last re-read: at new-sessions-end, when the inventory stops mattering.
+REREAD_FINAL = "reread-final"
+#: The moment every role session that could start without the deny has ended.
+DENY_REMOVABLE = "deny-removable"
+
+
+def is_milestone(timer_name: str) -> bool:
+    """Whether a timer is a countdown milestone (shown and notified as one)."""
+    return not timer_name.startswith(WORK_TIMER_PREFIXES)
+
+
+def fired_event(timer_name: str) -> str:
+    """The event a fired timer records."""
+    return "milestone_reached" if is_milestone(timer_name) else "timer_fired"
+
+
 #: The statuses of a case that is closed for good: no countdown of theirs runs.
 CLOSED_STATUSES = (CaseStatus.ACCESS_LAPSED, CaseStatus.CANCELLED)
 #: How `Store.urgent_cases` ranks states: these first, in this order, then the rest
@@ -277,8 +297,9 @@ class Store(Protocol):
         moves to its new time and a fired one stays fired."""
 
     async def claim_due_timer(self, worker_id: str, now: datetime) -> Timer | None:
-        """Fire the earliest due timer: mark it, record a `milestone_reached` event and,
-        for the last milestone, close the case, all in one transaction (exactly once)."""
+        """Fire the earliest due timer: mark it, record a `milestone_reached` event (a
+        work timer: `timer_fired`) and, for the last milestone, close the case, all in
+        one transaction (exactly once)."""
 
     async def timers(self, case_id: str) -> list[Timer]: ...
     async def next_timer_due(self) -> datetime | None: ...

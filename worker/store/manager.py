@@ -43,6 +43,7 @@ from worker.store.base import (
     NewEvent,
     TaskBacklog,
     created_event,
+    fired_event,
     genesis_hash,
     new_case_id,
 )
@@ -562,7 +563,7 @@ class StoreManager:
                 return None
             timer = self._timer(row)
             data = {"milestone": timer.name, "epoch": timer.epoch, "due_at": utc_iso(timer.due_at)}
-            await self._append(tx, timer.case_id, "milestone_reached", now, data)
+            await self._append(tx, timer.case_id, fired_event(timer.name), now, data)
             if timer.closes_case:
                 # the last milestone: the contained case's access has lapsed
                 await tx.run(

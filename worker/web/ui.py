@@ -682,9 +682,17 @@ def _milestones(countdown: dict[str, Any] | None, now: datetime) -> str:
             f'<span class="meaning">{e(m.get("meaning", ""))}</span></li>'
         )
     drift = " (restarted after drift)" if countdown.get("drift") else ""
+    removable = ""
+    if countdown.get("deny_removable_at"):
+        at = parse_iso(str(countdown["deny_removable_at"]))
+        removable = (
+            f'<p class="deny-removable">deny statement removable {_when(at)} '
+            f"{_ticker(at, now, 'reached')}"
+            '<span class="meaning">role sessions started without it end then</span></p>'
+        )
     return (
         f'<section class="milestones"><h3>Residual access{e(drift)}</h3>'
-        f"<ol>{''.join(items)}</ol></section>"
+        f"<ol>{''.join(items)}</ol>{removable}</section>"
     )
 
 
@@ -738,6 +746,22 @@ def _countdown_inputs(countdown: dict[str, Any] | None) -> str:
                 f"via {', '.join(ps.get('via', []))}",
             )
         )
+    apps = inputs.get("applications", [])
+    if apps is None:
+        pairs.append(("applications", "could not be read (not covered)"))
+    for app in apps or ():
+        background = {True: "enabled", False: "disabled", None: "unknown"}[
+            app.get("background_sessions")
+        ]
+        pairs.append(
+            (
+                f"application {app.get('name') or app.get('arn')}",
+                f"background sessions {background}; via {', '.join(app.get('via', []))}",
+            )
+        )
+    if inputs.get("floor"):
+        pairs.append(("an earlier disable ends no earlier than", inputs["floor"]))
+    pairs.append(("deny statement removable", countdown.get("deny_removable_at")))
     pairs += [("why", r) for r in countdown.get("reasons", [])]
     pairs += [("would shorten", r) for r in countdown.get("would_shorten", [])]
     pairs += [("not covered", r) for r in countdown.get("out_of_model", [])]
