@@ -83,10 +83,15 @@ def dsn_secrets(dsn: str) -> list[str]:
     return sorted((s for s in secrets if s), key=len, reverse=True)
 
 
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    # sys.stderr as it is when the line is written, not when logging was configured:
+    # whoever swapped it since (a test's capture, a daemon) may have closed the old one.
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(*, level: str = "INFO", stream: TextIO | None = None) -> None:
-    stream = stream or sys.stderr
     renderer: structlog.typing.Processor
-    if stream.isatty():
+    if (stream or sys.stderr).isatty():
         renderer = structlog.dev.ConsoleRenderer()
     else:
         renderer = structlog.processors.JSONRenderer()
@@ -100,6 +105,6 @@ def configure_logging(*, level: str = "INFO", stream: TextIO | None = None) -> N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=structlog.PrintLoggerFactory(file=stream) if stream else _stderr_logger,
         cache_logger_on_first_use=False,
     )
