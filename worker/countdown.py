@@ -503,6 +503,14 @@ def inputs_from_evidence(
             deny = max(deny, parse_iso(extension["provisioned_at"]))
         if not {ps.arn for ps in sets} <= covered:
             deny = None
+    if unassigned is not None and any(
+        read.get("permission_sets") and parse_iso(read["recorded_at"]) > unassigned
+        for read in reads
+        if "recorded_at" in read
+    ):
+        # something reachable again after the removal: new role sessions can start on it
+        # until new sessions end, so the removal shortens nothing
+        unassigned = None
     floor = None
     if drift:
         ic_disabled_at = max(ic_disabled_at, parse_iso(drift["redisabled_at"]))

@@ -312,7 +312,9 @@ class Engine:
         inputs = inputs_from_evidence(
             evidence,
             (case.countdown or {}).get("drift"),
-            reads=[e.data for e in events if e.kind == INVENTORY_READ],
+            reads=[
+                {**e.data, "recorded_at": utc_iso(e.at)} for e in events if e.kind == INVENTORY_READ
+            ],
             deny_extensions=[e.data for e in events if e.kind == DENY_EXTENDED],
         )
         return inputs, deny_ran

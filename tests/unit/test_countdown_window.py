@@ -8,7 +8,7 @@ Each test here failed on the code before issue 13 (c4770d4)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -72,13 +72,8 @@ def logs() -> Iterator[list[dict[str, Any]]]:
 
 
 @pytest.fixture
-async def world() -> AsyncIterator[World]:
-    store = InMemoryStore()
-    await store.open()
-    try:
-        yield build(store)
-    finally:
-        await store.close()
+def world(memory_store: InMemoryStore) -> World:
+    return build(memory_store)
 
 
 async def contain(world: World, playbook: Playbook) -> Case:
@@ -416,3 +411,40 @@ def test_an_extension_reads_well_in_slack() -> None:
     )
     assert "until 2026-01-05T22:00:00.000Z (was 2026-01-05T18:00:00.000Z)" in message["text"]
     assert "LateAdmin reachable since the disable" in message["text"]
+
+
+# a set assigned after remove_access: the removal no longer stops new role sessions
+
+REMOVE = parse_playbook(
+    """
+name: leaver-remove
+steps:
+  - {id: idp-deactivate, action: idp.deactivate_user, verify: idp.user_status}
+  - id: ic-disable
+    action: identity_center.disable_user
+    verify: identity_center.user_status
+  - id: portal-sessions
+    action: identity_center.portal_sessions
+    verify: operator.confirmation
+  - id: remove-access
+    action: identity_center.remove_access
+    verify: identity_center.access_removed
+""",
+    "leaver playbook with removal",
+)
+
+
+async def test_a_set_assigned_after_the_removal_voids_the_removal(world: World) -> None:
+    case = await contain(world, REMOVE)
+    assert (await countdown_of(world, case))["inputs"]["unassigned_at"] is not None
+
+    world.clock.advance(600)
+    late = world.ic.add_permission_set("LateAdmin", 12 * H)
+    world.ic.assign("USER", world.ic_user_id, "999", late.arn)
+    await run_timers_until(world, world.clock.now() + 2 * H)
+
+    after = await countdown_of(world, case)
+    # until new sessions end the person can start a 12 h role session on the late set
+    assert after["inputs"]["unassigned_at"] is None
+    assert at(after, "role-sessions-lapse") >= at(after, "new-sessions-end") + 12 * H
+    assert at(after, "all-lapsed") >= at(after, "role-sessions-lapse")
