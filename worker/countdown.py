@@ -482,6 +482,8 @@ def inputs_from_evidence(
     applications = _applications(disable.get("applications", []))
     for read in [*reads, *([drift] if drift else [])]:
         every.append([ReachablePermissionSet.from_json(p) for p in read.get("permission_sets", [])])
+        # sets no longer listed but still able to issue sessions while a removal spreads
+        every.append([ReachablePermissionSet.from_json(p) for p in read.get("described", [])])
         if "applications" in read:
             applications = _union_applications(applications, _applications(read["applications"]))
     sets = union_sets(*every)

@@ -1099,7 +1099,9 @@ class FakeIdentityCenter(_Fake):
             ],
         )
 
-    async def permission_set(self, arn: str) -> tuple[str, timedelta | None]:
+    async def permission_set(
+        self, arn: str, *, fresh: bool = False
+    ) -> tuple[str, timedelta | None]:
         def describe() -> tuple[str, timedelta | None]:
             if arn not in self.permission_sets:
                 raise self._not_found(f"permission set {arn}")

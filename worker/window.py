@@ -11,17 +11,27 @@ and when the deny step has run, sets found later are covered too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import structlog
 
-from worker.actions import DENY_ROLE_SESSIONS, DISABLE_USER
+from worker.actions import DENY_ROLE_SESSIONS, DISABLE_USER, REMOVE_ACCESS
 from worker.clock import utc_iso
-from worker.countdown import DENY_EXTENDED, INVENTORY_READ, Countdown, inputs_from_json
+from worker.countdown import (
+    DENY_EXTENDED,
+    INVENTORY_READ,
+    Countdown,
+    ReachablePermissionSet,
+    inputs_from_json,
+)
 from worker.domain import Case, StepStatus, Timer
 from worker.engine import Engine
-from worker.errors import OffboardError
+from worker.errors import OffboardError, PermanentError
+from worker.ledger import Ledger
 from worker.notify import Notification, deliver
+from worker.providers.base import IdentityCenter
 from worker.steps import cover_with_deny, read_inventory
 from worker.store.base import CLOSED_STATUSES, DENY_REMOVABLE, WORK_TIMER_PREFIXES
 
@@ -66,8 +76,15 @@ async def reread(engine: Engine, case_id: str, label: str) -> Countdown | None:
     user_id = str(disable.evidence["ic_user_id"])
     epoch = int(case.countdown.get("epoch", 0))
     with structlog.contextvars.bound_contextvars(case_id=case_id, reread=label):
-        read = await read_inventory(
-            engine.ledger(case_id, f"reread-{epoch}"), ic, user_id, fresh=True
+        ledger = engine.ledger(case_id, f"reread-{epoch}")
+        read = await read_inventory(ledger, ic, user_id, fresh=True)
+        removal = records.get(REMOVE_ACCESS.name)
+        read["described"] = await _no_longer_listed(
+            ledger,
+            ic,
+            seen=[p["arn"] for p in case.countdown.get("inputs", {}).get("permission_sets", [])],
+            listed=[p["arn"] for p in read["permission_sets"]],
+            left_groups=removal.evidence.get("left_groups", []) if removal else [],
         )
         await store.append_event(
             case_id,
@@ -87,6 +104,41 @@ async def reread(engine: Engine, case_id: str, label: str) -> Countdown | None:
         if countdown is not None:
             await _said_if_extended(engine, case, case.countdown, countdown)
         return countdown
+
+
+async def _no_longer_listed(
+    ledger: Ledger,
+    ic: IdentityCenter,
+    *,
+    seen: Sequence[str],
+    listed: Sequence[str],
+    left_groups: Sequence[str],
+) -> list[dict[str, Any]]:
+    """What a removal took out of the listing but not yet out of AWS: until it has
+    propagated, a set removed from the person (or given to a group they just left) can
+    still start a role session, with the duration it has *now*. Described fresh, counted
+    in the union, never taken as a sign of new access."""
+    arns = {arn: "removed" for arn in seen if arn not in listed}
+    for group in left_groups:
+        for _account, arn in await ledger.call(
+            "sso-admin.ListAccountAssignments", partial(ic.assignments, "GROUP", group)
+        ):
+            if arn not in listed:
+                arns[arn] = f"GROUP:{group}"
+    described = []
+    for arn, via in sorted(arns.items()):
+        try:
+            name, duration = await ledger.call(
+                "sso-admin.DescribePermissionSet", partial(ic.permission_set, arn, fresh=True)
+            )
+        except PermanentError:
+            continue  # deleted: it issues no new session; its earlier duration stays counted
+        described.append(
+            ReachablePermissionSet(
+                arn=arn, name=name, session_duration=duration, accounts=(), via=(via,)
+            ).as_json()
+        )
+    return described
 
 
 async def _cover_new_sets(engine: Engine, case: Case, step_id: str, user_id: str) -> None:

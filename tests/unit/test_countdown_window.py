@@ -448,3 +448,36 @@ async def test_a_set_assigned_after_the_removal_voids_the_removal(world: World) 
     assert after["inputs"]["unassigned_at"] is None
     assert at(after, "role-sessions-lapse") >= at(after, "new-sessions-end") + 12 * H
     assert at(after, "all-lapsed") >= at(after, "role-sessions-lapse")
+
+
+async def test_a_removed_set_is_described_again_until_new_sessions_end(world: World) -> None:
+    """remove_access took the Admin assignment away, but role sessions can start on it
+    while the removal propagates: a longer duration set then still counts."""
+    case = await contain(world, REMOVE)
+    before = await countdown_of(world, case)
+    removed_at = parse_iso(before["inputs"]["unassigned_at"])
+    admin = next(p for p in world.ic.permission_sets.values() if p.name == "Admin")
+
+    world.clock.advance(120)
+    world.ic.permission_sets[admin.arn] = replace(admin, session_duration=12 * H)
+    await run_timers_until(world, world.clock.now() + 2 * H)
+
+    after = await countdown_of(world, case)
+    propagation = timedelta(minutes=15)
+    assert at(after, "role-sessions-lapse") >= removed_at + propagation + 12 * H
+
+
+async def test_a_set_given_to_a_group_just_left_is_counted(world: World) -> None:
+    """A group the person left by remove_access still reaches them while the removal
+    propagates: a set assigned to it then can start a role session."""
+    case = await contain(world, REMOVE)
+    removed_at = parse_iso((await countdown_of(world, case))["inputs"]["unassigned_at"])
+
+    world.clock.advance(120)
+    late = world.ic.add_permission_set("GroupAdmin", 12 * H)
+    world.ic.assign("GROUP", "g-engineers", "333333333333", late.arn)
+    await run_timers_until(world, world.clock.now() + 2 * H)
+
+    after = await countdown_of(world, case)
+    assert late.arn in {p["arn"] for p in after["inputs"]["permission_sets"]}
+    assert at(after, "role-sessions-lapse") >= removed_at + timedelta(minutes=15) + 12 * H

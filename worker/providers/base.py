@@ -89,7 +89,10 @@ class IdentityCenter(Protocol):
         self, principal_type: str, principal_id: str
     ) -> list[tuple[str, str]]: ...
 
-    async def permission_set(self, arn: str) -> tuple[str, timedelta | None]: ...
+    async def permission_set(
+        self, arn: str, *, fresh: bool = False
+    ) -> tuple[str, timedelta | None]:
+        """(name, session duration); `fresh`: read now, not from a shared cache."""
 
     async def reachable_permission_sets(
         self, user_id: str, *, fresh: bool = False, groups: Sequence[str] | None = None

@@ -318,9 +318,14 @@ class AwsIdentityCenter:
             for a in page["AccountAssignments"]
         ]
 
-    async def permission_set(self, arn: str) -> tuple[str, timedelta | None]:
+    async def permission_set(
+        self, arn: str, *, fresh: bool = False
+    ) -> tuple[str, timedelta | None]:
         """(name, session duration) of a permission set, shared by every case of the
-        process for PERMISSION_SET_TTL; concurrent cases asking at once make one call."""
+        process for PERMISSION_SET_TTL; concurrent cases asking at once make one call.
+        `fresh`: read now (the countdown's re-reads), and share what was read."""
+        if fresh:
+            return await self._fresh_permission_set(arn)
         now = time.monotonic()
         cached = self._permission_sets.get(arn)
         if cached is None or now - cached[0] > PERMISSION_SET_TTL:
