@@ -9,12 +9,6 @@ from worker.cases import confirm_task, drive_case, open_case
 from worker.domain import Case, CaseStatus
 from worker.runtime import Runtime
 from worker.sandbox import Sandbox, SeededUser
-from worker.sandbox.identity_center import IdentityCenterEmulator
-
-#: whether the Identity Center emulator speaks the application API
-#: (ListApplicationAssignmentsForPrincipal ...); without it the disable and each re-read
-#: meet one refused call, and the countdown says the applications are "not covered"
-APPLICATION_API = hasattr(IdentityCenterEmulator, "add_application")
 
 #: the mutations of a leaver case, in the only order the invariant allows
 CONTAINMENT_ORDER = (

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import LEAVER
-from tests.flows import APPLICATION_API, CONTAINMENT_ORDER, contain, mutations
+from tests.flows import CONTAINMENT_ORDER, contain, mutations
 from worker.cases import open_case, remove_deny_statements
 from worker.clock import ManualClock, parse_iso
 from worker.config import parse_config
@@ -422,10 +422,8 @@ async def test_what_the_rereads_cost_per_person(
     assert extra.pop("sso-admin.ListAccountAssignmentsForPrincipal") == reads * (1 + groups)
     # a fresh read: never from the process's 300 s cache
     assert extra.pop("sso-admin.DescribePermissionSet") == reads * sets
-    # per principal; an emulator without the application API refuses the user's, once a
-    # read (and the countdown says the applications are not covered)
-    listed = reads * (1 + groups) if APPLICATION_API else reads
-    assert extra.pop("sso-admin.ListApplicationAssignmentsForPrincipal") == listed
+    # per principal
+    assert extra.pop("sso-admin.ListApplicationAssignmentsForPrincipal") == reads * (1 + groups)
     apps = len(countdown["inputs"]["applications"] or [])
     for endpoint in ("DescribeApplication", "GetApplicationSessionConfiguration"):
         assert extra.pop(f"sso-admin.{endpoint}", 0) == reads * apps

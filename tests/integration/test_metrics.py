@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.flows import APPLICATION_API, contain
+from tests.flows import contain
 from worker.cases import drive_case, open_case
 from worker.clock import ManualClock, seconds_until
 from worker.config import parse_config
@@ -146,13 +146,10 @@ async def test_a_leaver_case_is_timed_step_by_step_and_every_call_counted(
         calls = metrics.value("offboard_provider_calls_total", provider=provider)
         assert calls == audit_calls(sandbox, provider) > 0, provider
     assert metrics.labels("offboard_provider_calls_total", "provider") == set(PROVIDER_ENDPOINTS)
-    # issue 13: the disable reads the user's applications too; an emulator without the
-    # application API refuses it (UnknownOperationException): one permanent error, said
-    # "not covered" by the countdown, and the case goes on
+    # issue 13: the disable reads the user's applications too, without an error
     errors = "offboard_provider_errors_total"
-    refused = 0 if APPLICATION_API else 1
-    assert metrics.value(errors) == metrics.value(errors, provider="identity_center") == refused
-    assert metrics.value(errors, provider="identity_center", kind="permanent") == refused
+    assert metrics.value(errors) == metrics.value(errors, provider="identity_center") == 0
+    assert metrics.value(errors, provider="identity_center", kind="permanent") == 0
     assert metrics.value("offboard_provider_throttles_total") == 0
     assert metrics.value("offboard_cases", state="contained", playbook="leaver") == 1
 
@@ -176,10 +173,8 @@ async def test_throttles_and_errors_are_counted_by_provider_and_kind(
         assert after.value(errors, provider=provider, kind="transient") == 1
     assert after.value(errors, provider="scim", kind="transient") == 2
     assert after.value(throttles, provider="scim") == 0
-    # an emulator without the application API (issue 13: applications "not covered")
-    refused = 0 if APPLICATION_API else 1
-    assert after.value(errors, kind="permanent") == refused
-    assert after.value(errors, provider="identity_center", kind="permanent") == refused
+    assert after.value(errors, kind="permanent") == 0
+    assert after.value(errors, provider="identity_center", kind="permanent") == 0
     # the refused requests were sent, and counted, too
     for provider in PROVIDER_ENDPOINTS:
         calls = after.value("offboard_provider_calls_total", provider=provider)
