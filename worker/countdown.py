@@ -181,7 +181,8 @@ class Milestone:
 NOT_COVERED = (
     "credentials minted from a live session (IAM access keys, role chaining into "
     "other roles) are not ended by any of these steps",
-    "role sessions issued from assignments removed before this case began",
+    "role sessions issued from assignments removed before this case began, or under a "
+    "session duration lowered before the first read",
     "customer-managed SAML/OIDC applications keep their own sessions, which Identity "
     "Center cannot end: end them in each application",
 )
