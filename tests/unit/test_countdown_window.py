@@ -30,11 +30,8 @@ from worker.window import on_timer
 
 H = timedelta(hours=1)
 
-#: containment without hardening: the countdown rests on the inventory alone
-LEAVER = parse_playbook(
-    """
-name: leaver
-steps:
+#: the containment steps every playbook here starts with
+CONTAIN = """
   - {id: idp-deactivate, action: idp.deactivate_user, verify: idp.user_status}
   - id: ic-disable
     action: identity_center.disable_user
@@ -42,22 +39,14 @@ steps:
   - id: portal-sessions
     action: identity_center.portal_sessions
     verify: operator.confirmation
-""",
-    "leaver playbook",
-)
+"""
+#: containment without hardening: the countdown rests on the inventory alone
+LEAVER = parse_playbook("name: leaver\nsteps:" + CONTAIN, "leaver playbook")
 #: with the deny on every reachable permission set
 INCIDENT = parse_playbook(
-    """
-name: incident
-steps:
-  - {id: idp-deactivate, action: idp.deactivate_user, verify: idp.user_status}
-  - id: ic-disable
-    action: identity_center.disable_user
-    verify: identity_center.user_status
-  - id: portal-sessions
-    action: identity_center.portal_sessions
-    verify: operator.confirmation
-  - id: deny-role-sessions
+    "name: incident\nsteps:"
+    + CONTAIN
+    + """  - id: deny-role-sessions
     action: identity_center.deny_role_sessions
     verify: identity_center.deny_provisioned
 """,
@@ -416,17 +405,9 @@ def test_an_extension_reads_well_in_slack() -> None:
 # a set assigned after remove_access: the removal no longer stops new role sessions
 
 REMOVE = parse_playbook(
-    """
-name: leaver-remove
-steps:
-  - {id: idp-deactivate, action: idp.deactivate_user, verify: idp.user_status}
-  - id: ic-disable
-    action: identity_center.disable_user
-    verify: identity_center.user_status
-  - id: portal-sessions
-    action: identity_center.portal_sessions
-    verify: operator.confirmation
-  - id: remove-access
+    "name: leaver-remove\nsteps:"
+    + CONTAIN
+    + """  - id: remove-access
     action: identity_center.remove_access
     verify: identity_center.access_removed
 """,
