@@ -98,7 +98,10 @@ async def confirm_task(
         data={"confirmed_by": confirmed_by},
     )
     steps = await runtime.store.steps(case_id)
-    if any(s.step_id == step_id and s.status is StepStatus.WAITING for s in steps):
+    waiting = any(s.step_id == step_id and s.status is StepStatus.WAITING for s in steps)
+    # Only a case waiting for operators resumes: a halted case (a later automated step
+    # failed while this task was open) stays halted until `offboard retry`.
+    if waiting and (await runtime.store.get_case(case_id)).status is CaseStatus.WAITING:
         await runtime.store.resume_case(case_id, runtime.clock.now())
     return task
 

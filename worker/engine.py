@@ -1,5 +1,9 @@
 """The engine: runs a claimed case's steps strictly in order, recording each before the next.
 
+An operator task from the portal sessions on never blocks automated containment:
+it opens, and the steps after it run at once; the case is contained when they
+and the operator's confirmation are done (WAITING while only that is missing).
+
 A step that fails permanently halts the case, so no later containment step can
 run out of order; a step that keeps failing transiently hands the case back to
 the queue for later, so a flaky provider delays a case but never fails it.
@@ -20,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from worker.actions import action
+from worker.actions import Phase, action
 from worker.clock import Clock, utc_iso
 from worker.countdown import (
     DENY_EXTENDED,
@@ -43,6 +47,17 @@ from worker.steps import Done, Providers, StepContext, Waiting
 from worker.store.base import ALL_LAPSED, DENY_REMOVABLE, REREAD_FINAL, Store
 
 log = structlog.get_logger(__name__)
+
+
+def gates_later_steps(action_name: str) -> bool:
+    """Whether a step left waiting for a human holds back the steps after it.
+
+    Only steps before the portal sessions do (an Identity Center user disabled in the
+    console must be confirmed before anything after it). From the portal sessions on,
+    the Identity Center user is confirmed disabled: an operator task there opens and
+    the automated steps after it run at once; the case is contained when all are done.
+    """
+    return action(action_name).phase < Phase.PORTAL_SESSIONS
 
 
 def default_worker_id() -> str:
@@ -135,11 +150,19 @@ class Engine:
     async def _run_steps(self, case: Case) -> CaseStatus:
         records = await self.store.steps(case.id)
         earlier: dict[str, dict[str, object]] = {}
+        #: operator tasks left open behind us: they gate nothing, only containment
+        still_open: list[str] = []
         for index, step in enumerate(case.steps):
             record = records[index]
             if record.status is StepStatus.DONE:
                 earlier[step.id] = record.evidence
                 continue
+            if record.status is StepStatus.WAITING and not gates_later_steps(step.action):
+                task = await self.store.get_task(case.id, step.id)
+                if task is None or task.confirmed_at is None:
+                    # still open (a resumed case, a restart): the steps after it go on
+                    still_open.append(step.id)
+                    continue
             if self.stopping.is_set():
                 # shutting down: hand the case back at a step boundary for the next worker
                 await self.store.release_case(
@@ -188,6 +211,7 @@ class Engine:
                 waiting = isinstance(outcome, Waiting)
                 self._took(case, index, "waiting" if waiting else "done", started)
                 if isinstance(outcome, Waiting):
+                    gates = gates_later_steps(step.action)
                     await self.store.finish_step(
                         case.id,
                         index,
@@ -197,33 +221,31 @@ class Engine:
                         evidence=outcome.evidence,
                         event=(
                             "operator_task_opened",
-                            {"title": outcome.task.title, "console_url": outcome.task.console_url},
-                        ),
-                    )
-                    await self.store.release_case(
-                        case.id, self.worker_id, CaseStatus.WAITING, self.clock.now()
-                    )
-                    log.info("case_waiting_for_operator")
-                    # An operator who confirmed between the task opening and this release
-                    # found no waiting step to resume: resume it here, or it waits forever.
-                    task = await self.store.get_task(case.id, step.id)
-                    if task is not None and task.confirmed_at is not None:
-                        await self.store.resume_case(case.id, self.clock.now())
-                        log.info("case_resumed_confirmed_meanwhile")
-                    await deliver(
-                        self.notifier,
-                        Notification(
-                            kind="operator_task",
-                            case_id=case.id,
-                            subject=case.subject,
-                            title=outcome.task.title,
-                            data={
+                            {
+                                "title": outcome.task.title,
                                 "console_url": outcome.task.console_url,
-                                "confirm": f"offboard confirm {case.id} {step.id}",
+                                "blocks_later_steps": gates,
                             },
                         ),
                     )
-                    return CaseStatus.WAITING
+                    notification = Notification(
+                        kind="operator_task",
+                        case_id=case.id,
+                        subject=case.subject,
+                        title=outcome.task.title,
+                        data={
+                            "console_url": outcome.task.console_url,
+                            "confirm": f"offboard confirm {case.id} {step.id}",
+                        },
+                    )
+                    if not gates:
+                        # The Identity Center user is confirmed disabled: the task opens and
+                        # the automated steps after it run now, without waiting for a human.
+                        log.info("operator_task_opened_not_blocking")
+                        await deliver(self.notifier, notification)
+                        still_open.append(step.id)
+                        continue
+                    return await self._wait(case, [step.id], notification)
                 assert isinstance(outcome, Done)
                 await self.store.finish_step(
                     case.id,
@@ -238,12 +260,33 @@ class Engine:
                 earlier[step.id] = outcome.evidence
                 if action(step.action).countdown_input is not None:
                     await self.update_countdown(case.id)
+        if still_open:
+            # every automated step is done; containment waits for the operator only
+            return await self._wait(case, still_open, None)
         await self.store.release_case(
             case.id, self.worker_id, CaseStatus.CONTAINED, self.clock.now()
         )
         await self._event(case, "case_contained", None, {})
         log.info("case_contained")
         return CaseStatus.CONTAINED
+
+    async def _wait(
+        self, case: Case, step_ids: list[str], notification: Notification | None
+    ) -> CaseStatus:
+        """Hand the case to the operators: WAITING until one of its tasks is confirmed."""
+        await self.store.release_case(case.id, self.worker_id, CaseStatus.WAITING, self.clock.now())
+        log.info("case_waiting_for_operator", steps=step_ids)
+        # An operator who confirmed between the task opening and this release
+        # found no waiting case to resume: resume it here, or it waits forever.
+        for step_id in step_ids:
+            task = await self.store.get_task(case.id, step_id)
+            if task is not None and task.confirmed_at is not None:
+                await self.store.resume_case(case.id, self.clock.now())
+                log.info("case_resumed_confirmed_meanwhile", step=step_id)
+                break
+        if notification is not None:
+            await deliver(self.notifier, notification)
+        return CaseStatus.WAITING
 
     def _took(self, case: Case, index: int, outcome: str, started: float) -> None:
         """One run of a step in the duration histogram (no I/O: the hot path)."""

@@ -238,11 +238,12 @@ async def test_steps_run_in_playbook_order_as_the_providers_see_it(world: World)
     # the Identity Center disable is read back before anything later
     disable = names.index("identity_center.disable_user")
     assert names[disable + 1] == "identity_center.get_user"
-    # the timeline: each step done in playbook order, the portal task between the
-    # Identity Center disable and the hardening
+    # the timeline: each automated step done in playbook order, the portal task opened
+    # between the Identity Center disable and the hardening, and done last, when the
+    # operator confirmed (issue 14: the task no longer holds the hardening back)
     events = [(e.kind, e.step_id) for e in await world.store.events(case.id)]
     done = [step for kind, step in events if kind == "step_done"]
-    assert done == STEP_IDS
+    assert done == [s for s in STEP_IDS if s != "portal-sessions"] + ["portal-sessions"]
     assert (
         events.index(("step_done", "ic-disable"))
         < events.index(("operator_task_opened", "portal-sessions"))
@@ -421,14 +422,23 @@ async def test_a_failed_provisioning_request_halts_the_hardening(world: World) -
     world.ic.request_failure = "account suspended"
     case = await open_case(world)
 
-    assert await drive(world, case.id) == [CaseStatus.WAITING, CaseStatus.HALTED]
+    # issue 14: the deny runs while the portal task is open, so the first run halts
+    # (before, the case waited for the operator first: [WAITING, HALTED])
+    assert await drive(world, case.id) == [CaseStatus.HALTED]
 
     halted = await world.store.get_case(case.id)
     assert halted.halt_reason is not None
     assert "deny-role-sessions" in halted.halt_reason
     assert "account suspended" in halted.halt_reason
-    assert (await step_states(world, case.id))[-2:] == [StepStatus.FAILED, StepStatus.PENDING]
+    assert (await step_states(world, case.id))[-3:] == [
+        StepStatus.WAITING,
+        StepStatus.FAILED,
+        StepStatus.PENDING,
+    ]
     assert "identity_center.unassign" not in world.mutations()
+    # the operator task stays open: the portal sessions still need a human
+    (task,) = await world.store.open_tasks()
+    assert task.step_id == "portal-sessions"
 
 
 async def test_a_call_applied_before_a_timeout_is_not_repeated_on_the_next_run(
@@ -467,7 +477,9 @@ async def test_countdown_inputs_are_recorded_from_what_the_providers_said(world:
     # recomputed after each step that feeds it, and only after those
     events = [(e.kind, e.step_id) for e in await world.store.events(case.id)]
     after = [events[i - 1][1] for i, (kind, _) in enumerate(events) if kind == "countdown_computed"]
-    assert after == ["ic-disable", "portal-sessions", "deny-role-sessions", "remove-access"]
+    # (issue 14: the hardening runs while the portal task is open, so the operator's
+    # confirmation comes last)
+    assert after == ["ic-disable", "deny-role-sessions", "remove-access", "portal-sessions"]
 
     records = {r.step_id: r for r in await world.store.steps(case.id)}
     contained = await world.store.get_case(case.id)
@@ -520,3 +532,137 @@ async def test_no_countdown_before_identity_center_is_disabled(world: World) -> 
     assert (await world.store.get_case(case.id)).countdown is None
     assert await world.store.timers(case.id) == []
     assert world.store.calls_to("save_countdown") == []
+
+
+# issue 14: an operator task never blocks automated containment
+
+
+def deny_on_every_permission_set(world: World) -> bool:
+    return bool(world.ic.permission_sets) and all(
+        world.ic.provisionings.get(arn) and "OffboardDeny" in world.ic.provisionings[arn][-1]
+        for arn in world.ic.permission_sets
+    )
+
+
+async def test_an_operator_who_never_answers_does_not_hold_back_the_hardening(
+    world: World,
+) -> None:
+    case = await open_case(world)
+
+    # one run, no operator answer: the task is open and every automated step is done
+    assert await run_once(world, case.id) is CaseStatus.WAITING
+
+    assert await step_states(world, case.id) == [
+        StepStatus.DONE,
+        StepStatus.DONE,
+        StepStatus.DONE,
+        StepStatus.WAITING,
+        StepStatus.DONE,
+        StepStatus.DONE,
+    ]
+    (task,) = await world.store.open_tasks()
+    assert (task.step_id, task.confirmed_at) == ("portal-sessions", None)
+    # the deny is provisioned on every reachable permission set, the access removed
+    assert deny_on_every_permission_set(world)
+    assert world.ic.memberships == {}
+    # the order of the mutations holds: IdP, then Identity Center, then the hardening
+    phases = [MUTATIONS[name] for name in world.mutations()]
+    assert phases == sorted(phases, key=["idp", "identity_center", "hardening"].index)
+    assert phases[0] == "idp" and phases[-1] == "hardening"
+    # the countdown uses what has been verified so far: no portal revocation yet
+    waiting = await world.store.get_case(case.id)
+    assert waiting.status is CaseStatus.WAITING
+    assert waiting.countdown is not None
+    inputs = waiting.countdown["inputs"]
+    assert inputs["deny_provisioned_at"] is not None
+    assert inputs["unassigned_at"] is not None
+    assert inputs["portal_revoked_at"] is None
+    # the operator was told at once, once
+    assert [n.kind for n in world.notifier.sent] == ["operator_task"]
+    kinds = [e.kind for e in await world.store.events(case.id)]
+    assert "case_contained" not in kinds
+
+    # a later confirmation contains the case, touching nothing again
+    mutations = world.mutations()
+    await confirm(world, case.id, "portal-sessions")
+    assert await run_once(world, case.id) is CaseStatus.CONTAINED
+    assert world.mutations() == mutations
+    contained = await world.store.get_case(case.id)
+    assert contained.countdown is not None
+    assert contained.countdown["inputs"]["portal_revoked_at"] is not None
+    assert await world.store.open_tasks() == []
+
+
+async def test_a_permanent_failure_in_the_deny_halts_and_the_task_stays_open(
+    world: World,
+) -> None:
+    world.ic.fail("merge_deny", PermanentError("fake", "403 forbidden", status=403))
+    case = await open_case(world)
+
+    assert await run_once(world, case.id) is CaseStatus.HALTED
+
+    assert await step_states(world, case.id) == [
+        StepStatus.DONE,
+        StepStatus.DONE,
+        StepStatus.DONE,
+        StepStatus.WAITING,
+        StepStatus.FAILED,
+        StepStatus.PENDING,
+    ]
+    halted = await world.store.get_case(case.id)
+    assert halted.halt_reason is not None and "deny-role-sessions" in halted.halt_reason
+    # nothing after it ran
+    assert "identity_center.unassign" not in world.mutations()
+    assert "identity_center.leave_group" not in world.mutations()
+    (task,) = await world.store.open_tasks()
+    assert task.step_id == "portal-sessions"
+    assert [n.kind for n in world.notifier.sent] == ["operator_task", "halted"]
+    assert await world.store.claim_next("w2", world.clock.now() + timedelta(days=1), 60) is None
+
+
+async def test_a_resumed_case_goes_on_with_the_automated_steps_while_the_task_is_open(
+    world: World,
+) -> None:
+    """A case handed back after the task opened (a requeue, a restart) goes on with
+    the automated steps at once, without opening or announcing the task again."""
+    world.ic.fail("merge_deny", TransientError("sso-admin", "503"), times=None)
+    case = await open_case(world)
+
+    assert await run_once(world, case.id) is CaseStatus.PENDING
+    assert (await step_states(world, case.id))[3] is StepStatus.WAITING
+    assert not deny_on_every_permission_set(world)
+
+    world.ic.faults.clear()
+    assert await run_once(world, case.id) is CaseStatus.WAITING
+
+    assert deny_on_every_permission_set(world)
+    assert world.ic.memberships == {}
+    events = [(e.kind, e.step_id) for e in await world.store.events(case.id)]
+    assert events.count(("operator_task_opened", "portal-sessions")) == 1
+    assert ("step_started", "portal-sessions") in events
+    assert events.count(("step_started", "portal-sessions")) == 1
+    assert [n.kind for n in world.notifier.sent] == ["operator_task"]
+
+    await confirm(world, case.id, "portal-sessions")
+    assert await run_once(world, case.id) is CaseStatus.CONTAINED
+
+
+async def test_an_operator_confirming_while_the_hardening_runs_is_not_lost(
+    world: World,
+) -> None:
+    """Confirmed while the case still ran (no WAITING case to resume then): the
+    engine resumes it when it hands the case to the operators."""
+    case = await open_case(world)
+    original = world.ic.deny_policy
+
+    async def confirm_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        task = await world.store.get_task(case.id, "portal-sessions")
+        if task is not None and task.confirmed_at is None:
+            await world.store.confirm_task(case.id, "portal-sessions", OPERATOR, world.clock.now())
+        return await original(*args, **kwargs)
+
+    world.ic.deny_policy = confirm_meanwhile  # type: ignore[method-assign]
+
+    assert await run_once(world, case.id) is CaseStatus.WAITING
+    assert (await world.store.get_case(case.id)).status is CaseStatus.PENDING
+    assert await run_once(world, case.id) is CaseStatus.CONTAINED
