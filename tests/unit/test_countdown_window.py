@@ -20,7 +20,7 @@ from tests.unit.test_engine_doubles import PLAYBOOK, World, build, drive, run_on
 from worker import evidence, report
 from worker.clock import parse_iso
 from worker.domain import Case, CaseStatus, NewCase
-from worker.errors import PermanentError
+from worker.errors import PermanentError, TransientError
 from worker.notify import Notification, slack_message
 from worker.playbook import Playbook, parse_playbook
 from worker.testing import InMemoryStore
@@ -160,12 +160,17 @@ async def test_a_deny_step_after_a_reread_covers_what_the_reread_found(world: Wo
         ),
         world.clock.now(),
     )
-    assert await run_once(world, case.id) is CaseStatus.WAITING  # the portal task
+    # the deny step is deferred (issue 14: it no longer waits behind the portal task,
+    # so only a provider that keeps failing puts a re-read before it)
+    world.ic.fail("merge_deny", TransientError("sso-admin", "503"), times=None)
+    assert await run_once(world, case.id) is CaseStatus.PENDING
     disabled = parse_iso((await countdown_of(world, case))["inputs"]["ic_disabled_at"])
     late = world.ic.add_permission_set("LateAdmin", 12 * H)
     world.ic.assign("GROUP", "g-engineers", "333333333333", late.arn)
     await run_timers_until(world, disabled + timedelta(minutes=6))  # one re-read
-    # the operator confirms late; the deny step covers the set the re-read found
+    world.ic.faults.clear()
+    # the deny step, when it runs, covers the set the re-read found
+    assert await run_once(world, case.id) is CaseStatus.WAITING  # the portal task
     await world.store.confirm_task(case.id, "portal-sessions", "ops", world.clock.now())
     await world.store.resume_case(case.id, world.clock.now())
     assert await run_once(world, case.id) is CaseStatus.CONTAINED
