@@ -24,10 +24,11 @@ from worker.config import Config, load_config
 from worker.domain import CaseStatus
 from worker.errors import NotFound, OffboardError
 from worker.logging import configure_logging
-from worker.playbook import find_playbook, load_playbook
+from worker.playbook import find_playbook, load_playbook, operator_tasks_note
 from worker.report import (
     case_header,
     countdown_text,
+    plan_mark,
     remaining,
     step_table,
     task_text,
@@ -186,7 +187,11 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
         for name in args.playbooks:
             playbook = load_playbook(find_playbook(name, [base_dir / "playbooks"]))
-            print(f"{playbook.source}: ok ({len(playbook.steps)} steps, order holds)")
+            note = operator_tasks_note(playbook)
+            print(
+                f"{playbook.source}: ok ({len(playbook.steps)} steps, order holds)"
+                + (f"; {note}" if note else "")
+            )
         return EXIT_OK
     if args.command == "config":
         return _config_command(args, base_dir)
@@ -383,7 +388,7 @@ async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> 
         print("nothing is read or changed; the calls each step would make:")
         for number, step in enumerate(playbook.steps, start=1):
             provider = idp if ACTIONS[step.action].role is Role.IDP else ic
-            print(f"{number}. {step.id}: {step.action} (verify: {step.verify})")
+            print(f"{number}. {step.id}: {step.action} (verify: {step.verify}){plan_mark(step)}")
             for call in provider.plan(step.action, args.user):
                 kind = "WRITE" if call.mutates else "read "
                 print(f"     {kind} {call.method} {call.target}")

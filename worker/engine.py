@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from worker.actions import Phase, action
+from worker.actions import action
 from worker.clock import Clock, utc_iso
 from worker.countdown import (
     DENY_EXTENDED,
@@ -41,23 +41,13 @@ from worker.errors import PermanentError, StoreError, TransientError
 from worker.ledger import Ledger
 from worker.metrics import Metrics
 from worker.notify import LogNotifier, Notification, Notifier, deliver
+from worker.playbook import gates_later_steps
 from worker.ratelimit import CASE_AGE, CASE_PRIORITY
 from worker.retry import RetryPolicy
 from worker.steps import Done, Providers, StepContext, Waiting
 from worker.store.base import ALL_LAPSED, DENY_REMOVABLE, REREAD_FINAL, Store
 
 log = structlog.get_logger(__name__)
-
-
-def gates_later_steps(action_name: str) -> bool:
-    """Whether a step left waiting for a human holds back the steps after it.
-
-    Only steps before the portal sessions do (an Identity Center user disabled in the
-    console must be confirmed before anything after it). From the portal sessions on,
-    the Identity Center user is confirmed disabled: an operator task there opens and
-    the automated steps after it run at once; the case is contained when all are done.
-    """
-    return action(action_name).phase < Phase.PORTAL_SESSIONS
 
 
 def default_worker_id() -> str:

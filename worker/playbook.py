@@ -5,6 +5,10 @@ deactivated first, then the Identity Center user is disabled, then portal sessio
 are revoked, then optional hardening; every containment step names its read-back
 verification. A playbook that breaks a rule is refused with the file, the step and
 the rule in the message.
+
+An operator task never gates the automated steps after it: once the Identity Center
+user is confirmed disabled, the portal-sessions task opens and the hardening steps
+after it run at once (`gates_later_steps`); the order rules stay as they are.
 """
 
 from __future__ import annotations
@@ -68,6 +72,32 @@ class Playbook:
             if step.id == step_id:
                 return step
         raise KeyError(step_id)
+
+
+def gates_later_steps(action_name: str) -> bool:
+    """Whether a step left waiting for a human holds back the steps after it.
+
+    Only steps before the portal sessions do (an Identity Center user disabled in the
+    console must be confirmed before anything after it). From the portal sessions on,
+    the Identity Center user is confirmed disabled: an operator task there opens and
+    the automated steps after it run at once; the case is contained when all of them,
+    the operator's confirmation included, are done.
+    """
+    return ACTIONS[action_name].phase < Phase.PORTAL_SESSIONS
+
+
+def operator_tasks_note(playbook: Playbook) -> str:
+    """What `offboard check` and the plan say about a playbook's operator tasks."""
+    notes = []
+    for index, step in enumerate(playbook.steps):
+        if not ACTIONS[step.action].operator_task or gates_later_steps(step.action):
+            continue
+        later = [s.id for s in playbook.steps[index + 1 :]]
+        runs = "no step after it"
+        if later:
+            runs = f"the steps after it run at once: {', '.join(later)}"
+        notes.append(f"operator task {step.id} opens and does not wait ({runs})")
+    return "; ".join(notes)
 
 
 def parse_playbook(text: str, source: str) -> Playbook:

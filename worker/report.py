@@ -5,8 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from worker.actions import ACTIONS
 from worker.clock import parse_iso, utc_iso
-from worker.domain import Case, CaseEvent, OperatorTask, StepRecord
+from worker.domain import Case, CaseEvent, OperatorTask, PlannedStep, StepRecord, StepStatus
+from worker.playbook import gates_later_steps
+
+#: how the plan and the step table mark an operator task that gates nothing
+DOES_NOT_WAIT = "opens; does not wait: the automated steps after it run at once"
 
 
 def _when(at: datetime | None) -> str:
@@ -23,10 +28,21 @@ def case_header(case: Case) -> str:
     return line
 
 
+def plan_mark(step: PlannedStep) -> str:
+    """The dry-run plan's note on a step done by a human (empty for the others)."""
+    if not ACTIONS[step.action].operator_task:
+        return ""
+    if gates_later_steps(step.action):
+        return "  [operator task when done in the console: the steps after it wait]"
+    return f"  [operator task: {DOES_NOT_WAIT}]"
+
+
 def step_table(steps: list[StepRecord]) -> str:
     rows = [("#", "step", "action", "status", "tries", "finished (UTC)", "verified by")]
     for s in steps:
         verified = str(s.evidence.get("verified_by") or s.error or "")
+        if s.status is StepStatus.WAITING and not gates_later_steps(s.action):
+            verified = verified or "operator task open; the automated steps after it ran"
         rows.append(
             (
                 str(s.index + 1),
@@ -56,6 +72,8 @@ def timeline(events: list[CaseEvent]) -> str:
             detail = str(e.data.get("reason", ""))
         elif e.kind == "operator_task_opened":
             detail = f"{e.data.get('title')} -> {e.data.get('console_url')}"
+            if e.data.get("blocks_later_steps") is False:
+                detail += " (does not wait: later steps run now)"
         elif e.kind == "operator_confirmed":
             detail = f"by {e.data.get('confirmed_by')}"
         elif e.kind == "step_started":

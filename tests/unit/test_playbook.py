@@ -528,3 +528,37 @@ def test_a_playbook_is_parsed_again_only_when_its_file_changed(tmp_path: Path) -
     path.write_text("steps: [")
     with pytest.raises(PlaybookError):
         load_playbook(path)
+
+
+# issue 14: an operator task never gates the automated steps after it
+
+
+def test_the_portal_task_gates_nothing_and_check_and_the_plan_say_so() -> None:
+    from worker.actions import ACTIONS
+    from worker.playbook import gates_later_steps, operator_tasks_note
+    from worker.report import plan_mark
+
+    incident = load_playbook(ROOT / "playbooks" / "incident.yaml")
+    # the order rules hold: the deny still comes after the portal task in the file ...
+    ids = [s.id for s in incident.steps]
+    assert ids.index("portal-sessions") < ids.index("deny-role-sessions")
+    # ... but only the steps up to the Identity Center disable hold back what follows
+    assert [gates_later_steps(s.action) for s in incident.steps] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    # every operator-task action a playbook can name from the portal on gates nothing
+    assert all(
+        not gates_later_steps(name)
+        for name, spec in ACTIONS.items()
+        if spec.operator_task and spec.phase >= ACTIONS["identity_center.portal_sessions"].phase
+    )
+    note = operator_tasks_note(incident)
+    assert "portal-sessions opens and does not wait" in note
+    assert "deny-role-sessions" in note
+    marks = {s.id: plan_mark(s) for s in incident.steps}
+    assert "opens; does not wait" in marks["portal-sessions"]
+    assert marks["deny-role-sessions"] == ""
