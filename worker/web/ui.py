@@ -49,6 +49,7 @@ from worker.cases import confirm_task
 from worker.clock import parse_iso, utc_iso
 from worker.domain import Case, CaseEvent, CaseStatus, OperatorTask, StepRecord
 from worker.errors import NotFound, OffboardError
+from worker.playbook import gates_later_steps
 from worker.web.state import RUNTIME, STATE, WORKER
 
 log = structlog.get_logger(__name__)
@@ -639,12 +640,20 @@ def _case_card(
 
 def _tasks(case: Case, tasks: list[OperatorTask], session: Session, back: str) -> str:
     qid = quote(case.id, safe="")
+    actions = {s.id: s.action for s in case.steps}
     items = []
     for t in tasks:
         if t.confirmed_at is None:
             action = f"/ui/cases/{qid}/confirm/{quote(t.step_id, safe='')}"
+            gates = t.step_id not in actions or gates_later_steps(actions[t.step_id])
+            note = (
+                ""
+                if gates
+                else '<span class="note">does not wait: the automated steps after it '
+                "run without this confirmation; the case is contained once it is given</span>"
+            )
             state = (
-                f'<span class="waiting">waiting since {_when(t.opened_at)}</span>'
+                f'<span class="waiting">waiting since {_when(t.opened_at)}</span>{note}'
                 f'<form method="post" action="{e(action)}" class="confirm">'
                 f"{_csrf_field(session)}"
                 f'<input type="hidden" name="back" value="{e(back)}">'
