@@ -89,3 +89,11 @@ def test_memory_with_open_countdowns(tmp_path: Path) -> None:
     assert figures["open_countdowns"] == 30
     assert set(figures["stages"]) >= {"started", "metrics_3", "case_list", "status_page"}
     assert figures["peak_rss_mb"] > 0
+
+
+def test_incident_deny_without_an_operator(tmp_path: Path) -> None:
+    result = run_bench("incident_deny", tmp_path, "--count=2")
+    figures = result["figures"]
+    assert figures["operator_answers"] == 0
+    assert figures["trigger_to_deny_provisioned"]["n"] == 2
+    assert figures["permission_sets_denied_per_person"]["min"] >= 1
