@@ -666,3 +666,61 @@ async def test_an_operator_confirming_while_the_hardening_runs_is_not_lost(
     assert await run_once(world, case.id) is CaseStatus.WAITING
     assert (await world.store.get_case(case.id)).status is CaseStatus.PENDING
     assert await run_once(world, case.id) is CaseStatus.CONTAINED
+
+
+async def test_a_worker_killed_after_the_task_opened_is_resumed_with_the_hardening(
+    world: World,
+) -> None:
+    """The worker dies in the deny step with the portal task open (the case stays
+    RUNNING under its lease); once the lease lapses another worker claims it and runs
+    the automated steps at once, although nobody confirmed."""
+    case = await open_case(world)
+    original = world.ic.deny_policy
+
+    class Killed(BaseException):
+        """Not an Exception: nothing in the engine handles it, as with kill -9."""
+
+    async def killed(*args: Any, **kwargs: Any) -> Any:
+        raise Killed
+
+    world.ic.deny_policy = killed  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        await run_once(world, case.id)
+    assert (await world.store.get_case(case.id)).status is CaseStatus.RUNNING
+    assert (await step_states(world, case.id))[3:5] == [StepStatus.WAITING, StepStatus.RUNNING]
+
+    world.ic.deny_policy = original  # type: ignore[method-assign]
+    world.clock.advance(world.engine.settings.lease_seconds + 1)
+    claimed = await world.store.claim_next(world.engine.worker_id, world.clock.now(), 60)
+    assert claimed is not None and claimed.id == case.id
+    assert await world.engine.run_claimed(claimed) is CaseStatus.WAITING
+
+    assert deny_on_every_permission_set(world)
+    assert world.ic.memberships == {}
+    assert (await world.store.get_task(case.id, "portal-sessions")) is not None
+    assert [n.kind for n in world.notifier.sent] == ["operator_task"]
+
+
+async def test_confirming_the_task_of_a_halted_case_does_not_run_the_failed_step(
+    world: World,
+) -> None:
+    """`offboard confirm` on a case halted behind its open task records the
+    confirmation; the case stays halted until `offboard retry`."""
+    from types import SimpleNamespace
+
+    from worker.cases import confirm_task, retry_case
+
+    world.ic.fail("merge_deny", PermanentError("fake", "403 forbidden", status=403))
+    case = await open_case(world)
+    assert await run_once(world, case.id) is CaseStatus.HALTED
+    runtime: Any = SimpleNamespace(store=world.store, clock=world.clock)
+
+    await confirm_task(runtime, case.id, "portal-sessions", OPERATOR)
+
+    assert (await world.store.get_case(case.id)).status is CaseStatus.HALTED
+    assert await world.store.claim_next("w2", world.clock.now() + timedelta(days=1), 60) is None
+    merges = len(world.ic.called("merge_deny"))
+    # the retry runs the failed deny, then finds the task confirmed: contained
+    await retry_case(runtime, case.id, OPERATOR)
+    assert await run_once(world, case.id) is CaseStatus.CONTAINED
+    assert len(world.ic.called("merge_deny")) > merges
