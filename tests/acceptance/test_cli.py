@@ -155,3 +155,21 @@ async def test_evidence_export_and_verify_from_the_command_line(
     broken = await cli.run([*base, "evidence", "--verify"], env, tmp_path)
     assert broken.returncode == 1
     assert f"case {case_id}: event 2 was edited" in broken.stdout
+
+
+async def test_run_with_a_non_ascii_address_exits_2_naming_what_is_wrong(
+    sandbox: Sandbox, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    """issue 14: the address is canonicalised by admission; one that cannot be a login
+    is refused with a message, exit 2, and nothing is changed anywhere."""
+    config = cli.write_config(tmp_path / "offboard.yaml", config_data)
+    result = await cli.run(
+        ["--config", str(config), "run", "leaver", "--user", "jörg@example.com"],
+        cli.environment(sandbox.environment()),
+        tmp_path,
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "non-ASCII character (U+00F6 at position 2)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sum(sandbox.audit.calls.values()) == 0
