@@ -216,10 +216,14 @@ async def _dispatch(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.command == "confirm":
             by = args.by or getpass.getuser()
-            task = await confirm_task(runtime, args.case, args.step, by)
-            print(f"confirmed {task.case_id} {task.step_id} by {task.confirmed_by}")
-            if not args.no_resume:
-                await drive_case(runtime, args.case)
+            confirmation = await confirm_task(runtime, args.case, args.step, by)
+            print(confirmation.message)
+            if confirmation.already:
+                return EXIT_OK  # nothing recorded, nothing resumed: the first one stands
+            if args.no_resume:
+                await _print_case(runtime, args.case)
+                return EXIT_OK  # the confirmation is recorded; the case runs later
+            await drive_case(runtime, args.case)
             return await _print_case(runtime, args.case)
         if args.command == "retry":
             await retry_case(runtime, args.case, args.by or getpass.getuser())

@@ -173,3 +173,39 @@ async def test_run_with_a_non_ascii_address_exits_2_naming_what_is_wrong(
     assert "non-ASCII character (U+00F6 at position 2)" in result.stderr
     assert "Traceback" not in result.stderr
     assert sum(sandbox.audit.calls.values()) == 0
+
+
+async def test_a_second_confirm_answers_already_confirmed_and_records_nothing(
+    sandbox: Sandbox, leaver: SeededUser, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    """issue 14: `confirm --no-resume` exits 0 on success; a second confirm answers
+    "already confirmed by X at T" with exit 0 and records nothing."""
+    import sqlite3
+
+    config = cli.write_config(tmp_path / "offboard.yaml", config_data)
+    env = cli.environment(sandbox.environment())
+    base = ["--config", str(config)]
+    run = await cli.run([*base, "run", "leaver", "--user", leaver.login], env, tmp_path)
+    assert run.returncode == 3, run.stdout + run.stderr
+    case_id = run.stdout.split("opened case ")[1].split()[0]
+
+    first = await cli.run(
+        [*base, "confirm", case_id, "portal-sessions", "--by", "op-a", "--no-resume"],
+        env,
+        tmp_path,
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"confirmed {case_id} portal-sessions by op-a at " in first.stdout
+
+    def events() -> list[tuple[str]]:
+        with sqlite3.connect(tmp_path / "offboard.db") as db:
+            return db.execute("SELECT kind FROM events ORDER BY rowid").fetchall()
+
+    before = events()
+    second = await cli.run(
+        [*base, "confirm", case_id, "portal-sessions", "--by", "op-b"], env, tmp_path
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    at = first.stdout.split(" at ")[1].split()[0]
+    assert f"{case_id} portal-sessions already confirmed by op-a at {at}" in second.stdout
+    assert events() == before

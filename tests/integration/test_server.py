@@ -138,8 +138,21 @@ async def test_signed_hr_webhook_runs_the_leaver_playbook(
         f"/v1/cases/{answer['case_id']}/confirm/portal-sessions", headers=auth
     )
     assert confirmed.status == 200, await confirmed.text()
-    assert (await confirmed.json())["confirmed_by"] == "api:ops"
+    first = await confirmed.json()
+    assert first["confirmed_by"] == "api:ops" and first["already_confirmed"] is False
     await _wait_status(runtime, answer["case_id"], CaseStatus.CONTAINED)
+    # issue 14: a repeat answers with the first confirmation and records nothing
+    events = len(await runtime.store.events(answer["case_id"]))
+    again = await http.post(f"/v1/cases/{answer['case_id']}/confirm/portal-sessions", headers=auth)
+    assert again.status == 200, await again.text()
+    repeat = await again.json()
+    assert repeat["already_confirmed"] is True
+    assert (repeat["confirmed_by"], repeat["confirmed_at"]) == (
+        first["confirmed_by"],
+        first["confirmed_at"],
+    )
+    assert "already confirmed by api:ops at " in repeat["detail"]
+    assert len(await runtime.store.events(answer["case_id"])) == events
     assert_contained_in_order(sandbox, leaver)
 
     detail = await (await http.get(f"/v1/cases/{answer['case_id']}", headers=auth)).json()

@@ -403,18 +403,23 @@ async def confirm(request: web.Request) -> web.Response:
     case = await _case_or_404(runtime, request.match_info["case_id"])
     step = request.match_info["step"]
     try:
-        task = await confirm_task(runtime, case.id, step, f"api:{caller}")
+        confirmation = await confirm_task(runtime, case.id, step, f"api:{caller}")
     except NotFound as exc:
         raise Problem(404, "no such task", str(exc)) from None
     except OffboardError as exc:
         raise Problem(404, "no such step", str(exc)) from None
-    request.app[WORKER].wake.set()
+    task = confirmation.task
+    if not confirmation.already:
+        request.app[WORKER].wake.set()
+    # a repeat answers with the first confirmation, and records nothing
     return web.json_response(
         {
             "case_id": case.id,
             "step": step,
             "confirmed_by": task.confirmed_by,
             "confirmed_at": _opt(task.confirmed_at),
+            "already_confirmed": confirmation.already,
+            "detail": confirmation.message,
         }
     )
 
