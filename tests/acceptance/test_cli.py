@@ -209,3 +209,24 @@ async def test_a_second_confirm_answers_already_confirmed_and_records_nothing(
     at = first.stdout.split(" at ")[1].split()[0]
     assert f"{case_id} portal-sessions already confirmed by op-a at {at}" in second.stdout
     assert events() == before
+
+
+async def test_run_with_another_spelling_disables_the_identity_center_user(
+    sandbox: Sandbox, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    """issue 14: `run incident --user Bob@Example.com` deactivated Bob at Okta (which
+    matches logins case-insensitively), then halted at ic-disable because the Identity
+    Center lookup was exact: IdP done, Identity Center untouched."""
+    bob = sandbox.seed_leaver("Bob.Mixed@Example.com")
+    config = cli.write_config(tmp_path / "offboard.yaml", config_data)
+    env = cli.environment(sandbox.environment())
+
+    run = await cli.run(
+        ["--config", str(config), "run", "leaver", "--user", "  BOB.MIXED@example.COM "],
+        env,
+        tmp_path,
+    )
+
+    assert run.returncode == 3, run.stdout + run.stderr  # waiting for the operator only
+    assert "status WAITING" in run.stdout and "HALTED" not in run.stdout
+    assert sandbox.identity_center.user_status(bob.ic_user_id) == "DISABLED"
