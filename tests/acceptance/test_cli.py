@@ -172,6 +172,12 @@ async def test_run_with_a_non_ascii_address_exits_2_naming_what_is_wrong(
     assert result.returncode == 2, result.stdout + result.stderr
     assert "non-ASCII character (U+00F6 at position 2)" in result.stderr
     assert "Traceback" not in result.stderr
+    dry = await cli.run(
+        ["--config", str(config), "run", "leaver", "--user", "jörg@example.com", "--dry-run"],
+        cli.environment(sandbox.environment()),
+        tmp_path,
+    )
+    assert dry.returncode == 2 and "non-ASCII" in dry.stderr, dry.stdout + dry.stderr
     assert sum(sandbox.audit.calls.values()) == 0
 
 
