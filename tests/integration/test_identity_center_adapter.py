@@ -394,6 +394,28 @@ async def test_a_user_name_in_another_case_is_found(world: World, ic: AwsIdentit
     assert await _found_id(world, ic, LEAVER.upper()) == world.user_id
 
 
+async def test_a_user_is_found_by_primary_email_when_the_user_name_differs(
+    world: World, ic: AwsIdentityCenter
+) -> None:
+    """issue 14: where the IdP's SCIM sync sets userName to something else (an employee
+    number), the address is the user's primary email: GetUserId on emails.value, then
+    ListUsers case-insensitively."""
+    if world.moto:
+        created = await world.store.create_user(
+            IdentityStoreId=world.config.identity_store_id,
+            UserName="E-10042",
+            DisplayName="Carol",
+            Name={"GivenName": "Carol", "FamilyName": "Example"},
+            Emails=[{"Value": "Carol.Email@Example.com", "Type": "work", "Primary": True}],
+        )
+        carol = str(created["UserId"])
+    else:
+        assert isinstance(world.seed, SandboxSeeder)
+        carol = world.seed.emulator.add_user("E-10042", email="Carol.Email@Example.com")
+    assert await _found_id(world, ic, "Carol.Email@Example.com") == carol
+    assert await _found_id(world, ic, "carol.email@example.com") == carol
+
+
 async def test_two_users_matching_in_another_case_is_ambiguous(
     world: World, ic: AwsIdentityCenter
 ) -> None:
