@@ -27,13 +27,24 @@ import contextlib
 import fnmatch
 import hashlib
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from worker.domain import Arrival, Case, CaseStatus, Delivery, NewCase, Refusal
+from worker.domain import (
+    Arrival,
+    Case,
+    CaseStatus,
+    Delivery,
+    InvalidSubject,
+    NewCase,
+    Refusal,
+    canonical_subject,
+    subject_key,
+)
 from worker.errors import CaseStarted, OffboardError
 from worker.intake import Intake
 from worker.playbook import Playbook
@@ -47,14 +58,55 @@ def is_login(subject: str) -> bool:
     return LOGIN.fullmatch(subject) is not None
 
 
+#: Cyrillic and Greek letters that look like ASCII letters (after NFKC, before casefold):
+#: `root@` spelt with a Cyrillic o (U+043E) is still root. Small and explicit, by design;
+#: written as escapes so that the table itself cannot be misread.
+CONFUSABLES = str.maketrans(
+    {
+        # Cyrillic, lower case
+        "\u0430": "a", "\u0432": "b", "\u0435": "e", "\u043a": "k", "\u043c": "m",
+        "\u043d": "h", "\u043e": "o", "\u0440": "p", "\u0441": "c", "\u0442": "t",
+        "\u0443": "y", "\u0445": "x", "\u0455": "s", "\u0456": "i", "\u0458": "j",
+        "\u0501": "d", "\u04bb": "h", "\u051b": "q", "\u051d": "w", "\u04cf": "l",
+        "\u04af": "y",
+        # Cyrillic, upper case
+        "\u0410": "a", "\u0412": "b", "\u0415": "e", "\u041a": "k", "\u041c": "m",
+        "\u041d": "h", "\u041e": "o", "\u0420": "p", "\u0421": "c", "\u0422": "t",
+        "\u0423": "y", "\u0425": "x", "\u0405": "s", "\u0406": "i", "\u0408": "j",
+        "\u051a": "q", "\u051c": "w", "\u04c0": "l", "\u04ae": "y",
+        # Greek, upper case
+        "\u0391": "a", "\u0392": "b", "\u0395": "e", "\u0396": "z", "\u0397": "h",
+        "\u0399": "i", "\u039a": "k", "\u039c": "m", "\u039d": "n", "\u039f": "o",
+        "\u03a1": "p", "\u03a4": "t", "\u03a5": "y", "\u03a7": "x",
+        # Greek, lower case
+        "\u03b1": "a", "\u03b9": "i", "\u03ba": "k", "\u03bd": "v", "\u03bf": "o",
+        "\u03c1": "p", "\u03c4": "t", "\u03c5": "u", "\u03c7": "x", "\u03f2": "c",
+        "\u03f3": "j",
+    }
+)  # fmt: skip
+
+
+def folded(subject: str) -> str:
+    """The form protected identities are matched on: NFKC, look-alikes folded, casefold."""
+    return unicodedata.normalize("NFKC", subject.strip()).translate(CONFUSABLES).casefold()
+
+
 def protected_pattern(subject: str, patterns: Sequence[str]) -> str | None:
-    """The configured pattern that protects this identity, if one does."""
-    lowered = subject.lower()
-    return next((p for p in patterns if fnmatch.fnmatchcase(lowered, p.lower())), None)
+    """The configured pattern that protects this identity, if one does: matched on the
+    folded form (case, Unicode compatibility forms and Cyrillic/Greek look-alikes)."""
+    lowered = folded(subject)
+    return next((p for p in patterns if fnmatch.fnmatchcase(lowered, folded(p))), None)
 
 
 def protected_reason(subject: str, pattern: str) -> str:
     return f"{subject} is a protected identity (matches {pattern!r}): never offboarded"
+
+
+def protected_detail(pattern: str) -> str:
+    """A refusal's detail for a front end: it never echoes the address (a pattern
+    without a wildcard is the address itself, so it is not named either)."""
+    which = f"matches {pattern!r}" if any(c in pattern for c in "*?[") else "listed"
+    return f"the address is a protected identity ({which}): never offboarded"
 
 
 class ProtectedIdentity(OffboardError):
@@ -164,13 +216,29 @@ class Admissions:
         #: one lock per stripe of subjects: a person's instructions are decided one at a time
         self._locks = tuple(asyncio.Lock() for _ in range(64))
 
+    def _subject(self, instruction: Instruction) -> str:
+        """The subject canonicalised once, for every front end: trimmed, NFC, checked
+        (`InvalidSubject`, a 4xx); a termination's case is keyed on the case-folded form.
+        A protected identity is decided on the folded form before any check, so a
+        look-alike spelling (non-ASCII) is refused as protected, not as invalid."""
+        raw = instruction.subject
+        if not instruction.rescind and protected_pattern(raw, self._protected) is not None:
+            return raw.strip()
+        try:
+            return subject_key(canonical_subject(raw))
+        except InvalidSubject as exc:
+            raise InvalidSubject(
+                f"the subject must be the person's login (an email address): {exc}",
+                non_ascii=exc.non_ascii,
+            ) from None
+
     def _lock_for(self, subject: str) -> asyncio.Lock:
-        digest = hashlib.sha256(subject.lower().encode()).digest()
+        digest = hashlib.sha256(folded(subject).encode()).digest()
         return self._locks[digest[0] % len(self._locks)]
 
     async def admit(self, instruction: Instruction, answer: Answer | None = None) -> Admitted:
         """Decide and do; a keyed instruction records `answer` (or {}) with its delivery."""
-        subject = instruction.subject.strip()
+        subject = self._subject(instruction)
         async with self._lock_for(subject):
             if instruction.key is not None:
                 grouped = await self._group_commit(instruction, subject, answer)
@@ -228,10 +296,14 @@ class Admissions:
         return Admitted(outcome=Outcome.CREATED, case=admission.case, delivery=admission.delivery)
 
     def _new_case(self, instruction: Instruction, subject: str) -> NewCase:
+        trigger = instruction.trigger
+        given = unicodedata.normalize("NFC", instruction.subject.strip())
+        if given != subject:  # the spelling that arrived, kept for display
+            trigger = {**trigger, "subject_as_given": given}
         return playbook_case(
             instruction.playbook,
             subject,
-            instruction.trigger,
+            trigger,
             run_after=self._run_after(instruction),
             idempotency_key=instruction.case_key,
         )
@@ -249,22 +321,20 @@ class Admissions:
         return Admitted(outcome=Outcome.CANCELLED, case=case)
 
     async def _terminate(self, instruction: Instruction, subject: str) -> Admitted:
-        if not is_login(subject):
-            raise OffboardError(
-                f"the subject must be the person's login (an email), not {subject!r}"
-            )
         pattern = protected_pattern(subject, self._protected)
         if pattern is not None:
-            reason = protected_reason(subject, pattern)
+            reason = protected_detail(pattern)
             await self._store.record_refusal(
                 Refusal(
                     at=self._now(),
                     source=str(instruction.trigger.get("source", "unknown")),
-                    subject=subject,
+                    subject=instruction.subject.strip(),
                     reason=reason,
                 )
             )
             return Admitted(outcome=Outcome.PROTECTED, detail=reason)
+        if not is_login(subject):
+            raise InvalidSubject("the subject must be the person's login (an email address)")
         run_after = self._run_after(instruction)
         existing = await self._store.find_open_case(subject, instruction.playbook.name)
         if existing is None:

@@ -78,10 +78,29 @@ async def drive_case(runtime: Runtime, case_id: str) -> Case:
         await engine.run_claimed(claimed)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Confirmation:
+    """What a confirm did: the task as stored (its first confirmation), and whether
+    it had been confirmed before, in which case nothing was recorded."""
+
+    task: OperatorTask
+    already: bool = False
+
+    @property
+    def message(self) -> str:
+        task = self.task
+        at = utc_iso(task.confirmed_at) if task.confirmed_at else "?"
+        if self.already:
+            return f"{task.case_id} {task.step_id} already confirmed by {task.confirmed_by} at {at}"
+        return f"confirmed {task.case_id} {task.step_id} by {task.confirmed_by} at {at}"
+
+
 async def confirm_task(
     runtime: Runtime, case_id: str, step_id: str, confirmed_by: str
-) -> OperatorTask:
-    """Record an operator's confirmation and make the case runnable again."""
+) -> Confirmation:
+    """Record an operator's confirmation and make the case runnable again. Idempotent:
+    a task confirmed before answers with that first confirmation (who, when) and
+    records nothing, not even an event, and resumes nothing."""
     case = await runtime.store.get_case(case_id)
     if step_id not in {s.id for s in case.steps}:
         known = ", ".join(s.id for s in case.steps)
@@ -89,7 +108,13 @@ async def confirm_task(
     task = await runtime.store.get_task(case_id, step_id)
     if task is None:
         raise NotFound(f"case {case_id} has no open operator task for step {step_id!r}")
-    task = await runtime.store.confirm_task(case_id, step_id, confirmed_by, runtime.clock.now())
+    if task.confirmed_at is not None:
+        return Confirmation(task=task, already=True)
+    now = runtime.clock.now()
+    task = await runtime.store.confirm_task(case_id, step_id, confirmed_by, now)
+    if task.confirmed_by != confirmed_by:
+        # another's confirmation landed between the read and the write: it stands
+        return Confirmation(task=task, already=True)
     await runtime.store.append_event(
         case_id,
         "operator_confirmed",
@@ -103,7 +128,7 @@ async def confirm_task(
     # failed while this task was open) stays halted until `offboard retry`.
     if waiting and (await runtime.store.get_case(case_id)).status is CaseStatus.WAITING:
         await runtime.store.resume_case(case_id, runtime.clock.now())
-    return task
+    return Confirmation(task=task)
 
 
 @dataclass(frozen=True, kw_only=True)

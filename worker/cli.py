@@ -21,7 +21,7 @@ from worker.admission import Instruction, Outcome
 from worker.cases import confirm_task, drive_case, remove_deny_statements, retry_case
 from worker.clock import Clock, OffsetClock, SystemClock, parse_iso, utc_iso
 from worker.config import Config, load_config
-from worker.domain import CaseStatus
+from worker.domain import CaseStatus, canonical_subject, subject_key
 from worker.errors import NotFound, OffboardError
 from worker.logging import configure_logging
 from worker.playbook import find_playbook, load_playbook, operator_tasks_note
@@ -221,10 +221,14 @@ async def _dispatch(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.command == "confirm":
             by = args.by or getpass.getuser()
-            task = await confirm_task(runtime, args.case, args.step, by)
-            print(f"confirmed {task.case_id} {task.step_id} by {task.confirmed_by}")
-            if not args.no_resume:
-                await drive_case(runtime, args.case)
+            confirmation = await confirm_task(runtime, args.case, args.step, by)
+            print(confirmation.message)
+            if confirmation.already:
+                return EXIT_OK  # nothing recorded, nothing resumed: the first one stands
+            if args.no_resume:
+                await _print_case(runtime, args.case)
+                return EXIT_OK  # the confirmation is recorded; the case runs later
+            await drive_case(runtime, args.case)
             return await _print_case(runtime, args.case)
         if args.command == "retry":
             await retry_case(runtime, args.case, args.by or getpass.getuser())
@@ -381,6 +385,8 @@ async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> 
 
     dirs = [base_dir / d for d in config.playbook_dirs]
     playbook = load_playbook(find_playbook(args.playbook, dirs))
+    # the same canonical subject admission would make (InvalidSubject: exit 2)
+    subject = subject_key(canonical_subject(args.user))
     async with aiohttp.ClientSession() as http:
         idp = identity_provider(config.idp, http, config.limits.limits(), SystemClock())
         ic = AwsIdentityCenter(config.identity_center, http)
@@ -389,7 +395,7 @@ async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> 
         for number, step in enumerate(playbook.steps, start=1):
             provider = idp if ACTIONS[step.action].role is Role.IDP else ic
             print(f"{number}. {step.id}: {step.action} (verify: {step.verify}){plan_mark(step)}")
-            for call in provider.plan(step.action, args.user):
+            for call in provider.plan(step.action, subject):
                 kind = "WRITE" if call.mutates else "read "
                 print(f"     {kind} {call.method} {call.target}")
     return EXIT_OK

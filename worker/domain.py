@@ -2,11 +2,65 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from worker.errors import OffboardError
+
+
+class InvalidSubject(OffboardError):
+    """The address a trigger names cannot be a login: a 4xx (exit 2), never a 500.
+
+    The message names what is wrong and never repeats the address (personal data)."""
+
+    def __init__(self, message: str, *, non_ascii: bool = False) -> None:
+        super().__init__(message)
+        #: only its characters are wrong: a look-alike of a protected identity is
+        #: refused as protected (403) by admission, so a front end leaves it to admission
+        self.non_ascii = non_ascii
+
+
+#: longest address (RFC 5321: a path of 256 octets, less the angle brackets)
+MAX_ADDRESS = 254
+
+
+def canonical_subject(raw: str) -> str:
+    """The person's address as every front end admits it: trimmed, Unicode NFC, checked.
+
+    The spelling is kept (for display); compare with `subject_key`. Raises
+    `InvalidSubject` naming what is wrong: the IdPs' logins (Okta `login`, Entra
+    `userPrincipalName`, Identity Center `userName`) are ASCII, so a non-ASCII address
+    cannot name anyone there and is refused before anything is recorded."""
+    address = unicodedata.normalize("NFC", raw.strip())
+    if not address:
+        raise InvalidSubject("the address is empty: it names the person to act on")
+    for index, char in enumerate(address):
+        if not char.isascii():
+            raise InvalidSubject(
+                f"the address has a non-ASCII character (U+{ord(char):04X} at position "
+                f"{index + 1}): logins at the IdP and Identity Center are ASCII",
+                non_ascii=True,
+            )
+        if char.isspace() or not char.isprintable():
+            raise InvalidSubject(
+                f"the address has a space or control character at position {index + 1}"
+            )
+    local, at, domain = address.partition("@")
+    if not at or not local or not domain or "@" in domain:
+        raise InvalidSubject("the address is not an email address (it needs exactly one @)")
+    if len(address) > MAX_ADDRESS:
+        raise InvalidSubject(f"the address is longer than {MAX_ADDRESS} characters")
+    return address
+
+
+def subject_key(subject: str) -> str:
+    """How two spellings of one person compare: canonical, then case-folded."""
+    return unicodedata.normalize("NFC", subject.strip()).casefold()
+
 
 #: Case priorities: the worker claims, and the rate limiters serve, higher first.
 PRIORITIES: dict[str, int] = {"incident": 100, "normal": 50, "bulk": 10}

@@ -109,6 +109,35 @@ async def _idp_user(ctx: StepContext) -> tuple[str, IdpUser | None]:
     return user.id, user
 
 
+#: AWS's code for a user that is not there (the adapter keeps it on its own message)
+IC_NOT_FOUND = "ResourceNotFoundException"
+#: what an Identity Center step records when the person has no Identity Center user
+NO_IC_USER = "no Identity Center user: no AWS access through Identity Center"
+
+
+def _no_ic_user(ctx: StepContext, searched: str | None = None) -> Done | None:
+    """Done, with the search as evidence, when the lookup found no Identity Center user
+    (userName, email and externalId, case-insensitively: `find_user`). The person has
+    no AWS access through Identity Center, so the Identity Center steps say so rather
+    than halt the case after the IdP was changed."""
+    searched = (
+        searched or ctx.earlier_fact("ic_user_absent") or ctx.record.evidence.get("ic_user_absent")
+    )
+    if not searched:
+        return None
+    return Done(
+        evidence={
+            "ic_user_id": None,
+            "ic_user_absent": searched,
+            "note": NO_IC_USER,
+            "verified_by": f"Identity Center search: {searched}",
+            "verified_at": utc_iso(ctx.clock.now()),
+            "permission_sets": [],
+            "applications": [],
+        }
+    )
+
+
 async def idp_deactivate_user(ctx: StepContext) -> Outcome:
     idp = ctx.providers.idp
     user_id, fresh = await _idp_user(ctx)
@@ -170,7 +199,17 @@ async def _ic_user(ctx: StepContext) -> tuple[str, IdentityCenterUser | None]:
 
 async def identity_center_disable_user(ctx: StepContext) -> Outcome:
     ic = ctx.providers.identity_center
-    user_id, fresh = await _ic_user(ctx)
+    absent = _no_ic_user(ctx)
+    if absent is not None:
+        return absent
+    try:
+        user_id, fresh = await _ic_user(ctx)
+    except PermanentError as exc:
+        if exc.code != IC_NOT_FOUND:
+            raise  # two users match (AmbiguousUser), access denied, ...: halt, naming it
+        absent = _no_ic_user(ctx, str(exc))
+        assert absent is not None
+        return absent
     base = {"ic_user_id": user_id, "identity_source": ic.identity_source}
     if ic.identity_source == "directory":
         return await _console_disable(ctx, user_id, base)
@@ -286,6 +325,8 @@ async def _console_disable(ctx: StepContext, user_id: str, base: dict[str, Any])
 
 async def identity_center_portal_sessions(ctx: StepContext) -> Outcome:
     ic = ctx.providers.identity_center
+    if (absent := _no_ic_user(ctx)) is not None:
+        return absent
     user_id = await _ic_user_id(ctx)
     task = await ctx.store.get_task(ctx.case.id, ctx.step.id)
     if task is not None and task.confirmed_at is not None:
@@ -392,6 +433,8 @@ async def cover_with_deny(
 
 async def identity_center_deny_role_sessions(ctx: StepContext) -> Outcome:
     ic = ctx.providers.identity_center
+    if (absent := _no_ic_user(ctx)) is not None:
+        return absent
     user_id = await _ic_user_id(ctx)
     sets = await _reachable(ctx)
     changed, provisioned_at = await cover_with_deny(ctx.ledger, ic, user_id, sets)
@@ -417,6 +460,8 @@ async def identity_center_background_sessions(ctx: StepContext) -> Outcome:
     documented), so this step changes nothing and says which applications keep them and
     how to end them, rather than pretend they ended."""
     ic = ctx.providers.identity_center
+    if (absent := _no_ic_user(ctx)) is not None:
+        return absent
     user_id = await _ic_user_id(ctx)
     evidence: dict[str, Any] = {"ic_user_id": user_id, "ended_by_this_step": False}
     try:
@@ -451,6 +496,8 @@ async def identity_center_background_sessions(ctx: StepContext) -> Outcome:
 
 async def identity_center_remove_access(ctx: StepContext) -> Outcome:
     ic = ctx.providers.identity_center
+    if (absent := _no_ic_user(ctx)) is not None:
+        return absent
     user_id = await _ic_user_id(ctx)
     direct = await ctx.call(
         "sso-admin.ListAccountAssignments", lambda: ic.assignments("USER", user_id)

@@ -1053,9 +1053,22 @@ class FakeIdentityCenter(_Fake):
 
     async def find_user(self, user_name: str) -> IdentityCenterUser:
         def find() -> IdentityCenterUser:
+            # the adapter's contract: exact first, then case-insensitively; two is an error
             for user in self.users.values():
                 if user.user_name == user_name:
                     return self._shown(user)
+            key = user_name.casefold()
+            matches = [u for u in self.users.values() if u.user_name.casefold() == key]
+            if len(matches) > 1:
+                named = " and ".join(f"{u.user_name!r} ({u.user_id})" for u in matches[:2])
+                raise PermanentError(
+                    "identitystore",
+                    f"{user_name!r} is ambiguous in Identity Center: {len(matches)} users "
+                    f"match on userName case-insensitively, {named}; nothing was changed",
+                    code="AmbiguousUser",
+                )
+            if matches:
+                return self._shown(matches[0])
             raise PermanentError(
                 "identitystore",
                 f"no Identity Center user with userName {user_name!r}",

@@ -66,6 +66,7 @@ import hashlib
 import hmac
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -662,7 +663,7 @@ def _generic(source: str, purpose: Purpose, body: bytes, delivery_id: str) -> Tr
 def _email(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise NotATermination(f"{field} is missing: it names the person to act on")
-    address = value.strip().lower()
+    address = unicodedata.normalize("NFC", value.strip()).lower()
     local, at, domain = address.partition("@")
     if (
         not at
@@ -674,6 +675,7 @@ def _email(value: Any, field: str) -> str:
     ):
         # the address itself is personal data: not repeated in the detail
         raise NotATermination(f"{field} is not an email address (one @, no spaces)")
+    # the rest (ASCII only, a protected look-alike) is admission's, for every front end
     return address
 
 

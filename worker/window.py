@@ -71,8 +71,8 @@ async def reread(engine: Engine, case_id: str, label: str) -> Countdown | None:
         return None
     records = {r.action: r for r in await store.steps(case_id) if r.status is StepStatus.DONE}
     disable = records.get(DISABLE_USER.name)
-    if disable is None:
-        return None
+    if disable is None or disable.evidence.get("ic_user_id") is None:
+        return None  # no Identity Center user (issue 14): nothing to read again
     user_id = str(disable.evidence["ic_user_id"])
     epoch = int(case.countdown.get("epoch", 0))
     with structlog.contextvars.bound_contextvars(case_id=case_id, reread=label):

@@ -155,3 +155,84 @@ async def test_evidence_export_and_verify_from_the_command_line(
     broken = await cli.run([*base, "evidence", "--verify"], env, tmp_path)
     assert broken.returncode == 1
     assert f"case {case_id}: event 2 was edited" in broken.stdout
+
+
+async def test_run_with_a_non_ascii_address_exits_2_naming_what_is_wrong(
+    sandbox: Sandbox, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    """issue 14: the address is canonicalised by admission; one that cannot be a login
+    is refused with a message, exit 2, and nothing is changed anywhere."""
+    config = cli.write_config(tmp_path / "offboard.yaml", config_data)
+    result = await cli.run(
+        ["--config", str(config), "run", "leaver", "--user", "jörg@example.com"],
+        cli.environment(sandbox.environment()),
+        tmp_path,
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "non-ASCII character (U+00F6 at position 2)" in result.stderr
+    assert "Traceback" not in result.stderr
+    dry = await cli.run(
+        ["--config", str(config), "run", "leaver", "--user", "jörg@example.com", "--dry-run"],
+        cli.environment(sandbox.environment()),
+        tmp_path,
+    )
+    assert dry.returncode == 2 and "non-ASCII" in dry.stderr, dry.stdout + dry.stderr
+    assert sum(sandbox.audit.calls.values()) == 0
+
+
+async def test_a_second_confirm_answers_already_confirmed_and_records_nothing(
+    sandbox: Sandbox, leaver: SeededUser, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    """issue 14: `confirm --no-resume` exits 0 on success; a second confirm answers
+    "already confirmed by X at T" with exit 0 and records nothing."""
+    import sqlite3
+
+    config = cli.write_config(tmp_path / "offboard.yaml", config_data)
+    env = cli.environment(sandbox.environment())
+    base = ["--config", str(config)]
+    run = await cli.run([*base, "run", "leaver", "--user", leaver.login], env, tmp_path)
+    assert run.returncode == 3, run.stdout + run.stderr
+    case_id = run.stdout.split("opened case ")[1].split()[0]
+
+    first = await cli.run(
+        [*base, "confirm", case_id, "portal-sessions", "--by", "op-a", "--no-resume"],
+        env,
+        tmp_path,
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"confirmed {case_id} portal-sessions by op-a at " in first.stdout
+
+    def events() -> list[tuple[str]]:
+        with sqlite3.connect(tmp_path / "offboard.db") as db:
+            return db.execute("SELECT kind FROM events ORDER BY rowid").fetchall()
+
+    before = events()
+    second = await cli.run(
+        [*base, "confirm", case_id, "portal-sessions", "--by", "op-b"], env, tmp_path
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    at = first.stdout.split(" at ")[1].split()[0]
+    assert f"{case_id} portal-sessions already confirmed by op-a at {at}" in second.stdout
+    assert events() == before
+
+
+async def test_run_with_another_spelling_disables_the_identity_center_user(
+    sandbox: Sandbox, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    """issue 14: `run incident --user Bob@Example.com` deactivated Bob at Okta (which
+    matches logins case-insensitively), then halted at ic-disable because the Identity
+    Center lookup was exact: IdP done, Identity Center untouched."""
+    bob = sandbox.seed_leaver("Bob.Mixed@Example.com")
+    config = cli.write_config(tmp_path / "offboard.yaml", config_data)
+    env = cli.environment(sandbox.environment())
+
+    run = await cli.run(
+        ["--config", str(config), "run", "leaver", "--user", "  BOB.MIXED@example.COM "],
+        env,
+        tmp_path,
+    )
+
+    assert run.returncode == 3, run.stdout + run.stderr  # waiting for the operator only
+    assert "status WAITING" in run.stdout and "HALTED" not in run.stdout
+    assert sandbox.identity_center.user_status(bob.ic_user_id) == "DISABLED"

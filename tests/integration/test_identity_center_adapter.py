@@ -362,11 +362,71 @@ async def test_unknown_user_name_is_permanent_resource_not_found(
 ) -> None:
     with pytest.raises(PermanentError) as err:
         await ic.find_user("nobody@example.com")
-    assert str(err.value) == (
-        "identitystore: no Identity Center user with userName 'nobody@example.com'"
+    # issue 14: the message now also says where it looked (GetUserId, then ListUsers)
+    assert str(err.value).startswith(
+        "identitystore: no Identity Center user with userName 'nobody@example.com' (searched: "
     )
+    assert "GetUserId on userName and emails.value" in str(err.value)
+    assert "case-insensitively" in str(err.value)
     # The reworded error keeps AWS's code: callers decide on `code`, as steps.py does.
     assert err.value.code == "ResourceNotFoundException"
+
+
+async def _found_id(world: World, ic: AwsIdentityCenter, address: str) -> str:
+    """The id the adapter resolves `address` to; moto's DescribeUser has no UserStatus,
+    so there the adapter refuses to guess a status and names the id it resolved."""
+    if world.moto:
+        with pytest.raises(PermanentError, match="UserStatus") as err:
+            await ic.find_user(address)
+        found = UUID.search(str(err.value).split("DescribeUser for ")[1][:36])
+        assert found is not None, str(err.value)
+        return found.group(0)
+    return (await ic.find_user(address)).user_id
+
+
+async def test_a_user_name_in_another_case_is_found(world: World, ic: AwsIdentityCenter) -> None:
+    """issue 14: `run --user Bob@Example.com` found Bob in Okta but not in Identity Center,
+    and the case halted after the IdP was changed. GetUserId matches exactly (on our
+    emulator; AWS does not document it), so the adapter falls back to ListUsers."""
+    bob = await world.seed.user("Bob.Mixed@Example.com")
+    assert await _found_id(world, ic, "bob.mixed@example.com") == bob
+    assert await _found_id(world, ic, "BOB.MIXED@EXAMPLE.COM") == bob
+    assert await _found_id(world, ic, LEAVER.upper()) == world.user_id
+
+
+async def test_a_user_is_found_by_primary_email_when_the_user_name_differs(
+    world: World, ic: AwsIdentityCenter
+) -> None:
+    """issue 14: where the IdP's SCIM sync sets userName to something else (an employee
+    number), the address is the user's primary email: GetUserId on emails.value, then
+    ListUsers case-insensitively."""
+    if world.moto:
+        created = await world.store.create_user(
+            IdentityStoreId=world.config.identity_store_id,
+            UserName="E-10042",
+            DisplayName="Carol",
+            Name={"GivenName": "Carol", "FamilyName": "Example"},
+            Emails=[{"Value": "Carol.Email@Example.com", "Type": "work", "Primary": True}],
+        )
+        carol = str(created["UserId"])
+    else:
+        assert isinstance(world.seed, SandboxSeeder)
+        carol = world.seed.emulator.add_user("E-10042", email="Carol.Email@Example.com")
+    assert await _found_id(world, ic, "Carol.Email@Example.com") == carol
+    assert await _found_id(world, ic, "carol.email@example.com") == carol
+
+
+async def test_two_users_matching_in_another_case_is_ambiguous(
+    world: World, ic: AwsIdentityCenter
+) -> None:
+    """issue 14: two matches are a permanent error naming both, before anything changes."""
+    first = await world.seed.user("Twin@Example.com")
+    second = await world.seed.user("TWIN@example.com")
+    with pytest.raises(PermanentError) as err:
+        await ic.find_user("twin@example.com")
+    assert err.value.code == "AmbiguousUser"
+    message = str(err.value)
+    assert first in message and second in message and "nothing was changed" in message
 
 
 async def test_unknown_user_id_is_permanent_resource_not_found(

@@ -138,8 +138,21 @@ async def test_signed_hr_webhook_runs_the_leaver_playbook(
         f"/v1/cases/{answer['case_id']}/confirm/portal-sessions", headers=auth
     )
     assert confirmed.status == 200, await confirmed.text()
-    assert (await confirmed.json())["confirmed_by"] == "api:ops"
+    first = await confirmed.json()
+    assert first["confirmed_by"] == "api:ops" and first["already_confirmed"] is False
     await _wait_status(runtime, answer["case_id"], CaseStatus.CONTAINED)
+    # issue 14: a repeat answers with the first confirmation and records nothing
+    events = len(await runtime.store.events(answer["case_id"]))
+    again = await http.post(f"/v1/cases/{answer['case_id']}/confirm/portal-sessions", headers=auth)
+    assert again.status == 200, await again.text()
+    repeat = await again.json()
+    assert repeat["already_confirmed"] is True
+    assert (repeat["confirmed_by"], repeat["confirmed_at"]) == (
+        first["confirmed_by"],
+        first["confirmed_at"],
+    )
+    assert "already confirmed by api:ops at " in repeat["detail"]
+    assert len(await runtime.store.events(answer["case_id"])) == events
     assert_contained_in_order(sandbox, leaver)
 
     detail = await (await http.get(f"/v1/cases/{answer['case_id']}", headers=auth)).json()
@@ -498,3 +511,37 @@ async def test_the_case_list_comes_a_page_at_a_time_by_cursor(
         assert response.status == 400, query
         assert response.content_type == "application/problem+json"
         assert (await response.json())["detail"].startswith(f"{named} must be"), query
+
+
+async def test_a_non_ascii_address_is_a_clear_4xx_on_every_front_end(
+    client: tuple[TestClient[web.Request, web.Application], Runtime],
+) -> None:
+    """issue 14: `jörg@example.com` was a 500 on every retry (senders retry a 5xx forever)."""
+    http, runtime = client
+    body, headers = signed(termination("jörg@example.com"))
+    hook = await http.post("/v1/hooks/hr/hris", data=body, headers=headers)
+    assert hook.status == 422, await hook.text()
+    problem = await hook.json()
+    assert "non-ASCII" in problem["detail"] and "jörg" not in problem["detail"]
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    api = await http.post(
+        "/v1/cases",
+        json={"playbook": "leaver", "subject": "jörg@example.com"},
+        headers=auth,
+    )
+    assert api.status == 422 and "non-ASCII" in (await api.json())["detail"]
+    assert await _case_count(runtime) == 0
+
+
+async def test_a_protected_identity_in_another_case_or_script_is_refused_unechoed(
+    client: tuple[TestClient[web.Request, web.Application], Runtime],
+) -> None:
+    """issue 14: a protected identity spelt with a Cyrillic letter was a 500 (or slipped by)."""
+    http, runtime = client
+    for spelling in ("ROOT@Example.com", "r\u043eot@example.com", "bre\u0430kglass-x@example.com"):
+        body, headers = signed(termination(spelling))
+        response = await http.post("/v1/hooks/hr/hris", data=body, headers=headers)
+        assert response.status == 403, (spelling, await response.text())
+        detail = (await response.json())["detail"]
+        assert "protected identity" in detail and spelling.casefold() not in detail.casefold()
+    assert await _case_count(runtime) == 0

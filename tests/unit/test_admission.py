@@ -215,3 +215,38 @@ def test_logins_and_protected_patterns() -> None:
     assert not is_login("ann@exa mple.com") and not is_login("a@b@c")
     assert protected_pattern("ROOT@example.com", ["root@example.com"]) == "root@example.com"
     assert protected_pattern("ann@example.com", PROTECTED) is None
+
+
+def test_the_subject_is_canonicalised_once() -> None:
+    from worker.domain import InvalidSubject, canonical_subject, subject_key
+
+    assert canonical_subject("  Bob@Example.com\n") == "Bob@Example.com"
+    assert subject_key("Bob@Example.com") == subject_key("bob@example.COM") == "bob@example.com"
+    # NFC: a decomposed letter is composed, then refused as not ASCII (IdP logins are ASCII)
+    for bad, what in (
+        ("jo\u0308rg@example.com", "non-ASCII"),
+        ("jörg@example.com", "non-ASCII"),
+        ("no-at-sign", "one @"),
+        ("a@b@c", "one @"),
+        ("a b@example.com", "space"),
+        ("", "empty"),
+    ):
+        with pytest.raises(InvalidSubject, match=what) as caught:
+            canonical_subject(bad)
+        assert "jörg" not in str(caught.value) and "jo\u0308rg" not in str(caught.value)
+
+
+def test_protected_identities_match_with_case_and_confusables_folded() -> None:
+    from worker.admission import protected_pattern
+
+    patterns = ["breakglass-*@example.com", "root@example.com"]
+    for spelling in (
+        "ROOT@example.com",
+        "r\u043eot@example.com",  # Cyrillic o
+        "\u0280oot@example.com".replace("\u0280", "r"),
+        "bre\u0430kglass-1@example.com",  # Cyrillic a
+        "BRE\u0391KGLASS-1@example.com",  # Greek capital alpha
+        "\uff52oot@example.com",  # fullwidth r (NFKC)
+    ):
+        assert protected_pattern(spelling, patterns) is not None, spelling
+    assert protected_pattern("bob@example.com", patterns) is None

@@ -65,6 +65,19 @@ TRANSIENT_CODES = frozenset(
 
 #: the error code of a thing that is not there (a user, an assignment, a membership)
 NOT_FOUND = "ResourceNotFoundException"
+#: our code for an address that names two Identity Center users
+AMBIGUOUS = "AmbiguousUser"
+
+
+def _folds_to(value: Any, key: str) -> bool:
+    return isinstance(value, str) and value.strip().casefold() == key
+
+
+def _primary_emails(user: dict[str, Any]) -> list[Any]:
+    """The user's primary email (the only one, when none is marked primary)."""
+    emails = [e for e in user.get("Emails") or [] if isinstance(e, dict)]
+    primary = [e for e in emails if e.get("Primary")] or (emails if len(emails) == 1 else [])
+    return [e.get("Value") for e in primary]
 
 
 def _finished(operation: str, request_id: str, status: str, reason: str) -> bool:
@@ -212,6 +225,58 @@ class AwsIdentityCenter:
             raise TransientError(service, f"{operation} failed: {type(exc).__name__}") from None
 
     async def find_user(self, user_name: str) -> IdentityCenterUser:
+        """The one Identity Center user this address names.
+
+        `GetUserId` matches exactly, and whether `userName` compares case-sensitively is
+        not documented, so: `GetUserId` on `userName`, then on `emails.value` (the two
+        unique attributes it takes); if neither finds anyone, every `ListUsers` page,
+        compared case-insensitively on `UserName`, then the primary email, then the
+        `ExternalIds` the IdP's SCIM sync sets. Two users matching is a PermanentError
+        naming both (raised before anything changes); none, one with NOT_FOUND whose
+        message says where it looked."""
+        for path in ("userName", "emails.value"):
+            user_id = await self._user_id_by(path, user_name)
+            if user_id is not None:
+                return await self.get_user(user_id)
+        key = user_name.casefold()
+        users = [
+            user
+            for page in await self._pages(
+                self._identitystore,
+                "identitystore",
+                "ListUsers",
+                IdentityStoreId=self.config.identity_store_id,
+            )
+            for user in page.get("Users", [])
+        ]
+        for field, values in (
+            ("userName", lambda u: [u.get("UserName")]),
+            ("primary email", _primary_emails),
+            ("externalId", lambda u: [x.get("Id") for x in u.get("ExternalIds") or []]),
+        ):
+            matches = [u for u in users if any(_folds_to(v, key) for v in values(u))]
+            if len(matches) > 1:
+                named = " and ".join(
+                    f"{u.get('UserName')!r} ({u.get('UserId')})" for u in matches[:2]
+                )
+                raise PermanentError(
+                    "identitystore",
+                    f"{user_name!r} is ambiguous in Identity Center: {len(matches)} users "
+                    f"match on {field} case-insensitively, {named}; nothing was changed",
+                    code=AMBIGUOUS,
+                )
+            if matches:
+                return await self.get_user(str(matches[0]["UserId"]))
+        raise PermanentError(
+            "identitystore",
+            f"no Identity Center user with userName {user_name!r} (searched: GetUserId on "
+            f"userName and emails.value, then {len(users)} users from ListUsers by userName, "
+            "primary email and externalId, case-insensitively)",
+            code=NOT_FOUND,
+        )
+
+    async def _user_id_by(self, path: str, value: str) -> str | None:
+        """`GetUserId` on one unique attribute: the id, or None when nobody has it."""
         try:
             found = await self._aws(
                 "identitystore",
@@ -219,22 +284,15 @@ class AwsIdentityCenter:
                 self._identitystore.get_user_id(
                     IdentityStoreId=self.config.identity_store_id,
                     AlternateIdentifier={
-                        "UniqueAttribute": {
-                            "AttributePath": "userName",
-                            "AttributeValue": user_name,
-                        }
+                        "UniqueAttribute": {"AttributePath": path, "AttributeValue": value}
                     },
                 ),
             )
         except PermanentError as exc:
             if exc.code == NOT_FOUND:
-                raise PermanentError(
-                    "identitystore",
-                    f"no Identity Center user with userName {user_name!r}",
-                    code=exc.code,
-                ) from None
+                return None
             raise
-        return await self.get_user(str(found["UserId"]))
+        return str(found["UserId"])
 
     async def get_user(self, user_id: str) -> IdentityCenterUser:
         user = await self._aws(

@@ -19,10 +19,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from worker.admission import Admitted, Instruction, Outcome, is_login
+from worker.admission import Admitted, Instruction, Outcome
 from worker.cases import confirm_task
 from worker.clock import utc_iso
-from worker.domain import Case, CaseStatus
+from worker.domain import Case, CaseStatus, InvalidSubject, canonical_subject
 from worker.errors import CaseStarted, NotFound, OffboardError, PlaybookError
 from worker.metrics import refresh
 from worker.playbook import Playbook
@@ -103,9 +103,12 @@ async def _admit_keyed(
 ) -> tuple[int, dict[str, Any]]:
     """Admit a keyed instruction: (status, body), recorded with its delivery; a replay
     gets the first answer again, marked `replayed`."""
-    admitted = await request.app[STATE].admissions.admit(
-        instruction, lambda a: _recorded(a, instruction, extra or {})
-    )
+    try:
+        admitted = await request.app[STATE].admissions.admit(
+            instruction, lambda a: _recorded(a, instruction, extra or {})
+        )
+    except InvalidSubject as exc:
+        raise _subject_problem(exc) from None
     _refuse(admitted)
     assert admitted.delivery is not None  # a keyed admission records or replays one
     outcome = admitted.delivery.outcome
@@ -130,6 +133,12 @@ def _answer(admitted: Admitted, instruction: Instruction) -> tuple[int, dict[str
     if admitted.case is None:  # nothing-scheduled: the one outcome without a case
         return status, {"outcome": admitted.outcome.value, "subject": instruction.subject}
     return status, {"outcome": admitted.outcome.value, **_summary(admitted.case)}
+
+
+def _subject_problem(exc: InvalidSubject) -> Problem:
+    """An address that cannot be a login: 422 naming what is wrong (never a 500, which
+    a webhook sender would retry forever), without repeating the address."""
+    return Problem(422, "invalid subject", f"subject: {exc}")
 
 
 def _refuse(admitted: Admitted) -> None:
@@ -189,10 +198,12 @@ class CaseRequest(BaseModel):
     @field_validator("subject")
     @classmethod
     def _email(cls, value: str) -> str:
-        value = value.strip()
-        if not is_login(value):
-            raise ValueError("must be the person's login, an email address")
-        return value
+        try:
+            return canonical_subject(value)
+        except InvalidSubject as exc:
+            if exc.non_ascii:  # admission decides: a protected look-alike is a 403
+                return value.strip()
+            raise ValueError(str(exc)) from None
 
     @field_validator("effective_at")
     @classmethod
@@ -255,7 +266,10 @@ async def create_case(request: web.Request) -> web.Response:
     playbook = _playbook(runtime, body.playbook)
     if idem is None:
         instruction = _instruction(trigger, playbook, None)
-        admitted = await request.app[STATE].admissions.admit(instruction)
+        try:
+            admitted = await request.app[STATE].admissions.admit(instruction)
+        except InvalidSubject as exc:
+            raise _subject_problem(exc) from None
         _refuse(admitted)
         _, answer = _answer(admitted, instruction)
         request.app[WORKER].wake.set()
@@ -389,18 +403,23 @@ async def confirm(request: web.Request) -> web.Response:
     case = await _case_or_404(runtime, request.match_info["case_id"])
     step = request.match_info["step"]
     try:
-        task = await confirm_task(runtime, case.id, step, f"api:{caller}")
+        confirmation = await confirm_task(runtime, case.id, step, f"api:{caller}")
     except NotFound as exc:
         raise Problem(404, "no such task", str(exc)) from None
     except OffboardError as exc:
         raise Problem(404, "no such step", str(exc)) from None
-    request.app[WORKER].wake.set()
+    task = confirmation.task
+    if not confirmation.already:
+        request.app[WORKER].wake.set()
+    # a repeat answers with the first confirmation, and records nothing
     return web.json_response(
         {
             "case_id": case.id,
             "step": step,
             "confirmed_by": task.confirmed_by,
             "confirmed_at": _opt(task.confirmed_at),
+            "already_confirmed": confirmation.already,
+            "detail": confirmation.message,
         }
     )
 

@@ -469,13 +469,20 @@ async def confirm(request: web.Request, session: Session) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     case_id, step = request.match_info["case_id"], request.match_info["step"]
     try:
-        task = await confirm_task(runtime, case_id, step, f"ui:{session.name}")
+        confirmation = await confirm_task(runtime, case_id, step, f"ui:{session.name}")
     except NotFound:
         return _error(404, "Nothing to confirm", "There is no such case or task.", session)
     except OffboardError as exc:
         return _error(404, "Nothing to confirm", str(exc), session)
-    request.app[WORKER].wake.set()
-    log.info("ui_confirmed", case_id=case_id, step=step, by=task.confirmed_by)
+    if not confirmation.already:
+        request.app[WORKER].wake.set()
+    log.info(
+        "ui_confirmed",
+        case_id=case_id,
+        step=step,
+        by=confirmation.task.confirmed_by,
+        already=confirmation.already,
+    )
     back = f"/ui/cases/{quote(case_id, safe='')}" if form.get("back") == "case" else "/ui"
     raise web.HTTPSeeOther(f"{back}#case-{quote(case_id, safe='')}")
 
