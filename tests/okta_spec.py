@@ -24,7 +24,11 @@ from openapi_core.testing import MockRequest, MockResponse
 from openapi_core.validation.response.exceptions import MissingData
 from openapi_core.validation.schemas import oas30_read_schema_validators_factory
 
-SPEC_PATH = Path(os.environ.get("OKTA_SPEC", "/work/shared/reference/okta-management-openapi.yaml"))
+#: $OKTA_SPEC, or ../shared/reference/ beside the repository root (never an absolute path)
+SPEC_PATH = Path(
+    os.environ.get("OKTA_SPEC")
+    or Path(__file__).resolve().parents[2] / "shared" / "reference" / "okta-management-openapi.yaml"
+)
 SPEC_HOST = "https://example.okta.com"
 
 
