@@ -569,6 +569,28 @@ async def test_an_unreadable_session_configuration_fails_the_read(
     assert app.background_sessions is True
 
 
+async def test_a_refused_session_configuration_leaves_only_that_application_unknown(
+    sandbox: Sandbox, sandbox_world_only: World, sandbox_ic: AwsIdentityCenter
+) -> None:
+    emulator = sandbox.identity_center
+    for name in ("Glue", "Studio"):
+        app = emulator.add_application(name, background_sessions=True)
+        emulator.assign_application(
+            app, principal_type="USER", principal_id=sandbox_world_only.user_id
+        )
+    sandbox.faults.add(
+        FaultRule(
+            endpoint="sso-admin.GetApplicationSessionConfiguration",
+            kind="error",
+            count=1,
+            status=403,
+        )
+    )
+    found = await sandbox_ic.reachable_applications(sandbox_world_only.user_id)
+    assert sorted(a.background_sessions is None for a in found) == [False, True]
+    assert [a.background_sessions for a in found if a.background_sessions is not None] == [True]
+
+
 async def test_reads_span_pages(world: World, ic: AwsIdentityCenter) -> None:
     """More assignments and memberships than one page holds: every page is read."""
     accounts = [f"{100000000000 + i}" for i in range(120)]

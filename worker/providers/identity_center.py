@@ -483,11 +483,16 @@ class AwsIdentityCenter:
                 "DescribeApplication",
                 self._sso_admin.describe_application(ApplicationArn=arn),
             )
-            configured = await self._aws(
-                "sso-admin",
-                "GetApplicationSessionConfiguration",
-                self._sso_admin.get_application_session_configuration(ApplicationArn=arn),
-            )
+            try:
+                configured = await self._aws(
+                    "sso-admin",
+                    "GetApplicationSessionConfiguration",
+                    self._sso_admin.get_application_session_configuration(ApplicationArn=arn),
+                )
+            except PermanentError:
+                # refused for this one (access denied, an application type without it):
+                # it alone is unknown, said "not covered"; the others are still read
+                configured = {}
             status = configured.get("UserBackgroundSessionApplicationStatus")
             result.append(
                 ReachableApplication(

@@ -162,6 +162,8 @@ def error_response(status: int) -> web.Response:
     kind = flavour(_current_endpoint.get())
     message = "An internal error occurred."
     if kind in ("identitystore", "sso-admin", "aws"):
+        if status == 403:  # AWS's refusal of the caller's permissions (its code, not its status)
+            return AwsError("AccessDeniedException", "User is not authorized").response()
         return AwsError("InternalServerException", message, status=status).response()
     if kind == "scim":
         return ScimError(status, message).response()
