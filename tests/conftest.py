@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import pytest_timeout
 
+from tests.google_spec import google_conformance  # noqa: F401  (fixture)
+from tests.graph_spec import graph_conformance  # noqa: F401  (fixture)
 from tests.pg import pg_dsn, pg_fresh_dsn  # noqa: F401  (fixtures)
 from worker.config import Config, parse_config
 from worker.runtime import Runtime, open_runtime

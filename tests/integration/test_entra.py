@@ -27,6 +27,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict
 
+from tests.graph_spec import builder_for
+from tests.graph_spec import exchange_errors as graph_exchange_errors
+from tests.wire import WireExchange, conformance
 from worker.clock import Clock, ManualClock, SystemClock
 from worker.config import EntraConfig, SecretRef
 from worker.errors import ConfigError, PermanentError, TransientError
@@ -663,3 +666,38 @@ async def test_graph_leaves_account_enabled_out_unless_selected(env: Env, leaver
         selected = await response.json()
     assert selected["accountEnabled"] is True
     assert selected["@odata.context"].endswith("#users(accountEnabled)/$entity")
+
+
+# -- Graph's own definition (tests/graph_spec.py) -----------------------------------------
+
+
+async def test_every_graph_exchange_is_one_graph_defines(
+    env: Env, leaver_id: str, graph_conformance: list[WireExchange]
+) -> None:
+    """The adapter's whole repertoire — find, disable, read back, revoke, an unknown
+    user, a throttle, a server error — checked against msgraph-sdk's builders and
+    models here (and by the module's fixture after every other test)."""
+    entra = env.adapter()
+    env.faults.add(FaultRule(endpoint="entra.get_user", kind="throttle", count=1, retry_after=1))
+    env.faults.add(FaultRule(endpoint="entra.revoke_sessions", kind="error", count=1, status=503))
+    with pytest.raises(TransientError):
+        await entra.find_user(LEAVER)
+    found = await entra.find_user(LEAVER)
+    await entra.deactivate_user(found.id)
+    await entra.get_user(found.id)
+    with pytest.raises(TransientError):
+        await entra.revoke_sessions(found.id)
+    await entra.revoke_sessions(found.id)
+    with pytest.raises(PermanentError):
+        await entra.find_user("nobody@example.com")
+
+    graph = [e for e in graph_conformance if e.raw_path.startswith("/v1.0/")]
+    assert {(e.method, e.status) for e in graph} == {
+        ("GET", 429), ("GET", 200), ("PATCH", 204), ("POST", 503), ("POST", 200), ("GET", 404)
+    }  # fmt: skip
+    checked = {builder_for(e.path.removeprefix("/v1.0"))[0] for e in graph}
+    assert {b.cls.__name__ for b in checked if b is not None} == {
+        "UserItemRequestBuilder",
+        "RevokeSignInSessionsRequestBuilder",
+    }
+    assert conformance(graph_conformance, graph_exchange_errors) == []

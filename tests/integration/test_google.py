@@ -20,6 +20,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict
 
+from tests.google_spec import exchange_errors as google_exchange_errors
+from tests.google_spec import load_google_directory
+from tests.wire import WireExchange, conformance
 from worker.clock import Clock, ManualClock, SystemClock
 from worker.config import GoogleConfig, SecretRef
 from worker.errors import ConfigError, PermanentError, TransientError
@@ -546,3 +549,41 @@ async def test_the_emulator_checks_the_grant(env: Env) -> None:
         assert (status, body["error"]) == (expected_status, error), body
         assert words in body["error_description"]
     assert len(env.emulator.assertions) == 1
+
+
+# -- Google's own definition (tests/google_spec.py) ---------------------------------------
+
+
+async def test_every_google_exchange_is_one_the_directory_api_defines(
+    env: Env, leaver_id: str, google_conformance: list[WireExchange]
+) -> None:
+    """The adapter's whole repertoire — token, find, suspend, read back, sign out, an
+    unknown user, each throttle Google sends, a server error — checked against the
+    discovery document and Google's own client and auth libraries."""
+    google = env.adapter()
+    env.faults.add(FaultRule(endpoint="google.get_user", kind="throttle", count=1))
+    env.faults.add(FaultRule(endpoint="google.sign_out", kind="error", count=1, status=503))
+    with pytest.raises(TransientError):
+        await google.find_user(LEAVER)
+    found = await google.find_user(LEAVER)
+    await google.deactivate_user(found.id)
+    await google.get_user(found.id)
+    with pytest.raises(TransientError):
+        await google.revoke_sessions(found.id)
+    await google.revoke_sessions(found.id)
+    with pytest.raises(PermanentError):
+        await google.find_user("nobody@example.com")
+
+    api = [e for e in google_conformance if e.raw_path.startswith(API)]
+    directory = load_google_directory()
+    methods = [directory.method_for(e.method, e.path)[0] for e in api]
+    assert {m.id for m in methods if m is not None} == {
+        "directory.users.get",
+        "directory.users.update",
+        "directory.users.signOut",
+    }
+    assert {(e.method, e.status) for e in api} == {
+        ("GET", 403), ("GET", 200), ("PUT", 200), ("POST", 503), ("POST", 204), ("GET", 404)
+    }  # fmt: skip
+    assert [e.status for e in google_conformance if e.raw_path == "/token"] == [200]
+    assert conformance(google_conformance, google_exchange_errors) == []
