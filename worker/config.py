@@ -390,6 +390,9 @@ class ServerConfig(_Model):
     #: bearer tokens of the manual API, by name (the name is recorded as who acted)
     api_tokens: dict[str, SecretRef] = Field(default_factory=dict)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    #: the address browsers use for this server (behind a proxy, the proxy's): the origin
+    #: the status page's forms must come from; unset, the Host each request names
+    public_url: ProviderUrl | None = None
     hr_sources: dict[str, TriggerSource] = Field(default_factory=dict)
     incident_sources: dict[str, TriggerSource] = Field(default_factory=dict)
 
