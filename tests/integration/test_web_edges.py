@@ -23,6 +23,7 @@ from tests.integration.test_server import (
     termination,
 )
 from worker.config import parse_config
+from worker.errors import ConfigError
 from worker.runtime import Runtime, open_runtime
 from worker.sandbox import SeededUser
 from worker.web.app import build_app
@@ -161,3 +162,14 @@ async def test_no_403_detail_names_the_address(served: Served) -> None:
             assert response.status == 403
             problem = await response.json()
             assert subject not in json.dumps(problem), problem
+
+
+async def test_serve_refuses_an_api_token_shorter_than_the_minimum(
+    config_data: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("T_API_TOKEN", "abc")
+    config = parse_config(server_settings(config_data), "test")
+    async with open_runtime(config, base_dir=tmp_path) as runtime:
+        with pytest.raises(ConfigError, match=r"^server\.api_tokens\.ops: .*at least 16") as e:
+            build_app(runtime, run_worker=False)
+        assert "abc" not in str(e.value).removeprefix("server.api_tokens.ops")
