@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worker.actions import ACTIONS, Role
-from worker.admission import Instruction, Outcome
+from worker.admission import Instruction, Outcome, protected_detail, protected_pattern
 from worker.cases import confirm_task, drive_case, remove_deny_statements, retry_case
 from worker.clock import Clock, OffsetClock, SystemClock, parse_iso, utc_iso
 from worker.config import Config, load_config
@@ -385,6 +385,10 @@ async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> 
 
     dirs = [base_dir / d for d in config.playbook_dirs]
     playbook = load_playbook(find_playbook(args.playbook, dirs))
+    # refused as the run would be (look-alikes folded), and as unechoed
+    if (pattern := protected_pattern(args.user, config.protected_identities)) is not None:
+        print(f"offboard: {protected_detail(pattern)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     # the same canonical subject admission would make (InvalidSubject: exit 2)
     subject = subject_key(canonical_subject(args.user))
     async with aiohttp.ClientSession() as http:

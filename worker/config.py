@@ -7,15 +7,25 @@ in `Secret` objects whose repr hides them, and registered with the log redactor.
 
 from __future__ import annotations
 
+import fnmatch
+import ipaddress
 import os
 import types
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from worker import yamlfile
 from worker.countdown import SessionSettings, parse_iso_duration
@@ -23,6 +33,63 @@ from worker.errors import ConfigError
 from worker.logging import register_secret
 from worker.ratelimit import Limits, RateLimiter
 from worker.retry import RetryPolicy
+
+#: the shortest API token or shared secret accepted: 16 random characters are 64 (hex)
+#: to 96 (base64) bits, beyond any online guessing, and a placeholder ("xxx", "changeme")
+#: is refused before it guards anything; `openssl rand -hex 32` makes a good one
+MIN_TOKEN_LENGTH = 16
+#: the secrets that are tokens (sent to a provider or presented to us), by dotted path;
+#: trigger sources' shared secrets are held to the same length by `triggers.adapter_for`
+TOKEN_PATHS = ("idp.okta.token", "identity_center.scim.token", "server.api_tokens.*")
+
+
+def is_token(path: str) -> bool:
+    return any(fnmatch.fnmatchcase(path, pattern) for pattern in TOKEN_PATHS)
+
+
+def token_problem(value: str) -> str | None:
+    """Why a token is unusable, or None; never quoting it."""
+    if len(value) < MIN_TOKEN_LENGTH:
+        return f"a token needs at least {MIN_TOKEN_LENGTH} characters (the value is not shown)"
+    return None
+
+
+def url_problem(value: str) -> str | None:
+    """Why an address a token or a person's data is sent to is unusable, or None: it must
+    be https://, or http:// to loopback only (the sandbox, a local proxy)."""
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        host = None
+    if host is None or parts.scheme not in ("https", "http"):
+        return "not an absolute https:// URL"
+    if parts.scheme == "http" and not _loopback(host):
+        return (
+            "http:// is only for loopback (127.0.0.0/8, ::1, localhost): "
+            "tokens would cross the network in clear; use https://"
+        )
+    return None
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _checked_url(value: str) -> str:
+    problem = url_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+#: a provider's address: https://, or http:// on loopback
+ProviderUrl = Annotated[str, AfterValidator(_checked_url)]
 
 
 class Secret:
@@ -91,13 +158,21 @@ class SecretRef(BaseModel):
             raise ConfigError(f"{path}: secret file {self.file} is empty")
         return Secret(value)
 
+    def resolve_token(self, path: str) -> Secret:
+        """`resolve`, for a token: refused when shorter than MIN_TOKEN_LENGTH."""
+        secret = self.resolve(path)
+        problem = token_problem(secret.reveal())
+        if problem is not None:
+            raise ConfigError(f"{path}: {problem}")
+        return secret
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class OktaConfig(_Model):
-    org_url: str = Field(description="https://<org>.okta.com")
+    org_url: ProviderUrl = Field(description="https://<org>.okta.com")
     token: SecretRef = Field(description="API token (sent as SSWS)")
     timeout_seconds: float = 10.0
 
@@ -109,8 +184,8 @@ class EntraConfig(_Model):
     client_secret: SecretRef | None = None
     certificate_key: SecretRef | None = None
     certificate: SecretRef | None = None
-    graph_url: str = "https://graph.microsoft.com/v1.0"
-    login_url: str = "https://login.microsoftonline.com"
+    graph_url: ProviderUrl = "https://graph.microsoft.com/v1.0"
+    login_url: ProviderUrl = "https://login.microsoftonline.com"
     timeout_seconds: float = 10.0
 
     @model_validator(mode="after")
@@ -126,8 +201,8 @@ class GoogleConfig(_Model):
     service_account: SecretRef
     #: the admin the service account acts as
     delegated_admin: str
-    directory_url: str = "https://admin.googleapis.com/admin/directory/v1"
-    token_url: str | None = None  # default: the key file's token_uri
+    directory_url: ProviderUrl = "https://admin.googleapis.com/admin/directory/v1"
+    token_url: ProviderUrl | None = None  # default: the key file's token_uri
     timeout_seconds: float = 10.0
 
 
@@ -148,7 +223,7 @@ class IdpConfig(_Model):
 
 
 class ScimConfig(_Model):
-    url: str = Field(description="https://scim.<region>.amazonaws.com/<tenant>/scim/v2")
+    url: ProviderUrl = Field(description="https://scim.<region>.amazonaws.com/<tenant>/scim/v2")
     token: SecretRef
     timeout_seconds: float = 10.0
 
@@ -167,7 +242,7 @@ class IdentityCenterConfig(_Model):
     identity_source: Literal["scim", "directory"] = "scim"
     scim: ScimConfig | None = None
     #: only for the sandbox or a VPC endpoint; unset in production
-    endpoint_url: str | None = None
+    endpoint_url: ProviderUrl | None = None
     #: only when the default AWS credential chain should not be used
     credentials: AwsCredentials | None = None
     console_url: str = Field(
@@ -315,6 +390,9 @@ class ServerConfig(_Model):
     #: bearer tokens of the manual API, by name (the name is recorded as who acted)
     api_tokens: dict[str, SecretRef] = Field(default_factory=dict)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    #: the address browsers use for this server (behind a proxy, the proxy's): the origin
+    #: the status page's forms must come from; unset, the Host each request names
+    public_url: ProviderUrl | None = None
     hr_sources: dict[str, TriggerSource] = Field(default_factory=dict)
     incident_sources: dict[str, TriggerSource] = Field(default_factory=dict)
 
@@ -325,7 +403,7 @@ class SlackConfig(_Model):
 
 
 class WebhookNotifierConfig(_Model):
-    url: str
+    url: ProviderUrl
     #: Standard Webhooks secret (whsec_<base64>) the deliveries are signed with
     secret: SecretRef
 

@@ -36,7 +36,9 @@ from worker.config import (
     SecretRef,
     ServerConfig,
     StoreConfig,
+    is_token,
     secret_references,
+    url_problem,
     validation_problems,
 )
 from worker.errors import ConfigError, PlaybookError
@@ -93,7 +95,7 @@ def check_config_data(data: Any, source: str, *, base_dir: Path) -> ConfigReport
         except ValidationError:
             continue  # the structural pass has reported it
         try:
-            secrets[where] = ref.resolve(where)
+            secrets[where] = ref.resolve_token(where) if is_token(where) else ref.resolve(where)
         except ConfigError as exc:
             problems.append(str(exc))
     sections = data if isinstance(data, dict) else {}
@@ -184,8 +186,8 @@ def _content_problems(sections: dict[Any, Any], secrets: dict[str, Secret]) -> l
     notifiers = _section(sections, "notifiers", NotifiersConfig)
     if notifiers is not None:
         slack = secrets.get("notifiers.slack.webhook_url")
-        if slack is not None and urlsplit(slack.reveal()).scheme not in ("https", "http"):
-            problems.append("notifiers.slack.webhook_url: not an http(s) URL (not shown)")
+        if slack is not None and (problem := url_problem(slack.reveal())) is not None:
+            problems.append(f"notifiers.slack.webhook_url: {problem} (the value is not shown)")
         for i, _ in enumerate(notifiers.webhooks):
             secret = secrets.get(f"notifiers.webhooks.{i}.secret")
             try:

@@ -74,6 +74,7 @@ from typing import Any, ClassVar, Final, Literal, Protocol
 
 from standardwebhooks.webhooks import Webhook
 
+from worker.config import token_problem
 from worker.errors import OffboardError
 
 Kind = Literal["terminate", "rescind", "incident"]
@@ -481,7 +482,12 @@ def adapter_for(
         raise ValueError(f"a {kind} source cannot have purpose {purpose!r}; it serves {purposes}")
     if tolerance <= timedelta(0):
         raise ValueError("tolerance must be positive")
-    return cls(secrets=_checked_secrets(secrets), tolerance=tolerance, purpose=purpose)
+    adapter = cls(secrets=_checked_secrets(secrets), tolerance=tolerance, purpose=purpose)
+    # after the kind's own checks (a whsec_ key's decoding says more than its length)
+    for i, secret in enumerate(secrets, 1):
+        if (problem := token_problem(secret)) is not None:
+            raise ValueError(f"secret #{i}: {problem}")
+    return adapter
 
 
 # --- helpers --------------------------------------------------------------------------

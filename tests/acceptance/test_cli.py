@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +237,24 @@ async def test_run_with_another_spelling_disables_the_identity_center_user(
     assert run.returncode == 3, run.stdout + run.stderr  # waiting for the operator only
     assert "status WAITING" in run.stdout and "HALTED" not in run.stdout
     assert sandbox.identity_center.user_status(bob.ic_user_id) == "DISABLED"
+
+
+async def test_run_for_a_protected_identity_exits_2_without_naming_the_address(
+    sandbox: Sandbox, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    """issue 15: no refusal of a protected identity repeats the address, the CLI's included."""
+    config_data["protected_identities"] = ["root@example.com", "breakglass-*@example.com"]
+    config = cli.write_config(tmp_path / "offboard.yaml", config_data)
+    for subject, dry in itertools.product(
+        ("root@example.com", "breakglass-9@example.com", "r\u043eot@example.com"),
+        ([], ["--dry-run"]),
+    ):
+        result = await cli.run(
+            ["--config", str(config), "run", "leaver", "--user", subject, *dry],
+            cli.environment(sandbox.environment()),
+            tmp_path,
+        )
+        assert result.returncode == 2, (dry, result.stdout + result.stderr)
+        assert "protected identity" in result.stderr
+        assert subject not in result.stdout + result.stderr
+    assert sum(sandbox.audit.calls.values()) == 0

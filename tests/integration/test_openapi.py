@@ -106,7 +106,7 @@ FUZZ = settings(
     deadline=None,
     derandomize=True,
     database=None,
-    phases=[Phase.explicit, Phase.generate],
+    phases=[Phase.explicit, Phase.generate],  # the examples phase is a pass of its own
     suppress_health_check=list(HealthCheck),
 )
 CHECKS = [
@@ -257,11 +257,14 @@ class Pass:
     path: dict[str, str] = field(default_factory=dict)
     #: POST /v1/cases: sometimes name a playbook that exists, to reach 201/200/409
     known_playbooks: bool = False
+    #: schemathesis's examples phase: requests built from the document's own examples
+    examples: bool = False
 
     @property
     def label(self) -> str:
         who = "token" if self.token else "no token"
-        return f"{self.operation} [{self.mode.value}, {who}, {self.path or 'generated path'}]"
+        mode = "examples" if self.examples else self.mode.value
+        return f"{self.operation} [{mode}, {who}, {self.path or 'generated path'}]"
 
 
 @dataclass
@@ -271,6 +274,8 @@ class Outcome:
     kinds: Counter[str] = field(default_factory=Counter)
     #: (operation, token?) -> status codes seen
     statuses: dict[tuple[str, bool], Counter[int]] = field(default_factory=dict)
+    #: (operation, token?) -> status codes of the requests built from the examples
+    example_statuses: dict[tuple[str, bool], Counter[int]] = field(default_factory=dict)
     #: bodies of webhook answers that were not refusals
     hook_answers: list[Any] = field(default_factory=list)
     requests: int = 0
@@ -289,6 +294,8 @@ def _passes(spec: dict[str, Any], seeded: dict[str, str]) -> list[Pass]:
                 else [GenerationMode.POSITIVE]
             )
             guarded = {"apiToken": []} in operation.get("security", [])
+            for token in [False, True] if guarded else [False]:
+                passes.append(Pass(label, GenerationMode.POSITIVE, token, examples=True))
             for mode, token in itertools.product(modes, [False, True] if guarded else [False]):
                 if path.startswith("/v1/hooks/"):
                     purpose = path.split("/")[3]
@@ -328,12 +335,20 @@ def _fuzz(
     session: requests.Session,
     outcome: Outcome,
 ) -> None:
-    strategy = operation.as_strategy(generation_mode=p.mode, path_parameters=p.path or None)
+    if p.examples:
+        from_examples = operation.get_strategies_from_examples()
+        if not from_examples:
+            return
+        strategy = st.one_of(from_examples)
+        seen = outcome.example_statuses.setdefault((p.operation, p.token), Counter())
+    else:
+        strategy = operation.as_strategy(generation_mode=p.mode, path_parameters=p.path or None)
+        seen = outcome.statuses.setdefault((p.operation, p.token), Counter())
     playbooks = st.sampled_from([None, "leaver", "incident"] if p.known_playbooks else [None])
-    seen = outcome.statuses.setdefault((p.operation, p.token), Counter())
     headers = {"Authorization": f"Bearer {API_TOKEN}"} if p.token else None
 
-    @FUZZ
+    # the document's examples are a few fixed requests: a few tries send each of them
+    @settings(FUZZ, max_examples=8 if p.examples else FUZZ.max_examples)
     @given(case=strategy, playbook=playbooks)
     def fuzz(case: schemathesis.Case, playbook: str | None) -> None:
         if playbook and isinstance(case.body, dict):
@@ -403,6 +418,18 @@ async def test_schemathesis_finds_nothing_and_refused_requests_store_nothing(
     assert 200 in with_token["POST /v1/cases/{case_id}/confirm/{step}"]
     assert {200, 409} <= set(with_token["POST /v1/cases/{case_id}/cancel"])
 
+    # every example the document gives is one the server takes: with the token, nothing
+    # built from them is refused as bad input (a 404 for the example case id is an answer)
+    refused_examples = {
+        op: dict(c)
+        for (op, token), c in outcome.example_statuses.items()
+        if token and {400, 422} & set(c)
+    }
+    assert refused_examples == {}, refused_examples
+    assert {op for op, token in outcome.example_statuses if token} >= {
+        "POST /v1/cases",
+        "GET /v1/cases/{case_id}",
+    }
     # no webhook got further than a refusal (an unsigned HiBob ping is ignored, not acted on)
     assert all(a.get("outcome") == "ignored" for a in outcome.hook_answers), outcome.hook_answers
     cases = _stored(served.database, "SELECT id, trigger FROM cases")
@@ -419,6 +446,9 @@ async def test_schemathesis_finds_nothing_and_refused_requests_store_nothing(
     )
     for (operation, token), statuses in sorted(outcome.statuses.items()):
         print(f"  {operation} {'token' if token else 'no token'}: {dict(sorted(statuses.items()))}")
+    for (operation, token), statuses in sorted(outcome.example_statuses.items()):
+        who = "token" if token else "no token"
+        print(f"  examples {operation} {who}: {dict(sorted(statuses.items()))}")
 
 
 # --- requests schemathesis does not generate ------------------------------------------
@@ -609,3 +639,35 @@ async def test_the_case_list_pages_are_answered_as_documented(
     for query in ("limit=0", "limit=1001", "limit=x", "after=c-nope"):
         refused = await _exchange(served, "GET", f"/v1/cases?{query}", auth)
         assert refused.status_code == 400, query
+
+
+def _examples(node: Any, pointer: str = "") -> list[tuple[str, Any]]:
+    """(JSON pointer of the schema, example) for every `examples` list of a schema."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(node, dict):
+        if isinstance(node.get("examples"), list) and ("type" in node or "$ref" in node):
+            found += [(pointer, example) for example in node["examples"]]
+        for key, value in node.items():
+            escaped = key.replace("~", "~0").replace("/", "~1")
+            found += _examples(value, f"{pointer}/{escaped}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _examples(value, f"{pointer}/{index}")
+    return found
+
+
+def test_every_example_in_the_document_is_valid_against_its_schema() -> None:
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    spec = document()
+    uri = "urn:offboard:openapi"
+    registry = Registry().with_resource(uri, Resource(contents=spec, specification=DRAFT202012))
+    examples = _examples(spec)
+    assert len(examples) >= 15  # the walk finds them
+    invalid = []
+    for pointer, example in examples:
+        validator = Draft202012Validator({"$ref": f"{uri}#{pointer}"}, registry=registry)
+        invalid += [f"{pointer}: {example!r}: {e.message}" for e in validator.iter_errors(example)]
+    assert invalid == []

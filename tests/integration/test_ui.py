@@ -29,6 +29,8 @@ from worker.web.ui import COOKIE, CSP, SESSION_TTL, UiState, issue_session, read
 
 TOKEN = "ui-ops-token-" + "u" * 32
 OTHER = "ui-night-token-" + "n" * 32
+#: what a browser posting the page's own forms says of where they come from
+BROWSER = {"Sec-Fetch-Site": "same-origin"}
 HOSTILE_SUBJECT = "<img/src=x/onerror=alert(1)>@evil.example"
 HOSTILE_REASON = '<script>alert("halt")</script> & "quoted" \'single\''
 
@@ -220,9 +222,13 @@ def test_a_session_is_signed_expires_and_ends_with_its_token() -> None:
 async def test_signing_out_ends_the_browser_session(ui: Ui) -> None:
     await _sign_in(ui)
     page = await _page(ui)
-    refused = await ui.http.post("/ui/logout", data={"csrf": "wrong"}, allow_redirects=False)
+    refused = await ui.http.post(
+        "/ui/logout", data={"csrf": "wrong"}, headers=BROWSER, allow_redirects=False
+    )
     assert refused.status == 403
-    response = await ui.http.post("/ui/logout", data={"csrf": _csrf(page)}, allow_redirects=False)
+    response = await ui.http.post(
+        "/ui/logout", data={"csrf": _csrf(page)}, headers=BROWSER, allow_redirects=False
+    )
     assert response.status == 303 and response.headers["Location"] == "/ui/login"
     assert response.cookies[COOKIE].value == ""
     again = await ui.http.get("/ui", allow_redirects=False)
@@ -244,8 +250,9 @@ async def test_confirming_needs_the_sessions_csrf_token(ui: Ui) -> None:
     confirm = f"/ui/cases/{case.id}/confirm/portal-sessions"
 
     for form in ({}, {"csrf": ""}, {"csrf": "wrong"}, {"csrf": csrf[:-1]}, {"csrf": foreign}):
-        response = await ui.http.post(confirm, data=form, allow_redirects=False)
+        response = await ui.http.post(confirm, data=form, headers=BROWSER, allow_redirects=False)
         assert response.status == 403, form
+        assert "expired" in await response.text()  # refused for its CSRF token
         assert "text/html" in response.headers["Content-Type"]
     # right token, but the browser says another site posted the form
     response = await ui.http.post(
@@ -365,7 +372,7 @@ async def test_unknown_cases_tasks_and_files_are_404(ui: Ui) -> None:
     assert missing.status == 404 and missing.content_type == "text/html"
     page = await _page(ui)
     response = await ui.http.post(
-        "/ui/cases/c-nope/confirm/portal-sessions", data={"csrf": _csrf(page)}
+        "/ui/cases/c-nope/confirm/portal-sessions", data={"csrf": _csrf(page)}, headers=BROWSER
     )
     assert response.status == 404
     assert (await ui.http.get("/ui/static/../ui.py")).status == 404
@@ -460,3 +467,113 @@ async def test_many_cases_come_a_page_at_a_time_the_most_urgent_first(
     assert "all (124)" in everything and "showing 101&ndash;124 of 124" in everything
     assert '<a href="/ui?show=all&amp;page=2" rel="prev">' in everything
     assert f'id="case-{made[2].id}"' in everything  # the cancelled one, last: the oldest
+
+
+# --- where a form was posted from (issue 15) ---------------------------------------------
+
+
+def _origin(ui: Ui) -> str:
+    return str(ui.http.make_url("")).rstrip("/")
+
+
+async def _confirm_with(ui: Ui, headers: dict[str, str]) -> tuple[Case, Any]:
+    case = await _waiting_case(ui)
+    await _sign_in(ui)
+    csrf = _csrf(await _page(ui))
+    response = await ui.http.post(
+        f"/ui/cases/{case.id}/confirm/portal-sessions",
+        data={"csrf": csrf},
+        headers=headers,
+        allow_redirects=False,
+    )
+    return case, response
+
+
+async def _unconfirmed(ui: Ui, case: Case) -> bool:
+    task = await ui.runtime.store.get_task(case.id, "portal-sessions")
+    return task is not None and task.confirmed_at is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Referer": "https://evil.example/page"},
+        {"Origin": "https://evil.example", "Referer": "{own}/ui"},
+        {"Sec-Fetch-Site": "same-origin", "Origin": "https://evil.example"},
+    ],
+    ids=["foreign-origin", "null-origin", "foreign-referer", "origin-first", "fetch-and-origin"],
+)
+async def test_a_confirm_from_another_origin_is_refused_without_sec_fetch_site(
+    ui: Ui, headers: dict[str, str]
+) -> None:
+    sent = {k: v.replace("{own}", _origin(ui)) for k, v in headers.items()}
+    case, response = await _confirm_with(ui, sent)
+    assert response.status == 403
+    assert "another site" in await response.text()
+    assert await _unconfirmed(ui, case)
+
+
+async def test_a_confirm_that_says_nothing_of_where_it_came_from_is_refused(ui: Ui) -> None:
+    case, response = await _confirm_with(ui, {})
+    assert response.status == 403
+    text = await response.text()
+    assert "Origin" in text and "bearer token" in text
+    assert await _unconfirmed(ui, case)
+
+
+@pytest.mark.parametrize("header", ["Origin", "Referer", "Sec-Fetch-Site"])
+async def test_a_confirm_from_the_page_itself_is_accepted(ui: Ui, header: str) -> None:
+    value = {
+        "Origin": _origin(ui),
+        "Referer": _origin(ui) + "/ui?show=all",
+        "Sec-Fetch-Site": "same-origin",
+    }[header]
+    case, response = await _confirm_with(ui, {header: value})
+    assert response.status == 303, await response.text()
+    assert not await _unconfirmed(ui, case)
+
+
+async def test_a_login_from_another_origin_is_refused_without_sec_fetch_site(ui: Ui) -> None:
+    for headers in ({"Origin": "https://evil.example"}, {"Referer": "https://evil.example/"}):
+        response = await ui.http.post(
+            "/ui/login", data={"token": TOKEN}, headers=headers, allow_redirects=False
+        )
+        assert response.status == 403 and COOKIE not in response.cookies
+
+
+async def test_the_configured_public_url_is_the_origin_forms_must_come_from(
+    config_data: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: Sandbox
+) -> None:
+    """Behind a proxy the Host the server sees is not the one the browser used."""
+    monkeypatch.setenv("T_UI_OPS", TOKEN)
+    config_data["server"] = {
+        "api_tokens": {"ops": {"env": "T_UI_OPS"}},
+        "public_url": "https://offboard.example.com/",
+    }
+    config = parse_config(config_data, "ui test")
+    async with open_runtime(config, base_dir=tmp_path) as runtime:
+        app = build_app(runtime, run_worker=False)
+        async with TestClient(TestServer(app)) as http:
+            ui = Ui(http=http, runtime=runtime, sandbox=sandbox)
+            case, refused = await _confirm_with(ui, {"Origin": _origin(ui)})
+            assert refused.status == 403 and await _unconfirmed(ui, case)
+            page = await _page(ui)
+            response = await http.post(
+                f"/ui/cases/{case.id}/confirm/portal-sessions",
+                data={"csrf": _csrf(page)},
+                headers={"Origin": "https://OFFBOARD.example.com"},
+                allow_redirects=False,
+            )
+            assert response.status == 303, await response.text()
+            assert not await _unconfirmed(ui, case)
+
+
+async def test_the_page_lets_its_own_forms_say_where_they_come_from(ui: Ui) -> None:
+    """`no-referrer` made a browser post `Origin: null` (Fetch, "serializing a request
+    origin"): `same-origin` sends ours to us and nothing to anyone else."""
+    await _sign_in(ui)
+    response = await ui.http.get("/ui")
+    assert response.headers["Referrer-Policy"] == "same-origin"
+    assert '<meta name="referrer" content="same-origin">' in await response.text()

@@ -4,6 +4,7 @@ its dotted path, and never a secret's value."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,10 @@ from jsonschema import Draft202012Validator
 
 from tests.conftest import REPO
 from worker.cli import main
-from worker.config import config_json_schema
+from worker.config import MIN_TOKEN_LENGTH, config_json_schema, parse_config
 from worker.configcheck import check_config, summary
+from worker.errors import ConfigError
+from worker.sandbox.google import make_service_account_key
 
 WHSEC = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seQ=="
 
@@ -219,3 +222,141 @@ def test_the_schema_says_a_secret_is_a_reference() -> None:
     paths = {".".join(map(str, e.absolute_path)) for e in validator.iter_errors(data)}
     # okta is "an OktaConfig or null": the schema reports at that choice
     assert paths == {"idp.okta", "store"}
+
+
+# --- issue 15: addresses that would carry a token in clear; tokens too short ---------
+
+#: every provider address a token is sent to, by its dotted path (and how to set it)
+ADDRESSES: dict[str, tuple[str, ...]] = {
+    "idp.okta.org_url": ("idp", "okta", "org_url"),
+    "identity_center.scim.url": ("identity_center", "scim", "url"),
+    "identity_center.endpoint_url": ("identity_center", "endpoint_url"),
+    "idp.entra.graph_url": ("idp", "entra", "graph_url"),
+    "idp.entra.login_url": ("idp", "entra", "login_url"),
+    "idp.google.directory_url": ("idp", "google", "directory_url"),
+    "idp.google.token_url": ("idp", "google", "token_url"),
+    "notifiers.webhooks.0.url": ("notifiers", "webhooks", "0", "url"),
+}
+
+
+def _with_address(path: str, value: str) -> dict[str, Any]:
+    data = minimal()
+    if path.startswith("idp.entra."):
+        data["idp"] = {
+            "entra": {"tenant_id": "t", "client_id": "c", "client_secret": {"env": "T_OKTA"}}
+        }
+    elif path.startswith("idp.google."):
+        data["idp"] = {
+            "google": {"service_account": {"env": "T_KEY"}, "delegated_admin": "a@example.com"}
+        }
+    elif path.startswith("notifiers."):
+        data["notifiers"] = {"webhooks": [{"url": "https://x.example", "secret": {"env": "T_WH"}}]}
+    node: Any = data
+    *parents, last = ADDRESSES[path]
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[last] = value
+    return data
+
+
+@pytest.mark.parametrize("path", sorted(ADDRESSES))
+@pytest.mark.parametrize(
+    "value", ["http://provider.example/api", "provider.example/api", "ftp://provider.example"]
+)
+def test_a_provider_address_in_clear_or_without_a_scheme_is_refused_with_its_path(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, path: str, value: str
+) -> None:
+    monkeypatch.setenv("T_KEY", make_service_account_key())
+    data = _with_address(path, value)
+
+    report = check_config(write(workdir, data), base_dir=workdir)
+
+    assert len(report.problems) == 1, report.problems
+    assert report.problems[0].startswith(f"{path}: "), report.problems
+    if value.startswith("http://"):
+        assert "https://" in report.problems[0] and "loopback" in report.problems[0]
+    with pytest.raises(ConfigError, match=re.escape(path)):  # at load as well
+        parse_config(data, "offboard.yaml")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://provider.example/api",
+        "http://127.0.0.1:18080",
+        "http://127.8.9.10/x",
+        "http://[::1]:8080/x",
+        "http://localhost:9000",
+    ],
+)
+def test_https_anywhere_and_http_on_loopback_are_accepted(workdir: Path, value: str) -> None:
+    for path in ("idp.okta.org_url", "identity_center.scim.url", "notifiers.webhooks.0.url"):
+        report = check_config(write(workdir, _with_address(path, value)), base_dir=workdir)
+        assert report.problems == (), (path, report.problems)
+
+
+def test_secret_addresses_are_held_to_the_same_rule_and_never_shown(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Slack webhook URL and a Google key file's token_uri are secrets' contents."""
+    slack = "http://hooks.slack.example/services/T0/B0/secret-part"
+    monkeypatch.setenv("T_SLACK", slack)
+    key = json.loads(make_service_account_key())
+    key["token_uri"] = "http://oauth2.example/token"
+    monkeypatch.setenv("T_KEY", json.dumps(key))
+    data = minimal()
+    data["idp"] = {
+        "google": {"service_account": {"env": "T_KEY"}, "delegated_admin": "a@example.com"}
+    }
+    data["notifiers"] = {"slack": {"webhook_url": {"env": "T_SLACK"}}}
+
+    report = check_config(write(workdir, data), base_dir=workdir)
+
+    problems = sorted(report.problems)
+    assert [p.split(":")[0] for p in problems] == [
+        "idp.google.service_account",
+        "notifiers.slack.webhook_url",
+    ], problems
+    assert all("https://" in p for p in problems)
+    assert not any("secret-part" in p or "oauth2.example" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("variable", "path"),
+    [
+        ("T_OPS", "server.api_tokens.ops"),
+        ("T_OKTA", "idp.okta.token"),
+        ("T_BEARER", "server.incident_sources.soar"),
+    ],
+)
+def test_a_token_shorter_than_the_minimum_is_refused_unshown(
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    path: str,
+) -> None:
+    monkeypatch.setenv("T_BEARER", "soar-token-0123456789")
+    monkeypatch.setenv(variable, "abc")
+    data = minimal()
+    data["server"]["incident_sources"] = {
+        "soar": {"kind": "bearer", "secrets": [{"env": "T_BEARER"}]}
+    }
+
+    assert main(["config", "check", str(write(workdir, data))]) == 2
+
+    err = capsys.readouterr().err.splitlines()[:-1]
+    assert len(err) == 1 and err[0].startswith(f"{path}: "), err
+    assert f"at least {MIN_TOKEN_LENGTH} characters" in err[0]
+    assert "abc" not in err[0].removeprefix(path)
+
+
+def test_a_short_scim_token_file_is_refused(workdir: Path) -> None:
+    (workdir / "scim-token").write_text("short\n")
+    report = check_config(write(workdir, minimal()), base_dir=workdir)
+    assert [p.split(":")[0] for p in report.problems] == ["identity_center.scim.token"]
+
+
+def test_the_minimum_token_length_is_sixteen() -> None:
+    # 16 characters of a random token are ~96 bits (base64) or 64 (hex): no online guess
+    assert MIN_TOKEN_LENGTH == 16

@@ -524,9 +524,9 @@ def test_standard_webhooks_signed_string_and_published_vector() -> None:
 def test_bamboohr_signed_string_is_body_then_timestamp() -> None:
     body = b'{"ok":true}'
     assert bamboohr_signed_string("1767603600", body) == b'{"ok":true}1767603600'
-    digest = hmac.new(b"bamboo-secret", b'{"ok":true}1767603600', hashlib.sha256).hexdigest()
-    assert digest == "8ca02a3905b2b3d8d597d6d9228eb90ea486a8dbee1005cfe27a32b31aa04914"
-    adapter = adapter_for("bamboohr", secrets=["bamboo-secret"], purpose="hr")
+    digest = hmac.new(b"bamboo-secret-0123", b'{"ok":true}1767603600', hashlib.sha256).hexdigest()
+    assert digest == "0e8db028af592a6e9f71ddafc8b42afe752d21cbb560d28bf4b9ceebe795bf3c"
+    adapter = adapter_for("bamboohr", secrets=["bamboo-secret-0123"], purpose="hr")
     adapter.verify({"X-BambooHR-Signature": digest, "X-BambooHR-Timestamp": TS}, body, NOW)
     upper = {"X-BambooHR-Signature": digest.upper(), "X-BambooHR-Timestamp": TS}
     adapter.verify(upper, body, NOW)
@@ -536,23 +536,24 @@ def test_hibob_signed_string_is_the_body() -> None:
     body = b'{"ok":true}'
     assert hibob_signed_string(body) == body
     sha512 = (
-        "0Qy61SPZiKyhLEP+kM9ojcPmkwD2NDkZTot4sJcSJoZsq1xve2kAhf/TL6c9p168lO1KKsVugf9ORQxsoKBulw=="
+        "xShxFGeDSlJhQMSHc49EAktzklnryOl8SC41FmYMm3pj582YdYq6ILu+5sUK5pACNhHLcW31fdE7u5aVqrvAAw=="
     )
-    expected = base64.b64encode(hmac.new(b"bob-secret", body, hashlib.sha512).digest()).decode()
+    key = b"hibob-secret-0123"
+    expected = base64.b64encode(hmac.new(key, body, hashlib.sha512).digest()).decode()
     assert expected == sha512
-    adapter = adapter_for("hibob", secrets=["bob-secret"], purpose="hr")
+    adapter = adapter_for("hibob", secrets=["hibob-secret-0123"], purpose="hr")
     adapter.verify({"Bob-Signature": sha512}, body, NOW)
     # HMAC-SHA256, the brief's assumption, is accepted as well
-    sha256 = base64.b64encode(hmac.new(b"bob-secret", body, hashlib.sha256).digest()).decode()
+    sha256 = base64.b64encode(hmac.new(key, body, hashlib.sha256).digest()).decode()
     adapter.verify({"Bob-Signature": sha256}, body, NOW)
 
 
 def test_pagerduty_signed_string_is_the_body() -> None:
     body = b'{"ok":true}'
     assert pagerduty_signed_string(body) == body
-    digest = hmac.new(b"pd-secret", body, hashlib.sha256).hexdigest()
-    assert digest == "12f0c11c656abbb933dc3e3f6709e35a814d407c3520915e2843da43e0c58f7a"
-    adapter = adapter_for("pagerduty", secrets=["pd-secret"], purpose="incident")
+    digest = hmac.new(b"pagerduty-secret-0123", body, hashlib.sha256).hexdigest()
+    assert digest == "8b069d08ececb81f018cb4bd145ab01a1add56996eeea4cf84128ea1a4f905f8"
+    adapter = adapter_for("pagerduty", secrets=["pagerduty-secret-0123"], purpose="incident")
     adapter.verify({"X-PagerDuty-Signature": f"v1={digest}"}, body, NOW)
 
 
@@ -958,7 +959,7 @@ def test_bearer_hr_purpose_takes_the_generic_hr_payload() -> None:
         ("zapier", {}, "unknown trigger kind 'zapier'"),
         ("bearer", {"secrets": "a-single-string"}, "not a single string"),
         ("bearer", {"secrets": []}, "at least one"),
-        ("bearer", {"secrets": ["ok-token", ""]}, "secret #2 is empty"),
+        ("bearer", {"secrets": ["ok-token-0123456789", ""]}, "secret #2 is empty"),
         ("bearer", {"secrets": ["token\n"]}, "whitespace"),
         ("bearer", {"secrets": ["\ud800"]}, "not valid text"),
         ("standard-webhooks", {"secrets": ["whsec_!!!"]}, "whsec_"),
@@ -967,6 +968,7 @@ def test_bearer_hr_purpose_takes_the_generic_hr_payload() -> None:
         ("pagerduty", {"purpose": "hr"}, "cannot have purpose 'hr'"),
         ("bamboohr", {"purpose": "incident"}, "cannot have purpose"),
         ("bearer", {"tolerance": timedelta(0)}, "tolerance"),
+        ("bearer", {"secrets": ["long-enough-token-01", "short"]}, "secret #2: a token needs at"),
     ],
 )
 def test_adapter_for_refuses_bad_configuration(

@@ -21,7 +21,7 @@ import aiohttp
 
 from worker import actions
 from worker.clock import Clock, SystemClock
-from worker.config import GoogleConfig, Secret
+from worker.config import GoogleConfig, Secret, url_problem
 from worker.errors import ConfigError, PermanentError, TransientError
 from worker.metrics import Metrics
 from worker.providers.base import IdpUser, PlannedCall
@@ -81,6 +81,8 @@ class ServiceAccountKey:
                 raise ConfigError(f"{where}: the key file has no {name}")
             fields[name] = value
         self.client_email = fields["client_email"]
+        if (unusable := url_problem(fields["token_uri"])) is not None:
+            raise ConfigError(f"{where}: the key file's token_uri: {unusable} (not shown)")
         self.token_uri = fields["token_uri"]
         key_id = data.get("private_key_id")
         self.key_id = key_id if isinstance(key_id, str) and key_id else None

@@ -145,7 +145,7 @@ class AwsIdentityCenter:
             str, tuple[float, asyncio.Future[tuple[str, timedelta | None]]]
         ] = {}
         if config.scim is not None:
-            token = config.scim.token.resolve("identity_center.scim.token")
+            token = config.scim.token.resolve_token("identity_center.scim.token")
             self._scim = JsonHttpClient(
                 provider="scim",
                 base_url=config.scim.url,

@@ -29,7 +29,7 @@ class Okta:
         self._http = JsonHttpClient(
             provider="okta",
             base_url=self.org_url,
-            authorization=f"SSWS {config.token.resolve('idp.okta.token').reveal()}",
+            authorization=f"SSWS {config.token.resolve_token('idp.okta.token').reveal()}",
             session=session,
             timeout=config.timeout_seconds,
             limiter=limiter,

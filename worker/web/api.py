@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,7 +72,9 @@ async def hook(request: web.Request) -> web.Response:
         runtime, config.playbook or ("incident" if purpose == "incident" else "leaver")
     )
     status, answer = await _admit_keyed(request, _instruction(trigger, playbook, key))
-    state.metrics.triggers.labels(purpose, source, str(answer.get("outcome"))).inc()
+    # a replay carries the first answer's outcome; it is counted as what it is
+    counted = "replayed" if answer.get("replayed") else str(answer.get("outcome"))
+    state.metrics.triggers.labels(purpose, source, counted).inc()
     return web.json_response(answer, status=status)
 
 
@@ -187,6 +190,12 @@ def _caller(request: web.Request) -> str:
     return found
 
 
+#: RFC 3339's date-time (section 5.6): a full date, a full time, an offset
+RFC_3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
 class CaseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -204,6 +213,14 @@ class CaseRequest(BaseModel):
             if exc.non_ascii:  # admission decides: a protected look-alike is a 403
                 return value.strip()
             raise ValueError(str(exc)) from None
+
+    @field_validator("effective_at", mode="before")
+    @classmethod
+    def _rfc_3339(cls, value: Any) -> Any:
+        # pydantic alone would take Unix numbers (and numeric strings): 0 would run now
+        if value is not None and not (isinstance(value, str) and RFC_3339.fullmatch(value)):
+            raise ValueError("must be an RFC 3339 date-time string, e.g. 2026-01-31T17:00:00Z")
+        return value
 
     @field_validator("effective_at")
     @classmethod

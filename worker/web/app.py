@@ -16,7 +16,7 @@ from aiohttp import web
 
 from worker.runtime import Runtime
 from worker.web import api
-from worker.web.problems import problems
+from worker.web.problems import declared_body_limit, problems
 from worker.web.state import RUNTIME, STATE, WORKER, server_state
 from worker.web.ui import add_ui_routes
 from worker.worker import Worker
@@ -24,7 +24,9 @@ from worker.worker import Worker
 
 def build_app(runtime: Runtime, *, run_worker: bool = True) -> web.Application:
     state = server_state(runtime)
-    app = web.Application(middlewares=[problems], client_max_size=state.max_body)
+    app = web.Application(
+        middlewares=[problems, declared_body_limit], client_max_size=state.max_body
+    )
     app[RUNTIME] = runtime
     app[STATE] = state
     app[WORKER] = Worker(runtime)

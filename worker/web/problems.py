@@ -44,13 +44,30 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     except Problem as p:
         return problem_response(p.status, p.title, p.detail, headers=p.headers)
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[STATE].max_body
-        return problem_response(413, "body too large", f"the body is over {limit} bytes")
+        return _too_large(request.app[STATE].max_body)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return problem_response(exc.status, exc.reason, exc.text or exc.reason)
+        # a 405 says what is allowed (RFC 9110 15.5.6)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return problem_response(exc.status, exc.reason, exc.text or exc.reason, headers=allow)
     except Exception:
         # A bug, never the caller's input: say nothing internal, log everything.
         log.exception("request_failed", path=request.path)
         return problem_response(500, "internal error", "the server failed; see its log")
+
+
+@web.middleware
+async def declared_body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A body whose declared length is over the limit is refused from the headers alone,
+    before any of it is read (aiohttp's own limit trips only while reading)."""
+    limit = request.app[STATE].max_body
+    if request.content_length is not None and request.content_length > limit:
+        response = _too_large(limit)
+        response.force_close()  # the unread body must not be taken for the next request
+        return response
+    return await handler(request)
+
+
+def _too_large(limit: int) -> web.Response:
+    return problem_response(413, "body too large", f"the body is over {limit} bytes")

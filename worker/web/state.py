@@ -51,7 +51,7 @@ def server_state(runtime: Runtime) -> ServerState:
             )
             adapters[(purpose, name)] = (adapter, source)
     tokens = {
-        name: ref.resolve(f"server.api_tokens.{name}").reveal()
+        name: ref.resolve_token(f"server.api_tokens.{name}").reveal()
         for name, ref in config.api_tokens.items()
     }
     intake = Intake(runtime.store, runtime.clock.now)

@@ -18,7 +18,10 @@ Authentication is the API's: the named bearer tokens of `server.api_tokens`.
   configuration; a cookie reveals nothing of the token but what an offline guess
   against a slow KDF would.
 - Every form carries a CSRF token bound to the session (an HMAC of the session id
-  under the same key); a POST from another site (`Sec-Fetch-Site`) is refused as well.
+  under the same key). A POST with a session cookie must also show it comes from this
+  server's pages: `Origin` (else `Referer`) is this server's origin (`server.public_url`,
+  or the request's own Host) and `Sec-Fetch-Site`, when sent, is same-origin; a POST
+  that carries none of the three is refused. A sign-in from another origin is refused.
 
 Sessions are stateless: logging out clears the browser's cookie, and a copied cookie
 stays valid until it expires (`SESSION_TTL`) or its token is rotated.
@@ -106,6 +109,8 @@ def _asset(name: str) -> str:
 class UiState:
     #: token name -> token, as the API knows them
     tokens: dict[str, str]
+    #: the origin forms must be posted from (`server.public_url`); None: the request's Host
+    origin: str | None = None
     #: token name -> session key, derived on first use
     keys: dict[str, bytes] = field(default_factory=dict)
 
@@ -227,10 +232,56 @@ def _clear_cookie(response: web.StreamResponse, request: web.Request) -> None:
     )
 
 
-def _cross_site(request: web.Request) -> bool:
-    """A POST a browser says another site made (login CSRF included)."""
+FOREIGN = "This form was posted from another site."
+UNPROVEN = (
+    "This form came without an Origin, Referer or Sec-Fetch-Site header, so nothing shows "
+    "it was posted from this page: post it from the page in a browser, or send a bearer "
+    "token (Authorization: Bearer ...) from a script."
+)
+
+
+def _origin_of(url: str) -> str | None:
+    """scheme://host[:port] of a URL, lowercased, the default port left out; None if none."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+def _own_origin(request: web.Request) -> str | None:
+    configured = request.app[UI].origin
+    if configured is not None:
+        return configured
+    return _origin_of(f"{'https' if _secure(request) else 'http'}://{request.host}")
+
+
+def _post_refusal(request: web.Request, *, proof_needed: bool) -> str | None:
+    """Why a POST cannot be taken as made from this server's own pages, or None.
+
+    `Sec-Fetch-Site` is the browser's word; `Origin`, else `Referer`, is compared with
+    our origin whether or not it is there (browsers without fetch metadata send those).
+    `proof_needed`: with a session cookie, a POST that says nothing of where it came from
+    is refused too (a bearer request or a sign-in has no cookie a forger could ride on).
+    """
     site = request.headers.get("Sec-Fetch-Site")
-    return site is not None and site not in ("same-origin", "none")
+    if site is not None and site not in ("same-origin", "none"):
+        return FOREIGN
+    origin = request.headers.get("Origin")
+    referer = request.headers.get("Referer")
+    claimed = origin if origin not in (None, "null") else referer or None
+    if claimed is not None:
+        return None if _origin_of(claimed) == _own_origin(request) else FOREIGN
+    if origin == "null" and site is None:  # a sandboxed frame, a privacy setting: unknown
+        return FOREIGN
+    if site is None and proof_needed:
+        return UNPROVEN
+    return None
 
 
 async def _form(request: web.Request) -> dict[str, str]:
@@ -256,7 +307,11 @@ def _csrf_ok(session: Session, form: dict[str, str]) -> bool:
 
 def add_ui_routes(app: web.Application) -> None:
     """Register the status page on `offboard serve`'s app (after its STATE is set)."""
-    app[UI] = UiState(tokens=dict(app[STATE].api_tokens))
+    public_url = app[RUNTIME].config.server.public_url
+    app[UI] = UiState(
+        tokens=dict(app[STATE].api_tokens),
+        origin=_origin_of(public_url) if public_url is not None else None,
+    )
     app.router.add_get("/ui", _guarded(cases_page))
     app.router.add_get("/ui/cases/{case_id}", _guarded(case_page))
     app.router.add_post("/ui/cases/{case_id}/confirm/{step}", _guarded(confirm))
@@ -274,7 +329,9 @@ async def _headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    # our own forms' Origin reaches us (`no-referrer` made it "null"); no other site
+    # learns anything
+    response.headers["Referrer-Policy"] = "same-origin"
     response.headers.setdefault("Cache-Control", "no-store")
 
 
@@ -308,8 +365,11 @@ def _guarded(
             if isinstance(response, web.HTTPException):
                 raise response
             return response
-        if request.method == "POST" and _cross_site(request):
-            return _error(403, "Refused", "This form was posted from another site.", session)
+        if request.method == "POST":
+            refusal = _post_refusal(request, proof_needed=session.via == "cookie")
+            if refusal is not None:
+                log.info("ui_post_refused", reason="origin", token_name=session.name)
+                return _error(403, "Refused", refusal, session)
         return await handler(request, session)
 
     return guarded
@@ -331,7 +391,7 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    if _cross_site(request):
+    if _post_refusal(request, proof_needed=False) is not None:
         return _html(_login_body("/ui", "Sign in from this page."), "sign in", status=403)
     form = await _form(request)
     target = _next(form.get("next"))
@@ -512,7 +572,7 @@ def _html(
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta name="referrer" content="no-referrer">'
+        '<meta name="referrer" content="same-origin">'
         f"<title>{e(title)} · offboard</title>"
         f'<link rel="icon" href="{_asset("icon.svg")}" type="image/svg+xml">'
         f'<link rel="stylesheet" href="{_asset("ui.css")}">'
