@@ -355,8 +355,10 @@ class InMemoryStore:
         case = self._cases.get(case_id)
         if case is None or case.lease_owner != worker_id:
             raise StoreError(f"case {case_id} is not held by worker {worker_id}")
-        if status is CaseStatus.CONTAINED and any(
-            r.status is StepStatus.PENDING for r in self._steps.get(case_id, [])
+        if (
+            status is CaseStatus.CONTAINED
+            and any(r.status is StepStatus.PENDING for r in self._steps.get(case_id, []))
+            and any(e.kind == "case_escalated" for e in self._events.get(case_id, []))
         ):
             status = CaseStatus.PENDING  # escalated while it ran: steps its worker did not know
         self._cases[case_id] = replace(

@@ -77,7 +77,7 @@ def queries() -> dict[str, str]:
 #: the old version still holding one loses its lease. Both backends run it.
 ONE_ACTIVE_MIGRATION = """
 UPDATE cases SET status = 'cancelled', lease_owner = NULL, lease_expires_at = NULL,
-    halt_reason = 'closed at schema upgrade: a person has one active case; case '
+    halt_reason = 'closed at schema upgrade: a person has one active case, and case '
         || (SELECT k.id FROM cases k WHERE k.subject = cases.subject
             AND k.status IN ('pending', 'running', 'waiting', 'halted')
             ORDER BY k.priority DESC, k.created_at, k.id LIMIT 1)

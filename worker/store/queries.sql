@@ -71,6 +71,8 @@ WHERE id = :case_id AND lease_owner = :worker_id AND status = 'running'
 -- a case escalated while it ran has steps its worker did not know of: not contained, pending
 UPDATE cases SET status = CASE WHEN :status = 'contained' AND EXISTS (
                      SELECT 1 FROM steps WHERE case_id = :case_id AND status = 'pending')
+                     AND EXISTS (SELECT 1 FROM events WHERE case_id = :case_id
+                                 AND kind = 'case_escalated')
                  THEN 'pending' ELSE :status END,
                  run_after = :run_after, halt_reason = :halt_reason,
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
