@@ -47,6 +47,7 @@ from enum import StrEnum
 from typing import Any
 
 from worker.domain import (
+    URGENT,
     Arrival,
     Case,
     CaseStatus,
@@ -409,7 +410,10 @@ class Admissions:
         """The trigger meets the person's open case: escalate, attach or join it."""
         playbook, now = instruction.playbook, self._now()
         arrived = _arrived(instruction)
-        if playbook.priority > case.priority and case.status in ESCALATABLE:
+        # an incident (an urgent playbook) outranking the case escalates it; a leaver
+        # trigger for a bulk case, say, only joins it
+        urgent = playbook.priority >= URGENT and playbook.priority > case.priority
+        if urgent and case.status in ESCALATABLE:
             escalation = escalation_steps(case.steps, playbook)
             data = {**arrived, "from_priority": case.priority}
             if escalation.left_out:
