@@ -24,12 +24,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks.webhooks import Webhook
 
 from tests.acceptance import cli
+from tests.flows import CONTAINMENT_ORDER, contain, mutations
 from worker import bulk
 from worker.admission import Instruction
+from worker.cases import drive_case
 from worker.config import parse_config
 from worker.domain import Case, CaseStatus
 from worker.runtime import Runtime, open_runtime
-from worker.sandbox import Sandbox
+from worker.sandbox import Sandbox, SeededUser
 from worker.web.app import build_app
 
 WHSEC = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -245,3 +247,30 @@ async def test_cli_run_answers_a_contained_case_new_needs_a_reason_and_cancel(
     assert cancel.returncode == 0, cancel.stdout + cancel.stderr
     assert "HR sent the wrong person" in cancel.stdout
     assert (fresh.case.id, "cancelled", "leaver") in _case_ids(db)
+
+
+async def test_an_escalated_contained_case_runs_the_deny_step_and_is_contained_again(
+    runtime: Runtime, sandbox: Sandbox, leaver: SeededUser
+) -> None:
+    """The escalation is not only recorded: a worker picks the case up at once, runs the
+    incident's deny step (the leaver's steps stay done) and contains it again."""
+    case = await contain(runtime, sandbox, leaver)
+    assert case.status is CaseStatus.CONTAINED
+    before = [a for a in mutations(sandbox) if a in CONTAINMENT_ORDER]
+    admitted = await runtime.admissions().admit(
+        Instruction(
+            playbook=runtime.playbook("incident"),
+            subject=leaver.login.upper(),
+            trigger={"source": "pagerduty"},
+        )
+    )
+    assert admitted.outcome.value == "escalated"
+    case = await drive_case(runtime, case.id)
+    assert case.status is CaseStatus.CONTAINED and case.priority == 100
+    steps = await runtime.store.steps(case.id)
+    assert [(s.step_id, s.status.value) for s in steps][-1] == ("deny-role-sessions", "done")
+    # nothing of the leaver's containment was done again
+    assert [a for a in mutations(sandbox) if a in CONTAINMENT_ORDER] == before
+    timeline = await kinds(runtime, case.id)
+    assert timeline.index("case_escalated") < len(timeline) - 1
+    assert timeline[-1] == "case_contained"
