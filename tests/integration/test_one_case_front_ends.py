@@ -132,6 +132,13 @@ async def test_webhooks_and_the_api_join_escalate_and_case_fold(
     assert len(await runtime.store.list_cases()) == 1
     timeline = await kinds(runtime, case_id)
     assert timeline.count("trigger_joined") == 3 and timeline.count("case_escalated") == 1
+    # the status page explains the rule and shows the escalation
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    page = await (await client.get("/ui", headers=auth)).text()
+    assert "One open case per person" in page and "Escalation" in page
+    assert "never holds up containment" in page
+    detail = await (await client.get(f"/ui/cases/{case_id}", headers=auth)).text()
+    assert "Escalated in place" in detail and "deny-role-sessions" in detail
     # a Unicode look-alike spelling is a clear 4xx on each, never a case
     status, problem = await api(client, "ann.l\u0435e@example.com")
     assert status == 422 and "non-ASCII" in problem["detail"]
