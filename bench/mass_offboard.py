@@ -121,7 +121,7 @@ async def deactivated_at(rt: Runtime, subject: str, timeout: float = 120) -> flo
     """When the subject's incident case confirmed the IdP deactivation (wall time)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        case = await rt.store.find_open_case(subject, "incident")
+        case = await rt.store.find_open_case(subject)
         if case is not None:
             for step in await rt.store.steps(case.id):
                 if step.step_id == "idp-deactivate" and step.finished_at is not None:

@@ -6,10 +6,22 @@ ends only translate it: an HTTP status and problem document, an exit code, a CSV
 outcome. The decisions, made here and nowhere else:
 
 - replayed: the delivery key was answered before; the first answer stands;
-- created: the person has no open case of this playbook; a new one, due at the
-  effective time;
-- existing / rescheduled: the person's open case is joined; a later instruction for a
-  termination not yet started moves it to the new effective time;
+- created: the person has no open case (of any playbook); a new one, due at the
+  effective time. One person has at most one open case whatever arrives: the store
+  holds it too (a unique index on the active cases' subject), so a race between
+  processes or replicas joins the winner;
+- existing / rescheduled: the person's open case is joined, recorded on its timeline
+  (`trigger_joined`); a later instruction for a termination not yet started moves it
+  to the new effective time;
+- escalated: an incident (a playbook of higher priority) for a person with an open
+  lower-priority case escalates it in place: the incident's steps it lacks are
+  appended in playbook order (never against the order rules), its priority is raised
+  so that it jumps the queue, it runs at once (a contained case too), `case_escalated`
+  is recorded and the operators are told;
+- attached: the person's case is halted: the trigger is recorded on it
+  (`trigger_attached`) and the operators are told, instead of a parallel case;
+- contained: the person's case is contained: joined, it answers with its countdown
+  (`offboard run --new --reason` opens a new one anyway, the reason recorded);
 - cancelled / nothing-scheduled / already-started: a rescission withdraws the open
   case if containment has not begun;
 - protected: a break-glass or service identity is never offboarded; the refusal is
@@ -29,12 +41,13 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from worker.domain import (
+    URGENT,
     Arrival,
     Case,
     CaseStatus,
@@ -47,8 +60,9 @@ from worker.domain import (
 )
 from worker.errors import CaseStarted, OffboardError
 from worker.intake import Intake
-from worker.playbook import Playbook
-from worker.store.base import Store
+from worker.notify import Notification, Notifier, deliver
+from worker.playbook import Playbook, escalation_steps
+from worker.store.base import ESCALATABLE, Store
 
 #: a login: printable ASCII without spaces, exactly one @ (the OpenAPI document says the same)
 LOGIN = re.compile(r"[!-?A-~]+@[!-?A-~]+")
@@ -116,17 +130,24 @@ class ProtectedIdentity(OffboardError):
 class Outcome(StrEnum):
     #: a new case
     CREATED = "created"
-    #: the person's open case of this playbook, joined
+    #: the person's open case (of any playbook) joined: recorded on its timeline
     EXISTING = "existing"
     #: joined, with an effective time: a case not started yet moves to it
     RESCHEDULED = "rescheduled"
+    #: an incident for a person with an open lower-priority case: that case escalated
+    #: in place (the incident's steps it lacked added, its priority raised)
+    ESCALATED = "escalated"
+    #: the person's case is halted: the trigger attached to it, the operators told
+    ATTACHED = "attached"
+    #: the person's case is contained (its countdown runs): joined, nothing to start
+    CONTAINED = "contained"
     #: the key was answered before: nothing done, the first answer stands
     REPLAYED = "replayed"
     #: a rescission withdrew the open case before containment began
     CANCELLED = "cancelled"
     #: a rescission for a person with no open case of this playbook
     NOTHING_SCHEDULED = "nothing-scheduled"
-    #: a rescission after containment began: nothing changed
+    #: a rescission after containment began (or of a case another playbook owns)
     ALREADY_STARTED = "already-started"
     #: a protected identity: nothing changed but the refusal, recorded
     PROTECTED = "protected"
@@ -154,6 +175,9 @@ class Instruction:
     #: a key the case itself carries: a crash after the case was made but before the
     #: delivery was recorded finds the same case again, even a finished one
     case_key: str | None = None
+    #: `offboard run --new --reason`: a new case even beside the person's contained
+    #: one, this reason recorded with it (an active case is still joined)
+    new_reason: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,8 +232,10 @@ class Admissions:
         *,
         protected: Sequence[str],
         intake: Intake | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self._store = store
+        self._notifier = notifier
         self._now = now
         self._protected = tuple(protected)
         self._intake = intake
@@ -239,6 +265,16 @@ class Admissions:
     async def admit(self, instruction: Instruction, answer: Answer | None = None) -> Admitted:
         """Decide and do; a keyed instruction records `answer` (or {}) with its delivery."""
         subject = self._subject(instruction)
+        admitted = await self._admit(instruction, subject, answer)
+        if self._notifier is not None and admitted.case is not None:
+            note = _notification(admitted, instruction)
+            if note is not None:  # after the lock: a slow channel holds no one up
+                await deliver(self._notifier, note)
+        return admitted
+
+    async def _admit(
+        self, instruction: Instruction, subject: str, answer: Answer | None
+    ) -> Admitted:
         async with self._lock_for(subject):
             if instruction.key is not None:
                 grouped = await self._group_commit(instruction, subject, answer)
@@ -309,9 +345,19 @@ class Admissions:
         )
 
     async def _rescind(self, instruction: Instruction, subject: str) -> Admitted:
-        case = await self._store.find_open_case(subject, instruction.playbook.name)
+        case = await self._store.find_open_case(subject)
         if case is None:
             return Admitted(outcome=Outcome.NOTHING_SCHEDULED)
+        if (
+            case.playbook != instruction.playbook.name
+            or case.priority > instruction.playbook.priority
+        ):
+            # an incident (or an escalated case) is not withdrawn by an HR rescission
+            detail = (
+                f"the person's open case {case.id} is a {case.playbook} case at priority "
+                f"{case.priority}: a rescission of {instruction.playbook.name} does not withdraw it"
+            )
+            return Admitted(outcome=Outcome.ALREADY_STARTED, detail=detail)
         trigger = instruction.trigger
         reason = f"termination rescinded by {trigger.get('source')} ({trigger.get('reference')})"
         try:
@@ -335,22 +381,97 @@ class Admissions:
             return Admitted(outcome=Outcome.PROTECTED, detail=reason)
         if not is_login(subject):
             raise InvalidSubject("the subject must be the person's login (an email address)")
-        run_after = self._run_after(instruction)
-        existing = await self._store.find_open_case(subject, instruction.playbook.name)
-        if existing is None:
-            case, created = await self._store.create_case(
-                self._new_case(instruction, subject), self._now()
-            )
+        existing = await self._store.find_open_case(subject)
+        fresh = existing is None or (
+            existing.status is CaseStatus.CONTAINED and instruction.new_reason is not None
+        )
+        if fresh:
+            new = self._new_case(instruction, subject)
+            if instruction.new_reason is not None:
+                new = replace(new, trigger={**new.trigger, "new_reason": instruction.new_reason})
+            case, created = await self._store.create_case(new, self._now())
             if created:
                 return Admitted(outcome=Outcome.CREATED, case=case)
-            existing = case  # the case key was used before: that case, as it is
-        else:
-            # a later instruction for a termination not started yet moves it
-            due = run_after or self._now()
-            scheduled = existing.status is CaseStatus.PENDING and existing.run_after is not None
-            if scheduled and existing.run_after != due:
-                with contextlib.suppress(CaseStarted):  # it started meanwhile: leave it be
-                    existing = await self._store.reschedule_case(existing.id, due, self._now())
+            # the case key was used before (that case, as it is), or another process
+            # or replica opened the person's case first: the winner is joined
+            if case.idempotency_key is not None and case.idempotency_key == instruction.case_key:
+                return Admitted(outcome=self._joined_outcome(instruction, case), case=case)
+            existing = case
+        assert existing is not None
+        return await self._join(instruction, existing)
+
+    def _joined_outcome(self, instruction: Instruction, case: Case) -> Outcome:
+        if case.status is CaseStatus.CONTAINED:
+            return Outcome.CONTAINED
         # "rescheduled" says the instruction carried a time, whether or not it moved
-        outcome = Outcome.RESCHEDULED if run_after is not None else Outcome.EXISTING
-        return Admitted(outcome=outcome, case=existing)
+        return Outcome.RESCHEDULED if self._run_after(instruction) is not None else Outcome.EXISTING
+
+    async def _join(self, instruction: Instruction, case: Case) -> Admitted:
+        """The trigger meets the person's open case: escalate, attach or join it."""
+        playbook, now = instruction.playbook, self._now()
+        arrived = _arrived(instruction)
+        # an incident (an urgent playbook) outranking the case escalates it; a leaver
+        # trigger for a bulk case, say, only joins it
+        urgent = playbook.priority >= URGENT and playbook.priority > case.priority
+        if urgent and case.status in ESCALATABLE:
+            escalation = escalation_steps(case.steps, playbook)
+            data = {**arrived, "from_priority": case.priority}
+            if escalation.left_out:
+                data["steps_left_out"] = [
+                    {"step": step_id, "why": why} for step_id, why in escalation.left_out
+                ]
+            case, _ = await self._store.escalate_case(
+                case.id, escalation.added, playbook.priority, now, data
+            )
+            return Admitted(outcome=Outcome.ESCALATED, case=case)
+        if case.status is CaseStatus.HALTED:
+            await self._store.append_event(
+                case.id, "trigger_attached", now, step_id=None, data=arrived
+            )
+            return Admitted(outcome=Outcome.ATTACHED, case=case)
+        run_after = self._run_after(instruction)
+        scheduled = case.status is CaseStatus.PENDING and case.run_after is not None
+        if scheduled and case.playbook == playbook.name:
+            # a later instruction for a termination not started yet moves it
+            due = run_after or now
+            if case.run_after != due:
+                with contextlib.suppress(CaseStarted):  # it started meanwhile: leave it be
+                    case = await self._store.reschedule_case(case.id, due, now)
+        await self._store.append_event(case.id, "trigger_joined", now, step_id=None, data=arrived)
+        return Admitted(outcome=self._joined_outcome(instruction, case), case=case)
+
+
+def _arrived(instruction: Instruction) -> dict[str, Any]:
+    """What a case's timeline records of a trigger that joined it."""
+    trigger = instruction.trigger
+    return {
+        "source": trigger.get("source"),
+        "reference": trigger.get("reference"),
+        "playbook": instruction.playbook.name,
+        "kind": trigger.get("kind", "terminate"),
+    }
+
+
+def _notification(admitted: Admitted, instruction: Instruction) -> Notification | None:
+    """What the operators are told of an admission: an escalation, or a trigger for a
+    halted case (it needs a human either way)."""
+    case = admitted.case
+    assert case is not None
+    source = instruction.trigger.get("source")
+    if admitted.outcome is Outcome.ESCALATED:
+        return Notification(
+            kind="case_escalated",
+            case_id=case.id,
+            subject=case.subject,
+            title=f"case escalated by {instruction.playbook.name} ({source})",
+            data={"playbook": instruction.playbook.name, "priority": case.priority},
+        )
+    if admitted.outcome is Outcome.ATTACHED:
+        return Notification(
+            kind="trigger_attached",
+            case_id=case.id,
+            subject=case.subject,
+            title=f"{instruction.playbook.name} trigger ({source}) for a halted case",
+            data={"halt_reason": case.halt_reason, "retry": f"offboard retry {case.id}"},
+        )
+    return None

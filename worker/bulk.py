@@ -212,15 +212,30 @@ def _effective_at(text: str) -> tuple[datetime | None, str | None]:
 # --- phase 2: enqueue ------------------------------------------------------------------
 
 
+#: what a row's admission did: "created" now; "existing" (the person's open case,
+#: of any playbook, joined); "escalated" (their lower-priority case escalated in
+#: place); "attached" (their case is halted: a human must retry it); "contained"
+#: (their case is contained, its countdown runs)
+Origin = Literal["created", "existing", "escalated", "attached", "contained"]
+#: the one mapping of an admission's outcome to a row's
+ORIGINS: dict[Outcome, Origin] = {
+    Outcome.CREATED: "created",
+    Outcome.EXISTING: "existing",
+    Outcome.RESCHEDULED: "existing",
+    Outcome.ESCALATED: "escalated",
+    Outcome.ATTACHED: "attached",
+    Outcome.CONTAINED: "contained",
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Entry:
     """One row and the case that offboards its person."""
 
     row: BulkRow
     case_id: str
-    #: "created" now, "existing" (an open case of this playbook for the person), or
-    #: "earlier-run" (this row was enqueued by an earlier run of the file)
-    outcome: Literal["created", "existing", "earlier-run"]
+    #: `Origin`, or "earlier-run" (this row was enqueued by an earlier run of the file)
+    outcome: Literal[Origin, "earlier-run"]
 
 
 def delivery_key(playbook: str, row: BulkRow) -> str:
@@ -283,8 +298,8 @@ async def enqueue(
     return entries
 
 
-def _origin(admitted: Admitted) -> Literal["created", "existing"]:
-    return "created" if admitted.created else "existing"
+def _origin(admitted: Admitted) -> Origin:
+    return ORIGINS[admitted.outcome]
 
 
 # --- phase 3: watch and summarise ------------------------------------------------------
@@ -437,7 +452,10 @@ def summary_text(
     counts = snap.counts
     lines = [
         f"bulk {playbook}: {len(entries)} rows: {origins['created']} new case(s), "
-        f"{origins['existing']} already open, {origins['earlier-run']} from an earlier run",
+        f"{origins['existing']} already open, {origins['earlier-run']} from an earlier run"
+        + "".join(
+            f", {origins[o]} {o}" for o in ("escalated", "attached", "contained") if origins[o]
+        ),
         "",
         f"{'state':<30}{'cases':>6}",
     ]

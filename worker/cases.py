@@ -41,8 +41,9 @@ async def open_case(
     *,
     run_after: datetime | None = None,
 ) -> tuple[Case, bool]:
-    """A new case, or the open case this playbook already has for this person (and
-    whether it is new), through the one admission path; ProtectedIdentity if refused.
+    """A new case, or the person's open case whatever its playbook (joined, escalated
+    by an incident, attached when halted), and whether it is new, through the one
+    admission path; ProtectedIdentity if refused.
 
     Re-running a command after a crash resumes instead of starting twice; a later
     trigger for a termination not yet started moves it to the new time."""

@@ -22,7 +22,7 @@ from worker.cases import confirm_task, drive_case, remove_deny_statements, retry
 from worker.clock import Clock, OffsetClock, SystemClock, parse_iso, utc_iso
 from worker.config import Config, load_config
 from worker.domain import CaseStatus, canonical_subject, subject_key
-from worker.errors import NotFound, OffboardError
+from worker.errors import CaseStarted, NotFound, OffboardError
 from worker.logging import configure_logging
 from worker.playbook import find_playbook, load_playbook, operator_tasks_note
 from worker.report import (
@@ -62,6 +62,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("playbook", help="playbook name (leaver, incident) or path to a YAML file")
     run.add_argument("--user", required=True, help="the person's login (email)")
     run.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    run.add_argument(
+        "--new",
+        action="store_true",
+        help="open a new case even though the person's case is contained (needs --reason)",
+    )
+    run.add_argument("--reason", default=None, help="why --new: recorded with the new case")
+
+    cancel = commands.add_parser(
+        "cancel", help="cancel a case that has not begun containment (nothing has run yet)"
+    )
+    cancel.add_argument("case")
+    cancel.add_argument("--reason", required=True, help="why: recorded on the case")
+    cancel.add_argument("--by", default=None, help="who cancels (default: your user name)")
 
     status = commands.add_parser("status", help="show one case, or all cases")
     status.add_argument("case", nargs="?")
@@ -198,6 +211,14 @@ async def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config))
     if args.command == "bulk":
         return await _bulk(config, args, base_dir)
+    if args.command == "run" and args.new and not (args.reason or "").strip():
+        print(
+            "offboard: run --new needs --reason: why another case for this person", file=sys.stderr
+        )
+        return EXIT_BAD_INPUT
+    if args.command == "cancel" and not args.reason.strip():
+        print("offboard: cancel needs a --reason that says why", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.command == "run" and args.dry_run:
         return await _dry_run(config, args, base_dir)
     async with open_runtime(config, base_dir=base_dir, clock=_clock()) as runtime:
@@ -213,6 +234,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
             return await _cleanup(runtime)
         if args.command == "run":
             return await _run(runtime, args)
+        if args.command == "cancel":
+            return await _cancel(runtime, args)
         if args.command == "status":
             if args.case:
                 return await _print_case(runtime, args.case)
@@ -238,21 +261,56 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
 
 async def _run(runtime: Runtime, args: argparse.Namespace) -> int:
-    """Open the person's case (or resume the open one) and drive it."""
+    """Open the person's case, or join (escalate, attach to) their open one, and drive it.
+    A contained case is answered with its countdown, not started again."""
     playbook = runtime.playbook(args.playbook)
     trigger = {"source": "cli", "by": getpass.getuser()}
+    new_reason = args.reason.strip() if args.new else None
     admitted = await runtime.admissions().admit(
-        Instruction(playbook=playbook, subject=args.user, trigger=trigger)
+        Instruction(playbook=playbook, subject=args.user, trigger=trigger, new_reason=new_reason)
     )
     if admitted.outcome is Outcome.PROTECTED:
         print(f"offboard: {admitted.detail}", file=sys.stderr)
         return EXIT_BAD_INPUT
     case = admitted.case
     assert case is not None  # an unkeyed termination admitted has its case
-    verb = "opened" if admitted.created else "resuming"
-    print(f"{verb} case {case.id} ({playbook.name}, {case.subject})")
+    print(f"{RUN_VERBS[admitted.outcome]} case {case.id} ({case.playbook}, {case.subject})")
+    if admitted.outcome is Outcome.CONTAINED:
+        # nothing to start: the case and its countdown (--new --reason opens another)
+        await _print_case(runtime, case.id)
+        return EXIT_OK
+    if admitted.outcome is Outcome.ATTACHED:
+        print(
+            f"the case is halted: {case.halt_reason}; fix the cause, then: offboard retry {case.id}"
+        )
+        return await _print_case(runtime, case.id)
     await drive_case(runtime, case.id)
     return await _print_case(runtime, case.id)
+
+
+#: what `offboard run` says it did, by outcome (the one mapping for the CLI)
+RUN_VERBS = {
+    Outcome.CREATED: "opened",
+    Outcome.EXISTING: "resuming",
+    Outcome.RESCHEDULED: "resuming",
+    Outcome.ESCALATED: "escalated",
+    Outcome.ATTACHED: "attached to halted",
+    Outcome.CONTAINED: "already contained:",
+}
+
+
+async def _cancel(runtime: Runtime, args: argparse.Namespace) -> int:
+    """Withdraw a case before containment began; a started one is refused (exit 1)."""
+    by = args.by or getpass.getuser()
+    try:
+        case = await runtime.store.cancel_case(
+            args.case, runtime.clock.now(), f"cancelled by {by}: {args.reason.strip()}"
+        )
+    except CaseStarted as exc:
+        print(f"offboard: not cancelled: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"cancelled case {case.id} ({case.playbook}, {case.subject}): {case.halt_reason}")
+    return EXIT_OK
 
 
 def _config_command(args: argparse.Namespace, base_dir: Path) -> int:

@@ -231,8 +231,8 @@ class Admission:
 
     - created: `case` is new and `delivery` records the answer given for it;
     - replayed: the key was seen before, `delivery` is the first record, `case` None;
-    - open: the person already has an open case of this playbook (`case`), nothing
-      was written, `delivery` None: the caller decides (reschedule or not) itself.
+    - open: the person already has an open case, of any playbook (`case`), nothing
+      was written, `delivery` None: the caller decides (join, escalate, attach) itself.
     """
 
     case: Case | None

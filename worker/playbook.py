@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -290,3 +291,38 @@ def _check_invariant(source: str, steps: tuple[PlannedStep, ...], lines: dict[in
             )
         highest_phase = max(highest_phase, spec.phase)
         seen_actions[step.action] = index
+
+
+@dataclass(frozen=True, kw_only=True)
+class Escalation:
+    """What escalating a case with a playbook adds: the steps appended, in the
+    playbook's order, and those left out with the rule that forbids them."""
+
+    added: tuple[PlannedStep, ...]
+    #: (step id, why not)
+    left_out: tuple[tuple[str, str], ...]
+
+
+def escalation_steps(case_steps: Sequence[PlannedStep], playbook: Playbook) -> Escalation:
+    """The playbook's steps a case lacks, appended after its own without breaking the
+    order rules: a step is appended only if the merged list still passes every rule
+    (`_check_invariant`), so a step of an earlier phase than the case's last one (an IdP
+    step after an Identity Center step) is left out, never run out of order. A step
+    whose id or containment action the case has already is not repeated."""
+    have_ids = {s.id for s in case_steps}
+    have_actions = {s.action for s in case_steps}
+    merged = list(case_steps)
+    added: list[PlannedStep] = []
+    left_out: list[tuple[str, str]] = []
+    for step in playbook.steps:
+        spec = ACTIONS[step.action]
+        if step.id in have_ids or (spec.containment and step.action in have_actions):
+            continue
+        try:
+            _check_invariant(f"escalation by {playbook.name}", (*merged, step), {})
+        except PlaybookError as exc:
+            left_out.append((step.id, str(exc).partition(": rule ")[2] or str(exc)))
+            continue
+        merged.append(step)
+        added.append(step)
+    return Escalation(added=tuple(added), left_out=tuple(left_out))

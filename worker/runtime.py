@@ -59,7 +59,11 @@ class Runtime:
         """The admission path (worker/admission.py) over this runtime's store; the
         server's, with an intake, groups its webhooks' commits."""
         return Admissions(
-            self.store, self.clock.now, protected=self.config.protected_identities, intake=intake
+            self.store,
+            self.clock.now,
+            protected=self.config.protected_identities,
+            intake=intake,
+            notifier=self.engine.notifier,
         )
 
 

@@ -50,8 +50,10 @@ from worker.notify import Notification
 from worker.providers import policy
 from worker.providers.base import IdentityCenterUser, IdpUser, InlinePolicy, PlannedCall
 from worker.store.base import (
+    ACTIVE_STATUSES,
     ALL_LAPSED,
     CLOSED_STATUSES,
+    ESCALATABLE,
     OPEN_STATUSES,
     URGENT_STATUSES,
     CaseCount,
@@ -64,7 +66,7 @@ from worker.store.base import (
     genesis_hash,
     new_case_id,
 )
-from worker.store.manager import plan_admission, settle_admission
+from worker.store.manager import plan_admission, preferred, settle_admission
 
 if TYPE_CHECKING:
     from worker.notify import Notifier
@@ -239,6 +241,9 @@ class InMemoryStore:
             for case in self._cases.values():
                 if case.idempotency_key == new.idempotency_key:
                     return case, False
+        for case in self._cases.values():  # the SQL backends' unique index
+            if case.subject == new.subject and case.status in ACTIVE_STATUSES:
+                return case, False
         # what cannot be stored as JSON fails before anything is written
         _json([new.trigger, [s.options for s in new.steps], created_event(new)])
         return self._insert_case(case_id, new, now, new.idempotency_key), True
@@ -250,11 +255,10 @@ class InMemoryStore:
         keys = {a.key for a in arrivals}
         people = {a.case.subject for a in arrivals}
         seen = {k: d for k, d in self._deliveries.items() if k in keys}
-        open_cases: dict[tuple[str, str], Case] = {}
-        # newest first, so that the oldest open case of each person is written last
-        for case in sorted(self._open_cases(), key=_by_created, reverse=True):
+        open_cases: dict[str, Case] = {}
+        for case in self._open_cases():
             if case.subject in people:
-                open_cases[(case.subject, case.playbook)] = case
+                open_cases[case.subject] = preferred(open_cases.get(case.subject), case)
         plan = plan_admission(arrivals, seen, open_cases)  # raises before any write
         for _, new in plan.creates:
             _json([new.trigger, [s.options for s in new.steps]])
@@ -351,6 +355,12 @@ class InMemoryStore:
         case = self._cases.get(case_id)
         if case is None or case.lease_owner != worker_id:
             raise StoreError(f"case {case_id} is not held by worker {worker_id}")
+        if (
+            status is CaseStatus.CONTAINED
+            and any(r.status is StepStatus.PENDING for r in self._steps.get(case_id, []))
+            and any(e.kind == "case_escalated" for e in self._events.get(case_id, []))
+        ):
+            status = CaseStatus.PENDING  # escalated while it ran: steps its worker did not know
         self._cases[case_id] = replace(
             case,
             status=status,
@@ -362,9 +372,64 @@ class InMemoryStore:
         )
 
     @_recorded
-    async def find_open_case(self, subject: str, playbook: str) -> Case | None:
-        found = [c for c in self._open_cases() if (c.subject, c.playbook) == (subject, playbook)]
-        return min(found, key=_by_created, default=None)
+    async def find_open_case(self, subject: str) -> Case | None:
+        found: Case | None = None
+        for case in self._open_cases():
+            if case.subject == subject:
+                found = preferred(found, case)
+        return found
+
+    @_recorded
+    async def escalate_case(
+        self,
+        case_id: str,
+        steps: Sequence[PlannedStep],
+        priority: int,
+        now: datetime,
+        data: dict[str, Any],
+    ) -> tuple[Case, tuple[str, ...]]:
+        case = self._case(case_id)
+        if case.status not in ESCALATABLE:
+            raise StoreError(f"case {case_id} is {case.status.value}: it cannot be escalated")
+        have = {s.id for s in case.steps}
+        added = tuple(s for s in steps if s.id not in have)
+        raised = max(priority, case.priority)
+        status = case.status
+        if added and status in (CaseStatus.CONTAINED, CaseStatus.WAITING):
+            status = CaseStatus.PENDING
+        run_after = case.run_after if status is CaseStatus.RUNNING else None
+        first = len(case.steps)
+        self._steps[case_id] = [
+            *self._steps.get(case_id, []),
+            *(
+                StepRecord(
+                    case_id=case_id,
+                    index=first + i,
+                    step_id=s.id,
+                    action=s.action,
+                    status=StepStatus.PENDING,
+                )
+                for i, s in enumerate(added)
+            ),
+        ]
+        self._cases[case_id] = case = replace(
+            case,
+            steps=(*case.steps, *added),
+            priority=raised,
+            status=status,
+            run_after=run_after,
+            updated_at=_stored(now),
+        )
+        ids = tuple(s.id for s in added)
+        self._append(
+            case_id,
+            "case_escalated",
+            now,
+            None,
+            {**data, "steps_added": list(ids), "priority": raised},
+        )
+        self._work.set()
+        return case, ids
 
     def _not_started(self, case_id: str) -> Case:
         case = self._case(case_id)

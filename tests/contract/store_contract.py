@@ -16,6 +16,7 @@ store promises to keep. The tests move time only through the `now` they pass.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -71,8 +72,12 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
+#: a person for each case made without a subject: a person has one active case
+_PEOPLE = itertools.count(1)
+
+
 def new_case(
-    subject: str = "ada.lovelace@example.com",
+    subject: str | None = None,
     *,
     priority: int = 50,
     key: str | None = None,
@@ -82,7 +87,7 @@ def new_case(
 ) -> NewCase:
     return NewCase(
         playbook="leaver",
-        subject=subject,
+        subject=subject or f"person-{next(_PEOPLE)}@example.com",
         steps=steps,
         trigger=trigger if trigger is not None else {"source": "test"},
         priority=priority,
@@ -128,7 +133,7 @@ class StoreContract:
     ) -> None:
         trigger = {"source": "hr", "employee": "E123"}
         case, created = await store.create_case(
-            new_case(priority=77, trigger=trigger, key="hr:E123"), T0
+            new_case("ada.lovelace@example.com", priority=77, trigger=trigger, key="hr:E123"), T0
         )
 
         assert created is True
@@ -1045,19 +1050,17 @@ class StoreContract:
 
     async def test_admit_leaves_a_person_s_open_case_to_the_caller(self, store: Store) -> None:
         older, _ = await store.create_case(new_case("ada@example.com"), T0)
-        await store.create_case(new_case("ada@example.com"), at(1))
+        # one open case per person: a second for the same person is the first
+        again, created = await store.create_case(new_case("ada@example.com"), at(1))
+        assert created is False and again == older
         (admission,) = await store.admit([self._arrival("hook:1", "ada@example.com")], at(5))
-        # the oldest open case, as find_open_case answers; no delivery recorded
+        # the open case, as find_open_case answers; no delivery recorded
         assert admission.created is False and admission.delivery is None
         assert admission.case == older
         assert await store.get_delivery("hook:1") is None
-        assert len(await store.list_cases()) == 2
+        assert len(await store.list_cases()) == 1
         # a closed case is not open: the person gets a new one
         await store.cancel_case(older.id, at(6), "test")
-        cases = await store.list_cases()
-        for case in cases:
-            if case.status is CaseStatus.PENDING:
-                await store.cancel_case(case.id, at(6), "test")
         (fresh,) = await store.admit([self._arrival("hook:1", "ada@example.com")], at(7))
         assert fresh.created is True
 
@@ -1094,7 +1097,7 @@ class StoreContract:
         self, store: Store, status: CaseStatus, seconds: float, *, playbook: str = "leaver"
     ) -> Case:
         """A case created at `at(seconds)` and left in `status` (pending: as created)."""
-        new = replace(new_case(f"p{seconds}-{status.value}@example.com"), playbook=playbook)
+        new = replace(new_case(), playbook=playbook)
         case, _ = await store.create_case(new, at(seconds))
         if status is CaseStatus.CANCELLED:
             return await store.cancel_case(case.id, at(seconds), "test")
@@ -1334,17 +1337,18 @@ class StoreContract:
             claimed.append(case.id)
         assert claimed == ids
 
-    async def test_a_person_s_open_cases_of_one_instant_are_found_by_id(self, store: Store) -> None:
-        ids = [case.id for case in await self._tied_cases(store, 3, "twin@example.com")]
+    async def test_a_person_s_cases_of_one_instant_are_one_case(self, store: Store) -> None:
+        ids = {case.id for case in await self._tied_cases(store, 3, "twin@example.com")}
 
-        found = await store.find_open_case("twin@example.com", "leaver")
+        assert len(ids) == 1
+        found = await store.find_open_case("twin@example.com")
         assert found is not None
-        assert found.id == ids[0]
+        assert {found.id} == ids
         arrival = Arrival(key="hook:twin", case=new_case("twin@example.com"), answer=lambda c: {})
         [admission] = await store.admit([arrival], at(1))
         assert admission.created is False
         assert admission.case is not None
-        assert admission.case.id == ids[0]
+        assert {admission.case.id} == ids
 
     async def test_tasks_opened_at_one_instant_list_by_case_then_step(self, store: Store) -> None:
         cases = await self._tied_cases(store, 3)
@@ -1369,3 +1373,68 @@ class StoreContract:
         while (timer := await store.claim_due_timer("w1", at(5))) is not None:
             fired.append((timer.case_id, timer.name))
         assert fired == [(case.id, name) for case in cases for name in ("a", "b")]
+
+    # one active case per person
+
+    async def test_a_person_has_one_active_case_whatever_the_playbook(self, store: Store) -> None:
+        leaver, _ = await store.create_case(new_case("una@example.com"), T0)
+        incident = replace(new_case("una@example.com"), playbook="incident", priority=100)
+        again, created = await store.create_case(incident, at(1))
+        assert created is False and again.id == leaver.id
+        assert [c.id for c in await store.list_cases()] == [leaver.id]
+        # contained: open (a trigger joins it) but not active, so a new case may open
+        assert await store.claim_case(leaver.id, "w1", at(2), LEASE) is not None
+        await store.release_case(leaver.id, "w1", CaseStatus.CONTAINED, at(3))
+        assert (await store.find_open_case("una@example.com")) == await store.get_case(leaver.id)
+        beside, created = await store.create_case(incident, at(4))
+        assert created is True and beside.id != leaver.id
+        # the active case is the one a trigger finds, not the contained one
+        assert (await store.find_open_case("una@example.com")) == beside
+        third, created = await store.create_case(new_case("una@example.com"), at(5))
+        assert created is False and third.id == beside.id
+
+    async def test_escalating_appends_steps_raises_priority_and_runs_a_contained_case(
+        self, store: Store
+    ) -> None:
+        case, _ = await store.create_case(new_case("esc@example.com"), T0)
+        assert await store.claim_case(case.id, "w1", at(1), LEASE) is not None
+        await store.release_case(case.id, "w1", CaseStatus.CONTAINED, at(2))
+        deny = PlannedStep(id="deny", action="identity_center.deny_role_sessions", verify=None)
+        escalated, added = await store.escalate_case(
+            case.id, (*STEPS, deny), 100, at(3), {"source": "pagerduty"}
+        )
+        assert added == ("deny",)
+        assert escalated.priority == 100 and escalated.status is CaseStatus.PENDING
+        assert escalated.steps == (*STEPS, deny)
+        assert escalated == await store.get_case(case.id)
+        steps = await store.steps(case.id)
+        assert (steps[-1].index, steps[-1].step_id, steps[-1].status) == (
+            len(STEPS),
+            "deny",
+            StepStatus.PENDING,
+        )
+        events = await self._assert_chained(store, case.id)
+        assert events[-1].kind == "case_escalated"
+        assert events[-1].data == {"source": "pagerduty", "steps_added": ["deny"], "priority": 100}
+        # again: nothing more to add, the priority is never lowered
+        again, added = await store.escalate_case(case.id, (deny,), 50, at(4), {})
+        assert added == () and again.priority == 100 and len(again.steps) == len(STEPS) + 1
+
+    async def test_a_case_escalated_while_it_runs_is_not_released_as_contained(
+        self, store: Store
+    ) -> None:
+        case = await self._claimed(store, "w1", now=0)
+        deny = PlannedStep(id="deny", action="identity_center.deny_role_sessions", verify=None)
+        running, _ = await store.escalate_case(case.id, (deny,), 100, at(1), {})
+        assert running.status is CaseStatus.RUNNING and running.lease_owner == "w1"
+        # its worker knew only the old steps: the new one must still run
+        await store.release_case(case.id, "w1", CaseStatus.CONTAINED, at(2))
+        assert (await store.get_case(case.id)).status is CaseStatus.PENDING
+
+    async def test_a_halted_or_closed_case_is_not_escalated(self, store: Store) -> None:
+        halted = await self._in_state(store, CaseStatus.HALTED, 1)
+        cancelled = await self._in_state(store, CaseStatus.CANCELLED, 2)
+        for case in (halted, cancelled):
+            with pytest.raises(StoreError, match="cannot be escalated"):
+                await store.escalate_case(case.id, (), 100, at(3), {})
+            assert await store.get_case(case.id) == case

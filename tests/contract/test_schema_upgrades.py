@@ -4,6 +4,7 @@ fresh install, on both backends (the migrations may be rewritten, never their ef
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ import asyncpg
 import pytest
 
 from tests.pg import with_database
+from worker.domain import CaseStatus, NewCase, PlannedStep
 from worker.store import postgres, sqlite
+from worker.store.base import Store
 
 #: every object of the public schema, as PostgreSQL describes it
 PG_SCHEMA = """
@@ -107,3 +110,67 @@ async def test_postgres_upgrade_ends_at_the_fresh_schema(
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _new(subject: str, playbook: str, priority: int) -> NewCase:
+    steps = (PlannedStep(id="a", action="idp.deactivate_user", verify="idp.user_status"),)
+    return NewCase(playbook=playbook, subject=subject, steps=steps, trigger={}, priority=priority)
+
+
+async def _seed_duplicates(store: Store) -> dict[str, str]:
+    """Before the one-active-case index a person could hold several active cases (one
+    per playbook, or a race between replicas)."""
+    await store.open()
+    try:
+        leaver, _ = await store.create_case(_new("dup@example.com", "leaver", 50), T0)
+        later = T0 + timedelta(seconds=1)
+        incident, _ = await store.create_case(_new("dup@example.com", "incident", 100), later)
+        halted, _ = await store.create_case(_new("dup@example.com", "leaver", 50), later)
+        await store.claim_case(halted.id, "w", later, 30)
+        await store.release_case(halted.id, "w", CaseStatus.HALTED, later)
+        other, _ = await store.create_case(_new("other@example.com", "leaver", 50), T0)
+    finally:
+        await store.close()
+    return {"leaver": leaver.id, "incident": incident.id, "halted": halted.id, "other": other.id}
+
+
+async def _assert_one_active_case_kept(store: Store, ids: dict[str, str]) -> None:
+    """The upgrade keeps the highest priority, then the oldest, and closes the others
+    naming the one kept; another person's case is untouched."""
+    await store.open()
+    try:
+        cases = {c.id: c for c in await store.list_cases()}
+        assert cases[ids["incident"]].status is CaseStatus.PENDING
+        assert cases[ids["other"]].status is CaseStatus.PENDING
+        for closed in ("leaver", "halted"):
+            assert cases[ids[closed]].status is CaseStatus.CANCELLED
+            assert f"case {ids['incident']} is kept" in (cases[ids[closed]].halt_reason or "")
+        found = await store.find_open_case("dup@example.com")
+        assert found is not None and found.id == ids["incident"]
+        # and from now on the store refuses a second active case for the person
+        again, created = await store.create_case(_new("dup@example.com", "leaver", 50), T0)
+        assert created is False and again.id == ids["incident"]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_upgrade_keeps_one_active_case_per_person(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "dup.db"
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:-1])
+        ids = await _seed_duplicates(sqlite.SqliteStore(path))
+    await _assert_one_active_case_kept(sqlite.SqliteStore(path), ids)
+
+
+async def test_postgres_upgrade_keeps_one_active_case_per_person(
+    pg_fresh_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        patch.setattr(postgres, "MIGRATIONS", postgres.MIGRATIONS[:-1])
+        ids = await _seed_duplicates(postgres.PostgresStore(pg_fresh_dsn))
+    await _assert_one_active_case_kept(postgres.PostgresStore(pg_fresh_dsn), ids)

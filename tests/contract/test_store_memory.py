@@ -229,7 +229,7 @@ class _History:
                 ("list_cases", ((CaseStatus.PENDING, CaseStatus.RUNNING),), {}),
                 ("urgent_cases", (None,), {"limit": 5, "offset": r.randrange(4)}),
                 ("cases_after", (None,), {"after": await self.case_id(), "limit": 3}),
-                ("find_open_case", (r.choice(SUBJECTS), "leaver"), {}),
+                ("find_open_case", (r.choice(SUBJECTS),), {}),
                 ("case_counts", (), {}),
                 ("running_countdowns", (now,), {}),
                 ("count_events", ("note",), {}),

@@ -200,10 +200,28 @@ async def test_directory_source_waits_for_console_disable_then_verifies(
 async def test_already_contained_user_is_verified_not_mutated_again(
     runtime: Runtime, sandbox: Sandbox, leaver: SeededUser
 ) -> None:
-    await contain(runtime, sandbox, leaver)
+    first = await contain(runtime, sandbox, leaver)
     before = mutations(sandbox)
 
-    second = await contain(runtime, sandbox, leaver, playbook="incident")
+    # one open case per person: a second case only with `run --new --reason`
+    from tests.flows import delete_portal_sessions
+    from worker.admission import Instruction
+    from worker.cases import confirm_task, drive_case
+
+    admitted = await runtime.admissions().admit(
+        Instruction(
+            playbook=runtime.playbook("incident"),
+            subject=leaver.login,
+            trigger={"source": "test"},
+            new_reason="check again",
+        )
+    )
+    assert admitted.case is not None and admitted.case.id != first.id
+    second = await drive_case(runtime, admitted.case.id)
+    if second.status is CaseStatus.WAITING:
+        await delete_portal_sessions(sandbox, leaver)
+        await confirm_task(runtime, second.id, "portal-sessions", "test-operator")
+        second = await drive_case(runtime, second.id)
 
     assert second.status is CaseStatus.CONTAINED
     after = mutations(sandbox)[len(before) :]

@@ -25,6 +25,7 @@ from worker.domain import (
     LedgerEntry,
     NewCase,
     OperatorTask,
+    PlannedStep,
     Refusal,
     StepRecord,
     StepStatus,
@@ -82,8 +83,15 @@ def chain_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-#: The statuses of a case that is still open: a new trigger for the person joins it.
-OPEN_STATUSES = (CaseStatus.PENDING, CaseStatus.RUNNING, CaseStatus.WAITING)
+#: The statuses of a person's active case: at most one per person, whatever the
+#: playbook (a partial unique index on `subject` in both SQL backends says so).
+ACTIVE_STATUSES = (CaseStatus.PENDING, CaseStatus.RUNNING, CaseStatus.WAITING, CaseStatus.HALTED)
+#: The statuses of a case that is still open (not closed): a new trigger for the
+#: person joins it. A contained case's countdown runs: it is open, though not active,
+#: so that `offboard run --new` can open another beside it.
+OPEN_STATUSES = (*ACTIVE_STATUSES, CaseStatus.CONTAINED)
+#: The open cases an incident escalates in place; a halted one waits for a human.
+ESCALATABLE = (CaseStatus.PENDING, CaseStatus.RUNNING, CaseStatus.WAITING, CaseStatus.CONTAINED)
 
 
 def created_event(new: NewCase) -> dict[str, Any]:
@@ -234,8 +242,24 @@ class Store(Protocol):
         run_after: datetime | None = None,
         halt_reason: str | None = None,
     ) -> None: ...
-    async def find_open_case(self, subject: str, playbook: str) -> Case | None:
-        """The case of this playbook for this person that has not finished, if any."""
+    async def find_open_case(self, subject: str) -> Case | None:
+        """The person's open case, whatever its playbook: their active one (there is at
+        most one), else their newest contained one; None if every case of theirs is closed."""
+
+    async def escalate_case(
+        self,
+        case_id: str,
+        steps: Sequence[PlannedStep],
+        priority: int,
+        now: datetime,
+        data: dict[str, Any],
+    ) -> tuple[Case, tuple[str, ...]]:
+        """Escalate an open case in place, in one transaction: append those of `steps`
+        whose ids it lacks (as pending steps), raise its priority to `priority` (never
+        lower it), make it runnable at once (a contained or waiting case becomes
+        pending; a scheduled one due now) and record `case_escalated` with `data` and
+        the steps added. The case as it is then, and the ids of the steps added.
+        StoreError for a closed or halted case; NotFound for an unknown one."""
 
     async def reschedule_case(self, case_id: str, run_after: datetime, now: datetime) -> Case:
         """Move a case that has not started yet; StoreError if it has."""

@@ -36,6 +36,7 @@ from worker.errors import CaseStarted, NotFound, StoreError
 from worker.store.base import (
     ALL_LAPSED,
     CLOSED_STATUSES,
+    ESCALATABLE,
     OPEN_STATUSES,
     CaseCount,
     CasePage,
@@ -67,6 +68,29 @@ def queries() -> dict[str, str]:
         lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
         named[name.strip()] = "\n".join(lines).strip()
     return named
+
+
+#: A person's cases beyond their one active case, closed before the unique index
+#: arrives: the highest priority (the incident), then the oldest, is kept. A
+#: duplicate is closed as cancelled with the reason naming the case kept (the kept
+#: case runs every containment step again, each read back first). A worker of
+#: the old version still holding one loses its lease. Both backends run it.
+ONE_ACTIVE_MIGRATION = """
+UPDATE cases SET status = 'cancelled', lease_owner = NULL, lease_expires_at = NULL,
+    halt_reason = 'closed at schema upgrade: a person has one active case, and case '
+        || (SELECT k.id FROM cases k WHERE k.subject = cases.subject
+            AND k.status IN ('pending', 'running', 'waiting', 'halted')
+            ORDER BY k.priority DESC, k.created_at, k.id LIMIT 1)
+        || ' is kept'
+WHERE status IN ('pending', 'running', 'waiting', 'halted') AND EXISTS (
+    SELECT 1 FROM cases k WHERE k.subject = cases.subject
+    AND k.status IN ('pending', 'running', 'waiting', 'halted')
+    AND (k.priority > cases.priority OR (k.priority = cases.priority
+         AND (k.created_at < cases.created_at
+              OR (k.created_at = cases.created_at AND k.id < cases.id)))));
+CREATE UNIQUE INDEX cases_one_active ON cases (subject)
+    WHERE status IN ('pending', 'running', 'waiting', 'halted');
+"""
 
 
 class Runner(Protocol):
@@ -149,22 +173,32 @@ class AdmissionPlan:
     fates: tuple[tuple[str, Any], ...]
 
 
+def preferred(found: Case | None, case: Case) -> Case:
+    """Of two open cases of one person, the one a trigger joins (as `find_open_case`
+    answers): the active one, else the newer contained one."""
+    return case if found is None else max(found, case, key=_rank)
+
+
+def _rank(case: Case) -> tuple[bool, datetime, str]:
+    return (case.status is not CaseStatus.CONTAINED, case.created_at, case.id)
+
+
 def plan_admission(
     arrivals: Sequence[Arrival],
     seen: dict[str, Delivery],
-    open_cases: dict[tuple[str, str], Case],
+    open_cases: dict[str, Case],
 ) -> AdmissionPlan:
     """`seen`: the recorded deliveries among the arrivals' keys; `open_cases`: the
-    oldest open case per (subject, playbook) among the arrivals' people."""
+    open case per person among the arrivals' people (`preferred`), whatever its playbook."""
     creates: list[tuple[str, NewCase]] = []
     fates: list[tuple[str, Any]] = []
     made_for_key: dict[str, str] = {}
-    made_for_person: dict[tuple[str, str], str] = {}
+    made_for_person: dict[str, str] = {}
     for arrival in arrivals:
         new = arrival.case
         if new.idempotency_key is not None:
             raise ValueError("an arrival's case takes no idempotency key: its delivery key is one")
-        person = (new.subject, new.playbook)
+        person = new.subject
         if arrival.key in seen:
             fates.append(("replayed", seen[arrival.key]))
         elif arrival.key in made_for_key:
@@ -302,11 +336,18 @@ class StoreManager:
     async def create_case(self, new: NewCase, now: datetime) -> tuple[Case, bool]:
         case_id = new_case_id()
         async with self.c.transaction() as tx:
+            # replicas creating a case for the same person take turns, as `admit`'s do
+            await self.c.lock_admission(tx, [f"person:{new.subject}"])
             if not await self._insert_cases(tx, [(case_id, new)], now):
-                # the key is taken (PostgreSQL: ON CONFLICT waited for its writer)
-                row = await tx.one("case_by_key", key=new.idempotency_key)
+                # the key is taken, or the person has an active case (the unique index;
+                # PostgreSQL: ON CONFLICT waited for its writer): that case, as it is
+                row = None
+                if new.idempotency_key is not None:
+                    row = await tx.one("case_by_key", key=new.idempotency_key)
                 if row is None:
-                    raise StoreError(f"case with idempotency key {new.idempotency_key!r} vanished")
+                    row = await tx.one("open_case_find", subject=new.subject, open=_OPEN)
+                if row is None:
+                    raise StoreError(f"the case of {new.idempotency_key or 'the person'} vanished")
                 return self._case(row), False
             await self.c.notify(tx, f"case_created {case_id}")
             row = await tx.one("case_get", case_id=case_id)
@@ -324,9 +365,9 @@ class StoreManager:
                 tx, [f"delivery:{k}" for k in keys] + [f"person:{p}" for p in people]
             )
             seen = {d.key: d for d in map(self._delivery, await tx.all("deliveries_of", keys=keys))}
-            open_cases: dict[tuple[str, str], Case] = {}
+            open_cases: dict[str, Case] = {}
             for case in map(self._case, await tx.all("open_cases_of", people=people, open=_OPEN)):
-                open_cases.setdefault((case.subject, case.playbook), case)  # the oldest
+                open_cases[case.subject] = preferred(open_cases.get(case.subject), case)
             plan = plan_admission(arrivals, seen, open_cases)
             created: dict[str, Case] = {}
             if plan.creates:
@@ -397,9 +438,51 @@ class StoreManager:
         if count != 1:
             raise StoreError(f"case {case_id} is not held by worker {worker_id}")
 
-    async def find_open_case(self, subject: str, playbook: str) -> Case | None:
-        row = await self.c.one("open_case_find", subject=subject, playbook=playbook, open=_OPEN)
+    async def find_open_case(self, subject: str) -> Case | None:
+        row = await self.c.one("open_case_find", subject=subject, open=_OPEN)
         return None if row is None else self._case(row)
+
+    async def escalate_case(
+        self,
+        case_id: str,
+        steps: Sequence[PlannedStep],
+        priority: int,
+        now: datetime,
+        data: dict[str, Any],
+    ) -> tuple[Case, tuple[str, ...]]:
+        async with self.c.transaction() as tx:
+            row = await tx.one("case_get", case_id=case_id)
+            if row is None:
+                raise NotFound(f"no case {case_id!r}")
+            # the person's turn (as creating a case takes), then the row as it is now
+            await self.c.lock_admission(tx, [f"person:{row['subject']}"])
+            case = self._case(await tx.one("case_lock", case_id=case_id))
+            if case.status not in ESCALATABLE:
+                raise StoreError(f"case {case_id} is {case.status.value}: it cannot be escalated")
+            have = {s.id for s in case.steps}
+            added = tuple(s for s in steps if s.id not in have)
+            row = await tx.one(
+                "case_escalate",
+                case_id=case_id,
+                steps=[asdict(s) for s in (*case.steps, *added)],
+                priority=max(priority, case.priority),
+                now=now,
+                added=bool(added),
+            )
+            if added:
+                first = len(case.steps)
+                await tx.many(
+                    "steps_insert",
+                    [
+                        {"case_id": case_id, "idx": first + i, "step_id": s.id, "action": s.action}
+                        for i, s in enumerate(added)
+                    ],
+                )
+            ids = tuple(s.id for s in added)
+            event = {**data, "steps_added": list(ids), "priority": max(priority, case.priority)}
+            await self._append(tx, case_id, "case_escalated", now, event)
+            await self.c.notify(tx, f"case_escalated {case_id}")
+        return self._case(row), ids
 
     async def _not_started(self, tx: Runner, case_id: str) -> None:
         """Hold the case row for `tx`; CaseStarted if the case has started."""

@@ -42,7 +42,15 @@ import asyncpg  # type: ignore[import-untyped]
 from worker.errors import StoreError
 from worker.logging import describe_dsn, dsn_secrets
 from worker.store.base import NewEvent, chain_time, event_hash, genesis_hash
-from worker.store.manager import Row, Runner, StoreManager, migrate, queries, take_signal
+from worker.store.manager import (
+    ONE_ACTIVE_MIGRATION,
+    Row,
+    Runner,
+    StoreManager,
+    migrate,
+    queries,
+    take_signal,
+)
 
 #: The channel `wait_for_work` listens on.
 WORK_CHANNEL = "offboard_work"
@@ -168,6 +176,8 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     _chain_events,
     # version 3: a scrape counts events by kind (cases_created already serves paging)
     "CREATE INDEX events_kind ON events (kind);",
+    # version 4: one active case per person, whatever the playbook
+    ONE_ACTIVE_MIGRATION,
 )
 
 #: errors that mean the server cannot be reached or the connection was lost

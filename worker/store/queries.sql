@@ -17,7 +17,7 @@ INSERT INTO cases (id, playbook, subject, status, priority, steps, trigger, crea
                    updated_at, run_after, idempotency_key)
 VALUES (:id, :playbook, :subject, 'pending', :priority, :steps, :trigger, :now, :now,
         :run_after, :idempotency_key)
-ON CONFLICT (idempotency_key) DO NOTHING
+ON CONFLICT DO NOTHING
 -- name: steps_insert
 INSERT INTO steps (case_id, idx, step_id, action, status)
 VALUES (:case_id, :idx, :step_id, :action, 'pending')
@@ -34,8 +34,19 @@ SELECT * FROM cases WHERE status = ANY(:statuses) OR :every ORDER BY created_at,
 SELECT * FROM cases WHERE subject = ANY(:people) AND status || '' = ANY(:open)
 ORDER BY created_at, id
 -- name: open_case_find
-SELECT * FROM cases WHERE subject = :subject AND playbook = :playbook
-AND status = ANY(:open) ORDER BY created_at, id LIMIT 1
+-- the person's one active case (pending to halted) first, else their newest contained one
+SELECT * FROM cases WHERE subject = :subject AND status = ANY(:open)
+ORDER BY CASE status WHEN 'contained' THEN 1 ELSE 0 END, created_at DESC, id DESC LIMIT 1
+-- name: case_lock
+SELECT * FROM cases WHERE id = :case_id FOR UPDATE
+-- name: case_escalate
+-- an incident's steps added: runnable at once (a contained or waiting case too, when it
+-- gained steps), at the higher priority
+UPDATE cases SET steps = :steps, priority = :priority, updated_at = :now,
+                 status = CASE WHEN :added AND status IN ('contained', 'waiting')
+                          THEN 'pending' ELSE status END,
+                 run_after = CASE WHEN status = 'running' THEN run_after ELSE NULL END
+WHERE id = :case_id RETURNING *
 -- name: claim_next
 -- pending and due, or running with a lapsed lease; the most urgent first
 UPDATE cases SET status = 'running', lease_owner = :worker_id, lease_expires_at = :expires,
@@ -57,7 +68,13 @@ RETURNING *
 UPDATE cases SET lease_expires_at = :expires
 WHERE id = :case_id AND lease_owner = :worker_id AND status = 'running'
 -- name: release
-UPDATE cases SET status = :status, run_after = :run_after, halt_reason = :halt_reason,
+-- a case escalated while it ran has steps its worker did not know of: not contained, pending
+UPDATE cases SET status = CASE WHEN :status = 'contained' AND EXISTS (
+                     SELECT 1 FROM steps WHERE case_id = :case_id AND status = 'pending')
+                     AND EXISTS (SELECT 1 FROM events WHERE case_id = :case_id
+                                 AND kind = 'case_escalated')
+                 THEN 'pending' ELSE :status END,
+                 run_after = :run_after, halt_reason = :halt_reason,
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
 WHERE id = :case_id AND lease_owner = :worker_id
 -- name: case_started

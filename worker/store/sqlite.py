@@ -26,7 +26,14 @@ import aiosqlite
 from worker.clock import parse_iso, utc_iso
 from worker.errors import StoreError
 from worker.store.base import NewEvent, event_hash, genesis_hash
-from worker.store.manager import Runner, StoreManager, migrate, queries, take_signal
+from worker.store.manager import (
+    ONE_ACTIVE_MIGRATION,
+    Runner,
+    StoreManager,
+    migrate,
+    queries,
+    take_signal,
+)
 
 #: A migration step that SQL alone cannot express; it runs inside the migration's
 #: transaction, on the store's connection.
@@ -225,6 +232,8 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     """,
     # version 6: appending an event moves the case's chain head in the same statement
     _move_head_by_trigger,
+    # version 7: one active case per person, whatever the playbook
+    ONE_ACTIVE_MIGRATION,
 )
 
 #: Appends one event to its case's chain: linked to the head, hashed by the

@@ -460,7 +460,7 @@ async def cases_page(request: web.Request, session: Session) -> web.StreamRespon
     )
     empty = "No open cases." if not show_all else "No cases."
     pager = _pager(number, listing.total, show_all)
-    body = f'<div class="bar"><h1>Cases</h1>{nav}</div>{pager}' + (
+    body = f'<div class="bar"><h1>Cases</h1>{nav}</div>{RULES}{pager}' + (
         "".join(cards) + pager if cards else f'<p class="empty">{empty}</p>'
     )
     return _html(_main(body, now, refresh=True), "cases", session=session)
@@ -496,6 +496,40 @@ def _pager(number: int, total: int, show_all: bool) -> str:
     return f'<nav class="pages" aria-label="pages">{" ".join(parts)}</nav>'
 
 
+#: what the page's reader needs to know of how cases come and go (README says the same)
+RULES = (
+    '<details class="rules"><summary>How cases work</summary><ul>'
+    "<li><strong>One open case per person.</strong> A later trigger for someone with an "
+    "open case joins it (on its timeline), whatever the playbook; a trigger for a "
+    "contained person answers with that case and its countdown.</li>"
+    "<li><strong>Escalation.</strong> An incident for a person with an open leaver case "
+    "escalates that case in place: the incident's steps it lacks are added after its own "
+    "(in the one safe order), its priority is raised so that it jumps the queue, and it "
+    "runs at once, a contained case too.</li>"
+    "<li><strong>Halted.</strong> A trigger for a person whose case is halted is attached "
+    "to it and the operators are told: fix the cause, then retry; no parallel case.</li>"
+    "<li><strong>The operator step never holds up containment.</strong> Once the Identity "
+    "Center user is confirmed disabled, the portal-sessions task opens and every "
+    "automated step after it (deny, remove access) runs at once; the case is contained "
+    "when the confirmation is given too.</li></ul></details>"
+)
+
+
+def _escalations(events: list[CaseEvent]) -> str:
+    """The escalations of a case, said plainly above its timeline."""
+    lines = [
+        f"<li>{_when(ev.at)}: escalated by <strong>{e(ev.data.get('playbook', '?'))}</strong> "
+        f"({e(ev.data.get('source', '?'))}) to priority {e(ev.data.get('priority', '?'))}; "
+        f"steps added: {e(', '.join(ev.data.get('steps_added', [])) or 'none')}</li>"
+        for ev in events
+        if ev.kind == "case_escalated"
+    ]
+    if not lines:
+        return ""
+    items = "".join(lines)
+    return f'<section class="escalations"><h3>Escalated in place</h3><ul>{items}</ul></section>'
+
+
 async def case_page(request: web.Request, session: Session) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     try:
@@ -509,6 +543,7 @@ async def case_page(request: web.Request, session: Session) -> web.StreamRespons
     body = (
         '<p class="back"><a href="/ui">&larr; all open cases</a></p>'
         + _case_card(case, steps, tasks, now, session, "case", detail=True)
+        + _escalations(events)
         + _trigger(case.trigger)
         + _countdown_inputs(case.countdown)
         + _timeline(events)
