@@ -18,11 +18,12 @@ from pathlib import Path
 
 from worker.actions import ACTIONS, Role
 from worker.admission import Instruction, Outcome
+from worker.bundled import playbooks_dir, write_starter
 from worker.cases import confirm_task, drive_case, remove_deny_statements, retry_case
 from worker.clock import Clock, OffsetClock, SystemClock, parse_iso, utc_iso
 from worker.config import Config, load_config
 from worker.domain import CaseStatus, canonical_subject, subject_key
-from worker.errors import NotFound, OffboardError
+from worker.errors import OffboardError
 from worker.logging import configure_logging
 from worker.playbook import find_playbook, load_playbook, operator_tasks_note
 from worker.report import (
@@ -34,7 +35,7 @@ from worker.report import (
     task_text,
     timeline,
 )
-from worker.runtime import Runtime, open_runtime
+from worker.runtime import Runtime, open_runtime, playbook_search
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WAITING = 0, 1, 2, 3
 DEFAULT_CONFIG = "config/offboard.yaml"
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level",
         default=os.environ.get("OFFBOARD_LOG_LEVEL"),
         help="DEBUG, INFO, WARNING... (default: $OFFBOARD_LOG_LEVEL or INFO; "
-        "WARNING for bulk on a terminal, where the progress line is the output)",
+        "WARNING for bulk and demo on a terminal, where their own output says it)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -138,7 +139,15 @@ def _parser() -> argparse.ArgumentParser:
         "worker", help="run cases, fire countdown milestones and watch for drift until stopped"
     )
     commands.add_parser("cleanup", help="remove deny statements of cases whose access has lapsed")
-    commands.add_parser("demo", help="run the leaver playbook against the sandbox emulators")
+    commands.add_parser(
+        "demo",
+        help="run the leaver and incident playbooks against the sandbox emulators",
+    )
+    init = commands.add_parser(
+        "init",
+        help="write a commented configuration (offboard.yaml) and a playbooks folder to start from",
+    )
+    init.add_argument("dir", nargs="?", default=".", help="where (default: here)")
     sandbox = commands.add_parser(
         "sandbox", help="run the Okta and Identity Center emulators on loopback until stopped"
     )
@@ -155,13 +164,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    quiet = args.command == "bulk" and sys.stderr.isatty()
+    # on a terminal, bulk's progress line and the demo's tables are the output
+    quiet = args.command in ("bulk", "demo") and sys.stderr.isatty()
     configure_logging(level=(args.log_level or ("WARNING" if quiet else "INFO")).upper())
     try:
-        return asyncio.run(_dispatch(args))
-    except NotFound as exc:
-        print(f"offboard: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        code = asyncio.run(_dispatch(args))
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # as a filter does: stop quietly; stdout to /dev/null so the exit's flush is silent
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except OffboardError as exc:
         print(f"offboard: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -174,7 +187,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from worker.demo import run_demo
 
-        return await run_demo(sys.stdout, base_dir=_project_dir())
+        return await run_demo(sys.stdout, base_dir=base_dir)
     if args.command == "sandbox":
         from worker.sandbox.run import run_sandbox
 
@@ -184,9 +197,11 @@ async def _dispatch(args: argparse.Namespace) -> int:
             seed=args.seed or ["alice@example.com", "bob@example.com"],
             env_file=Path(args.env_file),
         )
+    if args.command == "init":
+        return _init(Path(args.dir))
     if args.command == "check":
         for name in args.playbooks:
-            playbook = load_playbook(find_playbook(name, [base_dir / "playbooks"]))
+            playbook = load_playbook(find_playbook(name, [base_dir / "playbooks", playbooks_dir()]))
             note = operator_tasks_note(playbook)
             print(
                 f"{playbook.source}: ok ({len(playbook.steps)} steps, order holds)"
@@ -255,6 +270,16 @@ async def _run(runtime: Runtime, args: argparse.Namespace) -> int:
     return await _print_case(runtime, case.id)
 
 
+def _init(directory: Path) -> int:
+    written = write_starter(directory)
+    print(f"wrote {written.config} (commented: fill in your IdP, Identity Center and store)")
+    print(f"wrote {directory / 'playbooks'}/: {', '.join(p.name for p in written.playbooks)}")
+    print("next:")
+    print(f"  offboard config check {written.config}   # names each setting and secret missing")
+    print(f"  offboard --config {written.config} run leaver --user someone@example.com --dry-run")
+    return EXIT_OK
+
+
 def _config_command(args: argparse.Namespace, base_dir: Path) -> int:
     from worker.config import config_json_schema
     from worker.configcheck import check_config, summary
@@ -292,7 +317,7 @@ async def _bulk(config: Config, args: argparse.Namespace, base_dir: Path) -> int
         print(f"offboard: {path}: no valid row to enqueue", file=sys.stderr)
         return EXIT_BAD_INPUT
     # before the store is opened: a missing playbook changes nothing either
-    load_playbook(find_playbook(args.playbook, [base_dir / d for d in config.playbook_dirs]))
+    load_playbook(find_playbook(args.playbook, playbook_search(config, base_dir)))
     async with open_runtime(config, base_dir=base_dir, clock=_clock()) as runtime:
         playbook = runtime.playbook(args.playbook)
         entries = await bulk.enqueue(
@@ -383,8 +408,7 @@ async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> 
     from worker.providers import identity_provider
     from worker.providers.identity_center import AwsIdentityCenter
 
-    dirs = [base_dir / d for d in config.playbook_dirs]
-    playbook = load_playbook(find_playbook(args.playbook, dirs))
+    playbook = load_playbook(find_playbook(args.playbook, playbook_search(config, base_dir)))
     # the same canonical subject admission would make (InvalidSubject: exit 2)
     subject = subject_key(canonical_subject(args.user))
     async with aiohttp.ClientSession() as http:
@@ -479,13 +503,6 @@ def _clock() -> Clock:
     """The system clock; acceptance tests may shift it through a file they control."""
     offset_file = os.environ.get("OFFBOARD_TEST_CLOCK_OFFSET_FILE")
     return OffsetClock(offset_file) if offset_file else SystemClock()
-
-
-def _project_dir() -> Path:
-    """Where playbooks/ lives: the working directory if it has one, else the source tree."""
-    if (Path.cwd() / "playbooks").is_dir():
-        return Path.cwd()
-    return Path(__file__).resolve().parent.parent
 
 
 if __name__ == "__main__":

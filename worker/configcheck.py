@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from standardwebhooks import Webhook
 
 from worker import yamlfile
+from worker.bundled import playbooks_dir
 from worker.config import (
     Config,
     IdpConfig,
@@ -137,7 +138,8 @@ def summary(report: ConfigReport) -> list[str]:
         f"  identity center: {ic.region}, {ic.identity_store_id}, "
         f"identity source {ic.identity_source}",
         f"  store: {store}",
-        f"  playbooks: {', '.join(report.playbooks)} (in {', '.join(config.playbook_dirs)})",
+        f"  playbooks: {', '.join(report.playbooks)} "
+        f"(in {', '.join([*config.playbook_dirs, 'the ones shipped with offboard'])})",
         f"  sources: {'; '.join(sources) or 'none'}",
         f"  api tokens: {', '.join(config.server.api_tokens) or 'none'}",
         f"  notifiers: log{''.join(', ' + n for n in notifiers)}",
@@ -256,15 +258,18 @@ def _source_problems(server: ServerConfig, secrets: dict[str, Secret]) -> list[s
 def _playbook_problems(sections: dict[Any, Any], base_dir: Path) -> tuple[list[str], list[str]]:
     """(the playbooks found, the problems): each directory exists, each playbook in it
     parses, and each trigger source's playbook is among them."""
+    configured = "playbook_dirs" in sections
     dirs = sections.get("playbook_dirs", ["playbooks"])
     if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
         return [], []  # the structural pass has reported it
-    found: list[str] = []
+    # the shipped playbooks are searched last, as the runtime does (worker/runtime.py)
+    found: list[str] = [p.stem for p in playbooks_dir().glob("*.yaml")]
     problems: list[str] = []
     for i, name in enumerate(dirs):
         directory = Path(name) if Path(name).is_absolute() else base_dir / name
         if not directory.is_dir():
-            problems.append(f"playbook_dirs.{i}: directory {directory} does not exist")
+            if configured:  # the default ./playbooks may be absent: the shipped ones serve
+                problems.append(f"playbook_dirs.{i}: directory {directory} does not exist")
             continue
         for path in sorted(directory.glob("*.yaml")):
             try:
@@ -272,8 +277,6 @@ def _playbook_problems(sections: dict[Any, Any], base_dir: Path) -> tuple[list[s
                 found.append(path.stem)
             except PlaybookError as exc:
                 problems.append(f"playbook_dirs.{i}: {exc}")
-    if dirs and not problems and not found:
-        problems.append("playbook_dirs: no playbook (*.yaml) in any of them")
     server = _section(sections, "server", ServerConfig)
     if server is not None and found:
         for purpose, sources in (("hr", server.hr_sources), ("incident", server.incident_sources)):
