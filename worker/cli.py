@@ -31,6 +31,7 @@ from worker.report import (
     countdown_text,
     plan_mark,
     remaining,
+    scheduled_text,
     step_table,
     task_text,
     timeline,
@@ -134,7 +135,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default=None, help="override server.host")
     serve.add_argument("--port", type=int, default=None, help="override server.port")
-    commands.add_parser("cases", help="open cases with their next countdown milestone")
+    cases = commands.add_parser(
+        "cases",
+        help="open cases (not cancelled, access not yet lapsed) with their next milestone "
+        "or, if scheduled, when they run",
+    )
+    cases.add_argument(
+        "--all", action="store_true", help="every case, cancelled and lapsed ones included"
+    )
     commands.add_parser(
         "worker", help="run cases, fire countdown milestones and watch for drift until stopped"
     )
@@ -221,7 +229,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "serve":
             return await _serve(runtime, args.host, args.port)
         if args.command == "cases":
-            return await _print_cases(runtime)
+            return await _print_cases(runtime, every=args.all)
         if args.command == "evidence":
             return await _evidence(runtime, args)
         if args.command == "cleanup":
@@ -231,8 +239,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "status":
             if args.case:
                 return await _print_case(runtime, args.case)
+            now = runtime.clock.now()
             for case in await runtime.store.list_cases():
-                print(case_header(case))
+                print(case_header(case, now))
             return EXIT_OK
         if args.command == "confirm":
             by = args.by or getpass.getuser()
@@ -358,7 +367,7 @@ async def _bulk(config: Config, args: argparse.Namespace, base_dir: Path) -> int
 async def _print_case(runtime: Runtime, case_id: str) -> int:
     store = runtime.store
     case = await store.get_case(case_id)
-    print(case_header(case))
+    print(case_header(case, runtime.clock.now()))
     print(step_table(await store.steps(case_id)))
     for task in await store.open_tasks():
         if task.case_id == case_id:
@@ -481,21 +490,23 @@ async def _serve(runtime: Runtime, host: str | None, port: int | None) -> int:
     return EXIT_OK
 
 
-async def _print_cases(runtime: Runtime) -> int:
+#: what `offboard cases` leaves out unless --all: nothing more happens to these
+_CLOSED = (CaseStatus.ACCESS_LAPSED, CaseStatus.CANCELLED)
+
+
+async def _print_cases(runtime: Runtime, *, every: bool) -> int:
     now = runtime.clock.now()
-    open_cases = [
-        c for c in await runtime.store.list_cases() if c.status is not CaseStatus.ACCESS_LAPSED
-    ]
-    print(f"{'case':<20} {'status':<10} {'playbook':<10} {'subject':<28} next milestone")
-    for case in open_cases:
+    listed = [c for c in await runtime.store.list_cases() if every or c.status not in _CLOSED]
+    print(f"{'case':<20} {'status':<13} {'playbook':<10} {'subject':<28} next")
+    for case in listed:
         upcoming = [
             m for m in (case.countdown or {}).get("milestones", []) if parse_iso(m["at"]) > now
         ]
-        nxt = "all passed" if case.countdown else "-"
+        nxt = "all passed" if case.countdown else scheduled_text(case, now) or "-"
         if upcoming:
             first = upcoming[0]
             nxt = f"{first['name']} at {first['at']} ({remaining(parse_iso(first['at']), now)})"
-        print(f"{case.id:<20} {case.status.value:<10} {case.playbook:<10} {case.subject:<28} {nxt}")
+        print(f"{case.id:<20} {case.status.value:<13} {case.playbook:<10} {case.subject:<28} {nxt}")
     return EXIT_OK
 
 

@@ -11,43 +11,19 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
+from tests.acceptance.cli import OFFLINE_TOKEN, offline_config
 from worker import cli
 from worker.clock import SystemClock
 from worker.domain import CaseStatus, NewCase
 from worker.store.sqlite import SqliteStore
 
 OFFBOARD = str(Path(sys.executable).with_name("offboard"))
-TOKEN = "0123456789abcdef0123"
+TOKEN = OFFLINE_TOKEN
 #: runs of each documented error exit (1 halted, 2 bad input or configuration)
 ROUNDS = 20
-
-
-def _config(tmp_path: Path, store: dict[str, Any]) -> Path:
-    unreachable = "http://127.0.0.1:9"  # never called: every command here fails before
-    path = tmp_path / f"offboard-{len(list(tmp_path.glob('offboard-*')))}.yaml"
-    data = {
-        "store": store,
-        "idp": {"okta": {"org_url": unreachable, "token": {"env": "EXIT_TEST_TOKEN"}}},
-        "identity_center": {
-            "region": "us-east-1",
-            "identity_store_id": "d-1234567890",
-            "instance_arn": "arn:aws:sso:::instance/ssoins-1234567890abcdef",
-            "identity_source": "scim",
-            "endpoint_url": unreachable,
-            "scim": {"url": f"{unreachable}/scim/v2", "token": {"env": "EXIT_TEST_TOKEN"}},
-            "credentials": {
-                "access_key_id": {"env": "EXIT_TEST_TOKEN"},
-                "secret_access_key": {"env": "EXIT_TEST_TOKEN"},
-            },
-        },
-    }
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 async def _halted_case(db: Path) -> str:
@@ -77,9 +53,9 @@ def thread_errors(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 
 def _error_exits(tmp_path: Path, halted: str) -> list[tuple[list[str], int, str]]:
-    good = str(_config(tmp_path, {"sqlite": str(tmp_path / "offboard.db")}))
-    no_store = str(_config(tmp_path, {"sqlite": "/proc/no-such-dir/offboard.db"}))
-    postgres = str(_config(tmp_path, {"postgres": {"env": "EXIT_TEST_DSN"}}))
+    good = str(offline_config(tmp_path, {"sqlite": str(tmp_path / "offboard.db")}))
+    no_store = str(offline_config(tmp_path, {"sqlite": "/proc/no-such-dir/offboard.db"}))
+    postgres = str(offline_config(tmp_path, {"postgres": {"env": "EXIT_TEST_DSN"}}))
     return [
         (["--config", str(tmp_path / "missing.yaml"), "status"], 2, "cannot read config"),
         (["--config", good, "status", "no-such-case"], 2, "no case 'no-such-case'"),
@@ -107,7 +83,7 @@ def test_each_documented_error_exit_twenty_times_without_a_traceback(
     capsys: pytest.CaptureFixture[str],
     thread_errors: list[str],
 ) -> None:
-    monkeypatch.setenv("EXIT_TEST_TOKEN", TOKEN)
+    monkeypatch.setenv("OFFLINE_TEST_TOKEN", TOKEN)
     monkeypatch.setenv("EXIT_TEST_DSN", "postgresql://u:pw@127.0.0.1:9/db")  # nothing listens
     halted = asyncio.run(_halted_case(tmp_path / "offboard.db"))
     causes = _error_exits(tmp_path, halted)
@@ -146,8 +122,8 @@ def test_a_closed_pipe_and_a_failing_command_end_quietly_in_a_real_process(
     tmp_path: Path,
 ) -> None:
     halted = asyncio.run(_halted_case(tmp_path / "offboard.db"))
-    config = str(_config(tmp_path, {"sqlite": str(tmp_path / "offboard.db")}))
-    env = {**os.environ, "EXIT_TEST_TOKEN": TOKEN}
+    config = str(offline_config(tmp_path, {"sqlite": str(tmp_path / "offboard.db")}))
+    env = {**os.environ, "OFFLINE_TEST_TOKEN": TOKEN}
     # a few at a time: the thread race shows at interpreter exit, so these are processes
     for _ in range(3):
         processes = [
