@@ -219,3 +219,32 @@ def test_the_schema_says_a_secret_is_a_reference() -> None:
     paths = {".".join(map(str, e.absolute_path)) for e in validator.iter_errors(data)}
     # okta is "an OktaConfig or null": the schema reports at that choice
     assert paths == {"idp.okta", "store"}
+
+
+def test_standard_webhooks_secrets_must_carry_the_whsec_prefix(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/operating.md: a Standard Webhooks secret is `whsec_<base64>`; base64 alone
+    (which the library would take) or a prefix with nothing usable after it is refused,
+    for a trigger source and for a notifier alike."""
+    bare = WHSEC.removeprefix("whsec_")
+    monkeypatch.setenv("T_BARE", bare)
+    monkeypatch.setenv("T_EMPTY", "whsec_!!")
+    data = minimal()
+    data["server"]["hr_sources"]["hris"]["secrets"] = [{"env": "T_BARE"}]
+    data["notifiers"] = {
+        "webhooks": [
+            {"url": "https://h.example", "secret": {"env": "T_BARE"}},
+            {"url": "https://h.example", "secret": {"env": "T_EMPTY"}},
+        ]
+    }
+    path = write(workdir, data)
+
+    assert main(["config", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[:-1] == [
+        "server.hr_sources.hris: secret #1 is not a Standard Webhooks secret (whsec_<base64>)",
+        "notifiers.webhooks.0.secret: not a Standard Webhooks secret (whsec_<base64>)",
+        "notifiers.webhooks.1.secret: not a Standard Webhooks secret (whsec_<base64>)",
+    ]
+    assert bare not in captured.out + captured.err
