@@ -23,7 +23,6 @@ Admission decides, intake batches: a keyed termination for someone with no open 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import hashlib
 import re
@@ -126,7 +125,7 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
     #: a rescission for a person with no open case of this playbook
     NOTHING_SCHEDULED = "nothing-scheduled"
-    #: a rescission after containment began: nothing changed
+    #: a rescission, or a new date, after containment began: nothing changed
     ALREADY_STARTED = "already-started"
     #: a protected identity: nothing changed but the refusal, recorded
     PROTECTED = "protected"
@@ -345,12 +344,37 @@ class Admissions:
                 return Admitted(outcome=Outcome.CREATED, case=case)
             existing = case  # the case key was used before: that case, as it is
         else:
-            # a later instruction for a termination not started yet moves it
+            # a later instruction for a termination not started yet moves it; a new date
+            # for one that began is refused, as a rescission is (the case is kept for
+            # bulk, which joins it)
             due = run_after or self._now()
+            if run_after is not None and existing.status is not CaseStatus.PENDING:
+                started = f"case {existing.id} has started (status {existing.status.value})"
+                return Admitted(
+                    outcome=Outcome.ALREADY_STARTED,
+                    case=existing,
+                    detail=f"{started}: containment cannot be withdrawn or moved once it began",
+                )
             scheduled = existing.status is CaseStatus.PENDING and existing.run_after is not None
             if scheduled and existing.run_after != due:
-                with contextlib.suppress(CaseStarted):  # it started meanwhile: leave it be
-                    existing = await self._store.reschedule_case(existing.id, due, self._now())
+                try:
+                    existing = await self._store.reschedule_case(
+                        existing.id, due, self._now(), by=_mover(instruction)
+                    )
+                except CaseStarted as exc:
+                    if run_after is not None:
+                        return Admitted(
+                            outcome=Outcome.ALREADY_STARTED, case=existing, detail=str(exc)
+                        )
+                    # brought forward to now, but it started meanwhile: joined as it is
         # "rescheduled" says the instruction carried a time, whether or not it moved
         outcome = Outcome.RESCHEDULED if run_after is not None else Outcome.EXISTING
         return Admitted(outcome=outcome, case=existing)
+
+
+def _mover(instruction: Instruction) -> dict[str, Any]:
+    """What `case_rescheduled` records of the instruction that moved the date."""
+    trigger = instruction.trigger
+    moved_by = {"source": trigger.get("source"), "reference": trigger.get("reference")}
+    moved_by["delivery"] = instruction.key
+    return {k: v for k, v in moved_by.items() if v is not None}

@@ -237,8 +237,11 @@ class Store(Protocol):
     async def find_open_case(self, subject: str, playbook: str) -> Case | None:
         """The case of this playbook for this person that has not finished, if any."""
 
-    async def reschedule_case(self, case_id: str, run_after: datetime, now: datetime) -> Case:
-        """Move a case that has not started yet; StoreError if it has."""
+    async def reschedule_case(
+        self, case_id: str, run_after: datetime, now: datetime, *, by: dict[str, Any] | None = None
+    ) -> Case:
+        """Move a case that has not started yet; StoreError if it has. `by`: what moved
+        it (source, reference, delivery key), recorded in the `case_rescheduled` event."""
 
     async def cancel_case(self, case_id: str, now: datetime, reason: str) -> Case:
         """Withdraw a case no step of which has run; StoreError if one has."""

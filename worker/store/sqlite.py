@@ -330,7 +330,7 @@ class SqliteConnector:
                 # opened here, not in the task: a task cancelled while connecting would
                 # leave a connection thread that reports to a closed loop at exit
                 self._checkpoint_db = await aiosqlite.connect(self.path, isolation_level=None)
-                self._checkpointer = asyncio.create_task(self._checkpoints(self._checkpoint_db))
+                self._checkpointer = asyncio.create_task(self._checkpoints())
         except BaseException:
             await self.close()  # a refused database must not leave its connection thread behind
             raise
@@ -347,11 +347,13 @@ class SqliteConnector:
                     raise
                 await asyncio.sleep(0.02 * (attempt + 1))
 
-    async def _checkpoints(self, db: aiosqlite.Connection) -> None:
+    async def _checkpoints(self) -> None:
         """Copy the WAL into the database file every `checkpoint_seconds`, on a
         connection of its own. SQLite's automatic checkpoint runs inside the commit
         that crosses 1,000 pages, which then waits for the database file's fsync (10 ms
         here: the overhead bench's p99); a passive checkpoint never blocks a writer."""
+        db = self._checkpoint_db
+        assert db is not None  # opened with the store, closed after this task
         await db.execute("PRAGMA synchronous=FULL")
         while True:
             await asyncio.sleep(self.checkpoint_seconds)
