@@ -157,9 +157,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     init.add_argument("dir", nargs="?", default=".", help="where (default: here)")
     sandbox = commands.add_parser(
-        "sandbox", help="run the Okta and Identity Center emulators on loopback until stopped"
+        "sandbox",
+        help="run the emulators of an identity provider and Identity Center on loopback "
+        "until stopped",
     )
-    sandbox.add_argument("--okta-port", type=int, default=18080)
+    sandbox.add_argument(
+        "--idp",
+        choices=("okta", "entra", "google"),
+        default="okta",
+        help="the identity provider people are seeded in (default okta); its configuration: "
+        "config/sandbox.yaml, config/sandbox-entra.yaml, config/sandbox-google.yaml",
+    )
+    sandbox.add_argument("--idp-port", "--okta-port", dest="idp_port", type=int, default=18080)
     sandbox.add_argument("--identity-center-port", type=int, default=18081)
     sandbox.add_argument(
         "--seed", action="append", default=None, help="a person to seed (repeatable)"
@@ -200,7 +209,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         from worker.sandbox.run import run_sandbox
 
         return await run_sandbox(
-            okta_port=args.okta_port,
+            idp=args.idp,
+            idp_port=args.idp_port,
             identity_center_port=args.identity_center_port,
             seed=args.seed or ["alice@example.com", "bob@example.com"],
             env_file=Path(args.env_file),
