@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from worker.bundled import playbooks_dir, starter_dir, write_starter
+from worker.bundled import playbooks_dir, starter_dir
 from worker.cli import main
 from worker.config import parse_config
 from worker.playbook import find_playbook, load_playbook
