@@ -64,6 +64,7 @@ def test_the_wheel_carries_playbooks_starter_config_license_and_metadata(wheel: 
         "worker/starter/offboard.schema.json",
         "worker/store/queries.sql",
         "worker/web/openapi.json",
+        "worker/web/ui_static/ui.js",
     } <= names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert metadata["License-Expression"] == "Apache-2.0"

@@ -20,6 +20,7 @@ import io
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -555,6 +556,34 @@ def test_every_copy_source_exists_and_is_in_the_build_context() -> None:
         assert not _dockerignored(source, patterns), f"{source} is left out by .dockerignore"
     for private in (".venv", ".git", "var/offboard.db", "var/sandbox.env", "tests"):
         assert _dockerignored(private, patterns), f"{private} would be sent to the build"
+
+
+def test_the_build_stage_copies_everything_the_wheel_is_built_from() -> None:
+    """pyproject.toml's readme, license files and mapped package directories (the
+    playbooks and the starter configuration ship in the wheel) must be in the build
+    stage, or `pip wheel .` fails there."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    needed = {
+        project["project"]["readme"],
+        *project["project"]["license-files"],
+        *project["tool"]["setuptools"]["package-dir"].values(),
+        "worker",
+        "pyproject.toml",
+    }
+    copied: set[str] = set()
+    for i in _stages()[0]:
+        if i["instruction"] == "COPY":
+            _, paths = _copy_args(i["value"])
+            copied.update(p.rstrip("/") for p in paths[:-1])
+    for path in needed:
+        # a directory may be copied whole or file by file
+        assert path in copied or any(c.startswith(f"{path}/") for c in copied), path
+    data = project["tool"]["setuptools"]["package-data"]
+    for package, directory in project["tool"]["setuptools"]["package-dir"].items():
+        for pattern in data[package]:
+            for file in (REPO / directory).glob(pattern):
+                relative = str(file.relative_to(REPO))
+                assert relative in copied or directory in copied, relative
 
 
 def test_docker_config_example_matches_the_image() -> None:
