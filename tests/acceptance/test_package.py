@@ -29,7 +29,7 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     # from a copy: setuptools' build/ in the checkout could carry files deleted since
@@ -52,7 +52,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_the_wheel_carries_playbooks_starter_config_license_and_metadata(wheel: Path) -> None:
+def _assert_carries_playbooks_starter_config_license_and_metadata(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         (metadata_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
@@ -78,6 +78,8 @@ def test_the_wheel_carries_playbooks_starter_config_license_and_metadata(wheel: 
 def test_installed_wheel_inits_checks_and_runs_the_demo_outside_the_repository(
     wheel: Path, tmp_path: Path
 ) -> None:
+    # one test, so that parallel workers do not each build the wheel
+    _assert_carries_playbooks_starter_config_license_and_metadata(wheel)
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     bin_dir = env_dir / "bin"
