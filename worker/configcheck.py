@@ -8,8 +8,9 @@ line ever holds a secret's value. The passes:
 3. every secret reference resolves (the variable is set, the file exists, is
    readable and not empty), and holds what its setting needs (a DSN, a key file,
    a Standard Webhooks secret), checked by the same code the runtime uses;
-4. every referenced path exists: the playbook directories, the playbooks in them
-   parse, and each trigger source's playbook is there.
+4. every referenced path exists: the configured playbook directories, the playbooks in
+   them parse, and each trigger source's playbook is there (in them or among the
+   playbooks that ship with offboard, which the runtime searches last).
 
 Pass 3's content checks need a section's structure: they run for each top-level
 section that validates on its own, so one broken section hides nothing elsewhere.
