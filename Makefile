@@ -1,9 +1,12 @@
 # Two commands on a fresh machine:
-#   make demo   set up and run the leaver playbook against the sandbox emulators
-#   make test   set up and run lint, types and the whole test suite (what CI runs)
+#   make demo   install offboard alone (no test or bench extras) and run the leaver and
+#               incident playbooks against the sandbox emulators
+#   make test   set up and run lint, types and the whole test suite (what CI runs), the
+#               built wheel's own check included (tests/acceptance/test_package.py)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: setup browser demo test lint unit clean
 
@@ -15,12 +18,19 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# the demo needs the package and its runtime dependencies only
+$(DEMO_STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(DEMO_STAMP)
+
 # The status-page test drives Debian's chromium through chromedriver (never a downloaded browser).
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
-demo: setup
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/offboard demo
 
 lint: setup

@@ -35,7 +35,6 @@ Admission decides, intake batches: a keyed termination for someone with no open 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import hashlib
 import re
@@ -147,7 +146,8 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
     #: a rescission for a person with no open case of this playbook
     NOTHING_SCHEDULED = "nothing-scheduled"
-    #: a rescission after containment began (or of a case another playbook owns)
+    #: a rescission, or a new date, after containment began (or a rescission of a case
+    #: another playbook owns): nothing changed
     ALREADY_STARTED = "already-started"
     #: a protected identity: nothing changed but the refusal, recorded
     PROTECTED = "protected"
@@ -430,13 +430,27 @@ class Admissions:
             )
             return Admitted(outcome=Outcome.ATTACHED, case=case)
         run_after = self._run_after(instruction)
+        if run_after is not None and case.status is not CaseStatus.PENDING:
+            # a new date for a case that began is refused, as a rescission is
+            started = f"case {case.id} has started (status {case.status.value})"
+            return Admitted(
+                outcome=Outcome.ALREADY_STARTED,
+                case=case,
+                detail=f"{started}: containment cannot be withdrawn or moved once it began",
+            )
         scheduled = case.status is CaseStatus.PENDING and case.run_after is not None
         if scheduled and case.playbook == playbook.name:
             # a later instruction for a termination not started yet moves it
             due = run_after or now
             if case.run_after != due:
-                with contextlib.suppress(CaseStarted):  # it started meanwhile: leave it be
-                    case = await self._store.reschedule_case(case.id, due, now)
+                try:
+                    case = await self._store.reschedule_case(
+                        case.id, due, now, by=_mover(instruction)
+                    )
+                except CaseStarted as exc:
+                    if run_after is not None:
+                        return Admitted(outcome=Outcome.ALREADY_STARTED, case=case, detail=str(exc))
+                    # brought forward to now, but it started meanwhile: joined as it is
         await self._store.append_event(case.id, "trigger_joined", now, step_id=None, data=arrived)
         return Admitted(outcome=self._joined_outcome(instruction, case), case=case)
 
@@ -475,3 +489,11 @@ def _notification(admitted: Admitted, instruction: Instruction) -> Notification 
             data={"halt_reason": case.halt_reason, "retry": f"offboard retry {case.id}"},
         )
     return None
+
+
+def _mover(instruction: Instruction) -> dict[str, Any]:
+    """What `case_rescheduled` records of the instruction that moved the date."""
+    trigger = instruction.trigger
+    moved_by = {"source": trigger.get("source"), "reference": trigger.get("reference")}
+    moved_by["delivery"] = instruction.key
+    return {k: v for k, v in moved_by.items() if v is not None}

@@ -18,11 +18,12 @@ from pathlib import Path
 
 from worker.actions import ACTIONS, Role
 from worker.admission import Instruction, Outcome, protected_detail, protected_pattern
+from worker.bundled import playbooks_dir, write_starter
 from worker.cases import confirm_task, drive_case, remove_deny_statements, retry_case
 from worker.clock import Clock, OffsetClock, SystemClock, parse_iso, utc_iso
 from worker.config import Config, load_config
 from worker.domain import CaseStatus, canonical_subject, subject_key
-from worker.errors import CaseStarted, NotFound, OffboardError
+from worker.errors import CaseStarted, OffboardError
 from worker.logging import configure_logging
 from worker.playbook import find_playbook, load_playbook, operator_tasks_note
 from worker.report import (
@@ -30,11 +31,12 @@ from worker.report import (
     countdown_text,
     plan_mark,
     remaining,
+    scheduled_text,
     step_table,
     task_text,
     timeline,
 )
-from worker.runtime import Runtime, open_runtime
+from worker.runtime import Runtime, open_runtime, playbook_search
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WAITING = 0, 1, 2, 3
 DEFAULT_CONFIG = "config/offboard.yaml"
@@ -54,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level",
         default=os.environ.get("OFFBOARD_LOG_LEVEL"),
         help="DEBUG, INFO, WARNING... (default: $OFFBOARD_LOG_LEVEL or INFO; "
-        "WARNING for bulk on a terminal, where the progress line is the output)",
+        "WARNING for bulk and demo on a terminal, where their own output says it)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -146,16 +148,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default=None, help="override server.host")
     serve.add_argument("--port", type=int, default=None, help="override server.port")
-    commands.add_parser("cases", help="open cases with their next countdown milestone")
+    cases = commands.add_parser(
+        "cases",
+        help="open cases (not cancelled, access not yet lapsed) with their next milestone "
+        "or, if scheduled, when they run",
+    )
+    cases.add_argument(
+        "--all", action="store_true", help="every case, cancelled and lapsed ones included"
+    )
     commands.add_parser(
         "worker", help="run cases, fire countdown milestones and watch for drift until stopped"
     )
     commands.add_parser("cleanup", help="remove deny statements of cases whose access has lapsed")
-    commands.add_parser("demo", help="run the leaver playbook against the sandbox emulators")
-    sandbox = commands.add_parser(
-        "sandbox", help="run the Okta and Identity Center emulators on loopback until stopped"
+    commands.add_parser(
+        "demo",
+        help="run the leaver and incident playbooks against the sandbox emulators",
     )
-    sandbox.add_argument("--okta-port", type=int, default=18080)
+    init = commands.add_parser(
+        "init",
+        help="write a commented configuration (offboard.yaml) and a playbooks folder to start from",
+    )
+    init.add_argument("dir", nargs="?", default=".", help="where (default: here)")
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="run the emulators of an identity provider and Identity Center on loopback "
+        "until stopped",
+    )
+    sandbox.add_argument(
+        "--idp",
+        choices=("okta", "entra", "google"),
+        default="okta",
+        help="the identity provider people are seeded in (default okta); its configuration: "
+        "config/sandbox.yaml, config/sandbox-entra.yaml, config/sandbox-google.yaml",
+    )
+    sandbox.add_argument("--idp-port", "--okta-port", dest="idp_port", type=int, default=18080)
     sandbox.add_argument("--identity-center-port", type=int, default=18081)
     sandbox.add_argument(
         "--seed", action="append", default=None, help="a person to seed (repeatable)"
@@ -168,13 +194,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    quiet = args.command == "bulk" and sys.stderr.isatty()
+    # on a terminal, bulk's progress line and the demo's tables are the output
+    quiet = args.command in ("bulk", "demo") and sys.stderr.isatty()
     configure_logging(level=(args.log_level or ("WARNING" if quiet else "INFO")).upper())
     try:
-        return asyncio.run(_dispatch(args))
-    except NotFound as exc:
-        print(f"offboard: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        code = asyncio.run(_dispatch(args))
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # as a filter does: stop quietly; stdout to /dev/null so the exit's flush is silent
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except OffboardError as exc:
         print(f"offboard: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -187,19 +217,22 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from worker.demo import run_demo
 
-        return await run_demo(sys.stdout, base_dir=_project_dir())
+        return await run_demo(sys.stdout, base_dir=base_dir)
     if args.command == "sandbox":
         from worker.sandbox.run import run_sandbox
 
         return await run_sandbox(
-            okta_port=args.okta_port,
+            idp=args.idp,
+            idp_port=args.idp_port,
             identity_center_port=args.identity_center_port,
             seed=args.seed or ["alice@example.com", "bob@example.com"],
             env_file=Path(args.env_file),
         )
+    if args.command == "init":
+        return _init(Path(args.dir))
     if args.command == "check":
         for name in args.playbooks:
-            playbook = load_playbook(find_playbook(name, [base_dir / "playbooks"]))
+            playbook = load_playbook(find_playbook(name, [base_dir / "playbooks", playbooks_dir()]))
             note = operator_tasks_note(playbook)
             print(
                 f"{playbook.source}: ok ({len(playbook.steps)} steps, order holds)"
@@ -227,7 +260,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "serve":
             return await _serve(runtime, args.host, args.port)
         if args.command == "cases":
-            return await _print_cases(runtime)
+            return await _print_cases(runtime, every=args.all)
         if args.command == "evidence":
             return await _evidence(runtime, args)
         if args.command == "cleanup":
@@ -239,8 +272,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "status":
             if args.case:
                 return await _print_case(runtime, args.case)
+            now = runtime.clock.now()
             for case in await runtime.store.list_cases():
-                print(case_header(case))
+                print(case_header(case, now))
             return EXIT_OK
         if args.command == "confirm":
             by = args.by or getpass.getuser()
@@ -313,6 +347,16 @@ async def _cancel(runtime: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _init(directory: Path) -> int:
+    written = write_starter(directory)
+    print(f"wrote {written.config} (commented: fill in your IdP, Identity Center and store)")
+    print(f"wrote {directory / 'playbooks'}/: {', '.join(p.name for p in written.playbooks)}")
+    print("next:")
+    print(f"  offboard config check {written.config}   # names each setting and secret missing")
+    print(f"  offboard --config {written.config} run leaver --user someone@example.com --dry-run")
+    return EXIT_OK
+
+
 def _config_command(args: argparse.Namespace, base_dir: Path) -> int:
     from worker.config import config_json_schema
     from worker.configcheck import check_config, summary
@@ -350,7 +394,7 @@ async def _bulk(config: Config, args: argparse.Namespace, base_dir: Path) -> int
         print(f"offboard: {path}: no valid row to enqueue", file=sys.stderr)
         return EXIT_BAD_INPUT
     # before the store is opened: a missing playbook changes nothing either
-    load_playbook(find_playbook(args.playbook, [base_dir / d for d in config.playbook_dirs]))
+    load_playbook(find_playbook(args.playbook, playbook_search(config, base_dir)))
     async with open_runtime(config, base_dir=base_dir, clock=_clock()) as runtime:
         playbook = runtime.playbook(args.playbook)
         entries = await bulk.enqueue(
@@ -391,7 +435,7 @@ async def _bulk(config: Config, args: argparse.Namespace, base_dir: Path) -> int
 async def _print_case(runtime: Runtime, case_id: str) -> int:
     store = runtime.store
     case = await store.get_case(case_id)
-    print(case_header(case))
+    print(case_header(case, runtime.clock.now()))
     print(step_table(await store.steps(case_id)))
     for task in await store.open_tasks():
         if task.case_id == case_id:
@@ -441,8 +485,7 @@ async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> 
     from worker.providers import identity_provider
     from worker.providers.identity_center import AwsIdentityCenter
 
-    dirs = [base_dir / d for d in config.playbook_dirs]
-    playbook = load_playbook(find_playbook(args.playbook, dirs))
+    playbook = load_playbook(find_playbook(args.playbook, playbook_search(config, base_dir)))
     # refused as the run would be (look-alikes folded), and as unechoed
     if (pattern := protected_pattern(args.user, config.protected_identities)) is not None:
         print(f"offboard: {protected_detail(pattern)}", file=sys.stderr)
@@ -519,21 +562,23 @@ async def _serve(runtime: Runtime, host: str | None, port: int | None) -> int:
     return EXIT_OK
 
 
-async def _print_cases(runtime: Runtime) -> int:
+#: what `offboard cases` leaves out unless --all: nothing more happens to these
+_CLOSED = (CaseStatus.ACCESS_LAPSED, CaseStatus.CANCELLED)
+
+
+async def _print_cases(runtime: Runtime, *, every: bool) -> int:
     now = runtime.clock.now()
-    open_cases = [
-        c for c in await runtime.store.list_cases() if c.status is not CaseStatus.ACCESS_LAPSED
-    ]
-    print(f"{'case':<20} {'status':<10} {'playbook':<10} {'subject':<28} next milestone")
-    for case in open_cases:
+    listed = [c for c in await runtime.store.list_cases() if every or c.status not in _CLOSED]
+    print(f"{'case':<20} {'status':<13} {'playbook':<10} {'subject':<28} next")
+    for case in listed:
         upcoming = [
             m for m in (case.countdown or {}).get("milestones", []) if parse_iso(m["at"]) > now
         ]
-        nxt = "all passed" if case.countdown else "-"
+        nxt = "all passed" if case.countdown else scheduled_text(case, now) or "-"
         if upcoming:
             first = upcoming[0]
             nxt = f"{first['name']} at {first['at']} ({remaining(parse_iso(first['at']), now)})"
-        print(f"{case.id:<20} {case.status.value:<10} {case.playbook:<10} {case.subject:<28} {nxt}")
+        print(f"{case.id:<20} {case.status.value:<13} {case.playbook:<10} {case.subject:<28} {nxt}")
     return EXIT_OK
 
 
@@ -541,13 +586,6 @@ def _clock() -> Clock:
     """The system clock; acceptance tests may shift it through a file they control."""
     offset_file = os.environ.get("OFFBOARD_TEST_CLOCK_OFFSET_FILE")
     return OffsetClock(offset_file) if offset_file else SystemClock()
-
-
-def _project_dir() -> Path:
-    """Where playbooks/ lives: the working directory if it has one, else the source tree."""
-    if (Path.cwd() / "playbooks").is_dir():
-        return Path.cwd()
-    return Path(__file__).resolve().parent.parent
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ line ever holds a secret's value. The passes:
 3. every secret reference resolves (the variable is set, the file exists, is
    readable and not empty), and holds what its setting needs (a DSN, a key file,
    a Standard Webhooks secret), checked by the same code the runtime uses;
-4. every referenced path exists: the playbook directories, the playbooks in them
-   parse, and each trigger source's playbook is there.
+4. every referenced path exists: the configured playbook directories, the playbooks in
+   them parse, and each trigger source's playbook is there (in them or among the
+   playbooks that ship with offboard, which the runtime searches last).
 
 Pass 3's content checks need a section's structure: they run for each top-level
 section that validates on its own, so one broken section hides nothing elsewhere.
@@ -25,9 +26,9 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ValidationError
-from standardwebhooks import Webhook
 
 from worker import yamlfile
+from worker.bundled import playbooks_dir
 from worker.config import (
     Config,
     IdpConfig,
@@ -45,7 +46,7 @@ from worker.errors import ConfigError, PlaybookError
 from worker.playbook import load_playbook
 from worker.providers.google import ServiceAccountKey
 from worker.providers.oauth import certificate_matches_key, load_certificate, load_rsa_private_key
-from worker.triggers import adapter_for
+from worker.triggers import adapter_for, standard_webhook
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -139,7 +140,8 @@ def summary(report: ConfigReport) -> list[str]:
         f"  identity center: {ic.region}, {ic.identity_store_id}, "
         f"identity source {ic.identity_source}",
         f"  store: {store}",
-        f"  playbooks: {', '.join(report.playbooks)} (in {', '.join(config.playbook_dirs)})",
+        f"  playbooks: {', '.join(report.playbooks)} "
+        f"(in {', '.join([*config.playbook_dirs, 'the ones shipped with offboard'])})",
         f"  sources: {'; '.join(sources) or 'none'}",
         f"  api tokens: {', '.join(config.server.api_tokens) or 'none'}",
         f"  notifiers: log{''.join(', ' + n for n in notifiers)}",
@@ -192,12 +194,9 @@ def _content_problems(sections: dict[Any, Any], secrets: dict[str, Secret]) -> l
             secret = secrets.get(f"notifiers.webhooks.{i}.secret")
             try:
                 if secret is not None:
-                    Webhook(secret.reveal())
-            except Exception:  # binascii.Error, EmptyWebhookSecretError, ...: never echo
-                problems.append(
-                    f"notifiers.webhooks.{i}.secret: not a Standard Webhooks secret "
-                    "(whsec_<base64>)"
-                )
+                    standard_webhook(secret.reveal())
+            except ValueError as exc:  # never echoes the value
+                problems.append(f"notifiers.webhooks.{i}.secret: {exc}")
     return problems
 
 
@@ -258,15 +257,18 @@ def _source_problems(server: ServerConfig, secrets: dict[str, Secret]) -> list[s
 def _playbook_problems(sections: dict[Any, Any], base_dir: Path) -> tuple[list[str], list[str]]:
     """(the playbooks found, the problems): each directory exists, each playbook in it
     parses, and each trigger source's playbook is among them."""
+    configured = "playbook_dirs" in sections
     dirs = sections.get("playbook_dirs", ["playbooks"])
     if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
         return [], []  # the structural pass has reported it
-    found: list[str] = []
+    # the shipped playbooks are searched last, as the runtime does (worker/runtime.py)
+    found: list[str] = [p.stem for p in playbooks_dir().glob("*.yaml")]
     problems: list[str] = []
     for i, name in enumerate(dirs):
         directory = Path(name) if Path(name).is_absolute() else base_dir / name
         if not directory.is_dir():
-            problems.append(f"playbook_dirs.{i}: directory {directory} does not exist")
+            if configured:  # the default ./playbooks may be absent: the shipped ones serve
+                problems.append(f"playbook_dirs.{i}: directory {directory} does not exist")
             continue
         for path in sorted(directory.glob("*.yaml")):
             try:
@@ -274,8 +276,6 @@ def _playbook_problems(sections: dict[Any, Any], base_dir: Path) -> tuple[list[s
                 found.append(path.stem)
             except PlaybookError as exc:
                 problems.append(f"playbook_dirs.{i}: {exc}")
-    if dirs and not problems and not found:
-        problems.append("playbook_dirs: no playbook (*.yaml) in any of them")
     server = _section(sections, "server", ServerConfig)
     if server is not None and found:
         for purpose, sources in (("hr", server.hr_sources), ("incident", server.incident_sources)):

@@ -1,6 +1,6 @@
 """The residual-access countdown: when a contained person's last possible access ends.
 
-Disabling a user does not end access that already exists (DESIGN.md, seeds 002/004).
+Disabling a user does not end access that already exists (docs/architecture.md).
 From the times the containment steps were verified and the user's real permission
 sets, this computes the milestones. Every input time is the moment the worker saw
 the change confirmed, which is never earlier than the change itself, so every

@@ -32,7 +32,9 @@ async def run_demo(out: TextIO, *, base_dir: Path, db_path: Path | None = None) 
         os.environ.update(sandbox.environment())
         with tempfile.TemporaryDirectory(prefix="offboard-demo-") as tmp:
             db = db_path or Path(tmp) / "demo.db"
-            config = parse_config(sandbox.config_data(sqlite_path=str(db)), "demo config")
+            data = sandbox.config_data(sqlite_path=str(db))
+            data["playbook_dirs"] = []  # the playbooks that ship with offboard, wherever run
+            config = parse_config(data, "demo config")
             print(f"sandbox: Okta at {sandbox.okta_url}", file=out)
             print(f"sandbox: Identity Center at {sandbox.identity_center_url}", file=out)
             print(

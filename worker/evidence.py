@@ -354,7 +354,8 @@ def describe(record: EvidenceRecord) -> str:
         case "case_cancelled":
             return f"cancelled: {text('reason')}"
         case "case_rescheduled":
-            return f"rescheduled to {text('run_after')}"
+            by = f" by {canonical_json(d['by'])}" if d.get("by") else ""
+            return f"rescheduled to {text('run_after')}{by}"
         case "case_retried":
             return f"retried by {text('retried_by')} after: {text('halt_reason')}"
         case "deny_removed":

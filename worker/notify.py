@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
-from standardwebhooks import Webhook
 
 from worker.clock import Clock, SystemClock, utc_iso
 from worker.config import NotifiersConfig, Secret
@@ -34,6 +33,7 @@ from worker.errors import ConfigError, OffboardError, PermanentError, ProviderEr
 from worker.logging import redact
 from worker.providers.http import TRANSIENT_STATUSES, retry_after_seconds
 from worker.retry import RetryPolicy
+from worker.triggers import standard_webhook
 
 log = structlog.get_logger(__name__)
 
@@ -436,11 +436,9 @@ class WebhookNotifier(_HttpChannel):
         )
         host = _check_url(url, "webhook url")
         try:
-            self._signer = Webhook(secret.reveal())
-        except Exception:  # binascii.Error, EmptyWebhookSecretError, ...: never echo the value
-            raise ConfigError(
-                "webhook secret: not a Standard Webhooks secret (whsec_<base64>)"
-            ) from None
+            self._signer = standard_webhook(secret.reveal())
+        except ValueError as exc:  # never echoes the value
+            raise ConfigError(f"webhook secret: {exc}") from None
         self._url = url
         self.channel = channel or f"webhook:{host}"
 

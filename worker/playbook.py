@@ -1,6 +1,6 @@
 """Playbooks: YAML files naming the steps of a case, checked against the invariant on load.
 
-The invariant (DESIGN.md) is enforced here, before anything runs: the IdP user is
+The invariant (docs/architecture.md) is enforced here, before anything runs: the IdP user is
 deactivated first, then the Identity Center user is disabled, then portal sessions
 are revoked, then optional hardening; every containment step names its read-back
 verification. A playbook that breaks a rule is refused with the file, the step and

@@ -7,7 +7,15 @@ from typing import Any
 
 from worker.actions import ACTIONS
 from worker.clock import parse_iso, utc_iso
-from worker.domain import Case, CaseEvent, OperatorTask, PlannedStep, StepRecord, StepStatus
+from worker.domain import (
+    Case,
+    CaseEvent,
+    CaseStatus,
+    OperatorTask,
+    PlannedStep,
+    StepRecord,
+    StepStatus,
+)
 from worker.playbook import gates_later_steps
 
 #: how the plan and the step table mark an operator task that gates nothing
@@ -18,14 +26,25 @@ def _when(at: datetime | None) -> str:
     return utc_iso(at) if at else "-"
 
 
-def case_header(case: Case) -> str:
+def case_header(case: Case, now: datetime | None = None) -> str:
     line = (
         f"case {case.id}  playbook {case.playbook}  subject {case.subject}  "
         f"status {case.status.value.upper()}"
     )
+    scheduled = scheduled_text(case, now) if now is not None else ""
+    if scheduled:
+        line += f"\n  scheduled: {scheduled}"
     if case.halt_reason:
         line += f"\n  halted: {case.halt_reason}"
     return line
+
+
+def scheduled_text(case: Case, now: datetime) -> str:
+    """When a case that waits for its time (a future-dated termination) runs; empty if
+    it does not wait."""
+    if case.status is not CaseStatus.PENDING or case.run_after is None or case.run_after <= now:
+        return ""
+    return f"runs at {utc_iso(case.run_after)} ({remaining(case.run_after, now)})"
 
 
 def plan_mark(step: PlannedStep) -> str:

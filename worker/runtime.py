@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 
 from worker.admission import Admissions
+from worker.bundled import playbooks_dir
 from worker.clock import Clock, SystemClock
 from worker.config import Config
 from worker.engine import Engine, EngineSettings
@@ -41,10 +42,7 @@ class Runtime:
     limits: Limits = field(default_factory=lambda: Limits({}))
 
     def playbook_dirs(self) -> list[Path]:
-        return [
-            Path(d) if Path(d).is_absolute() else self.base_dir / d
-            for d in self.config.playbook_dirs
-        ]
+        return playbook_search(self.config, self.base_dir)
 
     def playbook(self, name_or_path: str) -> Playbook:
         return load_playbook(find_playbook(name_or_path, self.playbook_dirs()))
@@ -65,6 +63,15 @@ class Runtime:
             intake=intake,
             notifier=self.engine.notifier,
         )
+
+
+def playbook_search(config: Config, base_dir: Path) -> list[Path]:
+    """Where playbooks are looked for: the configured directories first (a playbook
+    there wins), then the ones that ship with offboard."""
+    configured = [Path(d) if Path(d).is_absolute() else base_dir / d for d in config.playbook_dirs]
+    shipped = playbooks_dir()
+    already = shipped.resolve() in {c.resolve() for c in configured}
+    return configured + ([] if already else [shipped])
 
 
 @contextlib.asynccontextmanager

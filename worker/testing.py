@@ -442,10 +442,13 @@ class InMemoryStore:
         return case
 
     @_recorded
-    async def reschedule_case(self, case_id: str, run_after: datetime, now: datetime) -> Case:
+    async def reschedule_case(
+        self, case_id: str, run_after: datetime, now: datetime, *, by: dict[str, Any] | None = None
+    ) -> Case:
         case = self._not_started(case_id)
         self._cases[case_id] = replace(case, run_after=_stored(run_after), updated_at=_stored(now))
-        self._append(case_id, "case_rescheduled", now, None, {"run_after": utc_iso(run_after)})
+        data: dict[str, Any] = {"run_after": utc_iso(run_after)}
+        self._append(case_id, "case_rescheduled", now, None, {**data, "by": by} if by else data)
         self._work.set()
         return self._cases[case_id]
 

@@ -512,11 +512,14 @@ def _checked_secrets(secrets: Sequence[str]) -> tuple[str, ...]:
     return checked
 
 
-def _standard_webhook(secret: str, index: int) -> Webhook:
-    problem = f"secret #{index} is not a Standard Webhooks secret (whsec_<base64>)"
+def standard_webhook(secret: str) -> Webhook:
+    """The signer/verifier of a `whsec_<base64>` secret, for trigger sources and
+    notifiers alike; ValueError (never echoing the value) for anything else."""
+    problem = "not a Standard Webhooks secret (whsec_<base64>)"
+    # the library takes bare base64 too, and decodes leniently ("whsec_!!" would be an
+    # empty key): the documented shape is checked here
     key = secret.removeprefix("whsec_")
-    # checked here because the library decodes leniently: "whsec_!!" would be an empty key
-    if not _BASE64.fullmatch(key):
+    if key == secret or not _BASE64.fullmatch(key):
         raise ValueError(problem)
     try:
         if not base64.b64decode(key + "=" * (-len(key) % 4), validate=True):
@@ -524,6 +527,13 @@ def _standard_webhook(secret: str, index: int) -> Webhook:
         return Webhook(secret)
     except Exception:  # binascii.Error, EmptyWebhookSecretError, ...
         raise ValueError(problem) from None
+
+
+def _standard_webhook(secret: str, index: int) -> Webhook:
+    try:
+        return standard_webhook(secret)
+    except ValueError as exc:
+        raise ValueError(f"secret #{index} is {exc}") from None
 
 
 def _unix_now(now: datetime) -> float:

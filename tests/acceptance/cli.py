@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 OFFBOARD = str(Path(sys.executable).with_name("offboard"))
+OFFLINE_TOKEN = "0123456789abcdef0123"
 
 
 @dataclass
@@ -51,3 +52,28 @@ async def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
     assert process.returncode is not None
     return Result(process.returncode, stdout.decode(), stderr.decode())
+
+
+def offline_config(tmp_path: Path, store: dict[str, Any]) -> Path:
+    """A configuration whose providers are never called: for the commands that only read
+    the store or fail before a call. Its secrets: $OFFLINE_TEST_TOKEN (OFFLINE_TOKEN)."""
+    unreachable = "http://127.0.0.1:9"
+    path = tmp_path / f"offboard-{len(list(tmp_path.glob('offboard-*')))}.yaml"
+    data = {
+        "store": store,
+        "idp": {"okta": {"org_url": unreachable, "token": {"env": "OFFLINE_TEST_TOKEN"}}},
+        "identity_center": {
+            "region": "us-east-1",
+            "identity_store_id": "d-1234567890",
+            "instance_arn": "arn:aws:sso:::instance/ssoins-1234567890abcdef",
+            "identity_source": "scim",
+            "endpoint_url": unreachable,
+            "scim": {"url": f"{unreachable}/scim/v2", "token": {"env": "OFFLINE_TEST_TOKEN"}},
+            "credentials": {
+                "access_key_id": {"env": "OFFLINE_TEST_TOKEN"},
+                "secret_access_key": {"env": "OFFLINE_TEST_TOKEN"},
+            },
+        },
+    }
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path

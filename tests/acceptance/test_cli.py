@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import pty
+import re
+import select
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,44 @@ async def test_demo_prints_the_whole_timeline(tmp_path: Path) -> None:
     order = [out.index(a) for a in ("okta.deactivate", "okta.clear_sessions", "scim.patch_user")]
     assert order == sorted(order)
     assert "now: Okta DEPROVISIONED, 0 sessions; Identity Center DISABLED, 0 portal sessions" in out
+    # piped: the log is JSON, one object a line, for a machine
+    logged = [line for line in result.stderr.splitlines() if line.strip()]
+    assert logged and all(json.loads(line)["event"] for line in logged)
+
+
+def _on_a_terminal(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
+    """Run with stdout and stderr on a pseudo-terminal, as a person at a shell does."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [cli.OFFBOARD, *args], stdin=follower, stdout=follower, stderr=follower, env=env, cwd=cwd
+    )
+    os.close(follower)
+    chunks: list[bytes] = []
+    while True:
+        ready, _, _ = select.select([leader], [], [], 120)
+        assert ready, "no output for 120 s"
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return process.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+def test_demo_on_a_terminal_shows_its_tables_not_the_log(tmp_path: Path) -> None:
+    env = cli.environment({})
+    del env["OFFBOARD_LOG_LEVEL"]  # as a person runs it: the default level
+    code, screen = _on_a_terminal(["demo"], env, tmp_path)
+
+    assert code == 0, screen
+    assert "status CONTAINED" in screen
+    assert "--- incident: mallory@example.com" in screen
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", screen).splitlines()  # colours off
+    assert not [line for line in lines if line.lstrip().startswith('{"')], screen
+    assert not [line for line in lines if "[info" in line or "[debug" in line], screen
 
 
 async def test_dry_run_prints_the_plan_and_touches_nothing(

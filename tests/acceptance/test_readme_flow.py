@@ -29,9 +29,10 @@ async def test_sandbox_serve_and_a_curl_signed_webhook(tmp_path: Path) -> None:
     serve = None
     try:
         assert sandbox.stdout is not None
-        for _ in range(4):
+        line = ""
+        while "secrets in" not in line:
             line = (await asyncio.wait_for(sandbox.stdout.readline(), 30)).decode()
-        assert "secrets in" in line, line
+            assert line, "the sandbox ended before it said where its secrets are"
         assert oct(env_file.stat().st_mode & 0o777) == "0o600"
         env = {**env, **_env_file_values(env_file)}
         config = str(REPO / "config" / "sandbox.yaml")

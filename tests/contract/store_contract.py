@@ -817,8 +817,10 @@ class StoreContract:
         assert head == ((await store.evidence(case.id))[0].hash, 1)
 
         # events the store writes itself, in the transactions of other changes
-        await store.reschedule_case(case.id, at(100), at(1))
-        await self._assert_chained(store, case.id)
+        by = {"source": "hris", "delivery": "hook:hr:hris:d-2"}
+        await store.reschedule_case(case.id, at(100), at(1), by=by)
+        moved = (await self._assert_chained(store, case.id))[-1]
+        assert moved.kind == "case_rescheduled" and moved.data["by"] == by
         assert (await store.evidence_head(case.id))[1] == 2
         await store.cancel_case(other.id, at(2), "rescinded")
         assert [r.kind for r in await self._assert_chained(store, other.id)] == [

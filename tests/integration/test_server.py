@@ -310,6 +310,26 @@ async def test_future_termination_is_scheduled_then_moved_then_rescinded(
     assert (await runtime.store.get_case(case.id)).status is CaseStatus.CANCELLED
 
 
+async def test_a_new_date_after_containment_began_is_refused_as_a_rescission_is(
+    client: tuple[TestClient[web.Request, web.Application], Runtime], leaver: SeededUser
+) -> None:
+    http, runtime = client
+    body, headers = signed(termination(leaver.login))
+    started = await (await http.post("/v1/hooks/hr/hris", data=body, headers=headers)).json()
+    await _wait_status(runtime, started["case_id"], CaseStatus.WAITING)
+
+    later = datetime.now(UTC) + timedelta(days=3)
+    body, headers = signed(termination(leaver.login, effective_at=later.isoformat()))
+    moved = await http.post("/v1/hooks/hr/hris", data=body, headers=headers)
+    assert moved.status == 409, await moved.text()
+    assert "has started" in (await moved.json())["detail"]
+    # nothing recorded: the sender may deliver it again, and is answered the same
+    key = f"hook:hr:hris:{headers['webhook-id']}"
+    assert await runtime.store.get_delivery(key) is None
+    case = await runtime.store.get_case(started["case_id"])
+    assert case.status is CaseStatus.WAITING and case.run_after is None
+
+
 async def test_protected_identity_is_refused_and_recorded(
     client: tuple[TestClient[web.Request, web.Application], Runtime],
 ) -> None:

@@ -250,3 +250,44 @@ def test_protected_identities_match_with_case_and_confusables_folded() -> None:
     ):
         assert protected_pattern(spelling, patterns) is not None, spelling
     assert protected_pattern("bob@example.com", patterns) is None
+
+
+async def test_a_date_change_after_containment_began_is_refused_as_a_rescission_is(
+    admissions: Admissions, store: Store, clock: ManualClock, leaver: Playbook
+) -> None:
+    later = clock.now() + timedelta(days=3)
+    made = await admissions.admit(terminate(leaver, effective_at=later))
+    assert made.case is not None
+    clock.advance(timedelta(days=3, seconds=1))  # its time came; a worker began it
+    assert await store.claim_case(made.case.id, "w-1", clock.now(), 30) is not None
+    moved = terminate(leaver, effective_at=clock.now() + timedelta(days=7), key="d-2")
+    refused = await admissions.admit(moved, answer)
+    assert refused.outcome is Outcome.ALREADY_STARTED and refused.detail
+    assert refused.delivery is None and await store.get_delivery("d-2") is None
+    case = await store.get_case(made.case.id)
+    assert case.status.value == "running" and case.run_after == later
+    # a date that has already come is no change: the running case is joined
+    now = await admissions.admit(terminate(leaver, effective_at=clock.now()))
+    assert now.outcome is Outcome.EXISTING
+
+
+async def test_a_move_records_the_delivery_that_made_it(
+    admissions: Admissions, store: Store, clock: ManualClock, leaver: Playbook
+) -> None:
+    later = clock.now() + timedelta(days=3)
+    made = await admissions.admit(terminate(leaver, effective_at=later, key="hook:hr:hris:d-1"))
+    assert made.case is not None
+    moved = Instruction(
+        playbook=leaver,
+        subject="ann@example.com",
+        trigger={"source": "hris", "reference": "E-7"},
+        effective_at=later + timedelta(days=1),
+        key="hook:hr:hris:d-2",
+    )
+    assert (await admissions.admit(moved)).outcome is Outcome.RESCHEDULED
+    (event,) = [e for e in await store.events(made.case.id) if e.kind == "case_rescheduled"]
+    assert event.data["by"] == {
+        "source": "hris",
+        "reference": "E-7",
+        "delivery": "hook:hr:hris:d-2",
+    }

@@ -360,3 +360,32 @@ def test_a_short_scim_token_file_is_refused(workdir: Path) -> None:
 def test_the_minimum_token_length_is_sixteen() -> None:
     # 16 characters of a random token are ~96 bits (base64) or 64 (hex): no online guess
     assert MIN_TOKEN_LENGTH == 16
+
+
+def test_standard_webhooks_secrets_must_carry_the_whsec_prefix(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/operating.md: a Standard Webhooks secret is `whsec_<base64>`; base64 alone
+    (which the library would take) or a prefix with nothing usable after it is refused,
+    for a trigger source and for a notifier alike."""
+    bare = WHSEC.removeprefix("whsec_")
+    monkeypatch.setenv("T_BARE", bare)
+    monkeypatch.setenv("T_EMPTY", "whsec_!!")
+    data = minimal()
+    data["server"]["hr_sources"]["hris"]["secrets"] = [{"env": "T_BARE"}]
+    data["notifiers"] = {
+        "webhooks": [
+            {"url": "https://h.example", "secret": {"env": "T_BARE"}},
+            {"url": "https://h.example", "secret": {"env": "T_EMPTY"}},
+        ]
+    }
+    path = write(workdir, data)
+
+    assert main(["config", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[:-1] == [
+        "server.hr_sources.hris: secret #1 is not a Standard Webhooks secret (whsec_<base64>)",
+        "notifiers.webhooks.0.secret: not a Standard Webhooks secret (whsec_<base64>)",
+        "notifiers.webhooks.1.secret: not a Standard Webhooks secret (whsec_<base64>)",
+    ]
+    assert bare not in captured.out + captured.err

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import hashlib
 import inspect
 import io
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -262,6 +265,114 @@ def test_pdb_and_service_select_the_deployments_pods() -> None:
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
 
 
+def test_a_config_change_rolls_the_pods() -> None:
+    """The pod template carries the configuration's checksum: a changed ConfigMap changes
+    the template, and Kubernetes replaces the pods (offboard reads its config at start)."""
+    text = _one("ConfigMap")["data"]["offboard.yaml"]
+    expected = hashlib.sha256(text.encode()).hexdigest()
+    annotations = _one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["checksum/config"] == expected, (
+        f"deploy/k8s/deployment.yaml: set checksum/config to {expected}"
+    )
+
+
+def test_network_policy_lets_in_http_and_out_only_dns_https_postgres_and_credentials() -> None:
+    policy = _one("NetworkPolicy")["spec"]
+    labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    (ingress,) = policy["ingress"]
+    assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
+    egress = {
+        (port["port"], port["protocol"]): rule["to"]
+        for rule in policy["egress"]
+        for port in rule["ports"]
+    }
+    assert set(egress) == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (5432, "TCP"), (80, "TCP")}
+    (https,) = egress[(443, "TCP")]
+    # the providers are public: HTTPS to a private or link-local address is not allowed
+    assert https["ipBlock"]["cidr"] == "0.0.0.0/0"
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(
+        https["ipBlock"]["except"]
+    )
+    # port 80 only to the EKS Pod Identity agent, which hands out the AWS credentials
+    assert egress[(80, "TCP")] == [{"ipBlock": {"cidr": "169.254.170.23/32"}}]
+    # the database port the ConfigMap's DSN is read for (store.postgres)
+    assert _configmap_config().store.postgres is not None
+
+
+# --- Kubernetes: prometheus-operator objects (CRDs) ----------------------------------
+
+MONITORING = K8S / "monitoring"
+#: ServiceMonitor and PrometheusRule are CRDs, which kubernetes-validate does not know:
+#: they are checked against this schema (its $comment says where it comes from)
+OPERATOR_SCHEMA = REPO / "tests" / "data" / "prometheus-operator-v1.schema.json"
+
+
+def _operator_objects() -> dict[str, dict[str, Any]]:
+    docs = [d for p in sorted(MONITORING.glob("*.yaml")) for d in _docs(p)]
+    return {d["kind"]: d for d in docs if d["kind"] != "Kustomization"}
+
+
+def _operator_validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads(OPERATOR_SCHEMA.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_monitoring_objects_validate_against_the_operators_schema() -> None:
+    objects = _operator_objects()
+    assert set(objects) == {"ServiceMonitor", "PrometheusRule"}
+    validator = _operator_validator()
+    for kind, doc in objects.items():
+        errors = [e.message for e in validator.iter_errors(doc)]
+        assert errors == [], kind
+        assert doc["metadata"]["namespace"] == "offboard"
+    kustomization = _docs(MONITORING / "kustomization.yaml")[0]
+    assert set(kustomization["resources"]) == {
+        p.name for p in MONITORING.glob("*.yaml") if p.name != "kustomization.yaml"
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "where", "field"),
+    [
+        ("ServiceMonitor", ("spec", "endpoints", 0), "intervall"),
+        ("ServiceMonitor", ("spec",), "selectr"),
+        ("PrometheusRule", ("spec", "groups", 0, "rules", 0), "fore"),
+    ],
+)
+def test_a_misspelled_monitoring_field_fails(
+    kind: str, where: tuple[str | int, ...], field: str
+) -> None:
+    doc = copy.deepcopy(_operator_objects()[kind])
+    node: Any = doc
+    for key in where:
+        node = node[key]
+    node[field] = "30s"
+    assert not _operator_validator().is_valid(doc)
+    bad = copy.deepcopy(_operator_objects()[kind])
+    if kind == "ServiceMonitor":
+        bad["spec"]["endpoints"][0]["interval"] = "half a minute"
+        assert not _operator_validator().is_valid(bad)
+
+
+def test_service_monitor_scrapes_the_services_metrics_port() -> None:
+    monitor = _operator_objects()["ServiceMonitor"]["spec"]
+    service = _one("Service")
+    assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    # the job label is the Service's name: what WorkerDown's up{job="offboard"} expects
+    assert "jobLabel" not in monitor and service["metadata"]["name"] == "offboard"
+
+
+def test_prometheus_rule_holds_the_alert_rules_word_for_word() -> None:
+    rule = _operator_objects()["PrometheusRule"]
+    assert rule["spec"] == _docs(DEPLOY / "prometheus" / "alerts.yaml")[0]
+
+
 def test_configmap_config_validates_and_uses_postgres() -> None:
     config = _configmap_config()
     assert config.store.postgres is not None
@@ -447,6 +558,34 @@ def test_every_copy_source_exists_and_is_in_the_build_context() -> None:
         assert _dockerignored(private, patterns), f"{private} would be sent to the build"
 
 
+def test_the_build_stage_copies_everything_the_wheel_is_built_from() -> None:
+    """pyproject.toml's readme, license files and mapped package directories (the
+    playbooks and the starter configuration ship in the wheel) must be in the build
+    stage, or `pip wheel .` fails there."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    needed = {
+        project["project"]["readme"],
+        *project["project"]["license-files"],
+        *project["tool"]["setuptools"]["package-dir"].values(),
+        "worker",
+        "pyproject.toml",
+    }
+    copied: set[str] = set()
+    for i in _stages()[0]:
+        if i["instruction"] == "COPY":
+            _, paths = _copy_args(i["value"])
+            copied.update(p.rstrip("/") for p in paths[:-1])
+    for path in needed:
+        # a directory may be copied whole or file by file
+        assert path in copied or any(c.startswith(f"{path}/") for c in copied), path
+    data = project["tool"]["setuptools"]["package-data"]
+    for package, directory in project["tool"]["setuptools"]["package-dir"].items():
+        for pattern in data[package]:
+            for file in (REPO / directory).glob(pattern):
+                relative = str(file.relative_to(REPO))
+                assert relative in copied or directory in copied, relative
+
+
 def test_docker_config_example_matches_the_image() -> None:
     config = parse_config(
         yaml.safe_load((DEPLOY / "docker" / "offboard.yaml").read_text(encoding="utf-8")),
@@ -529,6 +668,15 @@ def test_systemd_unit_parses_and_is_hardened() -> None:
     assert "AF_PACKET" not in service["RestrictAddressFamilies"][0]
     assert str(EXIT_BAD_INPUT) in service["RestartPreventExitStatus"][0].split()
     assert ("WantedBy", "multi-user.target") in unit["Install"]
+
+
+def test_systemd_documentation_names_files_the_install_steps_put_there() -> None:
+    (documentation,) = [v for k, v in _unit(SERVICE)["Unit"] if k == "Documentation"]
+    steps = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    for uri in documentation.split():
+        scheme, _, path = uri.partition(":")
+        assert scheme == "file", uri
+        assert re.search(rf"install -D -m 0644 \S+ {re.escape(path)}\n", steps), uri
 
 
 def test_systemd_unit_runs_as_an_unprivileged_user() -> None:

@@ -99,11 +99,18 @@ class Sandbox:
         self.entra_url = ""
         self.google_url = ""
 
-    async def start(self, *, okta_port: int = 0, identity_center_port: int = 0) -> Sandbox:
+    async def start(
+        self,
+        *,
+        okta_port: int = 0,
+        identity_center_port: int = 0,
+        entra_port: int = 0,
+        google_port: int = 0,
+    ) -> Sandbox:
         okta = await serve_on_loopback(self.okta.app(), okta_port)
         ic = await serve_on_loopback(self.identity_center.app(), identity_center_port)
-        entra = await serve_on_loopback(self.entra.app())
-        google = await serve_on_loopback(self.google.app())
+        entra = await serve_on_loopback(self.entra.app(), entra_port)
+        google = await serve_on_loopback(self.google.app(), google_port)
         self._served = [okta, ic, entra, google]
         self.okta_url = okta.url
         self.identity_center_url = ic.url

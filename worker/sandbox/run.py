@@ -1,5 +1,7 @@
 """`offboard sandbox`: the emulators on fixed loopback ports, for trying `offboard serve`
-by hand (config/sandbox.yaml points at them)."""
+by hand. `--idp` picks the identity provider people are seeded in; the configuration
+that points at it is config/sandbox.yaml (Okta), config/sandbox-entra.yaml or
+config/sandbox-google.yaml."""
 
 from __future__ import annotations
 
@@ -7,25 +9,41 @@ import asyncio
 import base64
 import os
 import secrets
+import shlex
 import signal
 from pathlib import Path
 
-from worker.sandbox import Sandbox, SandboxCredentials
+from worker.sandbox import IdpName, Sandbox, SandboxCredentials
 
 PREFIX = "OFFBOARD_SANDBOX_"
+#: the configuration that points at the sandbox, by identity provider
+CONFIGS: dict[IdpName, str] = {
+    "okta": "config/sandbox.yaml",
+    "entra": "config/sandbox-entra.yaml",
+    "google": "config/sandbox-google.yaml",
+}
+IDP_NAMES: dict[IdpName, str] = {"okta": "Okta", "entra": "Entra ID", "google": "Google Workspace"}
 
 
 def _credentials() -> SandboxCredentials:
     """Reuse the secrets of an earlier run when they are in the environment."""
     env = os.environ
-    if f"{PREFIX}OKTA_TOKEN" in env:
-        return SandboxCredentials(
-            okta_token=env[f"{PREFIX}OKTA_TOKEN"],
-            scim_token=env[f"{PREFIX}SCIM_TOKEN"],
-            aws_access_key_id=env[f"{PREFIX}AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env[f"{PREFIX}AWS_SECRET_ACCESS_KEY"],
-        )
-    return SandboxCredentials()
+    if f"{PREFIX}OKTA_TOKEN" not in env:
+        return SandboxCredentials()
+    earlier = {
+        "okta_token": env[f"{PREFIX}OKTA_TOKEN"],
+        "scim_token": env[f"{PREFIX}SCIM_TOKEN"],
+        "aws_access_key_id": env[f"{PREFIX}AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env[f"{PREFIX}AWS_SECRET_ACCESS_KEY"],
+    }
+    # an env file of an older sandbox may lack these: new ones are made then
+    for field, name in (
+        ("entra_client_secret", "ENTRA_CLIENT_SECRET"),
+        ("google_key", "GOOGLE_KEY"),
+    ):
+        if f"{PREFIX}{name}" in env:
+            earlier[field] = env[f"{PREFIX}{name}"]
+    return SandboxCredentials(**earlier)
 
 
 def write_env_file(path: Path, sandbox: Sandbox) -> dict[str, str]:
@@ -38,23 +56,33 @@ def write_env_file(path: Path, sandbox: Sandbox) -> dict[str, str]:
         or secrets.token_urlsafe(32),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"export {k}='{v}'\n" for k, v in values.items()), encoding="utf-8")
+    path.write_text(
+        "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()), encoding="utf-8"
+    )
     path.chmod(0o600)  # it holds secrets
     return values
 
 
 async def run_sandbox(
-    *, okta_port: int, identity_center_port: int, seed: list[str], env_file: Path
+    *,
+    idp: IdpName = "okta",
+    idp_port: int,
+    identity_center_port: int,
+    seed: list[str],
+    env_file: Path,
 ) -> int:
-    sandbox = Sandbox(credentials=_credentials())
-    await sandbox.start(okta_port=okta_port, identity_center_port=identity_center_port)
+    sandbox = Sandbox(credentials=_credentials(), idp=idp)
+    # the chosen IdP on its fixed port (the config points there), the others anywhere
+    await sandbox.start(identity_center_port=identity_center_port, **{f"{idp}_port": idp_port})
     try:
         for login in seed:
             sandbox.seed_leaver(login)
         write_env_file(env_file, sandbox)
-        print(f"sandbox: Okta at {sandbox.okta_url}", flush=True)
+        url = {"okta": sandbox.okta_url, "entra": sandbox.entra_url, "google": sandbox.google_url}
+        print(f"sandbox: {IDP_NAMES[idp]} at {url[idp]}", flush=True)
         print(f"sandbox: Identity Center at {sandbox.identity_center_url}", flush=True)
-        print(f"sandbox: seeded {', '.join(seed)}", flush=True)
+        print(f"sandbox: seeded {', '.join(seed)} in {IDP_NAMES[idp]}", flush=True)
+        print(f"sandbox: configuration {CONFIGS[idp]}", flush=True)
         print(f"sandbox: secrets in {env_file} (source it before offboard serve)", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -261,8 +261,11 @@ class Store(Protocol):
         the steps added. The case as it is then, and the ids of the steps added.
         StoreError for a closed or halted case; NotFound for an unknown one."""
 
-    async def reschedule_case(self, case_id: str, run_after: datetime, now: datetime) -> Case:
-        """Move a case that has not started yet; StoreError if it has."""
+    async def reschedule_case(
+        self, case_id: str, run_after: datetime, now: datetime, *, by: dict[str, Any] | None = None
+    ) -> Case:
+        """Move a case that has not started yet; StoreError if it has. `by`: what moved
+        it (source, reference, delivery key), recorded in the `case_rescheduled` event."""
 
     async def cancel_case(self, case_id: str, now: datetime, reason: str) -> Case:
         """Withdraw a case no step of which has run; StoreError if one has."""

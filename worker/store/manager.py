@@ -495,12 +495,15 @@ class StoreManager:
                 "containment cannot be withdrawn or moved once it began"
             )
 
-    async def reschedule_case(self, case_id: str, run_after: datetime, now: datetime) -> Case:
+    async def reschedule_case(
+        self, case_id: str, run_after: datetime, now: datetime, *, by: dict[str, Any] | None = None
+    ) -> Case:
         async with self.c.transaction() as tx:
             await self._not_started(tx, case_id)
             row = await tx.one("case_reschedule", case_id=case_id, run_after=run_after, now=now)
+            data: dict[str, Any] = {"run_after": utc_iso(run_after)}
             await self._append(
-                tx, case_id, "case_rescheduled", now, {"run_after": utc_iso(run_after)}
+                tx, case_id, "case_rescheduled", now, {**data, "by": by} if by else data
             )
             await self.c.notify(tx, f"case_rescheduled {case_id}")
         return self._case(row)

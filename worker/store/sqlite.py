@@ -299,6 +299,7 @@ class SqliteConnector:
         # not interleave with another coroutine's statements.
         self._lock = asyncio.Lock()
         self._checkpointer: asyncio.Task[None] | None = None
+        self._checkpoint_db: aiosqlite.Connection | None = None
         #: how often the WAL is copied into the database (see `_checkpoints`)
         self.checkpoint_seconds = 1.0
         #: checkpoints run so far, for tests to wait on
@@ -313,10 +314,14 @@ class SqliteConnector:
         return self._db
 
     async def open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN ourselves, so transactions are explicit.
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN ourselves, so transactions are explicit.
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise StoreError(f"SQLite database {self.path}: cannot open: {reason}") from None
         self._db.row_factory = sqlite3.Row
         try:
             await self._db.execute("PRAGMA busy_timeout=10000")
@@ -331,6 +336,9 @@ class SqliteConnector:
             await self._db.execute("PRAGMA wal_autocheckpoint=0")
             await self._migrate()
             if self.path != ":memory:":
+                # opened here, not in the task: a task cancelled while connecting would
+                # leave a connection thread that reports to a closed loop at exit
+                self._checkpoint_db = await aiosqlite.connect(self.path, isolation_level=None)
                 self._checkpointer = asyncio.create_task(self._checkpoints())
         except BaseException:
             await self.close()  # a refused database must not leave its connection thread behind
@@ -353,24 +361,26 @@ class SqliteConnector:
         connection of its own. SQLite's automatic checkpoint runs inside the commit
         that crosses 1,000 pages, which then waits for the database file's fsync (10 ms
         here: the overhead bench's p99); a passive checkpoint never blocks a writer."""
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            await db.execute("PRAGMA synchronous=FULL")
-            while True:
-                await asyncio.sleep(self.checkpoint_seconds)
-                try:
-                    await db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:  # busy or locked: the next round catches up
-                    continue
-                self.checkpoints += 1
-        finally:
-            await db.close()
+        db = self._checkpoint_db
+        assert db is not None  # opened with the store, closed after this task
+        await db.execute("PRAGMA synchronous=FULL")
+        while True:
+            await asyncio.sleep(self.checkpoint_seconds)
+            try:
+                await db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:  # busy or locked: the next round catches up
+                continue
+            self.checkpoints += 1
 
     async def close(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.cancel()
             await asyncio.gather(self._checkpointer, return_exceptions=True)
             self._checkpointer = None
+        if self._checkpoint_db is not None:
+            # closed here: a task cancelled before it first ran never reaches a finally
+            await self._checkpoint_db.close()
+            self._checkpoint_db = None
         if self._db is not None:
             # the last connection to close checkpoints what is left and removes the WAL
             await self._db.close()
