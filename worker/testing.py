@@ -153,6 +153,8 @@ class InMemoryStore:
         self._tasks: dict[tuple[str, str], OperatorTask] = {}
         self._timers: dict[tuple[str, str, int], Timer] = {}
         self._events: dict[str, list[EvidenceRecord]] = {}
+        #: cases escalated while a worker held them: released pending (see `release_case`)
+        self._rerun: set[str] = set()
         self._deliveries: dict[str, Delivery] = {}
         self._refusals: list[Refusal] = []
         #: set when a case may have become runnable, as PostgreSQL's NOTIFY
@@ -355,11 +357,9 @@ class InMemoryStore:
         case = self._cases.get(case_id)
         if case is None or case.lease_owner != worker_id:
             raise StoreError(f"case {case_id} is not held by worker {worker_id}")
-        if (
-            status is CaseStatus.CONTAINED
-            and any(r.status is StepStatus.PENDING for r in self._steps.get(case_id, []))
-            and any(e.kind == "case_escalated" for e in self._events.get(case_id, []))
-        ):
+        rerun = case_id in self._rerun
+        self._rerun.discard(case_id)
+        if rerun and status in (CaseStatus.CONTAINED, CaseStatus.WAITING):
             status = CaseStatus.PENDING  # escalated while it ran: steps its worker did not know
         self._cases[case_id] = replace(
             case,
@@ -398,6 +398,8 @@ class InMemoryStore:
         if added and status in (CaseStatus.CONTAINED, CaseStatus.WAITING):
             status = CaseStatus.PENDING
         run_after = case.run_after if status is CaseStatus.RUNNING else None
+        if added and status is CaseStatus.RUNNING:
+            self._rerun.add(case_id)
         first = len(case.steps)
         self._steps[case_id] = [
             *self._steps.get(case_id, []),

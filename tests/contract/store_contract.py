@@ -1422,16 +1422,22 @@ class StoreContract:
         again, added = await store.escalate_case(case.id, (deny,), 50, at(4), {})
         assert added == () and again.priority == 100 and len(again.steps) == len(STEPS) + 1
 
-    async def test_a_case_escalated_while_it_runs_is_not_released_as_contained(
-        self, store: Store
+    @pytest.mark.parametrize("released", [CaseStatus.CONTAINED, CaseStatus.WAITING])
+    async def test_a_case_escalated_while_it_runs_is_released_pending_once(
+        self, store: Store, released: CaseStatus
     ) -> None:
         case = await self._claimed(store, "w1", now=0)
         deny = PlannedStep(id="deny", action="identity_center.deny_role_sessions", verify=None)
         running, _ = await store.escalate_case(case.id, (deny,), 100, at(1), {})
         assert running.status is CaseStatus.RUNNING and running.lease_owner == "w1"
-        # its worker knew only the old steps: the new one must still run
-        await store.release_case(case.id, "w1", CaseStatus.CONTAINED, at(2))
+        # its worker knew only the old steps (say it waits on the operator's task now):
+        # the new one must still run at once, not after someone confirms
+        await store.release_case(case.id, "w1", released, at(2))
         assert (await store.get_case(case.id)).status is CaseStatus.PENDING
+        # the next worker knew every step: its release stands (no claim-release loop)
+        assert await store.claim_case(case.id, "w2", at(3), LEASE) is not None
+        await store.release_case(case.id, "w2", released, at(4))
+        assert (await store.get_case(case.id)).status is released
 
     async def test_a_halted_or_closed_case_is_not_escalated(self, store: Store) -> None:
         halted = await self._in_state(store, CaseStatus.HALTED, 1)

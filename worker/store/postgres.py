@@ -176,7 +176,11 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     _chain_events,
     # version 3: a scrape counts events by kind (cases_created already serves paging)
     "CREATE INDEX events_kind ON events (kind);",
-    # version 4: one active case per person, whatever the playbook
+    # version 4: a case escalated while a worker ran it is released pending
+    """
+    ALTER TABLE cases ADD COLUMN rerun BOOLEAN NOT NULL DEFAULT FALSE;
+    """,
+    # version 5: one active case per person, whatever the playbook
     ONE_ACTIVE_MIGRATION,
 )
 

@@ -42,10 +42,12 @@ SELECT * FROM cases WHERE id = :case_id FOR UPDATE
 -- name: case_escalate
 -- an incident's steps added: runnable at once (a contained or waiting case too, when it
 -- gained steps), at the higher priority
+-- (a running case's worker does not know of them: `rerun` makes its release pending)
 UPDATE cases SET steps = :steps, priority = :priority, updated_at = :now,
                  status = CASE WHEN :added AND status IN ('contained', 'waiting')
                           THEN 'pending' ELSE status END,
-                 run_after = CASE WHEN status = 'running' THEN run_after ELSE NULL END
+                 run_after = CASE WHEN status = 'running' THEN run_after ELSE NULL END,
+                 rerun = CASE WHEN :added AND status = 'running' THEN TRUE ELSE rerun END
 WHERE id = :case_id RETURNING *
 -- name: claim_next
 -- pending and due, or running with a lapsed lease; the most urgent first
@@ -68,13 +70,11 @@ RETURNING *
 UPDATE cases SET lease_expires_at = :expires
 WHERE id = :case_id AND lease_owner = :worker_id AND status = 'running'
 -- name: release
--- a case escalated while it ran has steps its worker did not know of: not contained, pending
-UPDATE cases SET status = CASE WHEN :status = 'contained' AND EXISTS (
-                     SELECT 1 FROM steps WHERE case_id = :case_id AND status = 'pending')
-                     AND EXISTS (SELECT 1 FROM events WHERE case_id = :case_id
-                                 AND kind = 'case_escalated')
+-- a case escalated while it ran (`rerun`) has steps its worker did not know of: not
+-- contained or waiting on a person, but pending, so that they run at once
+UPDATE cases SET status = CASE WHEN rerun AND :status IN ('contained', 'waiting')
                  THEN 'pending' ELSE :status END,
-                 run_after = :run_after, halt_reason = :halt_reason,
+                 rerun = FALSE, run_after = :run_after, halt_reason = :halt_reason,
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
 WHERE id = :case_id AND lease_owner = :worker_id
 -- name: case_started

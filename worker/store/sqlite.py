@@ -232,7 +232,11 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     """,
     # version 6: appending an event moves the case's chain head in the same statement
     _move_head_by_trigger,
-    # version 7: one active case per person, whatever the playbook
+    # version 7: a case escalated while a worker ran it is released pending
+    """
+    ALTER TABLE cases ADD COLUMN rerun INTEGER NOT NULL DEFAULT 0;
+    """,
+    # version 8: one active case per person, whatever the playbook
     ONE_ACTIVE_MIGRATION,
 )
 
