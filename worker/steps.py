@@ -29,6 +29,7 @@ from worker.providers.base import (
     IdpUser,
 )
 from worker.providers.policy import deny_sid
+from worker.resolve import IC_NOT_FOUND, resolve_person
 from worker.retry import RetryPolicy
 from worker.store.base import Store
 
@@ -109,8 +110,6 @@ async def _idp_user(ctx: StepContext) -> tuple[str, IdpUser | None]:
     return user.id, user
 
 
-#: AWS's code for a user that is not there (the adapter keeps it on its own message)
-IC_NOT_FOUND = "ResourceNotFoundException"
 #: what an Identity Center step records when the person has no Identity Center user
 NO_IC_USER = "no Identity Center user: no AWS access through Identity Center"
 
@@ -136,6 +135,14 @@ def _no_ic_user(ctx: StepContext, searched: str | None = None) -> Done | None:
             "applications": [],
         }
     )
+
+
+async def person_resolve(ctx: StepContext) -> Outcome:
+    """Reads only: the person in every system, and the ids every later step acts on."""
+    resolution = await resolve_person(
+        ctx.ledger, ctx.providers.idp, ctx.providers.identity_center, ctx.case.subject
+    )
+    return Done(evidence={**resolution.evidence(), "verified_at": utc_iso(ctx.clock.now())})
 
 
 async def idp_deactivate_user(ctx: StepContext) -> Outcome:

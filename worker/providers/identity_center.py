@@ -275,6 +275,36 @@ class AwsIdentityCenter:
             code=NOT_FOUND,
         )
 
+    async def find_user_by_external_id(self, external_id: str) -> IdentityCenterUser:
+        # GetUserId by ExternalId needs the issuer, which each IdP's sync sets its own way:
+        # every ListUsers page, compared on the id alone (ids are exact, not folded).
+        users = [
+            user
+            for page in await self._pages(
+                self._identitystore,
+                "identitystore",
+                "ListUsers",
+                IdentityStoreId=self.config.identity_store_id,
+            )
+            for user in page.get("Users", [])
+            if any(x.get("Id") == external_id for x in user.get("ExternalIds") or [])
+        ]
+        if len(users) > 1:
+            named = " and ".join(f"{u.get('UserName')!r} ({u.get('UserId')})" for u in users[:2])
+            raise PermanentError(
+                "identitystore",
+                f"externalId {external_id!r} is ambiguous in Identity Center: {named}; "
+                "nothing was changed",
+                code=AMBIGUOUS,
+            )
+        if not users:
+            raise PermanentError(
+                "identitystore",
+                f"no Identity Center user with externalId {external_id!r} (ListUsers)",
+                code=NOT_FOUND,
+            )
+        return await self.get_user(str(users[0]["UserId"]))
+
     async def _user_id_by(self, path: str, value: str) -> str | None:
         """`GetUserId` on one unique attribute: the id, or None when nobody has it."""
         try:
