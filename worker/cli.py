@@ -16,7 +16,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from worker.actions import ACTIONS, Role
 from worker.admission import Instruction, Outcome
 from worker.cases import confirm_task, drive_case, remove_deny_statements, retry_case
 from worker.clock import Clock, OffsetClock, SystemClock, parse_iso, utc_iso
@@ -28,7 +27,6 @@ from worker.playbook import find_playbook, load_playbook, operator_tasks_note
 from worker.report import (
     case_header,
     countdown_text,
-    plan_mark,
     remaining,
     step_table,
     task_text,
@@ -61,7 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a playbook for one person")
     run.add_argument("playbook", help="playbook name (leaver, incident) or path to a YAML file")
     run.add_argument("--user", required=True, help="the person's login (email)")
-    run.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="resolve the person and show their state, the plan and the countdown with reads "
+        "only; change nothing (read-only credentials suffice)",
+    )
+    run.add_argument("--json", action="store_true", help="with --dry-run: print JSON")
 
     status = commands.add_parser("status", help="show one case, or all cases")
     status.add_argument("case", nargs="?")
@@ -377,28 +381,43 @@ async def _evidence(runtime: Runtime, args: argparse.Namespace) -> int:
 
 
 async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> int:
-    """The plan, built without opening the store or calling anything."""
+    """Resolve the person and read what they reach, without opening the store or
+    calling any mutating API (worker/dryrun.py)."""
     import aiohttp
 
+    from worker.admission import protected_pattern, protected_reason
+    from worker.dryrun import dry_run
     from worker.providers import identity_provider
     from worker.providers.identity_center import AwsIdentityCenter
 
     dirs = [base_dir / d for d in config.playbook_dirs]
     playbook = load_playbook(find_playbook(args.playbook, dirs))
+    pattern = protected_pattern(args.user, config.protected_identities)
+    if pattern is not None:
+        # refused before anything is read, as the real run refuses it
+        print(f"offboard: dry run: {protected_reason(args.user, pattern)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     # the same canonical subject admission would make (InvalidSubject: exit 2)
     subject = subject_key(canonical_subject(args.user))
+    clock = SystemClock()
+    limits = config.limits.limits()
     async with aiohttp.ClientSession() as http:
-        idp = identity_provider(config.idp, http, config.limits.limits(), SystemClock())
-        ic = AwsIdentityCenter(config.identity_center, http)
-        print(f"dry run: playbook {playbook.name} ({playbook.source}) for {args.user}")
-        print("nothing is read or changed; the calls each step would make:")
-        for number, step in enumerate(playbook.steps, start=1):
-            provider = idp if ACTIONS[step.action].role is Role.IDP else ic
-            print(f"{number}. {step.id}: {step.action} (verify: {step.verify}){plan_mark(step)}")
-            for call in provider.plan(step.action, subject):
-                kind = "WRITE" if call.mutates else "read "
-                print(f"     {kind} {call.method} {call.target}")
-    return EXIT_OK
+        idp = identity_provider(config.idp, http, limits, clock)
+        async with AwsIdentityCenter(config.identity_center, http, limits["identity-center"]) as ic:
+            result = await dry_run(
+                playbook,
+                subject,
+                idp=idp,
+                ic=ic,
+                policy=config.retry.policy(),
+                clock=clock,
+                sessions=config.countdown.settings(),
+            )
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        print(result.text())
+    return EXIT_FAILED if result.halts else EXIT_OK
 
 
 async def _cleanup(runtime: Runtime) -> int:

@@ -157,7 +157,5 @@ async def resolve_person(
 
 def _ic_absent(outcome: BaseException, ic_found: object) -> bool:
     return (
-        outcome is ic_found
-        and isinstance(outcome, PermanentError)
-        and outcome.code == IC_NOT_FOUND
+        outcome is ic_found and isinstance(outcome, PermanentError) and outcome.code == IC_NOT_FOUND
     )

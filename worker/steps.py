@@ -29,7 +29,7 @@ from worker.providers.base import (
     IdpUser,
 )
 from worker.providers.policy import deny_sid
-from worker.resolve import IC_NOT_FOUND, resolve_person
+from worker.resolve import IC_NOT_FOUND, Reader, resolve_person
 from worker.retry import RetryPolicy
 from worker.store.base import Store
 
@@ -247,7 +247,7 @@ async def _inventory(ctx: StepContext, user_id: str) -> dict[str, Any]:
 
 
 async def read_inventory(
-    ledger: Ledger, ic: IdentityCenter, user_id: str, *, fresh: bool = False
+    ledger: Reader, ic: IdentityCenter, user_id: str, *, fresh: bool = False
 ) -> dict[str, Any]:
     """The permission sets the user reaches (with durations; `fresh`: not from a shared
     cache) and the applications they are assigned to, as evidence and countdown input.

@@ -682,6 +682,16 @@ class AwsIdentityCenter:
             target=f"{store} (until UserStatus=DISABLED)",
             mutates=False,
         )
+        read = PlannedCall(
+            method="identitystore:DescribeUser", target=f"{store} {{id}}", mutates=False
+        )
+        if action == actions.RESOLVE.name:
+            listing = PlannedCall(
+                method="identitystore:ListUsers",
+                target=f"{store} (only when GetUserId finds nobody: any case, email, externalId)",
+                mutates=False,
+            )
+            return [find, listing, read]
         if action == actions.DISABLE_USER.name:
             if self.identity_source == "scim" and self.config.scim is not None:
                 patch = PlannedCall(
@@ -695,7 +705,7 @@ class AwsIdentityCenter:
                     target="console: Disable user access",
                     mutates=True,
                 )
-            return [find, patch, describe]
+            return [read, patch, describe]
         if action == actions.PORTAL_SESSIONS.name:
             return [
                 PlannedCall(

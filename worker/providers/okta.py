@@ -92,10 +92,11 @@ class Okta:
 
     def plan(self, action: str, subject: str) -> list[PlannedCall]:
         user = f"{self.org_url}/api/v1/users"
-        find = PlannedCall(method="GET", target=f"{user}/{subject}", mutates=False)
+        if action == actions.RESOLVE.name:
+            return [PlannedCall(method="GET", target=f"{user}/{subject}", mutates=False)]
         if action == actions.DEACTIVATE_USER.name:
             return [
-                find,
+                PlannedCall(method="GET", target=f"{user}/{{id}}", mutates=False),
                 PlannedCall(
                     method="POST",
                     target=f"{user}/{{id}}/lifecycle/deactivate?sendEmail=false",
