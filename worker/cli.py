@@ -23,7 +23,7 @@ from worker.config import Config, load_config
 from worker.domain import CaseStatus, canonical_subject, subject_key
 from worker.errors import NotFound, OffboardError
 from worker.logging import configure_logging
-from worker.playbook import find_playbook, load_playbook, operator_tasks_note
+from worker.playbook import find_playbook, gates_later_steps, load_playbook, operator_tasks_note
 from worker.report import (
     case_header,
     countdown_text,
@@ -338,10 +338,12 @@ async def _print_case(runtime: Runtime, case_id: str) -> int:
     store = runtime.store
     case = await store.get_case(case_id)
     print(case_header(case))
-    print(step_table(await store.steps(case_id)))
+    steps = await store.steps(case_id)
+    print(step_table(steps))
+    actions = {s.step_id: s.action for s in steps}
     for task in await store.open_tasks():
         if task.case_id == case_id:
-            print(task_text(task))
+            print(task_text(task, gates=gates_later_steps(actions[task.step_id])))
     print(countdown_text(case.countdown, runtime.clock.now()))
     print("timeline:")
     print(timeline(await store.events(case_id)))
