@@ -71,7 +71,11 @@ class StepContext:
     policy: RetryPolicy
     verify_timeout: float
     verify_interval: float
-    facts: dict[str, Any] = field(default_factory=dict)
+    #: what the step just before this one read, in this same run (never from the store:
+    #: a read recorded hours ago is not a read before acting)
+    previous_reads: dict[str, Any] = field(default_factory=dict)
+    #: what this step read that the next one may take as its read before acting
+    reads_to_pass: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
     def ledger(self) -> Ledger:
@@ -105,6 +109,11 @@ async def _idp_user(ctx: StepContext) -> tuple[str, IdpUser | None]:
     """The user's IdP id, and their state when the lookup had to read it just now."""
     known = ctx.earlier_fact("idp_user_id") or ctx.record.evidence.get("idp_user_id")
     if known:
+        # the resolve's read a moment ago, in this run, serves as the read before acting
+        # (it is retried with a fresh read if the act fails)
+        just_read = ctx.previous_reads.get("idp_user")
+        if isinstance(just_read, IdpUser) and just_read.id == str(known):
+            return str(known), just_read
         return str(known), None
     user = await ctx.call("idp.find_user", lambda: ctx.providers.idp.find_user(ctx.case.subject))
     return user.id, user
@@ -142,6 +151,9 @@ async def person_resolve(ctx: StepContext) -> Outcome:
     resolution = await resolve_person(
         ctx.ledger, ctx.providers.idp, ctx.providers.identity_center, ctx.case.subject
     )
+    # the IdP step comes next: this read is its read before acting. Identity Center is
+    # read again by its step, after the IdP is confirmed.
+    ctx.reads_to_pass["idp_user"] = resolution.idp_user
     return Done(evidence={**resolution.evidence(), "verified_at": utc_iso(ctx.clock.now())})
 
 
