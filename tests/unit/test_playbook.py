@@ -567,3 +567,38 @@ def test_the_portal_task_gates_nothing_and_check_and_the_plan_say_so() -> None:
     marks = {s.id: plan_mark(s) for s in incident.steps}
     assert "opens; does not wait" in marks["portal-sessions"]
     assert marks["deny-role-sessions"] == ""
+
+
+# issue 14: the person is resolved (reads only) before the first change
+
+
+def test_every_playbook_begins_with_the_resolve_step() -> None:
+    text, _ = render([step("idp-deactivate", DEACTIVATE)])
+    playbook = parse_playbook(text, "plain.yaml")
+    assert [(s.id, s.action, s.verify) for s in playbook.steps[:1]] == [
+        ("resolve", "person.resolve", "person.found")
+    ]
+    listed, _ = render(
+        [
+            {"id": "find-them", "action": "person.resolve", "verify": "person.found"},
+            step("idp-deactivate", DEACTIVATE),
+        ]
+    )
+    # listed first, it is kept as it is, not added twice
+    assert [s.id for s in parse_playbook(listed, "listed.yaml").steps] == [
+        "find-them",
+        "idp-deactivate",
+    ]
+
+
+def test_the_resolve_step_anywhere_but_first_is_refused() -> None:
+    text, starts = render(
+        [
+            step("idp-deactivate", DEACTIVATE),
+            {"id": "late", "action": "person.resolve", "verify": "person.found"},
+        ]
+    )
+    message = refusal(text, "late.yaml")
+    assert f"step 2 (late) at line {starts[1]}: rule resolve-first" in message
+    taken, _ = render([step("resolve", DEACTIVATE)])
+    assert "rule resolve-first" in refusal(taken, "taken.yaml")
