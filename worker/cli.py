@@ -202,6 +202,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config))
     if args.command == "bulk":
         return await _bulk(config, args, base_dir)
+    if args.command == "run" and args.json and not args.dry_run:
+        print("offboard: --json goes with --dry-run", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.command == "run" and args.dry_run:
         return await _dry_run(config, args, base_dir)
     async with open_runtime(config, base_dir=base_dir, clock=_clock()) as runtime:
