@@ -110,9 +110,10 @@ async def resolve_person(
         # anything but "not found in Identity Center" decides nothing here: raise it
         if isinstance(outcome, BaseException) and not _ic_absent(outcome, ic_found):
             if outcome is idp_found and isinstance(outcome, PermanentError):
+                found = "not found" if outcome.status == 404 else "could not be read"
                 raise PermanentError(
                     outcome.provider,
-                    f"{subject!r} not found in the identity provider ({outcome}); "
+                    f"{subject!r} {found} in the identity provider ({outcome}); "
                     "nothing was changed anywhere",
                     status=outcome.status,
                     code=outcome.code,

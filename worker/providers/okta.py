@@ -48,7 +48,9 @@ class Okta:
             result = await self._http.request("GET", f"/api/v1/users/{quote(key, safe='@')}")
         except PermanentError as exc:
             if exc.status == 404:
-                raise PermanentError("okta", f"no Okta user with {looking_for}") from None
+                raise PermanentError(
+                    "okta", f"no Okta user with {looking_for}", status=404
+                ) from None
             raise
         body = result.body
         if not isinstance(body, dict) or "id" not in body or "status" not in body:
