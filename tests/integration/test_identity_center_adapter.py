@@ -885,3 +885,26 @@ async def test_resolve_halts_on_two_identity_center_matches_naming_both(
     assert err.value.code == "AmbiguousUser"
     assert first in str(err.value) and second in str(err.value)
     assert "nothing was changed" in str(err.value)
+
+
+async def test_find_user_by_the_externalid_the_scim_sync_set(
+    world: World, ic: AwsIdentityCenter
+) -> None:
+    """The IdP's SCIM sync sets ExternalIds (the IdP user's id); CreateUser cannot, so
+    on moto nobody has one: not found, with AWS's code, never a guess."""
+    if world.moto:
+        with pytest.raises(PermanentError) as err:
+            await ic.find_user_by_external_id("00u-okta-id")
+        assert err.value.code == "ResourceNotFoundException"
+        return
+    assert isinstance(world.seed, SandboxSeeder)
+    emulator = world.seed.emulator
+    synced = emulator.add_user("E-777", external_ids=(("okta", "00u-okta-id"),))
+    assert (await ic.find_user_by_external_id("00u-okta-id")).user_id == synced
+    with pytest.raises(PermanentError) as err:
+        await ic.find_user_by_external_id("00U-OKTA-ID")  # ids are exact, not folded
+    assert err.value.code == "ResourceNotFoundException"
+    emulator.add_user("E-778", external_ids=(("okta", "00u-okta-id"),))
+    with pytest.raises(PermanentError) as err:
+        await ic.find_user_by_external_id("00u-okta-id")
+    assert err.value.code == "AmbiguousUser" and synced in str(err.value)
