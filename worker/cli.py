@@ -21,7 +21,7 @@ from worker.cases import confirm_task, drive_case, remove_deny_statements, retry
 from worker.clock import Clock, OffsetClock, SystemClock, parse_iso, utc_iso
 from worker.config import Config, load_config
 from worker.domain import CaseStatus, canonical_subject, subject_key
-from worker.errors import NotFound, OffboardError
+from worker.errors import ConfigError, NotFound, OffboardError
 from worker.logging import configure_logging
 from worker.playbook import find_playbook, gates_later_steps, load_playbook, operator_tasks_note
 from worker.report import (
@@ -406,9 +406,17 @@ async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> 
     subject = subject_key(canonical_subject(args.user))
     clock = SystemClock()
     limits = config.limits.limits()
+    ic_config = config.identity_center
+    if ic_config.scim is not None:
+        try:
+            ic_config.scim.token.resolve("identity_center.scim.token")
+        except ConfigError as exc:
+            # the SCIM token only writes: a dry run with read-only credentials needs none
+            print(f"note: {exc}: not needed for a dry run, which never writes")
+            ic_config = ic_config.model_copy(update={"scim": None})
     async with aiohttp.ClientSession() as http:
         idp = identity_provider(config.idp, http, limits, clock)
-        async with AwsIdentityCenter(config.identity_center, http, limits["identity-center"]) as ic:
+        async with AwsIdentityCenter(ic_config, http, limits["identity-center"]) as ic:
             result = await dry_run(
                 playbook,
                 subject,

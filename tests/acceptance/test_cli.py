@@ -307,3 +307,24 @@ async def test_a_dry_run_says_the_resolve_would_halt_on_two_matches(
     assert "would HALT at the resolve step, before any change" in result.stdout
     assert "ambiguous" in result.stdout
     assert sandbox.audit.entries() == []
+
+
+async def test_a_dry_run_needs_no_write_credential(
+    sandbox: Sandbox, leaver: SeededUser, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    """Read-only credentials: without the SCIM token (it only writes) the dry run still
+    resolves the person and reads what they reach."""
+    config = cli.write_config(tmp_path / "offboard.yaml", config_data)
+    env = cli.environment(sandbox.environment())
+    scim_token = config_data["identity_center"]["scim"]["token"]["env"]
+    env.pop(scim_token)
+    result = await cli.run(
+        ["--config", str(config), "run", "leaver", "--user", leaver.login, "--dry-run"],
+        env,
+        tmp_path,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "not needed for a dry run" in result.stdout
+    assert f"Identity Center: user {leaver.ic_user_id}" in result.stdout
+    assert sandbox.audit.entries() == []
