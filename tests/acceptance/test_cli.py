@@ -326,5 +326,6 @@ async def test_a_dry_run_needs_no_write_credential(
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "not needed for a dry run" in result.stdout
+    assert "WRITE PATCH (SCIM endpoint)/Users/{id} active=false" in result.stdout
     assert f"Identity Center: user {leaver.ic_user_id}" in result.stdout
     assert sandbox.audit.entries() == []

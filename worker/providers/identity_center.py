@@ -693,11 +693,11 @@ class AwsIdentityCenter:
             )
             return [find, listing, read]
         if action == actions.DISABLE_USER.name:
-            if self.identity_source == "scim" and self.config.scim is not None:
+            if self.identity_source == "scim":
+                # a read-only dry run may have no SCIM client: the plan is the same
+                scim = self.config.scim.url.rstrip("/") if self.config.scim else "(SCIM endpoint)"
                 patch = PlannedCall(
-                    method="PATCH",
-                    target=f"{self.config.scim.url.rstrip('/')}/Users/{{id}} active=false",
-                    mutates=True,
+                    method="PATCH", target=f"{scim}/Users/{{id}} active=false", mutates=True
                 )
             else:
                 patch = PlannedCall(
