@@ -19,6 +19,8 @@ from worker.errors import PermanentError
 class Phase(IntEnum):
     """Where an action stands in the one safe order."""
 
+    #: reads only: the person found in every system before anything changes
+    RESOLVE = 0
     IDP = 1
     IDENTITY_CENTER = 2
     PORTAL_SESSIONS = 3
@@ -32,6 +34,8 @@ class Role(StrEnum):
     IDP = "idp"
     #: AWS IAM Identity Center
     IDENTITY_CENTER = "identity_center"
+    #: every configured system (reads only)
+    EVERY = "every"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +56,20 @@ class Action:
     operator_task: bool = False
 
 
+RESOLVE = Action(
+    name="person.resolve",
+    phase=Phase.RESOLVE,
+    role=Role.EVERY,
+    handler=steps.person_resolve,
+    containment=False,
+    verifications=("person.found",),
+    summary=(
+        "find the person in every system (reads only) and record the ids the later "
+        "steps act on; two matches or no IdP user halt before anything changes"
+    ),
+)
+#: the id of the resolve step every playbook begins with (worker/playbook.py adds it)
+RESOLVE_STEP_ID = "resolve"
 DEACTIVATE_USER = Action(
     name="idp.deactivate_user",
     phase=Phase.IDP,
@@ -129,6 +147,7 @@ BACKGROUND_SESSIONS = Action(
 ACTIONS: dict[str, Action] = {
     action.name: action
     for action in (
+        RESOLVE,
         DEACTIVATE_USER,
         REVOKE_SESSIONS,
         DISABLE_USER,

@@ -16,20 +16,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from worker.actions import ACTIONS, Role
 from worker.admission import Instruction, Outcome, protected_detail, protected_pattern
 from worker.bundled import playbooks_dir, write_starter
 from worker.cases import confirm_task, drive_case, remove_deny_statements, retry_case
 from worker.clock import Clock, OffsetClock, SystemClock, parse_iso, utc_iso
 from worker.config import Config, load_config
 from worker.domain import CaseStatus, canonical_subject, subject_key
-from worker.errors import CaseStarted, OffboardError
+from worker.errors import CaseStarted, ConfigError, OffboardError
 from worker.logging import configure_logging
-from worker.playbook import find_playbook, load_playbook, operator_tasks_note
+from worker.playbook import find_playbook, gates_later_steps, load_playbook, operator_tasks_note
 from worker.report import (
     case_header,
     countdown_text,
-    plan_mark,
     remaining,
     scheduled_text,
     step_table,
@@ -63,7 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a playbook for one person")
     run.add_argument("playbook", help="playbook name (leaver, incident) or path to a YAML file")
     run.add_argument("--user", required=True, help="the person's login (email)")
-    run.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="resolve the person and show their state, the plan and the countdown with reads "
+        "only; change nothing (read-only credentials suffice)",
+    )
+    run.add_argument("--json", action="store_true", help="with --dry-run: print JSON")
     run.add_argument(
         "--new",
         action="store_true",
@@ -244,6 +248,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config))
     if args.command == "bulk":
         return await _bulk(config, args, base_dir)
+    if args.command == "run" and args.json and not args.dry_run:
+        print("offboard: --json goes with --dry-run", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.command == "run" and args.new and not (args.reason or "").strip():
         print(
             "offboard: run --new needs --reason: why another case for this person", file=sys.stderr
@@ -436,10 +443,12 @@ async def _print_case(runtime: Runtime, case_id: str) -> int:
     store = runtime.store
     case = await store.get_case(case_id)
     print(case_header(case, runtime.clock.now()))
-    print(step_table(await store.steps(case_id)))
+    steps = await store.steps(case_id)
+    print(step_table(steps))
+    actions = {s.step_id: s.action for s in steps}
     for task in await store.open_tasks():
         if task.case_id == case_id:
-            print(task_text(task))
+            print(task_text(task, gates=gates_later_steps(actions[task.step_id])))
     print(countdown_text(case.countdown, runtime.clock.now()))
     print("timeline:")
     print(timeline(await store.events(case_id)))
@@ -479,9 +488,11 @@ async def _evidence(runtime: Runtime, args: argparse.Namespace) -> int:
 
 
 async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> int:
-    """The plan, built without opening the store or calling anything."""
+    """Resolve the person and read what they reach, without opening the store or
+    calling any mutating API (worker/dryrun.py)."""
     import aiohttp
 
+    from worker.dryrun import dry_run
     from worker.providers import identity_provider
     from worker.providers.identity_center import AwsIdentityCenter
 
@@ -492,18 +503,33 @@ async def _dry_run(config: Config, args: argparse.Namespace, base_dir: Path) -> 
         return EXIT_BAD_INPUT
     # the same canonical subject admission would make (InvalidSubject: exit 2)
     subject = subject_key(canonical_subject(args.user))
+    clock = SystemClock()
+    limits = config.limits.limits()
+    ic_config = config.identity_center
+    if ic_config.scim is not None:
+        try:
+            ic_config.scim.token.resolve("identity_center.scim.token")
+        except ConfigError as exc:
+            # the SCIM token only writes: a dry run with read-only credentials needs none
+            print(f"note: {exc}: not needed for a dry run, which never writes")
+            ic_config = ic_config.model_copy(update={"scim": None})
     async with aiohttp.ClientSession() as http:
-        idp = identity_provider(config.idp, http, config.limits.limits(), SystemClock())
-        ic = AwsIdentityCenter(config.identity_center, http)
-        print(f"dry run: playbook {playbook.name} ({playbook.source}) for {args.user}")
-        print("nothing is read or changed; the calls each step would make:")
-        for number, step in enumerate(playbook.steps, start=1):
-            provider = idp if ACTIONS[step.action].role is Role.IDP else ic
-            print(f"{number}. {step.id}: {step.action} (verify: {step.verify}){plan_mark(step)}")
-            for call in provider.plan(step.action, subject):
-                kind = "WRITE" if call.mutates else "read "
-                print(f"     {kind} {call.method} {call.target}")
-    return EXIT_OK
+        idp = identity_provider(config.idp, http, limits, clock)
+        async with AwsIdentityCenter(ic_config, http, limits["identity-center"]) as ic:
+            result = await dry_run(
+                playbook,
+                subject,
+                idp=idp,
+                ic=ic,
+                policy=config.retry.policy(),
+                clock=clock,
+                sessions=config.countdown.settings(),
+            )
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        print(result.text())
+    return EXIT_FAILED if result.halts else EXIT_OK
 
 
 async def _cleanup(runtime: Runtime) -> int:

@@ -142,8 +142,11 @@ class Engine:
         earlier: dict[str, dict[str, object]] = {}
         #: operator tasks left open behind us: they gate nothing, only containment
         still_open: list[str] = []
+        #: what the step just run read, for the next one (reads made in this run only)
+        passed: dict[str, Any] = {}
         for index, step in enumerate(case.steps):
             record = records[index]
+            reads, passed = passed, {}
             if record.status is StepStatus.DONE:
                 earlier[step.id] = record.evidence
                 continue
@@ -178,6 +181,7 @@ class Engine:
                     policy=self.policy,
                     verify_timeout=self.settings.verify_timeout,
                     verify_interval=self.settings.verify_interval,
+                    previous_reads=reads,
                 )
                 started = time.monotonic()
                 try:
@@ -248,6 +252,7 @@ class Engine:
                 )
                 log.info("step_done", verified_by=outcome.evidence.get("verified_by"))
                 earlier[step.id] = outcome.evidence
+                passed = ctx.reads_to_pass
                 if action(step.action).countdown_input is not None:
                     await self.update_countdown(case.id)
         if still_open:

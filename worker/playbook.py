@@ -9,6 +9,10 @@ the rule in the message.
 An operator task never gates the automated steps after it: once the Identity Center
 user is confirmed disabled, the portal-sessions task opens and the hardening steps
 after it run at once (`gates_later_steps`); the order rules stay as they are.
+
+Every playbook begins with the resolve step (`person.resolve`, reads only): a playbook
+that does not list it first gets it added, one that lists it anywhere else is refused.
+The person is found in every system, and the ids recorded, before the first change.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from worker import yamlfile
-from worker.actions import ACTIONS, DEACTIVATE_USER, DISABLE_USER, REVOKE_SESSIONS, Phase
+from worker.actions import (
+    ACTIONS,
+    DEACTIVATE_USER,
+    DISABLE_USER,
+    RESOLVE,
+    RESOLVE_STEP_ID,
+    REVOKE_SESSIONS,
+    Phase,
+)
 from worker.domain import PRIORITIES, PlannedStep
 from worker.errors import PlaybookError
 
@@ -124,6 +136,16 @@ def parse_playbook(text: str, source: str) -> Playbook:
         for s in model.steps
     )
     _check_invariant(source, steps, step_lines)
+    if steps[0].action != RESOLVE.name:
+        resolve = PlannedStep(
+            id=RESOLVE_STEP_ID, action=RESOLVE.name, verify=RESOLVE.verifications[0], options={}
+        )
+        if any(s.id == RESOLVE_STEP_ID for s in steps):
+            raise PlaybookError(
+                f"{source}: rule resolve-first: step id {RESOLVE_STEP_ID!r} is the resolve "
+                "step every playbook begins with; name this step differently"
+            )
+        steps = (resolve, *steps)
     return Playbook(
         name=model.name,
         description=model.description,
@@ -236,7 +258,7 @@ def _check_invariant(source: str, steps: tuple[PlannedStep, ...], lines: dict[in
 
     seen_ids: set[str] = set()
     seen_actions: dict[str, int] = {}
-    highest_phase = Phase.IDP
+    highest_phase = Phase.RESOLVE
     for index, step in enumerate(steps):
         if step.id in seen_ids:
             raise refuse(index, "unique-step-ids", f"step id {step.id!r} is used twice")
@@ -245,6 +267,13 @@ def _check_invariant(source: str, steps: tuple[PlannedStep, ...], lines: dict[in
         if spec is None:
             known = ", ".join(sorted(ACTIONS))
             raise refuse(index, "known-actions", f"unknown action {step.action!r} (known: {known})")
+        if spec is RESOLVE and index > 0:
+            raise refuse(
+                index,
+                "resolve-first",
+                f"{RESOLVE.name} reads only and comes first, before anything changes "
+                "(every playbook begins with it; listing it is optional)",
+            )
         if spec.containment and step.action in seen_actions:
             raise refuse(index, "once-each", f"containment action {step.action} appears twice")
         if step.verify is None and spec.containment:

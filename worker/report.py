@@ -119,18 +119,29 @@ def timeline(events: list[CaseEvent]) -> str:
     return "\n".join(lines)
 
 
-def task_text(task: OperatorTask) -> str:
+#: `offboard status` on an open task that gates nothing (issue 14)
+NOT_HOLDING_UP = (
+    "does not hold up automated steps: the steps after it run without waiting; "
+    "the case is contained once it is confirmed too"
+)
+
+
+def task_text(task: OperatorTask, *, gates: bool = True) -> str:
+    """An operator task; `gates`: whether its step holds back the steps after it."""
     state = (
         f"confirmed by {task.confirmed_by} at {_when(task.confirmed_at)}"
         if task.confirmed_at
         else f"WAITING since {_when(task.opened_at)}"
     )
-    return (
+    text = (
         f"operator task [{task.case_id} {task.step_id}] {state}\n"
         f"  {task.title}\n"
         f"  {task.instructions}\n"
         f"  console: {task.console_url}"
     )
+    if task.confirmed_at is None and not gates:
+        text += f"\n  {NOT_HOLDING_UP}"
+    return text
 
 
 def remaining(at: datetime, now: datetime) -> str:

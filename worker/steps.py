@@ -29,6 +29,7 @@ from worker.providers.base import (
     IdpUser,
 )
 from worker.providers.policy import deny_sid
+from worker.resolve import IC_NOT_FOUND, Reader, resolve_person
 from worker.retry import RetryPolicy
 from worker.store.base import Store
 
@@ -70,7 +71,11 @@ class StepContext:
     policy: RetryPolicy
     verify_timeout: float
     verify_interval: float
-    facts: dict[str, Any] = field(default_factory=dict)
+    #: what the step just before this one read, in this same run (never from the store:
+    #: a read recorded hours ago is not a read before acting)
+    previous_reads: dict[str, Any] = field(default_factory=dict)
+    #: what this step read that the next one may take as its read before acting
+    reads_to_pass: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
     def ledger(self) -> Ledger:
@@ -104,13 +109,16 @@ async def _idp_user(ctx: StepContext) -> tuple[str, IdpUser | None]:
     """The user's IdP id, and their state when the lookup had to read it just now."""
     known = ctx.earlier_fact("idp_user_id") or ctx.record.evidence.get("idp_user_id")
     if known:
+        # the resolve's read a moment ago, in this run, serves as the read before acting
+        # (it is retried with a fresh read if the act fails)
+        just_read = ctx.previous_reads.get("idp_user")
+        if isinstance(just_read, IdpUser) and just_read.id == str(known):
+            return str(known), just_read
         return str(known), None
     user = await ctx.call("idp.find_user", lambda: ctx.providers.idp.find_user(ctx.case.subject))
     return user.id, user
 
 
-#: AWS's code for a user that is not there (the adapter keeps it on its own message)
-IC_NOT_FOUND = "ResourceNotFoundException"
 #: what an Identity Center step records when the person has no Identity Center user
 NO_IC_USER = "no Identity Center user: no AWS access through Identity Center"
 
@@ -136,6 +144,17 @@ def _no_ic_user(ctx: StepContext, searched: str | None = None) -> Done | None:
             "applications": [],
         }
     )
+
+
+async def person_resolve(ctx: StepContext) -> Outcome:
+    """Reads only: the person in every system, and the ids every later step acts on."""
+    resolution = await resolve_person(
+        ctx.ledger, ctx.providers.idp, ctx.providers.identity_center, ctx.case.subject
+    )
+    # the IdP step comes next: this read is its read before acting. Identity Center is
+    # read again by its step, after the IdP is confirmed.
+    ctx.reads_to_pass["idp_user"] = resolution.idp_user
+    return Done(evidence={**resolution.evidence(), "verified_at": utc_iso(ctx.clock.now())})
 
 
 async def idp_deactivate_user(ctx: StepContext) -> Outcome:
@@ -240,7 +259,7 @@ async def _inventory(ctx: StepContext, user_id: str) -> dict[str, Any]:
 
 
 async def read_inventory(
-    ledger: Ledger, ic: IdentityCenter, user_id: str, *, fresh: bool = False
+    ledger: Reader, ic: IdentityCenter, user_id: str, *, fresh: bool = False
 ) -> dict[str, Any]:
     """The permission sets the user reaches (with durations; `fresh`: not from a shared
     cache) and the applications they are assigned to, as evidence and countdown input.

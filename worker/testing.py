@@ -1032,6 +1032,8 @@ class FakeIcUser:
     user_name: str
     #: "ENABLED" | "DISABLED", as DescribeUser reports it
     status: str = "ENABLED"
+    #: the ExternalIds the IdP's SCIM sync set (the IdP user's id)
+    external_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1146,6 +1148,26 @@ class FakeIdentityCenter(_Fake):
             )
 
         return await self._call("find_user", (user_name,), find)
+
+    async def find_user_by_external_id(self, external_id: str) -> IdentityCenterUser:
+        def find() -> IdentityCenterUser:
+            matches = [u for u in self.users.values() if external_id in u.external_ids]
+            if len(matches) > 1:
+                named = " and ".join(f"{u.user_name!r} ({u.user_id})" for u in matches[:2])
+                raise PermanentError(
+                    "identitystore",
+                    f"externalId {external_id!r} is ambiguous in Identity Center: {named}",
+                    code="AmbiguousUser",
+                )
+            if not matches:
+                raise PermanentError(
+                    "identitystore",
+                    f"no Identity Center user with externalId {external_id!r}",
+                    code="ResourceNotFoundException",
+                )
+            return self._shown(matches[0])
+
+        return await self._call("find_user_by_external_id", (external_id,), find)
 
     async def get_user(self, user_id: str) -> IdentityCenterUser:
         return await self._call("get_user", (user_id,), lambda: self._shown(self._user(user_id)))

@@ -85,7 +85,8 @@ async def test_dry_run_prints_the_plan_and_touches_nothing(
     assert "lifecycle/deactivate?sendEmail=false" in result.stdout
     assert "PATCH" in result.stdout and "/scim/v2/Users/{id} active=false" in result.stdout
     assert "operator task" in result.stdout
-    assert sum(sandbox.audit.calls.values()) == 0
+    # issue 14: the dry run reads (the resolve), and changes nothing anywhere
+    assert sandbox.audit.entries() == []
     assert not (tmp_path / "offboard.db").exists()
 
 
@@ -164,6 +165,8 @@ async def test_confirm_unknown_step_is_a_clear_error(
 
     status = await cli.run(["--config", str(config), "status", case_id], env, tmp_path)
     assert status.returncode == 3 and "status WAITING" in status.stdout
+    # issue 14: the open portal task holds nothing back, and status says so
+    assert "does not hold up automated steps" in status.stdout
 
 
 async def test_evidence_export_and_verify_from_the_command_line(
@@ -302,3 +305,93 @@ async def test_run_for_a_protected_identity_exits_2_without_naming_the_address(
         assert "protected identity" in result.stderr
         assert subject not in result.stdout + result.stderr
     assert sum(sandbox.audit.calls.values()) == 0
+
+
+async def test_a_dry_run_reads_the_person_and_writes_nothing(
+    sandbox: Sandbox, leaver: SeededUser, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    """issue 14: the dry run resolves the person with reads only (the emulators' request
+    counts show no mutating call), shows their state, what they reach and the countdown
+    that would start, and records nothing."""
+    config = cli.write_config(tmp_path / "offboard.yaml", config_data)
+    env = cli.environment(sandbox.environment())
+    result = await cli.run(
+        ["--config", str(config), "run", "incident", "--user", leaver.login.upper(), "--dry-run"],
+        env,
+        tmp_path,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    print(out)
+    assert f"user {leaver.okta_id} ({leaver.login}), ACTIVE" in out
+    assert f"Identity Center: user {leaver.ic_user_id} ({leaver.login}), ENABLED" in out
+    assert "permission set AdministratorAccess (session PT12H): accounts 111122223333" in out
+    assert "permission set ReadOnly (session PT4H): accounts 444455556666" in out
+    assert "residual-access countdown" in out and "all-lapsed" in out
+    assert "deny statement provisioned" in out
+    # reads only, every one of them: no emulator saw a mutating request
+    called = set(sandbox.audit.calls)
+    assert {"okta.get_user", "identitystore.GetUserId", "identitystore.DescribeUser"} <= called
+    for endpoint in called:
+        service, _, operation = endpoint.partition(".")
+        assert endpoint == "okta.get_user" or (
+            service in ("identitystore", "sso-admin")
+            and operation.startswith(("Get", "List", "Describe"))
+        ), endpoint
+    assert sandbox.audit.entries() == []
+    assert not (tmp_path / "offboard.db").exists()
+
+    as_json = await cli.run(
+        ["--config", str(config), "run", "leaver", "--user", leaver.login, "--dry-run", "--json"],
+        env,
+        tmp_path,
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    import json
+
+    plan = json.loads(as_json.stdout)
+    assert plan["person"]["ic_user_id"] == leaver.ic_user_id
+    assert plan["steps"][0]["step"].startswith("1. resolve: person.resolve")
+    assert not any(c["mutates"] for c in plan["steps"][0]["calls"])
+
+
+async def test_a_dry_run_says_the_resolve_would_halt_on_two_matches(
+    sandbox: Sandbox, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    sandbox.okta.add_user("frank@example.com")
+    sandbox.identity_center.add_user("Frank@example.com")
+    sandbox.identity_center.add_user("FRANK@example.com")
+    config = cli.write_config(tmp_path / "offboard.yaml", config_data)
+    result = await cli.run(
+        ["--config", str(config), "run", "leaver", "--user", "frank@example.com", "--dry-run"],
+        cli.environment(sandbox.environment()),
+        tmp_path,
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "would HALT at the resolve step, before any change" in result.stdout
+    assert "ambiguous" in result.stdout
+    assert sandbox.audit.entries() == []
+
+
+async def test_a_dry_run_needs_no_write_credential(
+    sandbox: Sandbox, leaver: SeededUser, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    """Read-only credentials: without the SCIM token (it only writes) the dry run still
+    resolves the person and reads what they reach."""
+    config = cli.write_config(tmp_path / "offboard.yaml", config_data)
+    env = cli.environment(sandbox.environment())
+    scim_token = config_data["identity_center"]["scim"]["token"]["env"]
+    env.pop(scim_token)
+    result = await cli.run(
+        ["--config", str(config), "run", "leaver", "--user", leaver.login, "--dry-run"],
+        env,
+        tmp_path,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "not needed for a dry run" in result.stdout
+    assert "WRITE PATCH (SCIM endpoint)/Users/{id} active=false" in result.stdout
+    assert f"Identity Center: user {leaver.ic_user_id}" in result.stdout
+    assert sandbox.audit.entries() == []

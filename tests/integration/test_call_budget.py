@@ -44,10 +44,11 @@ async def test_a_leaver_costs_at_most_these_calls(sandbox: Sandbox, runtime: Run
         "okta.get_user": 3,
         "okta.deactivate": 1,
         "okta.clear_sessions": 1,
-        # Identity Center: GetUserId + DescribeUser (the lookup), SCIM PATCH, the
-        # read-back, then the countdown's inventory
+        # Identity Center: GetUserId + DescribeUser (the resolve, before anything
+        # changes), the read before acting (after the IdP is confirmed), SCIM PATCH,
+        # the read-back, then the countdown's inventory
         "identitystore.GetUserId": 1,
-        "identitystore.DescribeUser": 2,
+        "identitystore.DescribeUser": 3,
         "scim.patch_user": 1,
         "identitystore.ListGroupMembershipsForMember": 1,
     }

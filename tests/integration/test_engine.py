@@ -25,11 +25,11 @@ async def test_leaver_contained_in_order_with_evidence(
     assert case.status is CaseStatus.CONTAINED
     assert_contained_in_order(sandbox, leaver)
     steps = await runtime.store.steps(case.id)
-    assert [s.status for s in steps] == [StepStatus.DONE] * 4
-    assert "DEPROVISIONED" in steps[0].evidence["verified_by"]
-    assert steps[0].evidence["idp_user_id"] == leaver.okta_id
-    assert "UserStatus DISABLED" in steps[2].evidence["verified_by"]
-    assert steps[3].evidence["confirmed_by"] == "test-operator"
+    assert [s.status for s in steps] == [StepStatus.DONE] * 5
+    assert "DEPROVISIONED" in steps[1].evidence["verified_by"]
+    assert steps[1].evidence["idp_user_id"] == leaver.okta_id
+    assert "UserStatus DISABLED" in steps[3].evidence["verified_by"]
+    assert steps[4].evidence["confirmed_by"] == "test-operator"
     # the operator task was opened only after the Identity Center disable was verified
     events = await runtime.store.events(case.id)
     kinds = [(e.kind, e.step_id) for e in events]
@@ -118,9 +118,12 @@ async def test_unknown_user_halts_before_identity_center(
     assert case.halt_reason is not None
     assert "no Okta user with login 'ghost@example.com'" in case.halt_reason
     steps = await runtime.store.steps(case.id)
-    assert [s.status for s in steps] == [StepStatus.FAILED] + [StepStatus.PENDING] * 3
+    # halted at the resolve (issue 14), before anything changed anywhere: Identity
+    # Center was read (at once with the IdP), never written
+    assert [s.status for s in steps] == [StepStatus.FAILED] + [StepStatus.PENDING] * 4
+    assert steps[0].step_id == "resolve"
     assert sandbox.audit.calls.get("scim.patch_user", 0) == 0
-    assert not any(k.startswith("identitystore.") for k in sandbox.audit.calls)
+    assert sandbox.audit.entries() == []
 
 
 async def test_refused_deactivation_halts_and_nothing_later_runs(
@@ -156,8 +159,8 @@ async def test_persistent_transient_failure_requeues_not_halts(
         case = await runtime.store.get_case(case.id)
         assert case.run_after is not None and case.run_after > runtime.clock.now()
         steps = await runtime.store.steps(case.id)
-        assert steps[2].status is StepStatus.RUNNING
-        assert "500" in (steps[2].error or "")
+        assert steps[3].status is StepStatus.RUNNING
+        assert "500" in (steps[3].error or "")
         assert rule.fired == 2
         assert sandbox.identity_center.user_status(leaver.ic_user_id) == "ENABLED"
 
@@ -193,7 +196,7 @@ async def test_directory_source_waits_for_console_disable_then_verifies(
         case = await drive_case(runtime, case.id)
         assert case.status is CaseStatus.CONTAINED
         steps = await runtime.store.steps(case.id)
-        assert "UserStatus DISABLED" in steps[2].evidence["verified_by"]
+        assert "UserStatus DISABLED" in steps[3].evidence["verified_by"]
         assert sandbox.audit.calls.get("scim.patch_user", 0) == 0
 
 
@@ -230,8 +233,8 @@ async def test_already_contained_user_is_verified_not_mutated_again(
     assert "okta.deactivate" not in after
     assert "scim.patch_user" not in after
     steps = await runtime.store.steps(second.id)
-    assert steps[0].evidence["acted"] is False
-    assert steps[2].evidence["acted"] is False
+    assert steps[1].evidence["acted"] is False
+    assert steps[3].evidence["acted"] is False
 
 
 async def test_a_confirmation_racing_the_release_is_not_lost(
@@ -258,7 +261,7 @@ async def test_a_confirmation_racing_the_release_is_not_lost(
 
     assert case.status is CaseStatus.CONTAINED
     steps = await runtime.store.steps(case.id)
-    assert steps[3].evidence["confirmed_by"] == "fast-operator"
+    assert steps[4].evidence["confirmed_by"] == "fast-operator"
 
 
 async def test_a_worker_that_lost_its_lease_stops_its_step(
@@ -305,8 +308,8 @@ async def test_shutdown_lets_the_step_in_flight_finish_and_hands_the_case_back(
 
     case = (await runtime.store.list_cases())[0]
     steps = await runtime.store.steps(case.id)
-    assert steps[0].status is StepStatus.DONE  # the step in flight finished
-    assert steps[1].status is StepStatus.PENDING  # no further step started
+    assert steps[1].status is StepStatus.DONE  # the step in flight finished
+    assert steps[2].status is StepStatus.PENDING  # no further step started
     assert case.status is CaseStatus.PENDING and case.lease_owner is None  # retryable at once
     assert mutations(sandbox) == ["okta.deactivate"]
 

@@ -625,7 +625,11 @@ def test_plan_lists_the_calls(env: Env) -> None:
         ("PATCH", True),
         ("GET", False),
     ]
-    assert deactivate[1].target == f"{env.url}/v1.0/users/{LEAVER}?$select={SELECT}"
+    # the address is looked up by the resolve step; the deactivation reads the id it recorded
+    resolve = entra.plan("person.resolve", LEAVER)
+    assert [(c.method, c.mutates) for c in resolve] == [("POST", False), ("GET", False)]
+    assert resolve[1].target == f"{env.url}/v1.0/users/{LEAVER}?$select={SELECT}"
+    assert deactivate[1].target == f"{env.url}/v1.0/users/{{id}}?$select={SELECT}"
     assert "accountEnabled: false" in deactivate[2].target
     revoke = entra.plan("idp.revoke_sessions", LEAVER)
     assert [(c.method, c.mutates) for c in revoke] == [

@@ -469,7 +469,11 @@ def test_plan_lists_the_calls(env: Env) -> None:
         ("PUT", True),
         ("GET", False),
     ]
-    assert deactivate[1].target == f"{env.url}/admin/directory/v1/users/{LEAVER}"
+    # the address is looked up by the resolve step; the deactivation reads the id it recorded
+    resolve = google.plan("person.resolve", LEAVER)
+    assert [(c.method, c.mutates) for c in resolve] == [("POST", False), ("GET", False)]
+    assert resolve[1].target == f"{env.url}/admin/directory/v1/users/{LEAVER}"
+    assert deactivate[1].target == f"{env.url}/admin/directory/v1/users/{{id}}"
     revoke = google.plan("idp.revoke_sessions", LEAVER)
     assert [(c.method, c.mutates) for c in revoke] == [
         ("POST", False),

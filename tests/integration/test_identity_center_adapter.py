@@ -27,12 +27,16 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
+from worker.clock import ManualClock
 from worker.config import IdentityCenterConfig
 from worker.countdown import ReachableApplication, ReachablePermissionSet
 from worker.errors import PermanentError, TransientError
 from worker.providers.identity_center import AwsIdentityCenter
+from worker.resolve import Resolution, RetryingReader, resolve_person
+from worker.retry import RetryPolicy
 from worker.sandbox import Sandbox
 from worker.sandbox.common import FaultRule
+from worker.testing import FakeIdentityProvider
 
 Client = Any  # aiobotocore clients are generated at run time
 
@@ -827,3 +831,80 @@ async def test_connection_refused_is_transient(sandbox_world_only: World) -> Non
             await adapter.group_memberships(sandbox_world_only.user_id)
     assert err.value.provider == "identitystore"
     assert "ListGroupMembershipsForMember failed" in str(err.value)
+
+
+# issue 14: the resolve step (worker/resolve.py) on both backends, the IdP a double
+
+
+async def _resolve(ic: AwsIdentityCenter, address: str) -> tuple[Resolution, FakeIdentityProvider]:
+    idp = FakeIdentityProvider(name="okta")
+    idp.add_user(address)
+    reader = RetryingReader(policy=RetryPolicy(attempts=2, initial=0.01), clock=ManualClock())
+    return await resolve_person(reader, idp, ic, address), idp
+
+
+async def test_resolve_records_a_person_not_in_identity_center(
+    world: World, ic: AwsIdentityCenter
+) -> None:
+    resolution, idp = await _resolve(ic, "only.okta@example.com")
+
+    assert resolution.ic_user is None
+    assert resolution.idp_user.login == "only.okta@example.com"
+    evidence = resolution.evidence()
+    assert evidence["ic_user_id"] is None
+    assert "no Identity Center user" in evidence["ic_user_absent"]
+    assert "externalId" in evidence["ic_user_absent"]  # the SCIM sync's id was searched too
+    assert [c.name for c in idp.calls] == ["idp.find_user"]  # reads only
+
+
+async def test_resolve_finds_the_identity_center_user_in_another_case(
+    world: World, ic: AwsIdentityCenter
+) -> None:
+    bob = await world.seed.user("Bob.Resolve@Example.com")
+    if world.moto:
+        # moto's DescribeUser has no UserStatus: the resolve halts rather than guess,
+        # naming the user it found (nothing was changed)
+        with pytest.raises(PermanentError, match="UserStatus") as err:
+            await _resolve(ic, "bob.resolve@example.com")
+        assert bob in str(err.value)
+        return
+    resolution, _ = await _resolve(ic, "bob.resolve@example.com")
+    assert resolution.ic_user is not None and resolution.ic_user.user_id == bob
+    assert resolution.evidence()["ic_user_id"] == bob
+
+
+async def test_resolve_halts_on_two_identity_center_matches_naming_both(
+    world: World, ic: AwsIdentityCenter
+) -> None:
+    first = await world.seed.user("Pair@Example.com")
+    second = await world.seed.user("PAIR@example.com")
+
+    with pytest.raises(PermanentError) as err:
+        await _resolve(ic, "pair@example.com")
+
+    assert err.value.code == "AmbiguousUser"
+    assert first in str(err.value) and second in str(err.value)
+    assert "nothing was changed" in str(err.value)
+
+
+async def test_find_user_by_the_externalid_the_scim_sync_set(
+    world: World, ic: AwsIdentityCenter
+) -> None:
+    """The IdP's SCIM sync sets ExternalIds (the IdP user's id); CreateUser cannot, so
+    on moto nobody has one: not found, with AWS's code, never a guess."""
+    if world.moto:
+        with pytest.raises(PermanentError) as err:
+            await ic.find_user_by_external_id("00u-okta-id")
+        assert err.value.code == "ResourceNotFoundException"
+        return
+    assert isinstance(world.seed, SandboxSeeder)
+    emulator = world.seed.emulator
+    synced = emulator.add_user("E-777", external_ids=(("okta", "00u-okta-id"),))
+    assert (await ic.find_user_by_external_id("00u-okta-id")).user_id == synced
+    with pytest.raises(PermanentError) as err:
+        await ic.find_user_by_external_id("00U-OKTA-ID")  # ids are exact, not folded
+    assert err.value.code == "ResourceNotFoundException"
+    emulator.add_user("E-778", external_ids=(("okta", "00u-okta-id"),))
+    with pytest.raises(PermanentError) as err:
+        await ic.find_user_by_external_id("00u-okta-id")
+    assert err.value.code == "AmbiguousUser" and synced in str(err.value)

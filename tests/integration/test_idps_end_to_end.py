@@ -59,11 +59,11 @@ async def test_each_idp_offboards_end_to_end_in_order(
         steps = await runtime.store.steps(case.id)
 
     assert case.status is CaseStatus.CONTAINED, case.halt_reason
-    assert [s.status for s in steps] == [StepStatus.DONE] * 4
+    assert [s.status for s in steps] == [StepStatus.DONE] * 5  # the resolve first
     expected = [*IDP_ORDER[sandbox.idp], "scim.patch_user", "console.delete_portal_sessions"]
     assert [m for m in mutations(sandbox) if m in expected] == expected
     assert _emulator(sandbox).user_status(user.login) == STATUS[sandbox.idp]
     assert _emulator(sandbox).live_sessions(user.login) == 0
     assert sandbox.identity_center.user_status(user.ic_user_id) == "DISABLED"
-    assert steps[0].evidence["idp"] == sandbox.idp
+    assert steps[0].evidence["idp"] == steps[1].evidence["idp"] == sandbox.idp
     assert all(rule.fired for rule in sandbox.faults.rules), "a fault never fired"

@@ -156,7 +156,7 @@ async def test_signed_hr_webhook_runs_the_leaver_playbook(
     assert_contained_in_order(sandbox, leaver)
 
     detail = await (await http.get(f"/v1/cases/{answer['case_id']}", headers=auth)).json()
-    assert [s["status"] for s in detail["steps"]] == ["done"] * 4
+    assert [s["status"] for s in detail["steps"]] == ["done"] * 5  # the resolve first
     assert detail["countdown"]["inputs"]["permission_sets"]
     assert detail["trigger"]["source"] == "hris"
 

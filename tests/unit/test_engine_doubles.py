@@ -89,6 +89,10 @@ class World:
     def mutations(self) -> list[str]:
         return [c.name for c in self.calls if c.name in MUTATIONS]
 
+    def ic_writes(self) -> list[str]:
+        """The calls that changed something in Identity Center (reads are the resolve's)."""
+        return [m for m in self.mutations() if m.startswith("identity_center.")]
+
 
 def build(
     store: InMemoryStore,
@@ -230,11 +234,18 @@ async def test_steps_run_in_playbook_order_as_the_providers_see_it(world: World)
         "identity_center.leave_group",
     ]
     names = [c.name for c in world.calls]
-    # nothing touches Identity Center before the IdP deactivation is read back
-    first_ic = next(i for i, n in enumerate(names) if n.startswith("identity_center."))
+    # the person is resolved in both systems (reads only) before the first change ...
+    first_write = next(i for i, n in enumerate(names) if n in MUTATIONS)
+    assert {"idp.find_user", "identity_center.find_user"} <= set(names[:first_write])
+    # ... and nothing WRITES to Identity Center before the IdP deactivation is read back
+    first_ic = next(
+        i for i, n in enumerate(names) if n.startswith("identity_center.") and n in MUTATIONS
+    )
     assert all(not n.startswith("idp.") for n in names[first_ic:])
     read_back = names.index("idp.get_user", names.index("idp.deactivate_user"))
     assert read_back < first_ic
+    # the later steps act on the ids the resolve recorded: no second lookup
+    assert names.count("idp.find_user") == names.count("identity_center.find_user") == 1
     # the Identity Center disable is read back before anything later
     disable = names.index("identity_center.disable_user")
     assert names[disable + 1] == "identity_center.get_user"
@@ -307,7 +318,7 @@ async def test_a_permanent_error_halts_the_case_and_nothing_later_runs(
     assert world.mutations()[-1] == method
     assert world.mutations().count(method) == 1
     if method.startswith("idp."):
-        assert not any(c.provider == "identity_center" for c in world.calls)
+        assert world.ic_writes() == []
     assert await world.store.open_tasks() == []
     assert (await world.store.get_case(case.id)).countdown is None
     assert [n.kind for n in world.notifier.sent] == ["halted"]
@@ -330,7 +341,7 @@ async def test_a_transient_error_requeues_and_never_fails(world: World) -> None:
         # handed back for later, not failed
         assert requeued.run_after is not None
         assert requeued.run_after >= started + timedelta(seconds=30)
-        record = (await world.store.steps(case.id))[0]
+        record = (await world.store.steps(case.id))[STEP_IDS.index("idp-deactivate")]
         assert (record.status, record.attempts) == (StepStatus.RUNNING, n)
         assert record.error is not None and "429" in record.error
         # each round tried the call as often as the retry policy allows, in-process
@@ -339,7 +350,7 @@ async def test_a_transient_error_requeues_and_never_fails(world: World) -> None:
     kinds = [e.kind for e in await world.store.events(case.id)]
     assert kinds.count("step_deferred") == rounds
     assert "case_halted" not in kinds
-    assert not any(c.provider == "identity_center" for c in world.calls)
+    assert world.ic_writes() == []
 
     world.idp.faults.clear()  # the provider recovers: the case goes on from where it was
     assert await drive(world, case.id) == [CaseStatus.WAITING, CaseStatus.CONTAINED]
@@ -364,11 +375,11 @@ async def test_the_unexpected_failure_guard_halts_after_max_unexpected_failures(
     halted = await world.store.get_case(case.id)
     assert halted.halt_reason is not None
     assert "internal error: RuntimeError: boom" in halted.halt_reason
-    record = (await world.store.steps(case.id))[0]
+    record = (await world.store.steps(case.id))[STEP_IDS.index("idp-deactivate")]
     assert (record.status, record.attempts) == (StepStatus.FAILED, limit)
     # an unexpected error is not retried in-process: one call per run
     assert len(world.idp.called("deactivate_user")) == limit
-    assert not any(c.provider == "identity_center" for c in world.calls)
+    assert world.ic_writes() == []
     # each crash logged with its traceback, for whoever fixes the bug
     crashes = [line for line in logs if line["event"] == "step_crashed"]
     assert len(crashes) == limit
@@ -394,6 +405,7 @@ async def test_a_console_disable_that_the_read_back_contradicts_halts(
     assert halted.halt_reason is not None
     assert "DescribeUser still shows UserStatus ENABLED" in halted.halt_reason
     assert await step_states(world, case.id) == [
+        StepStatus.DONE,  # resolve
         StepStatus.DONE,
         StepStatus.DONE,
         StepStatus.FAILED,
@@ -414,7 +426,7 @@ async def test_a_console_disable_the_read_back_confirms_goes_on(store: InMemoryS
     await confirm(world, case.id, "ic-disable")
 
     assert await drive(world, case.id) == [CaseStatus.WAITING, CaseStatus.CONTAINED]
-    ic_step = (await world.store.steps(case.id))[2]
+    ic_step = (await world.store.steps(case.id))[STEP_IDS.index("ic-disable")]
     assert ic_step.evidence["confirmed_by"] == OPERATOR
 
 
@@ -459,7 +471,7 @@ async def test_a_call_applied_before_a_timeout_is_not_repeated_on_the_next_run(
     assert await drive(world, case.id) == [CaseStatus.WAITING, CaseStatus.CONTAINED]
 
     assert len(world.idp.called("deactivate_user")) == 1
-    evidence = (await world.store.steps(case.id))[0].evidence
+    evidence = (await world.store.steps(case.id))[STEP_IDS.index("idp-deactivate")].evidence
     assert evidence["acted"] is False
     assert "not repeated" in evidence["note"]
     entry = await world.store.ledger_get(key)
@@ -553,6 +565,7 @@ async def test_an_operator_who_never_answers_does_not_hold_back_the_hardening(
     assert await run_once(world, case.id) is CaseStatus.WAITING
 
     assert await step_states(world, case.id) == [
+        StepStatus.DONE,  # resolve
         StepStatus.DONE,
         StepStatus.DONE,
         StepStatus.DONE,
@@ -602,6 +615,7 @@ async def test_a_permanent_failure_in_the_deny_halts_and_the_task_stays_open(
     assert await run_once(world, case.id) is CaseStatus.HALTED
 
     assert await step_states(world, case.id) == [
+        StepStatus.DONE,  # resolve
         StepStatus.DONE,
         StepStatus.DONE,
         StepStatus.DONE,
@@ -629,7 +643,7 @@ async def test_a_resumed_case_goes_on_with_the_automated_steps_while_the_task_is
     case = await open_case(world)
 
     assert await run_once(world, case.id) is CaseStatus.PENDING
-    assert (await step_states(world, case.id))[3] is StepStatus.WAITING
+    assert (await step_states(world, case.id))[4] is StepStatus.WAITING
     assert not deny_on_every_permission_set(world)
 
     world.ic.faults.clear()
@@ -687,7 +701,7 @@ async def test_a_worker_killed_after_the_task_opened_is_resumed_with_the_hardeni
     with pytest.raises(Killed):
         await run_once(world, case.id)
     assert (await world.store.get_case(case.id)).status is CaseStatus.RUNNING
-    assert (await step_states(world, case.id))[3:5] == [StepStatus.WAITING, StepStatus.RUNNING]
+    assert (await step_states(world, case.id))[4:6] == [StepStatus.WAITING, StepStatus.RUNNING]
 
     world.ic.deny_policy = original  # type: ignore[method-assign]
     world.clock.advance(world.engine.settings.lease_seconds + 1)

@@ -291,7 +291,8 @@ def test_bad_step_id_is_refused(bad_id: str) -> None:
 
 def test_longest_allowed_step_id_loads() -> None:
     text, _ = render([step("a" * 63, DEACTIVATE)])
-    assert parse_playbook(text, "long.yaml").steps[0].id == "a" * 63
+    # after the resolve step every playbook begins with
+    assert parse_playbook(text, "long.yaml").steps[1].id == "a" * 63
 
 
 def test_empty_steps_are_refused() -> None:
@@ -343,7 +344,9 @@ def test_shipped_playbook_loads_and_keeps_the_order(path: Path) -> None:
     assert playbook.source == str(path)
     assert playbook.name == raw["name"] == path.stem
     assert [s.id for s in playbook.steps] == [s["id"] for s in raw["steps"]]
-    actions = [s.action for s in playbook.steps]
+    # each lists the resolve step first (reads only), as every playbook begins
+    assert playbook.steps[0].action == "person.resolve"
+    actions = [s.action for s in playbook.steps[1:]]
     containment = actions[: len(CANONICAL)]
     assert respects_safe_order(containment), actions
     assert containment == list(CANONICAL)
@@ -448,8 +451,9 @@ def check_against_oracle(actions: list[str], unverified: frozenset[int] = frozen
         assert rules[0] in ORDER_RULES, message
     else:
         assert expected, f"{actions} loaded but breaks the order"
-        assert [s.action for s in playbook.steps] == actions
-        assert [s.id for s in playbook.steps] == [s["id"] for s in steps]
+        # every playbook begins with the resolve step (reads only), added when not listed
+        assert [s.action for s in playbook.steps] == ["person.resolve", *actions]
+        assert [s.id for s in playbook.steps] == ["resolve", *[s["id"] for s in steps]]
 
 
 def test_every_arrangement_of_the_leaver_steps_agrees_with_the_oracle() -> None:
@@ -547,6 +551,7 @@ def test_the_portal_task_gates_nothing_and_check_and_the_plan_say_so() -> None:
         True,
         True,
         True,
+        True,
         False,
         False,
     ]
@@ -562,3 +567,38 @@ def test_the_portal_task_gates_nothing_and_check_and_the_plan_say_so() -> None:
     marks = {s.id: plan_mark(s) for s in incident.steps}
     assert "opens; does not wait" in marks["portal-sessions"]
     assert marks["deny-role-sessions"] == ""
+
+
+# issue 14: the person is resolved (reads only) before the first change
+
+
+def test_every_playbook_begins_with_the_resolve_step() -> None:
+    text, _ = render([step("idp-deactivate", DEACTIVATE)])
+    playbook = parse_playbook(text, "plain.yaml")
+    assert [(s.id, s.action, s.verify) for s in playbook.steps[:1]] == [
+        ("resolve", "person.resolve", "person.found")
+    ]
+    listed, _ = render(
+        [
+            {"id": "find-them", "action": "person.resolve", "verify": "person.found"},
+            step("idp-deactivate", DEACTIVATE),
+        ]
+    )
+    # listed first, it is kept as it is, not added twice
+    assert [s.id for s in parse_playbook(listed, "listed.yaml").steps] == [
+        "find-them",
+        "idp-deactivate",
+    ]
+
+
+def test_the_resolve_step_anywhere_but_first_is_refused() -> None:
+    text, starts = render(
+        [
+            step("idp-deactivate", DEACTIVATE),
+            {"id": "late", "action": "person.resolve", "verify": "person.found"},
+        ]
+    )
+    message = refusal(text, "late.yaml")
+    assert f"step 2 (late) at line {starts[1]}: rule resolve-first" in message
+    taken, _ = render([step("resolve", DEACTIVATE)])
+    assert "rule resolve-first" in refusal(taken, "taken.yaml")

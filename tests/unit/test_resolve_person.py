@@ -91,3 +91,61 @@ async def test_two_identity_center_users_matching_halt_naming_both(
     assert case.halt_reason is not None
     assert world.ic_user_id in case.halt_reason and twin.user_id in case.halt_reason
     assert all(u.status == "ENABLED" for u in world.ic.users.values())
+    # issue 14: decided at the resolve, before the first change: the IdP is untouched too
+    assert "step resolve (person.resolve)" in case.halt_reason
+    assert world.mutations() == []
+    assert world.idp.users[world.idp_user_id].status == "ACTIVE"
+
+
+async def test_the_steps_act_on_the_ids_the_resolve_recorded(
+    memory_store: InMemoryStore,
+) -> None:
+    """One lookup per system per case, at the resolve: the later steps act on the
+    recorded ids, not on a fresh lookup of the address."""
+    world = build(memory_store)
+    case_id = await _case(world, LEAVER)
+
+    statuses = await drive(world, case_id)
+
+    assert statuses[-1] is CaseStatus.CONTAINED
+    resolved = await _evidence(world, case_id, "resolve")
+    assert resolved["idp_user_id"] == world.idp_user_id
+    assert resolved["ic_user_id"] == world.ic_user_id
+    assert resolved["ic_status"] == "ENABLED"
+    names = [c.name for c in world.calls]
+    assert names.count("idp.find_user") == names.count("identity_center.find_user") == 1
+    for step_id in ("idp-deactivate", "idp-sessions"):
+        assert (await _evidence(world, case_id, step_id))["idp_user_id"] == world.idp_user_id
+    assert (await _evidence(world, case_id, "ic-disable"))["ic_user_id"] == world.ic_user_id
+
+
+async def test_the_idp_not_knowing_the_person_halts_before_any_change(
+    memory_store: InMemoryStore,
+) -> None:
+    world = build(memory_store)
+    case_id = await _case(world, "stranger@example.com")
+
+    statuses = await drive(world, case_id)
+
+    case = await world.store.get_case(case_id)
+    assert statuses[-1] is CaseStatus.HALTED
+    assert case.halt_reason is not None
+    assert "not found in the identity provider" in case.halt_reason
+    assert world.mutations() == []
+
+
+async def test_an_identity_center_user_found_by_the_externalid_of_the_idp_user(
+    memory_store: InMemoryStore,
+) -> None:
+    world = build(memory_store)
+    user = world.ic.users[world.ic_user_id]
+    user.user_name, user.external_ids = "E-10042", (world.idp_user_id,)
+    case_id = await _case(world, LEAVER)
+
+    statuses = await drive(world, case_id)
+
+    assert statuses[-1] is CaseStatus.CONTAINED
+    resolved = await _evidence(world, case_id, "resolve")
+    assert resolved["ic_user_id"] == world.ic_user_id
+    assert world.idp_user_id in resolved["ic_found_by"]
+    assert user.status == "DISABLED"

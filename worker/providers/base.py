@@ -76,6 +76,11 @@ class IdentityCenter(Protocol):
 
     async def find_user(self, user_name: str) -> IdentityCenterUser: ...
 
+    async def find_user_by_external_id(self, external_id: str) -> IdentityCenterUser:
+        """The one user whose ExternalIds (set by the IdP's SCIM sync: the IdP user's id)
+        hold `external_id`; PermanentError with ResourceNotFoundException when none does,
+        naming both when two do."""
+
     async def get_user(self, user_id: str) -> IdentityCenterUser: ...
 
     async def disable_user(self, user_id: str) -> None: ...

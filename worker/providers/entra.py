@@ -197,12 +197,17 @@ class Entra:
             target=f"{self.token_url} (client credentials; only when no cached token)",
             mutates=False,
         )
-        if action == actions.DEACTIVATE_USER.name:
+        if action == actions.RESOLVE.name:
             return [
                 token,
                 PlannedCall(
                     method="GET", target=f"{users}/{subject}?$select={SELECT}", mutates=False
                 ),
+            ]
+        if action == actions.DEACTIVATE_USER.name:
+            return [
+                token,
+                PlannedCall(method="GET", target=f"{users}/{{id}}?$select={SELECT}", mutates=False),
                 PlannedCall(
                     method="PATCH", target=f"{users}/{{id}} {{accountEnabled: false}}", mutates=True
                 ),

@@ -220,10 +220,12 @@ class GoogleWorkspace:
             ),
             mutates=False,
         )
+        if action == actions.RESOLVE.name:
+            return [token, PlannedCall(method="GET", target=f"{users}/{subject}", mutates=False)]
         if action == actions.DEACTIVATE_USER.name:
             return [
                 token,
-                PlannedCall(method="GET", target=f"{users}/{subject}", mutates=False),
+                PlannedCall(method="GET", target=f"{users}/{{id}}", mutates=False),
                 PlannedCall(
                     method="PUT", target=f"{users}/{{id}} {{suspended: true}}", mutates=True
                 ),

@@ -275,6 +275,36 @@ class AwsIdentityCenter:
             code=NOT_FOUND,
         )
 
+    async def find_user_by_external_id(self, external_id: str) -> IdentityCenterUser:
+        # GetUserId by ExternalId needs the issuer, which each IdP's sync sets its own way:
+        # every ListUsers page, compared on the id alone (ids are exact, not folded).
+        users = [
+            user
+            for page in await self._pages(
+                self._identitystore,
+                "identitystore",
+                "ListUsers",
+                IdentityStoreId=self.config.identity_store_id,
+            )
+            for user in page.get("Users", [])
+            if any(x.get("Id") == external_id for x in user.get("ExternalIds") or [])
+        ]
+        if len(users) > 1:
+            named = " and ".join(f"{u.get('UserName')!r} ({u.get('UserId')})" for u in users[:2])
+            raise PermanentError(
+                "identitystore",
+                f"externalId {external_id!r} is ambiguous in Identity Center: {named}; "
+                "nothing was changed",
+                code=AMBIGUOUS,
+            )
+        if not users:
+            raise PermanentError(
+                "identitystore",
+                f"no Identity Center user with externalId {external_id!r} (ListUsers)",
+                code=NOT_FOUND,
+            )
+        return await self.get_user(str(users[0]["UserId"]))
+
     async def _user_id_by(self, path: str, value: str) -> str | None:
         """`GetUserId` on one unique attribute: the id, or None when nobody has it."""
         try:
@@ -652,12 +682,22 @@ class AwsIdentityCenter:
             target=f"{store} (until UserStatus=DISABLED)",
             mutates=False,
         )
+        read = PlannedCall(
+            method="identitystore:DescribeUser", target=f"{store} {{id}}", mutates=False
+        )
+        if action == actions.RESOLVE.name:
+            listing = PlannedCall(
+                method="identitystore:ListUsers",
+                target=f"{store} (only when GetUserId finds nobody: any case, email, externalId)",
+                mutates=False,
+            )
+            return [find, listing, read]
         if action == actions.DISABLE_USER.name:
-            if self.identity_source == "scim" and self.config.scim is not None:
+            if self.identity_source == "scim":
+                # a read-only dry run may have no SCIM client: the plan is the same
+                scim = self.config.scim.url.rstrip("/") if self.config.scim else "(SCIM endpoint)"
                 patch = PlannedCall(
-                    method="PATCH",
-                    target=f"{self.config.scim.url.rstrip('/')}/Users/{{id}} active=false",
-                    mutates=True,
+                    method="PATCH", target=f"{scim}/Users/{{id}} active=false", mutates=True
                 )
             else:
                 patch = PlannedCall(
@@ -665,7 +705,7 @@ class AwsIdentityCenter:
                     target="console: Disable user access",
                     mutates=True,
                 )
-            return [find, patch, describe]
+            return [read, patch, describe]
         if action == actions.PORTAL_SESSIONS.name:
             return [
                 PlannedCall(

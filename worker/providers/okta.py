@@ -48,7 +48,9 @@ class Okta:
             result = await self._http.request("GET", f"/api/v1/users/{quote(key, safe='@')}")
         except PermanentError as exc:
             if exc.status == 404:
-                raise PermanentError("okta", f"no Okta user with {looking_for}") from None
+                raise PermanentError(
+                    "okta", f"no Okta user with {looking_for}", status=404
+                ) from None
             raise
         body = result.body
         if not isinstance(body, dict) or "id" not in body or "status" not in body:
@@ -92,10 +94,11 @@ class Okta:
 
     def plan(self, action: str, subject: str) -> list[PlannedCall]:
         user = f"{self.org_url}/api/v1/users"
-        find = PlannedCall(method="GET", target=f"{user}/{subject}", mutates=False)
+        if action == actions.RESOLVE.name:
+            return [PlannedCall(method="GET", target=f"{user}/{subject}", mutates=False)]
         if action == actions.DEACTIVATE_USER.name:
             return [
-                find,
+                PlannedCall(method="GET", target=f"{user}/{{id}}", mutates=False),
                 PlannedCall(
                     method="POST",
                     target=f"{user}/{{id}}/lifecycle/deactivate?sendEmail=false",

@@ -261,6 +261,8 @@ class User:
     seq: int
     revision: int = 1
     portal_sessions: dict[str, datetime] = field(default_factory=dict)
+    #: (Issuer, Id) pairs an IdP's SCIM sync sets (the IdP's own user id)
+    external_ids: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -490,6 +492,7 @@ class IdentityCenterEmulator:
         display_name: str = "",
         email: str | None = None,
         status: str = "ENABLED",
+        external_ids: tuple[tuple[str, str], ...] = (),
     ) -> str:
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
@@ -505,6 +508,7 @@ class IdentityCenterEmulator:
             created_at=now,
             updated_at=now,
             seq=self._next_seq(),
+            external_ids=external_ids,
         )
         self._users[user.user_id] = user
         self.session_timeline.set_user_enabled(user.user_id, status == "ENABLED", now)
@@ -807,6 +811,8 @@ class IdentityCenterEmulator:
             result["DisplayName"] = user.display_name
         if user.email:
             result["Emails"] = [{"Value": user.email, "Type": "work", "Primary": True}]
+        if user.external_ids:
+            result["ExternalIds"] = [{"Issuer": i, "Id": x} for i, x in user.external_ids]
         return result
 
     def _get_user_id(self, body: Json) -> Json:
@@ -825,7 +831,9 @@ class IdentityCenterEmulator:
             else:
                 raise validation(f"The attribute {unique.get('AttributePath')} is not unique")
         elif isinstance(alternate.get("ExternalId"), dict):
-            found = []  # sandbox users carry no ExternalId
+            wanted = alternate["ExternalId"]
+            pair = (wanted.get("Issuer"), wanted.get("Id"))
+            found = [u for u in self._users.values() if pair in u.external_ids]
         else:
             raise validation("AlternateIdentifier needs UniqueAttribute or ExternalId")
         if not found:
