@@ -37,7 +37,7 @@ from worker.countdown import (
     inputs_from_evidence,
 )
 from worker.domain import Case, CaseStatus, StepStatus, Timer
-from worker.errors import PermanentError, StoreError, TransientError
+from worker.errors import LeaseLost, PermanentError, StoreError, TransientError
 from worker.ledger import Ledger
 from worker.metrics import Metrics
 from worker.notify import LogNotifier, Notification, Notifier, deliver
@@ -113,6 +113,10 @@ class Engine:
                 if not lost.is_set():
                     raise
                 # Another worker owns the case now: stop here, it resumes from the ledger.
+                return CaseStatus.RUNNING
+            except LeaseLost:
+                # found on a write before the heartbeat noticed: the same, stop here
+                log.error("lease_lost")
                 return CaseStatus.RUNNING
             finally:
                 heartbeat.cancel()

@@ -55,5 +55,10 @@ class NotFound(StoreError):
     pass
 
 
+class LeaseLost(StoreError):
+    """A write for a claimed case by a worker that no longer holds it: another worker
+    took the case over, and resumes it from the ledger."""
+
+
 class CaseStarted(StoreError):
     """The case has begun containment: it can no longer be withdrawn or moved."""

@@ -45,7 +45,7 @@ from worker.domain import (
     StepStatus,
     Timer,
 )
-from worker.errors import CaseStarted, NotFound, PermanentError, StoreError
+from worker.errors import CaseStarted, LeaseLost, NotFound, PermanentError, StoreError
 from worker.notify import Notification
 from worker.providers import policy
 from worker.providers.base import IdentityCenterUser, IdpUser, InlinePolicy, PlannedCall
@@ -356,7 +356,7 @@ class InMemoryStore:
     ) -> None:
         case = self._cases.get(case_id)
         if case is None or case.lease_owner != worker_id:
-            raise StoreError(f"case {case_id} is not held by worker {worker_id}")
+            raise LeaseLost(f"case {case_id} is not held by worker {worker_id}")
         rerun = case_id in self._rerun
         self._rerun.discard(case_id)
         if rerun and status in (CaseStatus.CONTAINED, CaseStatus.WAITING):
@@ -487,7 +487,7 @@ class InMemoryStore:
     def _held_step(self, case_id: str, index: int, worker_id: str) -> StepRecord:
         """The step a write is about, refused unless the writer holds the case."""
         if self._case(case_id).lease_owner != worker_id:
-            raise StoreError(f"case {case_id} is not held by worker {worker_id}")
+            raise LeaseLost(f"case {case_id} is not held by worker {worker_id}")
         records = self._steps.get(case_id, [])
         if not 0 <= index < len(records):
             raise NotFound(f"case {case_id} has no step {index}")

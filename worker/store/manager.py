@@ -32,7 +32,7 @@ from worker.domain import (
     StepStatus,
     Timer,
 )
-from worker.errors import CaseStarted, NotFound, StoreError
+from worker.errors import CaseStarted, LeaseLost, NotFound, StoreError
 from worker.store.base import (
     ALL_LAPSED,
     CLOSED_STATUSES,
@@ -436,7 +436,7 @@ class StoreManager:
             now=now,
         )
         if count != 1:
-            raise StoreError(f"case {case_id} is not held by worker {worker_id}")
+            raise LeaseLost(f"case {case_id} is not held by worker {worker_id}")
 
     async def find_open_case(self, subject: str) -> Case | None:
         row = await self.c.one("open_case_find", subject=subject, open=_OPEN)
@@ -536,7 +536,7 @@ class StoreManager:
             if owner is None:
                 raise NotFound(f"no case {case_id!r}")
             if owner["lease_owner"] != worker_id:
-                raise StoreError(f"case {case_id} is not held by worker {worker_id}")
+                raise LeaseLost(f"case {case_id} is not held by worker {worker_id}")
             raise NotFound(f"case {case_id} has no step {index}")
         return self._step(row)
 
