@@ -75,6 +75,7 @@ class Ledger:
         fresh: T | None = None,
         entry_key: str | None = None,
         verify: bool = True,
+        reread: bool = False,
     ) -> tuple[T, dict[str, Any]]:
         """Read; act (given that read) only if the goal is not reached; verify by read-back.
 
@@ -82,11 +83,15 @@ class Ledger:
         `fresh` is a read made a moment ago (looking the person up returns their state):
         it serves as the first attempt's read. `entry_key` names the entry when one
         operation runs on several targets (default: the operation). Without `verify`
-        the caller reads back itself (the deny step reads every set at the end)."""
+        the caller reads back itself (the deny step reads every set at the end).
+        `reread`: the read shows the provider's state at once (no eventual consistency
+        to wait out), so a goal it shows unreached is acted on again even after an
+        earlier call applied: something undid it, and the evidence says so."""
         name = entry_key or operation
         key = self.key(name)
         entry = await self.store.ledger_get(key)
         applied_earlier = entry is not None and entry.state is LedgerState.APPLIED
+        trust_entry = applied_earlier and not reread
         sent = False
         first = fresh
 
@@ -94,7 +99,7 @@ class Ledger:
             nonlocal first, sent
             before = first if first is not None else await read()
             first = None
-            if reached(before) or applied_earlier:
+            if reached(before) or trust_entry:
                 return before, reached(before)
             if not sent:
                 await self._intent(name)
@@ -117,7 +122,13 @@ class Ledger:
             return before, evidence
         if sent:
             applied = await self.store.ledger_applied(key, self.clock.now())
-            evidence["acted_at"] = utc_iso(applied.applied_at or self.clock.now())
+            first_applied = applied.applied_at or self.clock.now()
+            evidence["acted_at"] = utc_iso(self.clock.now() if applied_earlier else first_applied)
+            if applied_earlier:
+                evidence["sent_again"] = (
+                    "a read showed the earlier call's effect gone: "
+                    f"first applied {utc_iso(first_applied)}"
+                )
         else:
             # Applied but not visible yet: wait for read-back, never call twice.
             evidence["note"] = "call applied earlier; waiting for read-back"

@@ -16,11 +16,12 @@ Nothing here does I/O: an engine built on these runs a case in milliseconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import itertools
 import json
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -57,12 +58,14 @@ from worker.store.base import (
     CaseCount,
     CasePage,
     EvidenceRecord,
+    KeyedLocks,
     TaskBacklog,
     created_event,
     event_hash,
     fired_event,
     genesis_hash,
     new_case_id,
+    permission_set_lock_name,
 )
 from worker.store.manager import plan_admission, settle_admission
 
@@ -155,6 +158,7 @@ class InMemoryStore:
         self._refusals: list[Refusal] = []
         #: set when a case may have become runnable, as PostgreSQL's NOTIFY
         self._work = asyncio.Event()
+        self._locks = KeyedLocks()
 
     def calls_to(self, method: str) -> list[StoreCall]:
         """The recorded calls of one method."""
@@ -468,6 +472,15 @@ class InMemoryStore:
         return finished
 
     # side-effect ledger
+
+    @contextlib.asynccontextmanager
+    async def permission_set_lock(self, arn: str) -> AsyncIterator[None]:
+        """One process is all there is: its tasks take turns."""
+        if not self._open:
+            raise StoreError("store is not open")
+        self.calls.append(StoreCall(method="permission_set_lock", args={"arn": arn}))
+        async with self._locks.hold(permission_set_lock_name(arn)):
+            yield
 
     @_recorded
     async def ledger_get(self, key: str) -> LedgerEntry | None:

@@ -574,6 +574,11 @@ class StoreContract:
 
     # side-effect ledger
 
+    async def test_permission_set_lock_makes_holders_of_one_set_take_turns(
+        self, store: Store
+    ) -> None:
+        await permission_set_locks_take_turns(store, store)
+
     async def test_ledger_intent_is_idempotent(self, store: Store) -> None:
         case, _ = await store.create_case(new_case(), T0)
         key = f"{case.id}:idp-deactivate:okta.deactivate"
@@ -1369,3 +1374,36 @@ class StoreContract:
         while (timer := await store.claim_due_timer("w1", at(5))) is not None:
             fired.append((timer.case_id, timer.name))
         assert fired == [(case.id, name) for case in cases for name in ("a", "b")]
+
+
+ARN = "arn:aws:sso:::permissionSet/ssoins-1/ps-shared"
+
+
+async def permission_set_locks_take_turns(first: Store, second: Store) -> None:
+    """While `first` holds a set's lock, `second` waits for it (another set's it gets at
+    once); when `first` lets go, `second` has it."""
+    held = asyncio.Event()
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def holder() -> None:
+        async with first.permission_set_lock(ARN):
+            order.append("first")
+            held.set()
+            await release.wait()
+            order.append("first done")
+
+    async def waiter() -> None:
+        async with second.permission_set_lock(ARN):
+            order.append("second")
+
+    holding = asyncio.create_task(holder())
+    await asyncio.wait_for(held.wait(), 10)
+    waiting = asyncio.create_task(waiter())
+    async with asyncio.timeout(10), second.permission_set_lock(ARN + "-other"):
+        pass  # another set is not held up
+    await asyncio.sleep(0.2)  # time for the waiter to get the lock if it could
+    assert order == ["first"]
+    release.set()
+    await asyncio.wait_for(asyncio.gather(holding, waiting), 10)
+    assert order == ["first", "first done", "second"]

@@ -292,6 +292,14 @@ class PermissionSet:
     revision: int = 1
     #: account id -> the revision last provisioned there
     provisioned: dict[str, int] = field(default_factory=dict)
+    #: every revision's inline policy, oldest first ("" for none): what a lost update
+    #: would show, since a later revision drops what an earlier one had
+    history: list[tuple[int, str]] = field(default_factory=list)
+
+    def revise(self, policy: str) -> None:
+        self.inline_policy = policy
+        self.revision += 1
+        self.history.append((self.revision, policy))
 
 
 @dataclass(frozen=True)
@@ -541,6 +549,7 @@ class IdentityCenterEmulator:
             inline_policy=inline_policy,
             created_at=self.clock.now(),
             seq=self._next_seq(),
+            history=[(1, inline_policy)],
         )
         self.session_timeline.define_permission_set(arn, duration)
         return arn
@@ -664,6 +673,13 @@ class IdentityCenterEmulator:
 
     def inline_policy(self, permission_set_arn: str) -> str:
         return self._permission_set(permission_set_arn).inline_policy
+
+    def policy_revisions(self, permission_set_arn: str) -> list[tuple[int, str]]:
+        """(revision, inline policy) of every revision of the set's policy, oldest first."""
+        return list(self._permission_set(permission_set_arn).history)
+
+    def permission_set_arns(self) -> list[str]:
+        return list(self._permission_sets)
 
     def group_ids(self, user_id: str) -> list[str]:
         return [m.group_id for m in self._memberships.values() if m.user_id == user_id]
@@ -1121,8 +1137,7 @@ class IdentityCenterEmulator:
             json.loads(policy)
         except ValueError:
             raise validation("The inline policy is not valid JSON") from None
-        permission_set.inline_policy = policy
-        permission_set.revision += 1
+        permission_set.revise(policy)
         self.audit.record(
             SERVICE,
             "sso-admin.PutInlinePolicyToPermissionSet",
@@ -1134,8 +1149,7 @@ class IdentityCenterEmulator:
 
     def _delete_inline_policy(self, body: Json) -> Json:
         permission_set = self._sso_permission_set(body)
-        permission_set.inline_policy = ""
-        permission_set.revision += 1
+        permission_set.revise("")
         self.audit.record(
             SERVICE,
             "sso-admin.DeleteInlinePolicyFromPermissionSet",

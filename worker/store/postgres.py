@@ -455,6 +455,28 @@ class PostgresConnector(_Queries):
             list(names),
         )
 
+    @contextlib.asynccontextmanager
+    async def hold_lock(self, name: str) -> AsyncIterator[None]:
+        """A session advisory lock on a connection of its own, outside the pool: held
+        across provider calls, it must not take a pooled connection from the store's
+        own writes. Should the connection drop, the server lets the lock go."""
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
+        except (*_UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise self._error(exc, "connecting to lock") from self._cause(exc)
+        try:
+            try:
+                await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", name)
+            except (*_UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise self._error(exc, "locking") from self._cause(exc)
+            yield
+        finally:
+            # closing the session releases its advisory locks
+            try:
+                await asyncio.wait_for(conn.close(), 5)
+            except Exception:
+                conn.terminate()
+
     # what PostgreSQL stores differently
 
     def time(self, value: Any) -> Any:
