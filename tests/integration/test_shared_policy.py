@@ -82,6 +82,9 @@ async def test_concurrent_deny_merges_keep_every_statement_at_every_revision(
 ) -> None:
     shared, users = seed_sharing(sandbox, people)
     put_arrives_late(sandbox)
+    # a provisioning takes a while, and AWS runs one per account at a time: the next
+    # case's answers ConflictException until it ends (waited out, as transient)
+    sandbox.identity_center.provisioning_delay = 0.2
     playbook = runtime.playbook("incident")
     ic = runtime.providers.identity_center
     reachable = ReachablePermissionSet(
@@ -103,6 +106,9 @@ async def test_concurrent_deny_merges_keep_every_statement_at_every_revision(
     assert sids(sandbox.identity_center.inline_policy(shared)) == {deny_sid(u) for u in users}
     # one put per case: nobody had to put theirs again
     assert len(revisions) == people + 1
+    # some provisionings were refused while another ran, and waited out
+    started = sandbox.audit.entries(action="sso-admin.ProvisionPermissionSet")
+    assert sandbox.audit.calls["sso-admin.ProvisionPermissionSet"] > len(started) == people
 
 
 async def test_concurrent_incidents_never_drop_each_others_deny_statement(
@@ -111,6 +117,7 @@ async def test_concurrent_incidents_never_drop_each_others_deny_statement(
     people = 8
     shared, users = seed_sharing(sandbox, people)
     put_arrives_late(sandbox)
+    sandbox.identity_center.provisioning_delay = 0.2
     playbook = runtime.playbook("incident")
     cases = [
         (await open_case(runtime, playbook, f"compromised{n}@example.com", {"source": "test"}))[0]

@@ -340,6 +340,8 @@ class AsyncOperation:
     #: Applied once, when the operation is first seen past its due time.
     on_success: Callable[[], None] | None = None
     settled: bool = False
+    #: the accounts it updates (a provisioning's): one update per account at a time
+    accounts: frozenset[str] = frozenset()
 
 
 class IdentityCenterEmulator:
@@ -1164,7 +1166,10 @@ class IdentityCenterEmulator:
         return {**operation.status_fields, "Status": "IN_PROGRESS"}
 
     def _new_operation(
-        self, status_fields: Json, on_success: Callable[[], None] | None = None
+        self,
+        status_fields: Json,
+        on_success: Callable[[], None] | None = None,
+        accounts: Sequence[str] = (),
     ) -> AsyncOperation:
         now = self.clock.now()
         request_id = str(uuid.uuid4())
@@ -1174,6 +1179,7 @@ class IdentityCenterEmulator:
             due=now + timedelta(seconds=self.provisioning_delay),
             status_fields={**status_fields, "RequestId": request_id, "CreatedDate": epoch(now)},
             on_success=on_success,
+            accounts=frozenset(accounts),
         )
 
     def _settle(self) -> None:
@@ -1203,11 +1209,16 @@ class IdentityCenterEmulator:
         else:
             accounts = sorted(permission_set.provisioned)
         busy = any(
-            not op.settled and op.status_fields["PermissionSetArn"] == permission_set.arn
+            not op.settled
+            and (
+                op.status_fields["PermissionSetArn"] == permission_set.arn
+                or not op.accounts.isdisjoint(accounts)
+            )
             for op in self._provisioning.values()
         )
         if busy:
-            # What AWS answers while a provisioning of the same set is still running.
+            # What AWS answers while a provisioning of the same set, or one into the same
+            # account (one update per account at a time), is still running.
             raise AwsError("ConflictException", "There is a conflicting operation in process.")
         revision = permission_set.revision
 
@@ -1218,7 +1229,7 @@ class IdentityCenterEmulator:
         fields: Json = {"PermissionSetArn": permission_set.arn}
         if target_type == "AWS_ACCOUNT":
             fields["AccountId"] = accounts[0]
-        operation = self._new_operation(fields, provisioned)
+        operation = self._new_operation(fields, provisioned, accounts)
         # The success time is fixed now (settling is lazy), so the deny it carries is too.
         self.session_timeline.provision_policy(
             permission_set.arn, permission_set.inline_policy, operation.due, accounts=accounts
