@@ -24,6 +24,34 @@ from worker.store.base import Store
 
 T = TypeVar("T")
 
+#: why a call no read can confirm was sent more than once
+NO_READ_CAN_TELL = (
+    "sent again: no read can tell whether the earlier call applied "
+    "(an answer lost on the way back, or a worker stopped before recording it); "
+    "repeating it is harmless"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sent:
+    """What `Ledger.once` did."""
+
+    #: when the call was (first) recorded applied
+    applied_at: datetime
+    #: calls made now; 0 when the ledger showed it applied earlier
+    sends: int
+    #: of those, the ones that may repeat a call that had applied (no read can tell)
+    again: int
+
+    @property
+    def sent(self) -> bool:
+        return self.sends > 0
+
+    def evidence(self) -> dict[str, Any]:
+        if not self.again:
+            return {}
+        return {"sent_again": self.again, "sent_again_why": NO_READ_CAN_TELL}
+
 
 @dataclass(frozen=True, kw_only=True)
 class Ledger:
@@ -97,6 +125,8 @@ class Ledger:
 
         async def attempt() -> tuple[T, bool]:
             nonlocal first, sent
+            # every attempt reads first: after a call whose answer was lost, the read
+            # says whether it applied, and only a goal not reached is acted on again
             before = first if first is not None else await read()
             first = None
             if reached(before) or trust_entry:
@@ -121,6 +151,10 @@ class Ledger:
                 await self.store.ledger_applied(key, self.clock.now())
             return before, evidence
         if sent:
+            if was_reached:
+                evidence["note"] = (
+                    "the call's answer was lost; a read showed it had taken effect; not sent again"
+                )
             applied = await self.store.ledger_applied(key, self.clock.now())
             first_applied = applied.applied_at or self.clock.now()
             evidence["acted_at"] = utc_iso(self.clock.now() if applied_earlier else first_applied)
@@ -146,22 +180,37 @@ class Ledger:
         *,
         entry_key: str | None = None,
         settle: Callable[[T], Awaitable[object]] | None = None,
-    ) -> tuple[datetime, bool]:
+    ) -> Sent:
         """A mutation no read can confirm, or one whose repeat is harmless (a delete that
         answers "not found" once done): sent unless the ledger shows it applied. `settle`
         waits for what the call started (an asynchronous request) before the entry is
-        marked applied. When it was applied, and whether it was sent now."""
+        marked applied. A send that may repeat one that applied (a retry after a lost
+        answer, or an entry left in intent by a stopped worker) is counted in `again`:
+        the caller's evidence says so (`Sent.evidence`)."""
         name = entry_key or operation
         key = self.key(name)
         entry = await self.store.ledger_get(key)
         if entry is not None and entry.state is LedgerState.APPLIED:
-            return entry.applied_at or entry.requested_at, False
+            return Sent(applied_at=entry.applied_at or entry.requested_at, sends=0, again=0)
+        # an entry in intent: a call may have gone out before the worker stopped
+        interrupted = entry is not None
         await self._intent(name)
-        answer = await self.call(operation, act)
+        sends = 0
+
+        async def attempt() -> T:
+            nonlocal sends
+            sends += 1
+            return await act()
+
+        answer = await self.call(operation, attempt)
         if settle is not None:
             await settle(answer)
         applied = await self.store.ledger_applied(key, self.clock.now())
-        return applied.applied_at or self.clock.now(), True
+        return Sent(
+            applied_at=applied.applied_at or self.clock.now(),
+            sends=sends,
+            again=sends - 1 + int(interrupted),
+        )
 
     async def _intent(self, name: str) -> None:
         # The operation column keeps the kind ("unassign"), the key the target too.

@@ -166,10 +166,11 @@ async def idp_revoke_sessions(ctx: StepContext) -> Outcome:
     evidence: dict[str, Any] = {"idp": idp.name, "idp_user_id": user_id}
     # No read can tell whether sessions were revoked: the ledger entry alone decides.
     # Idempotent on the provider's side: repeating after a crash ends no more than once.
-    acted_at, sent = await ctx.ledger.once(operation, lambda: idp.revoke_sessions(user_id))
-    if not sent:
+    sent = await ctx.ledger.once(operation, lambda: idp.revoke_sessions(user_id))
+    if not sent.sent:
         evidence["note"] = "revocation applied earlier; not repeated"
-    evidence["acted_at"] = utc_iso(acted_at)
+    evidence.update(sent.evidence())
+    evidence["acted_at"] = utc_iso(sent.applied_at)
     # No provider lists a user's sessions; what can be read back is that the user
     # is still deactivated, so no session can be started again.
     user, _ = await ctx.ledger.poll_until(
