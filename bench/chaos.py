@@ -948,8 +948,13 @@ def check_read_before_resend(
         unchanged = [e for e in patches if not e.detail.get("changed")]
         deact = sandbox.audit.entries(action="okta.deactivate", target=u.okta_id)
         clears = sandbox.audit.entries(action="okta.clear_sessions", target=u.okta_id)
-        sessions = next((s for s in d.steps if s.step_id == "idp-sessions"), None)
-        owned = int((sessions.evidence or {}).get("sent_again", 0)) if sessions else 0
+        # each send that may repeat an applied one is in the timeline before it goes out
+        owned = sum(
+            1
+            for e in d.events
+            if e.kind == "mutation_sent_again"
+            and str(e.data.get("operation", "")).endswith(".revoke_sessions")
+        )
         extra_clears = max(0, len(clears) - 1)
         blind = {
             "scim.patch_user": len(unchanged),

@@ -24,6 +24,8 @@ from worker.store.base import Store
 
 T = TypeVar("T")
 
+#: the timeline event written before a call no read can confirm is sent again
+SENT_AGAIN = "mutation_sent_again"
 #: why a call no read can confirm was sent more than once
 NO_READ_CAN_TELL = (
     "sent again: no read can tell whether the earlier call applied "
@@ -185,8 +187,9 @@ class Ledger:
         answers "not found" once done): sent unless the ledger shows it applied. `settle`
         waits for what the call started (an asynchronous request) before the entry is
         marked applied. A send that may repeat one that applied (a retry after a lost
-        answer, or an entry left in intent by a stopped worker) is counted in `again`:
-        the caller's evidence says so (`Sent.evidence`)."""
+        answer, or an entry left in intent by a stopped worker) is recorded in the
+        case's timeline before it goes out (`SENT_AGAIN`: durable, though the worker
+        stop right after) and counted in `again`, which the step's evidence shows."""
         name = entry_key or operation
         key = self.key(name)
         entry = await self.store.ledger_get(key)
@@ -199,6 +202,14 @@ class Ledger:
 
         async def attempt() -> T:
             nonlocal sends
+            if sends or interrupted:
+                await self.store.append_event(
+                    self.case_id,
+                    SENT_AGAIN,
+                    self.clock.now(),
+                    step_id=self.step_id,
+                    data={"operation": operation, "entry": key, "why": NO_READ_CAN_TELL},
+                )
             sends += 1
             return await act()
 

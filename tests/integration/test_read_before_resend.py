@@ -64,3 +64,6 @@ async def test_a_revocation_no_read_can_confirm_is_sent_again_and_said_so(
     assert len(sent) == 2
     assert evidence["sent_again"] == 1
     assert "no read can tell" in evidence["sent_again_why"]
+    # and in the timeline, written before the send went out
+    again = [e for e in await runtime.store.events(case.id) if e.kind == "mutation_sent_again"]
+    assert [e.data["operation"] for e in again] == ["okta.revoke_sessions"]

@@ -22,6 +22,12 @@ class LedgerStore:
 
     def __init__(self) -> None:
         self.entries: dict[str, LedgerEntry] = {}
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def append_event(
+        self, case_id: str, kind: str, now: datetime, *, step_id: str | None, data: dict[str, Any]
+    ) -> None:
+        self.events.append((case_id, kind, data))
 
     async def ledger_get(self, key: str) -> LedgerEntry | None:
         return self.entries.get(key)
@@ -192,3 +198,7 @@ async def test_once_retried_after_a_lost_answer_says_it_was_sent_again() -> None
     done = await ledger(store).once("okta.revoke_sessions", revoke)
     assert sent == ["revoke", "revoke"]
     assert (done.sends, done.again) == (2, 1)
+    # in the timeline before it went out: a stop right after the send loses nothing
+    assert [(kind, data["operation"]) for _, kind, data in store.events] == [
+        ("mutation_sent_again", "okta.revoke_sessions")
+    ]
