@@ -579,6 +579,11 @@ class StoreContract:
     ) -> None:
         await permission_set_locks_take_turns(store, store)
 
+    async def test_a_cancelled_wait_for_a_permission_set_lock_is_a_cancellation(
+        self, store: Store
+    ) -> None:
+        await cancelled_lock_wait_ends_cleanly(store, store)
+
     async def test_ledger_intent_is_idempotent(self, store: Store) -> None:
         case, _ = await store.create_case(new_case(), T0)
         key = f"{case.id}:idp-deactivate:okta.deactivate"
@@ -1407,3 +1412,22 @@ async def permission_set_locks_take_turns(first: Store, second: Store) -> None:
     release.set()
     await asyncio.wait_for(asyncio.gather(holding, waiting), 10)
     assert order == ["first", "first done", "second"]
+
+
+async def cancelled_lock_wait_ends_cleanly(first: Store, second: Store) -> None:
+    """A worker whose lease is lost cancels its step, maybe while it waits for a set's
+    lock: the wait ends as a cancellation (not a store failure a step would go on
+    from), and the lock is free for others once its holder lets go."""
+    async with first.permission_set_lock(ARN):
+        waiting = asyncio.create_task(_hold(second))
+        await asyncio.sleep(0.2)  # waiting for the lock by now
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiting, 10)
+    async with asyncio.timeout(10), second.permission_set_lock(ARN):
+        pass
+
+
+async def _hold(store: Store) -> None:
+    async with store.permission_set_lock(ARN):
+        pass

@@ -30,6 +30,7 @@ from .store_contract import (
     T0,
     StoreContract,
     at,
+    cancelled_lock_wait_ends_cleanly,
     new_case,
     permission_set_locks_take_turns,
 )
@@ -86,6 +87,7 @@ async def test_replicas_take_turns_on_a_permission_set(
 ) -> None:
     a, b = replicas
     await permission_set_locks_take_turns(a, b)
+    await cancelled_lock_wait_ends_cleanly(a, b)
 
 
 # migrations
