@@ -616,6 +616,8 @@ class CaseData:
     events: list[CaseEvent]
     timers: list[Timer]
     task: OperatorTask | None
+    #: the case's side-effect ledger entries still in intent
+    intents: list[Any] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -976,6 +978,24 @@ def check_read_before_resend(
         "evidence as 'no read can tell'",
         violations=bad,
     ), dict(figures)
+
+
+def check_no_intent_left(data: list[CaseData]) -> Check:
+    """A closed case has no side effect left in intent (a call that may or may not
+    have gone out, never resolved by a read)."""
+    closed = (CaseStatus.ACCESS_LAPSED, CaseStatus.CANCELLED, CaseStatus.CONTAINED)
+    bad = [
+        f"{d.case.id} ({d.case.status.value}): {e.key} in intent since {e.requested_at}"
+        for d in data
+        if d.case.status in closed
+        for e in d.intents
+    ]
+    return Check(
+        name="no ledger entry left in intent",
+        ok=not bad,
+        summary=f"{len(bad)} entry(ies) in intent on finished cases",
+        violations=bad,
+    )
 
 
 def step_attempts(
@@ -1453,6 +1473,7 @@ async def run(opts: Options) -> Report:
                         events=await rt.store.events(case.id),
                         timers=await rt.store.timers(case.id),
                         task=await rt.store.get_task(case.id, PORTAL_STEP),
+                        intents=await rt.store.ledger_intents(case.id),
                     )
                 )
             logs = read_logs(workers.all)
@@ -1477,6 +1498,7 @@ async def run(opts: Options) -> Report:
             report.checks.append(lost_check)
             resend_check, resend_figures = check_read_before_resend(sandbox, all_data)
             report.checks.append(resend_check)
+            report.checks.append(check_no_intent_left(all_data))
             outcomes = Counter(outcome for _, _, outcome in sandbox.audit.requests)
             requests = sum(outcomes.values())
             report.figures = {

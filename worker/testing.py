@@ -512,6 +512,15 @@ class InMemoryStore:
         )
         return self._ledger[key]
 
+    @_recorded
+    async def ledger_intents(self, case_id: str) -> list[LedgerEntry]:
+        found = [
+            e
+            for e in self._ledger.values()
+            if e.case_id == case_id and e.state is LedgerState.INTENT
+        ]
+        return sorted(found, key=lambda e: (e.requested_at, e.key))
+
     # operator tasks
 
     @_recorded

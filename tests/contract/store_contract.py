@@ -624,6 +624,19 @@ class StoreContract:
             == applied
         )
 
+    async def test_ledger_intents_are_a_cases_entries_not_yet_applied(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), T0)
+        other, _ = await store.create_case(new_case("grace.hopper@example.com"), T0)
+        late = await store.ledger_intent("k-late", case.id, "idp-sessions", "op.b", at(3))
+        early = await store.ledger_intent("k-early", case.id, "idp-deactivate", "op.a", at(1))
+        await store.ledger_intent("k-done", case.id, "ic-disable", "op.c", at(2))
+        await store.ledger_applied("k-done", at(4))
+        await store.ledger_intent("k-other", other.id, "idp-deactivate", "op.a", at(1))
+        assert await store.ledger_intents(case.id) == [early, late]
+        await store.ledger_applied("k-early", at(5))
+        assert await store.ledger_intents(case.id) == [late]
+        assert await store.ledger_intents("c-none") == []
+
     async def test_ledger_applied_unknown_key_raises_not_found(self, store: Store) -> None:
         with pytest.raises(NotFound):
             await store.ledger_applied("c-none:step:op", at(1))

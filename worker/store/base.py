@@ -307,6 +307,9 @@ class Store(Protocol):
         self, key: str, case_id: str, step_id: str, operation: str, now: datetime
     ) -> LedgerEntry: ...
     async def ledger_applied(self, key: str, now: datetime) -> LedgerEntry: ...
+    async def ledger_intents(self, case_id: str) -> list[LedgerEntry]:
+        """The case's entries still in intent (a call that may or may not have gone
+        out), oldest first, then by key."""
 
     # operator tasks
     async def open_task(self, task: OperatorTask) -> OperatorTask:

@@ -525,6 +525,9 @@ class StoreManager:
             raise NotFound(f"no ledger entry {key!r}")
         return self._ledger(row)
 
+    async def ledger_intents(self, case_id: str) -> list[LedgerEntry]:
+        return [self._ledger(row) for row in await self.c.all("ledger_intents_of", case_id=case_id)]
+
     # operator tasks
 
     async def open_task(self, task: OperatorTask) -> OperatorTask:
