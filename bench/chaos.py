@@ -4,6 +4,17 @@ that are SIGKILLed and restarted at random, then a check of every promise.
     .venv/bin/python bench/chaos.py --backend postgres --workers 3 --cases 300 \\
         --kills 50 --fault-rate 0.2 --seed 7
     .venv/bin/python bench/chaos.py --backend sqlite --workers 1 --cases 30 --kills 5
+    .venv/bin/python bench/chaos.py --backend postgres --workers 3 --cases 60 --kills 20 \
+        --shared-incidents 16
+
+`--shared-incidents N`: N of the cases are incidents whose people also share two
+permission sets, opened at once, so their deny statements are merged into the same
+inline policies concurrently (provisioning takes 0.3 s, one per account at a time);
+the emulator keeps every revision of each policy and the harness reports any
+statement a revision dropped other than by its own removal ("no deny statement
+lost"), and counts mutations sent again with no read before them ("read before
+every re-send": an unchanged SCIM PATCH, a second Okta deactivation, a session
+revocation sent again that its evidence does not own as "no read can tell").
 
 What it does, in one process (asyncio) plus K worker subprocesses:
 
@@ -92,6 +103,14 @@ DSN_ENV = "OFFBOARD_CHAOS_PG_DSN"
 PORTAL_STEP = "portal-sessions"
 STEP_ORDER = ("idp-deactivate", "idp-sessions", "ic-disable", PORTAL_STEP)
 MILESTONES = ("new-sessions-end", "applications-lapse", "role-sessions-lapse", "all-lapsed")
+#: the mutations of the deny step and its removal (incident cases)
+DENY_MUTATIONS = (
+    "sso-admin.PutInlinePolicyToPermissionSet",
+    "sso-admin.DeleteInlinePolicyFromPermissionSet",
+    "sso-admin.ProvisionPermissionSet",
+)
+#: the account the shared permission sets of --shared-incidents are assigned in
+SHARED_ACCOUNT = "999900001111"
 #: the endpoint families the worker calls (console.* is the operator's, not faulted)
 FAULTED = ("okta.*", "identitystore.*", "sso-admin.*", "scim.*")
 MUTATIONS = ("okta.deactivate", "okta.clear_sessions", "scim.patch_user")
@@ -132,6 +151,8 @@ class Options:
     milestones: bool = True
     #: confirm as soon as the task is open (before the case is released as waiting)
     eager_operator: bool = False
+    #: how many of the cases are incidents whose people share permission sets
+    shared_incidents: int = 0
     keep: bool = False
     json_path: Path | None = None
     quiet: bool = False
@@ -157,12 +178,20 @@ def parse_args(argv: list[str] | None = None) -> Options:
         action="store_true",
         help="confirm a task the moment it is open, before its case is released as waiting",
     )
+    p.add_argument(
+        "--shared-incidents",
+        type=int,
+        default=0,
+        help="how many of the cases are incidents whose people share two permission sets",
+    )
     p.add_argument("--keep", action="store_true", help="keep the run directory")
     p.add_argument("--json", type=Path, default=None, help="write the report here too")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     a = p.parse_args(argv)
     if a.workers < 1 or a.cases < 1 or a.kills < 0 or not 0 <= a.fault_rate < 1:
         p.error("need --workers >= 1, --cases >= 1, --kills >= 0, 0 <= --fault-rate < 1")
+    if not 0 <= a.shared_incidents <= a.cases:
+        p.error("need 0 <= --shared-incidents <= --cases")
     if a.backend == "sqlite" and a.workers != 1:
         p.error("SQLite is one process's store: --backend sqlite needs --workers 1")
     return Options(
@@ -178,6 +207,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         kill_every=a.kill_every,
         milestones=not a.no_milestones,
         eager_operator=a.eager_operator,
+        shared_incidents=a.shared_incidents,
         keep=a.keep,
         json_path=a.json,
         quiet=a.quiet,
@@ -586,6 +616,8 @@ class CaseData:
     events: list[CaseEvent]
     timers: list[Timer]
     task: OperatorTask | None
+    #: the case's side-effect ledger entries still in intent
+    intents: list[Any] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -827,6 +859,7 @@ def check_mutations_once(
         for e in sandbox.audit.entries()
         if e.action not in ("okta.deactivate", "okta.clear_sessions", "scim.patch_user")
         and e.action != "console.delete_portal_sessions"
+        and e.action not in DENY_MUTATIONS
     ]
     if others:
         bad.append(f"unexpected mutations: {dict(Counter(others))}")
@@ -841,6 +874,128 @@ def check_mutations_once(
         **counts,
         **{f"repeat {k}": v for k, v in repeats.items()},
     }
+
+
+def share_permission_sets(sandbox: Sandbox, people: list[SeededUser]) -> list[str]:
+    """Two permission sets in one account, each person assigned one of them (and the
+    sets of their own): the incidents' deny statements meet in the same policies.
+    Provisioning takes a while, so overlapping ones answer ConflictException."""
+    if not people:
+        return []
+    ic = sandbox.identity_center
+    ic.provisioning_delay = 0.3
+    shared = [ic.add_permission_set(f"Shared{n}", session_duration="PT8H") for n in range(2)]
+    for n, person in enumerate(people):
+        ic.add_account_assignment(
+            account_id=SHARED_ACCOUNT,
+            permission_set_arn=shared[n % 2],
+            principal_type="USER",
+            principal_id=person.ic_user_id,
+        )
+    return shared
+
+
+def _statements(policy: str) -> dict[str, str]:
+    """Sid -> the statement's JSON, of one revision's inline policy."""
+    if not policy:
+        return {}
+    found = json.loads(policy).get("Statement", [])
+    found = [found] if isinstance(found, dict) else found
+    return {str(x.get("Sid")): json.dumps(x, sort_keys=True) for x in found if x.get("Sid")}
+
+
+def lost_statements(revisions: list[tuple[int, str]]) -> list[str]:
+    """Statements a revision dropped other than by a removal of that statement alone (a
+    put that takes one statement off and changes nothing else, or the deletion of a
+    policy that held only it): what a put built from a stale read does."""
+    lost = []
+    for (_, before), (revision, after) in itertools.pairwise(revisions):
+        had, has = _statements(before), _statements(after)
+        dropped = set(had) - set(has)
+        added = set(has) - set(had)
+        if dropped and (len(dropped) > 1 or added):
+            lost += [f"revision {revision} dropped {sid}" for sid in sorted(dropped)]
+    return lost
+
+
+def check_deny_statements_kept(sandbox: Sandbox, arns: list[str]) -> tuple[Check, dict[str, int]]:
+    ic = sandbox.identity_center
+    bad: list[str] = []
+    revisions = 0
+    for arn in arns:
+        history = ic.policy_revisions(arn)
+        revisions += len(history)
+        bad += [f"{arn}: {lost}" for lost in lost_statements(history)]
+    figures = {"shared_sets": len(arns), "revisions": revisions, "statements_lost": len(bad)}
+    return Check(
+        name="no deny statement lost",
+        ok=not bad,
+        summary=f"{len(bad)} statement(s) lost over {revisions} revisions of {len(arns)} "
+        "shared permission set(s)",
+        violations=bad,
+    ), figures
+
+
+def check_read_before_resend(
+    sandbox: Sandbox, data: list[CaseData]
+) -> tuple[Check, dict[str, int]]:
+    """A mutation sent again with no read before it: an unchanged SCIM PATCH (the
+    DescribeUser before it would have shown DISABLED), a second Okta deactivation; a
+    session revocation sent again is owned by its evidence ("no read can tell") or blind."""
+    bad: list[str] = []
+    figures: Counter[str] = Counter()
+    for d in data:
+        u = d.user
+        patches = sandbox.audit.entries(action="scim.patch_user", target=u.ic_user_id)
+        unchanged = [e for e in patches if not e.detail.get("changed")]
+        deact = sandbox.audit.entries(action="okta.deactivate", target=u.okta_id)
+        clears = sandbox.audit.entries(action="okta.clear_sessions", target=u.okta_id)
+        # each send that may repeat an applied one is in the timeline before it goes out
+        owned = sum(
+            1
+            for e in d.events
+            if e.kind == "mutation_sent_again"
+            and str(e.data.get("operation", "")).endswith(".revoke_sessions")
+        )
+        extra_clears = max(0, len(clears) - 1)
+        blind = {
+            "scim.patch_user": len(unchanged),
+            "okta.deactivate": max(0, len(deact) - 1),
+            "okta.clear_sessions": max(0, extra_clears - owned),
+        }
+        figures["no_read_can_tell"] += min(extra_clears, owned)
+        for endpoint, count in blind.items():
+            figures[f"blind {endpoint}"] += count
+            if count:
+                bad.append(f"{d.case.id} ({u.login}): {endpoint} sent again {count}x unread")
+    total_blind = sum(v for k, v in figures.items() if k.startswith("blind"))
+    figures["blind"] = total_blind
+    return Check(
+        name="read before every re-send",
+        ok=not bad,
+        summary=f"{total_blind} mutation(s) sent again with no read before them; "
+        f"{figures['no_read_can_tell']} session revocation(s) sent again, owned in the "
+        "evidence as 'no read can tell'",
+        violations=bad,
+    ), dict(figures)
+
+
+def check_no_intent_left(data: list[CaseData]) -> Check:
+    """A closed case has no side effect left in intent (a call that may or may not
+    have gone out, never resolved by a read)."""
+    closed = (CaseStatus.ACCESS_LAPSED, CaseStatus.CANCELLED, CaseStatus.CONTAINED)
+    bad = [
+        f"{d.case.id} ({d.case.status.value}): {e.key} in intent since {e.requested_at}"
+        for d in data
+        if d.case.status in closed
+        for e in d.intents
+    ]
+    return Check(
+        name="no ledger entry left in intent",
+        ok=not bad,
+        summary=f"{len(bad)} entry(ies) in intent on finished cases",
+        violations=bad,
+    )
 
 
 def step_attempts(
@@ -1175,6 +1330,8 @@ async def run(opts: Options) -> Report:
         sandbox.okta.rate_limit_per_minute = 10_000_000
         users = [sandbox.seed_leaver(f"leaver{i:04d}@example.com") for i in range(opts.cases)]
         by_login = {u.login: u for u in users}
+        incidents = {u.login for u in users[opts.cases - opts.shared_incidents :]}
+        shared_sets = share_permission_sets(sandbox, [by_login[login] for login in incidents])
         env = {k: v for k, v in os.environ.items() if not k.startswith("OFFBOARD_")}
         env.update(sandbox.environment())
         env["OFFBOARD_TEST_CLOCK_OFFSET_FILE"] = str(offset_file)
@@ -1194,10 +1351,16 @@ async def run(opts: Options) -> Report:
             aiohttp.ClientSession() as http,
         ):
             playbook = rt.playbook("leaver")
+            incident = rt.playbook("incident")
+
+            async def open_for(u: SeededUser) -> None:
+                chosen = incident if u.login in incidents else playbook
+                await open_case(rt, chosen, u.login, {"source": "chaos"})
+
             # half the cases before the workers start, the rest while they run
             first = opts.cases // 2
             for u in users[:first]:
-                await open_case(rt, playbook, u.login, {"source": "chaos"})
+                await open_for(u)
             rules = install_faults(sandbox, opts.fault_rate, random.Random(fault_seed))
             workers = Workers(
                 count=opts.workers, config=config_path, env=env, run_dir=run_dir, clock=clock
@@ -1205,8 +1368,9 @@ async def run(opts: Options) -> Report:
             for slot in range(opts.workers):
                 await workers.start(slot)
             for u in users[first:]:
-                await open_case(rt, playbook, u.login, {"source": "chaos"})
-                await asyncio.sleep(0.01)
+                await open_for(u)
+                if u.login not in incidents:
+                    await asyncio.sleep(0.01)  # the incidents come in one burst
             operator = Operator(
                 runtime=rt,
                 sandbox=sandbox,
@@ -1309,6 +1473,7 @@ async def run(opts: Options) -> Report:
                         events=await rt.store.events(case.id),
                         timers=await rt.store.timers(case.id),
                         task=await rt.store.get_task(case.id, PORTAL_STEP),
+                        intents=await rt.store.ledger_intents(case.id),
                     )
                 )
             logs = read_logs(workers.all)
@@ -1329,6 +1494,11 @@ async def run(opts: Options) -> Report:
             report.checks.append(check_kills(workers, opts))
             report.checks.append(check_shutdown(workers))
             report.checks.append(check_timeline_complete(all_data))
+            lost_check, lost_figures = check_deny_statements_kept(sandbox, shared_sets)
+            report.checks.append(lost_check)
+            resend_check, resend_figures = check_read_before_resend(sandbox, all_data)
+            report.checks.append(resend_check)
+            report.checks.append(check_no_intent_left(all_data))
             outcomes = Counter(outcome for _, _, outcome in sandbox.audit.requests)
             requests = sum(outcomes.values())
             report.figures = {
@@ -1346,6 +1516,8 @@ async def run(opts: Options) -> Report:
                 "latency_faults_fired": sum(r.fired for r in rules if r.kind == "latency"),
                 "calls_by_endpoint": dict(sorted(sandbox.audit.calls.items())),
                 "mutations": mutation_figures,
+                "deny_statements": lost_figures,
+                "repeated_mutations": resend_figures,
                 "attempts": attempt_figures,
                 "operator": {
                     "confirmed": len(operator.confirmed_at),

@@ -194,17 +194,20 @@ async def remove_deny_statements(runtime: Runtime) -> list[DenyCleanup]:
         ledger = runtime.engine.ledger(case.id, deny.step_id)
         changed: list[str] = []
         for arn in arns:
-            _, removal = await ledger.mutate(
-                operation="sso-admin.PutInlinePolicy",
-                entry_key=f"deny-remove:{arn}",
-                read=partial(ic.deny_policy, arn, user_id),
-                reached=lambda policy: not policy.denies,
-                act=ic.remove_deny,
-                verify=False,
-            )
-            if not removal["acted"]:
-                continue
-            request = await ledger.call("ProvisionPermissionSet", partial(ic.provision, arn))
+            # the same turns as the deny's merge (steps.cover_with_deny): a removal put
+            # from a stale read would drop a statement another case just added
+            async with runtime.store.permission_set_lock(arn):
+                _, removal = await ledger.mutate(
+                    operation="sso-admin.PutInlinePolicy",
+                    entry_key=f"deny-remove:{arn}",
+                    read=partial(ic.deny_policy, arn, user_id),
+                    reached=lambda policy: not policy.denies,
+                    act=ic.remove_deny,
+                    verify=False,
+                )
+                if not removal["acted"]:
+                    continue
+                request = await ledger.call("ProvisionPermissionSet", partial(ic.provision, arn))
             await ledger.poll_until("ProvisioningStatus", partial(ic.provisioned, request), bool)
             changed.append(arn)
         await runtime.store.append_event(

@@ -358,6 +358,8 @@ def describe(record: EvidenceRecord) -> str:
             return f"rescheduled to {text('run_after')}{by}"
         case "case_retried":
             return f"retried by {text('retried_by')} after: {text('halt_reason')}"
+        case "mutation_sent_again":
+            return f"{text('operation')} {text('why')}"
         case "deny_removed":
             sets = d.get("permission_sets") or []
             return f"deny statement removed from {len(sets)} permission set(s)"

@@ -24,6 +24,36 @@ from worker.store.base import Store
 
 T = TypeVar("T")
 
+#: the timeline event written before a call no read can confirm is sent again
+SENT_AGAIN = "mutation_sent_again"
+#: why a call no read can confirm was sent more than once
+NO_READ_CAN_TELL = (
+    "sent again: no read can tell whether the earlier call applied "
+    "(an answer lost on the way back, or a worker stopped before recording it); "
+    "repeating it is harmless"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sent:
+    """What `Ledger.once` did."""
+
+    #: when the call was (first) recorded applied
+    applied_at: datetime
+    #: calls made now; 0 when the ledger showed it applied earlier
+    sends: int
+    #: of those, the ones that may repeat a call that had applied (no read can tell)
+    again: int
+
+    @property
+    def sent(self) -> bool:
+        return self.sends > 0
+
+    def evidence(self) -> dict[str, Any]:
+        if not self.again:
+            return {}
+        return {"sent_again": self.again, "sent_again_why": NO_READ_CAN_TELL}
+
 
 @dataclass(frozen=True, kw_only=True)
 class Ledger:
@@ -75,6 +105,7 @@ class Ledger:
         fresh: T | None = None,
         entry_key: str | None = None,
         verify: bool = True,
+        reread: bool = False,
     ) -> tuple[T, dict[str, Any]]:
         """Read; act (given that read) only if the goal is not reached; verify by read-back.
 
@@ -82,19 +113,25 @@ class Ledger:
         `fresh` is a read made a moment ago (looking the person up returns their state):
         it serves as the first attempt's read. `entry_key` names the entry when one
         operation runs on several targets (default: the operation). Without `verify`
-        the caller reads back itself (the deny step reads every set at the end)."""
+        the caller reads back itself (the deny step reads every set at the end).
+        `reread`: the read shows the provider's state at once (no eventual consistency
+        to wait out), so a goal it shows unreached is acted on again even after an
+        earlier call applied: something undid it, and the evidence says so."""
         name = entry_key or operation
         key = self.key(name)
         entry = await self.store.ledger_get(key)
         applied_earlier = entry is not None and entry.state is LedgerState.APPLIED
+        trust_entry = applied_earlier and not reread
         sent = False
         first = fresh
 
         async def attempt() -> tuple[T, bool]:
             nonlocal first, sent
+            # every attempt reads first: after a call whose answer was lost, the read
+            # says whether it applied, and only a goal not reached is acted on again
             before = first if first is not None else await read()
             first = None
-            if reached(before) or applied_earlier:
+            if reached(before) or trust_entry:
                 return before, reached(before)
             if not sent:
                 await self._intent(name)
@@ -116,8 +153,18 @@ class Ledger:
                 await self.store.ledger_applied(key, self.clock.now())
             return before, evidence
         if sent:
+            if was_reached:
+                evidence["note"] = (
+                    "the call's answer was lost; a read showed it had taken effect; not sent again"
+                )
             applied = await self.store.ledger_applied(key, self.clock.now())
-            evidence["acted_at"] = utc_iso(applied.applied_at or self.clock.now())
+            first_applied = applied.applied_at or self.clock.now()
+            evidence["acted_at"] = utc_iso(self.clock.now() if applied_earlier else first_applied)
+            if applied_earlier:
+                evidence["sent_again"] = (
+                    "a read showed the earlier call's effect gone: "
+                    f"first applied {utc_iso(first_applied)}"
+                )
         else:
             # Applied but not visible yet: wait for read-back, never call twice.
             evidence["note"] = "call applied earlier; waiting for read-back"
@@ -135,22 +182,46 @@ class Ledger:
         *,
         entry_key: str | None = None,
         settle: Callable[[T], Awaitable[object]] | None = None,
-    ) -> tuple[datetime, bool]:
+    ) -> Sent:
         """A mutation no read can confirm, or one whose repeat is harmless (a delete that
         answers "not found" once done): sent unless the ledger shows it applied. `settle`
         waits for what the call started (an asynchronous request) before the entry is
-        marked applied. When it was applied, and whether it was sent now."""
+        marked applied. A send that may repeat one that applied (a retry after a lost
+        answer, or an entry left in intent by a stopped worker) is recorded in the
+        case's timeline before it goes out (`SENT_AGAIN`: durable, though the worker
+        stop right after) and counted in `again`, which the step's evidence shows."""
         name = entry_key or operation
         key = self.key(name)
         entry = await self.store.ledger_get(key)
         if entry is not None and entry.state is LedgerState.APPLIED:
-            return entry.applied_at or entry.requested_at, False
+            return Sent(applied_at=entry.applied_at or entry.requested_at, sends=0, again=0)
+        # an entry in intent: a call may have gone out before the worker stopped
+        interrupted = entry is not None
         await self._intent(name)
-        answer = await self.call(operation, act)
+        sends = 0
+
+        async def attempt() -> T:
+            nonlocal sends
+            if sends or interrupted:
+                await self.store.append_event(
+                    self.case_id,
+                    SENT_AGAIN,
+                    self.clock.now(),
+                    step_id=self.step_id,
+                    data={"operation": operation, "entry": key, "why": NO_READ_CAN_TELL},
+                )
+            sends += 1
+            return await act()
+
+        answer = await self.call(operation, attempt)
         if settle is not None:
             await settle(answer)
         applied = await self.store.ledger_applied(key, self.clock.now())
-        return applied.applied_at or self.clock.now(), True
+        return Sent(
+            applied_at=applied.applied_at or self.clock.now(),
+            sends=sends,
+            again=sends - 1 + int(interrupted),
+        )
 
     async def _intent(self, name: str) -> None:
         # The operation column keeps the kind ("unassign"), the key the target too.

@@ -8,8 +8,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-
 from worker.admission import Admissions
 from worker.bundled import playbooks_dir
 from worker.clock import Clock, SystemClock
@@ -20,6 +18,7 @@ from worker.metrics import Metrics
 from worker.notify import Notifier, notifier_from_config, record_in_timeline
 from worker.playbook import Playbook, find_playbook, load_playbook
 from worker.providers import identity_provider
+from worker.providers.http import provider_session
 from worker.providers.identity_center import AwsIdentityCenter
 from worker.ratelimit import Limits
 from worker.steps import Providers
@@ -103,7 +102,7 @@ async def open_runtime(
     metrics = metrics or Metrics()
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(config, base_dir))
-        http = await stack.enter_async_context(aiohttp.ClientSession())
+        http = await stack.enter_async_context(provider_session())
         if notifier is None:
             fanout = notifier_from_config(
                 config.notifiers, http, record=record_in_timeline(store, clock), clock=clock

@@ -185,10 +185,11 @@ async def idp_revoke_sessions(ctx: StepContext) -> Outcome:
     evidence: dict[str, Any] = {"idp": idp.name, "idp_user_id": user_id}
     # No read can tell whether sessions were revoked: the ledger entry alone decides.
     # Idempotent on the provider's side: repeating after a crash ends no more than once.
-    acted_at, sent = await ctx.ledger.once(operation, lambda: idp.revoke_sessions(user_id))
-    if not sent:
+    sent = await ctx.ledger.once(operation, lambda: idp.revoke_sessions(user_id))
+    if not sent.sent:
         evidence["note"] = "revocation applied earlier; not repeated"
-    evidence["acted_at"] = utc_iso(acted_at)
+    evidence.update(sent.evidence())
+    evidence["acted_at"] = utc_iso(sent.applied_at)
     # No provider lists a user's sessions; what can be read back is that the user
     # is still deactivated, so no session can be started again.
     user, _ = await ctx.ledger.poll_until(
@@ -412,6 +413,11 @@ async def _reachable(ctx: StepContext) -> list[ReachablePermissionSet]:
     return list(union_sets([ReachablePermissionSet.from_json(p) for p in [*known, *reread]]))
 
 
+#: How often one case puts its deny statement back on a set whose read-back after
+#: provisioning lost it, before the step is handed back to the queue.
+REMERGE_ATTEMPTS = 3
+
+
 async def cover_with_deny(
     ledger: Ledger, ic: IdentityCenter, user_id: str, sets: list[ReachablePermissionSet]
 ) -> tuple[list[str], datetime]:
@@ -420,27 +426,11 @@ async def cover_with_deny(
     when provisioning finished on all of them."""
     changed: list[str] = []
     for ps in sets:
-        _, put = await ledger.mutate(
-            operation="sso-admin.PutInlinePolicy",
-            entry_key=f"deny-put:{ps.arn}",
-            read=partial(ic.deny_policy, ps.arn, user_id),
-            reached=lambda policy: policy.denies,
-            act=ic.merge_deny,
-            verify=False,  # every set is read back below, after provisioning
-        )
-        if "acted_at" in put:
+        if await _deny_on(ledger, ic, user_id, ps):
             changed.append(ps.name or ps.arn)
-        # Provisioning is what makes the statement bite; repeating it is harmless.
-        request = await ledger.call(
-            "sso-admin.ProvisionPermissionSet", partial(ic.provision, ps.arn)
-        )
-        await ledger.poll_until(
-            f"sso-admin.DescribePermissionSetProvisioningStatus({ps.name or ps.arn})",
-            partial(ic.provisioned, request),
-            bool,
-        )
     provisioned_at = ledger.clock.now()
-    # Read back: every set carries the statement.
+    # Read back: every set still carries the statement (another case's put since ours
+    # is built from a policy that has it: they take turns).
     for ps in sets:
         policy = await ledger.call(
             "sso-admin.GetInlinePolicy", partial(ic.deny_policy, ps.arn, user_id)
@@ -448,6 +438,49 @@ async def cover_with_deny(
         if not policy.denies:
             raise TransientError("sso-admin", f"deny statement not read back on {ps.arn}")
     return changed, provisioned_at
+
+
+async def _deny_on(
+    ledger: Ledger, ic: IdentityCenter, user_id: str, ps: ReachablePermissionSet
+) -> bool:
+    """Merge the statement into one set's inline policy and provision it, then read it
+    back; put it again if something dropped it meanwhile. Whether a put was sent.
+
+    The read-merge-put and the provisioning's start hold the set's lock (every case,
+    every replica): a put built from a stale read would drop another case's statement,
+    and a provisioning started between someone's read and put would carry a policy that
+    is about to change. The wait for provisioning runs without it."""
+    label = ps.name or ps.arn
+    put_sent = False
+    for _ in range(REMERGE_ATTEMPTS):
+        async with ledger.store.permission_set_lock(ps.arn):
+            _, put = await ledger.mutate(
+                operation="sso-admin.PutInlinePolicy",
+                entry_key=f"deny-put:{ps.arn}",
+                read=partial(ic.deny_policy, ps.arn, user_id),
+                reached=lambda policy: policy.denies,
+                act=ic.merge_deny,
+                verify=False,  # read back below, after provisioning
+                reread=True,  # GetInlinePolicy shows the put at once
+            )
+            put_sent = put_sent or "acted_at" in put
+            # What makes the statement bite; repeating it is harmless. AWS runs one
+            # provisioning of a set at a time: ConflictException is waited out (transient).
+            request = await ledger.call(
+                "sso-admin.ProvisionPermissionSet", partial(ic.provision, ps.arn)
+            )
+        await ledger.poll_until(
+            f"sso-admin.DescribePermissionSetProvisioningStatus({label})",
+            partial(ic.provisioned, request),
+            bool,
+        )
+        policy = await ledger.call(
+            "sso-admin.GetInlinePolicy", partial(ic.deny_policy, ps.arn, user_id)
+        )
+        if policy.denies:
+            return put_sent
+        log.warning("deny_statement_lost", permission_set=ps.arn)
+    raise TransientError("sso-admin", f"deny statement not read back on {ps.arn}")
 
 
 async def identity_center_deny_role_sessions(ctx: StepContext) -> Outcome:

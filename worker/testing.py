@@ -16,11 +16,12 @@ Nothing here does I/O: an engine built on these runs a case in milliseconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import itertools
 import json
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -59,12 +60,14 @@ from worker.store.base import (
     CaseCount,
     CasePage,
     EvidenceRecord,
+    KeyedLocks,
     TaskBacklog,
     created_event,
     event_hash,
     fired_event,
     genesis_hash,
     new_case_id,
+    permission_set_lock_name,
 )
 from worker.store.manager import plan_admission, preferred, settle_admission
 
@@ -159,6 +162,7 @@ class InMemoryStore:
         self._refusals: list[Refusal] = []
         #: set when a case may have become runnable, as PostgreSQL's NOTIFY
         self._work = asyncio.Event()
+        self._locks = KeyedLocks()
 
     def calls_to(self, method: str) -> list[StoreCall]:
         """The recorded calls of one method."""
@@ -539,6 +543,15 @@ class InMemoryStore:
 
     # side-effect ledger
 
+    @contextlib.asynccontextmanager
+    async def permission_set_lock(self, arn: str) -> AsyncIterator[None]:
+        """One process is all there is: its tasks take turns."""
+        if not self._open:
+            raise StoreError("store is not open")
+        self.calls.append(StoreCall(method="permission_set_lock", args={"arn": arn}))
+        async with self._locks.hold(permission_set_lock_name(arn)):
+            yield
+
     @_recorded
     async def ledger_get(self, key: str) -> LedgerEntry | None:
         return self._ledger.get(key)
@@ -568,6 +581,15 @@ class InMemoryStore:
             entry, state=LedgerState.APPLIED, applied_at=entry.applied_at or _stored(now)
         )
         return self._ledger[key]
+
+    @_recorded
+    async def ledger_intents(self, case_id: str) -> list[LedgerEntry]:
+        found = [
+            e
+            for e in self._ledger.values()
+            if e.case_id == case_id and e.state is LedgerState.INTENT
+        ]
+        return sorted(found, key=lambda e: (e.requested_at, e.key))
 
     # operator tasks
 

@@ -579,6 +579,16 @@ class StoreContract:
 
     # side-effect ledger
 
+    async def test_permission_set_lock_makes_holders_of_one_set_take_turns(
+        self, store: Store
+    ) -> None:
+        await permission_set_locks_take_turns(store, store)
+
+    async def test_a_cancelled_wait_for_a_permission_set_lock_is_a_cancellation(
+        self, store: Store
+    ) -> None:
+        await cancelled_lock_wait_ends_cleanly(store, store)
+
     async def test_ledger_intent_is_idempotent(self, store: Store) -> None:
         case, _ = await store.create_case(new_case(), T0)
         key = f"{case.id}:idp-deactivate:okta.deactivate"
@@ -618,6 +628,19 @@ class StoreContract:
             await store.ledger_intent(key, case.id, "ic-disable", "identity_center.disable", at(8))
             == applied
         )
+
+    async def test_ledger_intents_are_a_cases_entries_not_yet_applied(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), T0)
+        other, _ = await store.create_case(new_case("grace.hopper@example.com"), T0)
+        late = await store.ledger_intent("k-late", case.id, "idp-sessions", "op.b", at(3))
+        early = await store.ledger_intent("k-early", case.id, "idp-deactivate", "op.a", at(1))
+        await store.ledger_intent("k-done", case.id, "ic-disable", "op.c", at(2))
+        await store.ledger_applied("k-done", at(4))
+        await store.ledger_intent("k-other", other.id, "idp-deactivate", "op.a", at(1))
+        assert await store.ledger_intents(case.id) == [early, late]
+        await store.ledger_applied("k-early", at(5))
+        assert await store.ledger_intents(case.id) == [late]
+        assert await store.ledger_intents("c-none") == []
 
     async def test_ledger_applied_unknown_key_raises_not_found(self, store: Store) -> None:
         with pytest.raises(NotFound):
@@ -1446,3 +1469,55 @@ class StoreContract:
             with pytest.raises(StoreError, match="cannot be escalated"):
                 await store.escalate_case(case.id, (), 100, at(3), {})
             assert await store.get_case(case.id) == case
+
+
+ARN = "arn:aws:sso:::permissionSet/ssoins-1/ps-shared"
+
+
+async def permission_set_locks_take_turns(first: Store, second: Store) -> None:
+    """While `first` holds a set's lock, `second` waits for it (another set's it gets at
+    once); when `first` lets go, `second` has it."""
+    held = asyncio.Event()
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def holder() -> None:
+        async with first.permission_set_lock(ARN):
+            order.append("first")
+            held.set()
+            await release.wait()
+            order.append("first done")
+
+    async def waiter() -> None:
+        async with second.permission_set_lock(ARN):
+            order.append("second")
+
+    holding = asyncio.create_task(holder())
+    await asyncio.wait_for(held.wait(), 10)
+    waiting = asyncio.create_task(waiter())
+    async with asyncio.timeout(10), second.permission_set_lock(ARN + "-other"):
+        pass  # another set is not held up
+    await asyncio.sleep(0.2)  # time for the waiter to get the lock if it could
+    assert order == ["first"]
+    release.set()
+    await asyncio.wait_for(asyncio.gather(holding, waiting), 10)
+    assert order == ["first", "first done", "second"]
+
+
+async def cancelled_lock_wait_ends_cleanly(first: Store, second: Store) -> None:
+    """A worker whose lease is lost cancels its step, maybe while it waits for a set's
+    lock: the wait ends as a cancellation (not a store failure a step would go on
+    from), and the lock is free for others once its holder lets go."""
+    async with first.permission_set_lock(ARN):
+        waiting = asyncio.create_task(_hold(second))
+        await asyncio.sleep(0.2)  # waiting for the lock by now
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiting, 10)
+    async with asyncio.timeout(10), second.permission_set_lock(ARN):
+        pass
+
+
+async def _hold(store: Store) -> None:
+    async with store.permission_set_lock(ARN):
+        pass

@@ -25,7 +25,15 @@ from worker.errors import StoreError
 from worker.store.base import Store
 from worker.store.postgres import MIGRATIONS, PostgresStore
 
-from .store_contract import LEASE, T0, StoreContract, at, new_case
+from .store_contract import (
+    LEASE,
+    T0,
+    StoreContract,
+    at,
+    cancelled_lock_wait_ends_cleanly,
+    new_case,
+    permission_set_locks_take_turns,
+)
 
 
 class TestPostgresStore(StoreContract):
@@ -72,6 +80,14 @@ async def contained(store: PostgresStore, subject: str) -> Case:
     assert await store.claim_case(case.id, "setup", at(0), LEASE) is not None
     await store.release_case(case.id, "setup", CaseStatus.CONTAINED, at(1))
     return case
+
+
+async def test_replicas_take_turns_on_a_permission_set(
+    replicas: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = replicas
+    await permission_set_locks_take_turns(a, b)
+    await cancelled_lock_wait_ends_cleanly(a, b)
 
 
 # migrations

@@ -433,6 +433,43 @@ async def test_provisioning_goes_from_in_progress_to_succeeded(
     assert code_of(err) == "ResourceNotFoundException"
 
 
+async def test_one_provisioning_per_account_at_a_time_and_every_policy_revision_kept(
+    sandbox: Sandbox, admin: Client
+) -> None:
+    emulator = sandbox.emulator
+    user_id = emulator.add_user("ada@example.com")
+    admin_set = emulator.add_permission_set("Admin")
+    readonly = emulator.add_permission_set("ReadOnly")
+    other = emulator.add_permission_set("Billing")
+    for ps, account in ((admin_set, ACCOUNT_A), (readonly, ACCOUNT_A), (other, ACCOUNT_B)):
+        emulator.add_account_assignment(
+            account_id=account, permission_set_arn=ps, principal_type="USER", principal_id=user_id
+        )
+
+    async def provision(ps: str) -> Any:
+        return await admin.provision_permission_set(
+            InstanceArn=INSTANCE, PermissionSetArn=ps, TargetType="ALL_PROVISIONED_ACCOUNTS"
+        )
+
+    await provision(admin_set)
+    # another set into the same account waits its turn; one into another account does not
+    with pytest.raises(ClientError) as err:
+        await provision(readonly)
+    assert code_of(err) == "ConflictException"
+    await provision(other)
+    sandbox.clock.advance(DELAY)
+    await provision(readonly)
+
+    for policy in (DENY, ""):
+        await admin.put_inline_policy_to_permission_set(
+            InstanceArn=INSTANCE, PermissionSetArn=other, InlinePolicy=policy or "{}"
+        )
+    await admin.delete_inline_policy_from_permission_set(
+        InstanceArn=INSTANCE, PermissionSetArn=other
+    )
+    assert emulator.policy_revisions(other) == [(1, ""), (2, DENY), (3, "{}"), (4, "")]
+
+
 async def test_delete_account_assignment(sandbox: Sandbox, admin: Client) -> None:
     emulator = sandbox.emulator
     user_id = emulator.add_user("ada@example.com")

@@ -22,6 +22,12 @@ class LedgerStore:
 
     def __init__(self) -> None:
         self.entries: dict[str, LedgerEntry] = {}
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def append_event(
+        self, case_id: str, kind: str, now: datetime, *, step_id: str | None, data: dict[str, Any]
+    ) -> None:
+        self.events.append((case_id, kind, data))
 
     async def ledger_get(self, key: str) -> LedgerEntry | None:
         return self.entries.get(key)
@@ -153,8 +159,46 @@ async def test_once_is_not_sent_again_once_applied() -> None:
     async def revoke() -> None:
         sent.append("revoke")
 
-    first_at, first_sent = await ledger(store).once("okta.revoke_sessions", revoke)
-    again_at, again_sent = await ledger(store).once("okta.revoke_sessions", revoke)
+    first = await ledger(store).once("okta.revoke_sessions", revoke)
+    again = await ledger(store).once("okta.revoke_sessions", revoke)
     assert sent == ["revoke"]
-    assert (first_sent, again_sent) == (True, False)
-    assert again_at == first_at
+    assert (first.sent, again.sent) == (True, False)
+    assert again.applied_at == first.applied_at
+    assert first.evidence() == again.evidence() == {}
+
+
+async def test_once_after_a_stop_between_call_and_record_says_it_was_sent_again() -> None:
+    store = LedgerStore()
+    key = "c-1:idp-deactivate:okta.revoke_sessions"
+    # a worker wrote the intent, maybe sent the call, and stopped before recording it
+    await store.ledger_intent(
+        key, "c-1", "idp-deactivate", "okta.revoke_sessions", ManualClock().now()
+    )
+    sent: list[str] = []
+
+    async def revoke() -> None:
+        sent.append("revoke")
+
+    done = await ledger(store).once("okta.revoke_sessions", revoke)
+    assert sent == ["revoke"]
+    assert done.evidence()["sent_again"] == 1
+    assert "no read can tell" in done.evidence()["sent_again_why"]
+    assert store.entries[key].state is LedgerState.APPLIED
+
+
+async def test_once_retried_after_a_lost_answer_says_it_was_sent_again() -> None:
+    store = LedgerStore()
+    sent: list[str] = []
+
+    async def revoke() -> None:
+        sent.append("revoke")
+        if len(sent) == 1:
+            raise TransientError("okta", "connection reset after the call applied")
+
+    done = await ledger(store).once("okta.revoke_sessions", revoke)
+    assert sent == ["revoke", "revoke"]
+    assert (done.sends, done.again) == (2, 1)
+    # in the timeline before it went out: a stop right after the send loses nothing
+    assert [(kind, data["operation"]) for _, kind, data in store.events] == [
+        ("mutation_sent_again", "okta.revoke_sessions")
+    ]

@@ -60,6 +60,17 @@ def retry_after_seconds(headers: Any, now: float, *, throttled: bool = True) -> 
     return max(0.0, min(hints))
 
 
+def provider_session() -> aiohttp.ClientSession:
+    """The HTTP session provider calls go through. aiohttp sends an idempotent request
+    (DELETE, PUT) a second time, blind, when the connection drops before the answer
+    (RFC 9112 9.3.1): Okta's DELETE of a user's sessions would go out twice with nothing
+    in the evidence, and a PUT without the read the ledger makes before every attempt.
+    Retrying is the ledger's (worker/ledger.py, worker/retry.py)."""
+    session = aiohttp.ClientSession()
+    session._retry_connection = False  # no public switch (aiohttp 3.10 to 3.14)
+    return session
+
+
 class JsonHttpClient:
     """A small JSON client bound to one base URL and one Authorization header."""
 

@@ -294,6 +294,14 @@ class PermissionSet:
     revision: int = 1
     #: account id -> the revision last provisioned there
     provisioned: dict[str, int] = field(default_factory=dict)
+    #: every revision's inline policy, oldest first ("" for none): what a lost update
+    #: would show, since a later revision drops what an earlier one had
+    history: list[tuple[int, str]] = field(default_factory=list)
+
+    def revise(self, policy: str) -> None:
+        self.inline_policy = policy
+        self.revision += 1
+        self.history.append((self.revision, policy))
 
 
 @dataclass(frozen=True)
@@ -334,6 +342,8 @@ class AsyncOperation:
     #: Applied once, when the operation is first seen past its due time.
     on_success: Callable[[], None] | None = None
     settled: bool = False
+    #: the accounts it updates (a provisioning's): one update per account at a time
+    accounts: frozenset[str] = frozenset()
 
 
 class IdentityCenterEmulator:
@@ -545,6 +555,7 @@ class IdentityCenterEmulator:
             inline_policy=inline_policy,
             created_at=self.clock.now(),
             seq=self._next_seq(),
+            history=[(1, inline_policy)],
         )
         self.session_timeline.define_permission_set(arn, duration)
         return arn
@@ -668,6 +679,13 @@ class IdentityCenterEmulator:
 
     def inline_policy(self, permission_set_arn: str) -> str:
         return self._permission_set(permission_set_arn).inline_policy
+
+    def policy_revisions(self, permission_set_arn: str) -> list[tuple[int, str]]:
+        """(revision, inline policy) of every revision of the set's policy, oldest first."""
+        return list(self._permission_set(permission_set_arn).history)
+
+    def permission_set_arns(self) -> list[str]:
+        return list(self._permission_sets)
 
     def group_ids(self, user_id: str) -> list[str]:
         return [m.group_id for m in self._memberships.values() if m.user_id == user_id]
@@ -1129,8 +1147,7 @@ class IdentityCenterEmulator:
             json.loads(policy)
         except ValueError:
             raise validation("The inline policy is not valid JSON") from None
-        permission_set.inline_policy = policy
-        permission_set.revision += 1
+        permission_set.revise(policy)
         self.audit.record(
             SERVICE,
             "sso-admin.PutInlinePolicyToPermissionSet",
@@ -1142,8 +1159,7 @@ class IdentityCenterEmulator:
 
     def _delete_inline_policy(self, body: Json) -> Json:
         permission_set = self._sso_permission_set(body)
-        permission_set.inline_policy = ""
-        permission_set.revision += 1
+        permission_set.revise("")
         self.audit.record(
             SERVICE,
             "sso-admin.DeleteInlinePolicyFromPermissionSet",
@@ -1158,7 +1174,10 @@ class IdentityCenterEmulator:
         return {**operation.status_fields, "Status": "IN_PROGRESS"}
 
     def _new_operation(
-        self, status_fields: Json, on_success: Callable[[], None] | None = None
+        self,
+        status_fields: Json,
+        on_success: Callable[[], None] | None = None,
+        accounts: Sequence[str] = (),
     ) -> AsyncOperation:
         now = self.clock.now()
         request_id = str(uuid.uuid4())
@@ -1168,6 +1187,7 @@ class IdentityCenterEmulator:
             due=now + timedelta(seconds=self.provisioning_delay),
             status_fields={**status_fields, "RequestId": request_id, "CreatedDate": epoch(now)},
             on_success=on_success,
+            accounts=frozenset(accounts),
         )
 
     def _settle(self) -> None:
@@ -1197,11 +1217,16 @@ class IdentityCenterEmulator:
         else:
             accounts = sorted(permission_set.provisioned)
         busy = any(
-            not op.settled and op.status_fields["PermissionSetArn"] == permission_set.arn
+            not op.settled
+            and (
+                op.status_fields["PermissionSetArn"] == permission_set.arn
+                or not op.accounts.isdisjoint(accounts)
+            )
             for op in self._provisioning.values()
         )
         if busy:
-            # What AWS answers while a provisioning of the same set is still running.
+            # What AWS answers while a provisioning of the same set, or one into the same
+            # account (one update per account at a time), is still running.
             raise AwsError("ConflictException", "There is a conflicting operation in process.")
         revision = permission_set.revision
 
@@ -1212,7 +1237,7 @@ class IdentityCenterEmulator:
         fields: Json = {"PermissionSetArn": permission_set.arn}
         if target_type == "AWS_ACCOUNT":
             fields["AccountId"] = accounts[0]
-        operation = self._new_operation(fields, provisioned)
+        operation = self._new_operation(fields, provisioned, accounts)
         # The success time is fixed now (settling is lazy), so the deny it carries is too.
         self.session_timeline.provision_policy(
             permission_set.arn, permission_set.inline_policy, operation.due, accounts=accounts

@@ -7,10 +7,13 @@ backend hashes the same way and `worker.evidence` can check any of them offline.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -183,6 +186,33 @@ CLOSED_STATUSES = (CaseStatus.ACCESS_LAPSED, CaseStatus.CANCELLED)
 URGENT_STATUSES = (CaseStatus.HALTED, CaseStatus.WAITING)
 
 
+def permission_set_lock_name(arn: str) -> str:
+    """The name every process locks a permission set's inline policy under."""
+    return f"permission-set:{arn}"
+
+
+class KeyedLocks:
+    """One asyncio lock per name, for the tasks of one process; a lock nobody holds
+    or waits for is forgotten, so names do not pile up."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(name, (asyncio.Lock(), 0))
+        self._locks[name] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[name]
+            if users == 1:
+                del self._locks[name]
+            else:
+                self._locks[name] = (lock, users - 1)
+
+
 class Store(Protocol):
     """Durable state of cases, their steps, the side-effect ledger and operator tasks.
 
@@ -293,11 +323,20 @@ class Store(Protocol):
     ) -> StepRecord: ...
 
     # side-effect ledger
+    def permission_set_lock(self, arn: str) -> AbstractAsyncContextManager[None]:
+        """Held while one case reads, merges, puts and starts provisioning a permission
+        set's inline policy (`worker.steps.cover_with_deny`, the deny cleanup): the
+        tasks of a process and every process sharing the store take turns, so no put
+        is built from a policy another case is about to change."""
+
     async def ledger_get(self, key: str) -> LedgerEntry | None: ...
     async def ledger_intent(
         self, key: str, case_id: str, step_id: str, operation: str, now: datetime
     ) -> LedgerEntry: ...
     async def ledger_applied(self, key: str, now: datetime) -> LedgerEntry: ...
+    async def ledger_intents(self, case_id: str) -> list[LedgerEntry]:
+        """The case's entries still in intent (a call that may or may not have gone
+        out), oldest first, then by key."""
 
     # operator tasks
     async def open_task(self, task: OperatorTask) -> OperatorTask:

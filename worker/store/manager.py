@@ -6,7 +6,8 @@ closing the case, admission). A `Connector` runs the queries on one database.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
@@ -41,12 +42,14 @@ from worker.store.base import (
     CaseCount,
     CasePage,
     EvidenceRecord,
+    KeyedLocks,
     NewEvent,
     TaskBacklog,
     created_event,
     fired_event,
     genesis_hash,
     new_case_id,
+    permission_set_lock_name,
 )
 
 if TYPE_CHECKING:
@@ -110,7 +113,9 @@ class Connector(Runner, Protocol):
     document as Python (None stays None); `chain_time`: an event's time as hashed.
     `append_event(s)`: onto the case's hash chain, in `tx` (the seq). `notify`: say
     there may be work (`wait_for_work`) when `tx` commits. `lock_admission`: make
-    concurrent `admit`s of these deliveries and people take turns.
+    concurrent `admit`s of these deliveries and people take turns. `hold_lock`: a
+    lock by name across the processes sharing the database, outside any transaction
+    (one task of this process at a time asks for a name: `StoreManager` sees to it).
     """
 
     async def open(self) -> None: ...
@@ -124,6 +129,7 @@ class Connector(Runner, Protocol):
     async def append_events(self, tx: Runner, events: Sequence[NewEvent]) -> None: ...
     async def notify(self, tx: Runner, what: str) -> None: ...
     async def lock_admission(self, tx: Runner, names: Sequence[str]) -> None: ...
+    def hold_lock(self, name: str) -> AbstractAsyncContextManager[None]: ...
     async def wait_for_work(self, timeout: float) -> bool: ...  # noqa: ASYNC109
 
 
@@ -256,6 +262,7 @@ class StoreManager:
     def __init__(self, connector: Connector) -> None:
         self.connector = connector
         self.c = connector
+        self._locks = KeyedLocks()
 
     # lifecycle
 
@@ -579,6 +586,13 @@ class StoreManager:
 
     # side-effect ledger
 
+    @contextlib.asynccontextmanager
+    async def permission_set_lock(self, arn: str) -> AsyncIterator[None]:
+        name = permission_set_lock_name(arn)
+        # this process's tasks queue here, so each waits on no database connection
+        async with self._locks.hold(name), self.c.hold_lock(name):
+            yield
+
     async def ledger_get(self, key: str) -> LedgerEntry | None:
         row = await self.c.one("ledger_get", key=key)
         return None if row is None else self._ledger(row)
@@ -596,6 +610,9 @@ class StoreManager:
         if row is None:
             raise NotFound(f"no ledger entry {key!r}")
         return self._ledger(row)
+
+    async def ledger_intents(self, case_id: str) -> list[LedgerEntry]:
+        return [self._ledger(row) for row in await self.c.all("ledger_intents_of", case_id=case_id)]
 
     # operator tasks
 

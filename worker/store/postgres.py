@@ -58,6 +58,9 @@ WORK_CHANNEL = "offboard_work"
 #: pg_advisory_xact_lock key held while migrating ("offboard" in ASCII).
 MIGRATION_LOCK = 0x6F6666626F617264
 
+#: How often a lock held by another replica is tried again (`hold_lock`).
+LOCK_POLL = 0.05
+
 #: A migration step that SQL alone cannot express: it gets the migrating connection,
 #: inside the migration's transaction.
 PythonMigration = Callable[[Any], Awaitable[None]]
@@ -468,6 +471,39 @@ class PostgresConnector(_Queries):
             "FROM unnest($1::text[]) AS k ORDER BY 1) AS locks",
             list(names),
         )
+
+    @contextlib.asynccontextmanager
+    async def hold_lock(self, name: str) -> AsyncIterator[None]:
+        """A session advisory lock on a connection of its own, outside the pool: held
+        across provider calls, it must not take a pooled connection from the store's
+        own writes. Should the connection drop, the server lets the lock go.
+
+        Taken by trying every LOCK_POLL seconds, not by a statement that blocks: a
+        worker whose lease is lost cancels its step, and a cancelled wait must end at
+        once as a cancellation (a blocked statement ends as the server's "canceling
+        statement", which would read as a store failure)."""
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
+        except (*_UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise self._error(exc, "connecting to lock") from self._cause(exc)
+        try:
+            while True:
+                try:
+                    taken = await conn.fetchval(
+                        "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", name
+                    )
+                except (*_UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    raise self._error(exc, "locking") from self._cause(exc)
+                if taken:
+                    break
+                await asyncio.sleep(LOCK_POLL)
+            yield
+        finally:
+            # closing the session releases its advisory locks
+            try:
+                await asyncio.wait_for(conn.close(), 5)
+            except Exception:
+                conn.terminate()
 
     # what PostgreSQL stores differently
 

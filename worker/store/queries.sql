@@ -119,6 +119,9 @@ ON CONFLICT (key) DO UPDATE SET key = excluded.key RETURNING *
 -- name: ledger_applied
 UPDATE side_effects SET state = 'applied', applied_at = COALESCE(applied_at, :now)
 WHERE key = :key RETURNING *
+-- name: ledger_intents_of
+SELECT * FROM side_effects WHERE case_id = :case_id AND state = 'intent'
+ORDER BY requested_at, key
 -- name: task_open
 INSERT INTO operator_tasks (case_id, step_id, title, instructions, console_url, subject,
                             opened_at)

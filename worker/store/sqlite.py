@@ -493,6 +493,11 @@ class SqliteConnector:
     async def lock_admission(self, tx: Runner, names: Sequence[str]) -> None:
         """Nothing to do: BEGIN IMMEDIATE already serialises every writer."""
 
+    @contextlib.asynccontextmanager
+    async def hold_lock(self, name: str) -> AsyncIterator[None]:
+        """Nothing more to do: one process uses the file, and its tasks already queue."""
+        yield
+
     async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
         """True once this process made work since the last True; other processes'
         work is not seen (their cases are found by polling)."""
