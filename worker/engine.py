@@ -37,7 +37,7 @@ from worker.countdown import (
     inputs_from_evidence,
 )
 from worker.domain import Case, CaseStatus, StepStatus, Timer
-from worker.errors import PermanentError, StoreError, TransientError
+from worker.errors import PermanentError, StoreError, StoreUnavailable, TransientError
 from worker.ledger import Ledger
 from worker.metrics import Metrics
 from worker.notify import LogNotifier, Notification, Notifier, deliver
@@ -123,13 +123,26 @@ class Engine:
         self, case_id: str, steps: asyncio.Task[CaseStatus], lost: asyncio.Event
     ) -> None:
         interval = self.settings.lease_seconds / 3
+        # the lease as this worker last renewed it (claimed just now), in monotonic time
+        held_until = time.monotonic() + self.settings.lease_seconds
         while not steps.done():
             await asyncio.sleep(interval)
             if steps.done():
                 return
-            held = await self.store.heartbeat(
-                case_id, self.worker_id, self.clock.now(), self.settings.lease_seconds
-            )
+            sent = time.monotonic()
+            try:
+                held = await self.store.heartbeat(
+                    case_id, self.worker_id, self.clock.now(), self.settings.lease_seconds
+                )
+            except StoreUnavailable as exc:
+                # The database is away: the step goes on while the lease surely holds;
+                # past it, another worker may have taken the case, so stop as if lost.
+                log.warning("heartbeat_failed", error=str(exc))
+                held = time.monotonic() + interval < held_until
+                if held:
+                    continue
+            else:
+                held_until = sent + self.settings.lease_seconds
             if not held:
                 # A stalled worker must not run a step beside the one that took over.
                 log.error("lease_lost")

@@ -45,7 +45,7 @@ from worker.domain import (
     StepStatus,
     Timer,
 )
-from worker.errors import CaseStarted, NotFound, PermanentError, StoreError
+from worker.errors import CaseStarted, NotFound, PermanentError, StoreError, StoreUnavailable
 from worker.notify import Notification
 from worker.providers import policy
 from worker.providers.base import IdentityCenterUser, IdpUser, InlinePolicy, PlannedCall
@@ -122,6 +122,8 @@ def _recorded(
     async def recorded(self: InMemoryStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
         if not self._open:
             raise StoreError("store is not open")
+        if self.unavailable:
+            raise StoreUnavailable("the in-memory store is switched unavailable (a test's outage)")
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
@@ -145,6 +147,9 @@ class InMemoryStore:
         #: every method called, in order (procrastinate's `InMemoryConnector.queries`)
         self.calls: list[StoreCall] = []
         self._open = False
+        #: set by a test to stand for a database outage: every operation raises
+        #: StoreUnavailable until it is cleared
+        self.unavailable = False
         self._cases: dict[str, Case] = {}
         self._steps: dict[str, list[StepRecord]] = {}
         self._ledger: dict[str, LedgerEntry] = {}
@@ -609,6 +614,16 @@ class InMemoryStore:
     @_recorded
     async def next_timer_due(self) -> datetime | None:
         return min((t.due_at for t in self._timers.values() if t.fired_at is None), default=None)
+
+    @_recorded
+    async def next_case_due(self, now: datetime) -> datetime | None:
+        at = _stored(now)
+        dues = [
+            c.run_after if c.status is CaseStatus.PENDING else c.lease_expires_at
+            for c in self._cases.values()
+            if c.status in (CaseStatus.PENDING, CaseStatus.RUNNING)
+        ]
+        return min((due for due in dues if due is not None and due > at), default=None)
 
     # trigger deliveries and refusals
 

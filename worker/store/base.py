@@ -303,6 +303,9 @@ class Store(Protocol):
 
     async def timers(self, case_id: str) -> list[Timer]: ...
     async def next_timer_due(self) -> datetime | None: ...
+    async def next_case_due(self, now: datetime) -> datetime | None:
+        """The soonest moment after `now` a case becomes claimable: a pending case's
+        `run_after`, a running case's lease lapsing. None if no such moment is known."""
 
     # trigger deliveries and refusals
     async def record_delivery(self, delivery: Delivery) -> tuple[Delivery, bool]:

@@ -583,6 +583,10 @@ class StoreManager:
         row = await self.c.one("timer_next")
         return None if row is None else self.c.time(row["due"])
 
+    async def next_case_due(self, now: datetime) -> datetime | None:
+        row = await self.c.one("case_next_due", now=now)
+        return None if row is None else self.c.time(row["due"])
+
     # trigger deliveries and refusals
 
     async def record_delivery(self, delivery: Delivery) -> tuple[Delivery, bool]:

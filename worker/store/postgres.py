@@ -39,7 +39,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from worker.errors import StoreError
+from worker.errors import StoreError, StoreUnavailable
 from worker.logging import describe_dsn, dsn_secrets
 from worker.store.base import NewEvent, chain_time, event_hash, genesis_hash
 from worker.store.manager import Row, Runner, StoreManager, migrate, queries, take_signal
@@ -309,7 +309,7 @@ class PostgresConnector(_Queries):
         if isinstance(exc, _UNREACHABLE) or (
             isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
         ):
-            return StoreError(f"PostgreSQL at {self.where} is unreachable{action}: {detail}")
+            return StoreUnavailable(f"PostgreSQL at {self.where} is unreachable{action}: {detail}")
         return StoreError(f"PostgreSQL at {self.where} refused the operation{action}: {detail}")
 
     def _cause(self, exc: BaseException) -> BaseException | None:

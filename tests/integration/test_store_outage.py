@@ -1,0 +1,126 @@
+"""The database going away under a running worker (a restart, a managed failover):
+the worker pauses claiming, reports itself not ready, waits for the database, and
+resumes its cases without repeating a provider call already made. No exit.
+
+The outage here is the SQLite connector refusing every statement with
+StoreUnavailable, as the PostgreSQL connector does when its server is gone (the real
+`kill -9` of PostgreSQL: tests/acceptance/test_store_restart.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from tests.flows import mutations
+from worker.cases import open_case
+from worker.domain import CaseStatus
+from worker.errors import StoreUnavailable
+from worker.runtime import Runtime
+from worker.sandbox import Sandbox, SeededUser
+from worker.sandbox.common import FaultRule
+from worker.store.sqlite import SqliteStore
+from worker.worker import Worker
+
+
+class Outage:
+    """Switches a SQLite store's connector unreachable and back."""
+
+    def __init__(self, store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        assert isinstance(store, SqliteStore)
+        self.down = False
+        connector = store.connector
+        for name in ("_one", "_all", "run", "many"):
+            monkeypatch.setattr(connector, name, self._guard(getattr(connector, name)))
+        begin = connector._begin
+
+        @contextlib.asynccontextmanager
+        async def guarded_begin(sql: str) -> Any:
+            self._check()
+            async with begin(sql) as tx:
+                yield tx
+
+        monkeypatch.setattr(connector, "_begin", guarded_begin)
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("the test's database is down")
+
+    def _guard(self, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            self._check()
+            return await method(*args, **kwargs)
+
+        return guarded
+
+    @contextlib.contextmanager
+    def during(self) -> Iterator[None]:
+        self.down = True
+        try:
+            yield
+        finally:
+            self.down = False
+
+
+async def until(condition: Callable[[], Any], what: str) -> None:
+    """Wait for `condition` (bounded so a broken worker fails instead of hanging)."""
+    for _ in range(1000):
+        if await condition() if asyncio.iscoroutinefunction(condition) else condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_a_worker_rides_out_an_outage_mid_step_and_resumes_without_repeating(
+    runtime: Runtime, sandbox: Sandbox, leaver: SeededUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outage = Outage(runtime.store, monkeypatch)
+    # the deactivation is under way when the database goes
+    sandbox.faults.add(FaultRule(endpoint="okta.deactivate", kind="latency", delay=0.3, count=1))
+    case, _ = await open_case(runtime, runtime.playbook("leaver"), leaver.login, {})
+    worker = Worker(runtime)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(worker.run(stop))
+    await until(lambda: sandbox.audit.calls.get("okta.deactivate"), "the deactivation started")
+
+    with outage.during():
+        await until(lambda: not worker.available, "the worker saw the outage")
+        await until(lambda: not worker._running, "the case's run stopped at the store")
+        await asyncio.sleep(0.3)  # several of the worker's tries of the database fail
+        assert not loop.done(), "the worker exited on a database outage"
+        assert not worker.available
+
+    async def waiting() -> bool:
+        return (await runtime.store.get_case(case.id)).status is CaseStatus.WAITING
+
+    await until(waiting, "the case resumed and reached the operator task")
+    assert worker.available
+    stop.set()
+    await asyncio.wait_for(loop, 10)
+
+    # the deactivation made before the outage was found by reading, not sent again
+    assert mutations(sandbox).count("okta.deactivate") == 1
+    assert mutations(sandbox)[:3] == ["okta.deactivate", "okta.clear_sessions", "scim.patch_user"]
+
+
+async def test_an_idle_worker_wakes_when_a_dead_workers_lease_lapses(
+    runtime: Runtime, leaver: SeededUser
+) -> None:
+    """Not after its poll interval: at the lease's end (and at a deferred case's
+    run_after), whichever comes first."""
+    worker = Worker(runtime)
+    worker.poll = 3600.0
+    now = runtime.clock.now()
+    case, _ = await open_case(runtime, runtime.playbook("leaver"), leaver.login, {})
+    assert await runtime.store.claim_case(case.id, "dead-worker", now, 40) is not None
+
+    assert 0 < await worker.idle_seconds() <= 40
+
+    await runtime.store.release_case(
+        case.id, "dead-worker", CaseStatus.PENDING, now, run_after=now + timedelta(seconds=15)
+    )
+    assert 0 < await worker.idle_seconds() <= 15
