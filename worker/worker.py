@@ -104,11 +104,19 @@ class Worker:
         matches only a lease still ours), not after it lapses; their step in flight
         resumes through the ledger's read. A final re-read it stopped is retried."""
         for case_id in list(self._orphans):
-            await self.store.release_case(
-                case_id, self.engine.worker_id, CaseStatus.PENDING, self.clock.now()
-            )
+            try:
+                await self.store.release_case(
+                    case_id, self.engine.worker_id, CaseStatus.PENDING, self.clock.now()
+                )
+            except (StoreUnavailable, StoreCorrupt):
+                raise
+            except StoreError:
+                # no longer ours: its own release committed before the connection went,
+                # or the lease lapsed and another worker took it
+                log.info("case_not_held_after_outage", case_id=case_id)
+            else:
+                log.info("case_released_after_outage", case_id=case_id)
             self._orphans.discard(case_id)
-            log.info("case_released_after_outage", case_id=case_id)
         while self._finals:
             await self._retry_final(self._finals[0])
             self._finals.pop(0)

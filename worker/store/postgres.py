@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import cache
@@ -177,6 +178,9 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,  # class 08, and the connection dropping mid-query
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, not yet accepting
     asyncpg.exceptions.TooManyConnectionsError,
+    # a pooled connection left mid-protocol by the server's going ("cannot switch to
+    # state ...; another operation is in progress")
+    asyncpg.exceptions.InternalClientError,
 )
 #: errors that mean the server answered but will not let us in
 _REFUSED_LOGIN: tuple[type[BaseException], ...] = (
@@ -351,6 +355,9 @@ class PostgresConnector(_Queries):
     async def open(self) -> None:
         if self._pool is not None:
             return
+        # The worker reports an outage itself (store_unavailable, store_available); the
+        # pool's traceback at each try to reconnect its idle floor adds nothing.
+        logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
         try:
             self._pool = await asyncpg.create_pool(
                 self._dsn,
