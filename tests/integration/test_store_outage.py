@@ -12,18 +12,22 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from tests.flows import mutations
 from worker.cases import open_case
+from worker.config import parse_config
 from worker.domain import CaseStatus
 from worker.errors import StoreUnavailable
-from worker.runtime import Runtime
+from worker.runtime import Runtime, open_runtime
 from worker.sandbox import Sandbox, SeededUser
 from worker.sandbox.common import FaultRule
 from worker.store.sqlite import SqliteStore
+from worker.web.app import build_app
 from worker.worker import Worker
 
 
@@ -124,3 +128,35 @@ async def test_an_idle_worker_wakes_when_a_dead_workers_lease_lapses(
         case.id, "dead-worker", CaseStatus.PENDING, now, run_after=now + timedelta(seconds=15)
     )
     assert 0 < await worker.idle_seconds() <= 15
+
+
+async def test_webhooks_during_an_outage_get_503_with_retry_after_and_then_202(
+    config_data: dict[str, Any],
+    tmp_path: Path,
+    leaver: SeededUser,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sender retries a 503 (never a 500): the same delivery, once the database is
+    back, creates the case."""
+    from tests.integration import test_server as server
+
+    for name, value in {"T_API_TOKEN": server.API_TOKEN, "T_WHSEC": server.WHSEC}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("T_WHSEC_OLD", "T_PD", "T_BEARER"):
+        monkeypatch.setenv(name, "x" * 40)
+    config = parse_config(server.server_settings(config_data), "test")
+    async with open_runtime(config, base_dir=tmp_path) as runtime:
+        outage = Outage(runtime.store, monkeypatch)
+        async with TestClient(TestServer(build_app(runtime, run_worker=False))) as http:
+            body, headers = server.signed(server.termination(leaver.login))
+            with outage.during():
+                refused = await http.post("/v1/hooks/hr/hris", data=body, headers=headers)
+                assert refused.status == 503, await refused.text()
+                assert refused.headers["Retry-After"].isdigit()
+                assert (await refused.json())["status"] == 503
+                ready = await http.get("/readyz")
+                assert ready.status == 503 and "Retry-After" in ready.headers
+            again = await http.post("/v1/hooks/hr/hris", data=body, headers=headers)
+            assert again.status == 202, await again.text()
+            assert (await again.json())["outcome"] == "created"
+            assert (await http.get("/readyz")).status == 200
