@@ -263,7 +263,8 @@ class Worker:
         case_id = self._case_of.pop(task, None)
         error = None if task.cancelled() else task.exception()
         if isinstance(error, StoreUnavailable) and case_id is not None:
-            # released once the database is back (_outage), and not logged per case
+            # released once the database is back (_after_outage)
+            log.warning("case_run_cut_short", case_id=case_id, reason="store unavailable")
             self._orphans.add(case_id)
         elif isinstance(error, StoreCorrupt):
             self._stop_on_corruption(error)
