@@ -267,9 +267,12 @@ class Engine:
             # every automated step is done; containment waits for the operator only
             return await self._wait(case, still_open, None)
         await self.store.release_case(
-            case.id, self.worker_id, CaseStatus.CONTAINED, self.clock.now()
+            case.id,
+            self.worker_id,
+            CaseStatus.CONTAINED,
+            self.clock.now(),
+            event=("case_contained", {}),
         )
-        await self._event(case, "case_contained", None, {})
         log.info("case_contained")
         return CaseStatus.CONTAINED
 

@@ -352,10 +352,13 @@ class InMemoryStore:
         *,
         run_after: datetime | None = None,
         halt_reason: str | None = None,
+        event: tuple[str, dict[str, Any]] | None = None,
     ) -> None:
         case = self._cases.get(case_id)
         if case is None or case.lease_owner != worker_id:
             raise StoreError(f"case {case_id} is not held by worker {worker_id}")
+        if event is not None:
+            _json(event[1])  # fails before the case is written, as a rolled-back transaction
         self._cases[case_id] = replace(
             case,
             status=status,
@@ -365,6 +368,8 @@ class InMemoryStore:
             lease_expires_at=None,
             updated_at=_stored(now),
         )
+        if event is not None:
+            self._append(case_id, event[0], now, None, event[1])
 
     @_recorded
     async def find_open_case(self, subject: str, playbook: str) -> Case | None:

@@ -966,6 +966,20 @@ class StoreContract:
     async def test_next_timer_due_is_none_without_timers(self, store: Store) -> None:
         assert await store.next_timer_due() is None
 
+    async def test_a_release_with_an_event_writes_both_or_neither(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), at(0))
+        await store.claim_case(case.id, "w1", at(0), LEASE)
+        with pytest.raises(StoreError):
+            await store.release_case(
+                case.id, "w2", CaseStatus.CONTAINED, at(1), event=("case_contained", {})
+            )
+        await store.release_case(
+            case.id, "w1", CaseStatus.CONTAINED, at(2), event=("case_contained", {})
+        )
+        assert (await store.get_case(case.id)).status is CaseStatus.CONTAINED
+        kinds = [e.kind for e in await store.events(case.id)]
+        assert kinds.count("case_contained") == 1 and kinds[-1] == "case_contained"
+
     async def test_next_case_due_is_the_soonest_lease_end_or_run_after(self, store: Store) -> None:
         """What an idle worker waits for when no notification will come."""
         assert await store.next_case_due(at(0)) is None

@@ -233,7 +233,11 @@ class Store(Protocol):
         *,
         run_after: datetime | None = None,
         halt_reason: str | None = None,
-    ) -> None: ...
+        event: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Hand the case back in `status`, with `event` (kind, data) on its timeline in
+        the same write; StoreError if this worker does not hold it."""
+
     async def find_open_case(self, subject: str, playbook: str) -> Case | None:
         """The case of this playbook for this person that has not finished, if any."""
 
