@@ -122,27 +122,30 @@ class Engine:
     async def _heartbeat(
         self, case_id: str, steps: asyncio.Task[CaseStatus], lost: asyncio.Event
     ) -> None:
-        interval = self.settings.lease_seconds / 3
-        # the lease as this worker last renewed it (claimed just now), in monotonic time
-        held_until = time.monotonic() + self.settings.lease_seconds
+        lease = self.settings.lease_seconds
+        interval = lease / 3
+        # The lease as this worker last renewed it (claimed just now), in monotonic
+        # time, less a margin: past it another worker may take the case, so the step
+        # stops there even when no heartbeat could say so (the database away, slow).
+        held_until = time.monotonic() + lease - interval / 2
         while not steps.done():
-            await asyncio.sleep(interval)
+            await asyncio.sleep(max(0.0, min(interval, held_until - time.monotonic())))
             if steps.done():
                 return
             sent = time.monotonic()
-            try:
-                held = await self.store.heartbeat(
-                    case_id, self.worker_id, self.clock.now(), self.settings.lease_seconds
-                )
-            except StoreUnavailable as exc:
-                # The database is away: the step goes on while the lease surely holds;
-                # past it, another worker may have taken the case, so stop as if lost.
-                log.warning("heartbeat_failed", error=str(exc))
-                held = time.monotonic() + interval < held_until
-                if held:
+            held = sent < held_until
+            if held:
+                try:
+                    held = await asyncio.wait_for(
+                        self.store.heartbeat(case_id, self.worker_id, self.clock.now(), lease),
+                        held_until - sent,
+                    )
+                except (StoreUnavailable, TimeoutError) as exc:
+                    # the step goes on while the lease surely holds; tried again then
+                    log.warning("heartbeat_failed", error=str(exc) or type(exc).__name__)
                     continue
-            else:
-                held_until = sent + self.settings.lease_seconds
+                else:
+                    held_until = sent + lease - interval / 2
             if not held:
                 # A stalled worker must not run a step beside the one that took over.
                 log.error("lease_lost")
@@ -177,8 +180,10 @@ class Engine:
                 record = await self.store.start_step(
                     case.id, index, self.worker_id, self.clock.now()
                 )
-                await self._event(case, "step_started", step.id, {"attempt": record.attempts})
+                # logged first: an event committed just as the connection went must
+                # still have the line that names this worker's attempt
                 log.info("step_started", attempt=record.attempts)
+                await self._event(case, "step_started", step.id, {"attempt": record.attempts})
                 ctx = StepContext(
                     case=case,
                     step=step,
