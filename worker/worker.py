@@ -104,6 +104,9 @@ class Worker:
         matches only a lease still ours), not after it lapses; their step in flight
         resumes through the ledger's read. A final re-read it stopped is retried."""
         for case_id in list(self._orphans):
+            if case_id in self._case_of.values():
+                self._orphans.discard(case_id)  # claimed and running here again
+                continue
             try:
                 await self.store.release_case(
                     case_id, self.engine.worker_id, CaseStatus.PENDING, self.clock.now()
@@ -140,6 +143,12 @@ class Worker:
             )
             if case is None:
                 break
+            if case.id in self._case_of.values():
+                # Its lease lapsed under this very process (a heartbeat too late) and the
+                # claim renewed it: the run under way goes on; a second one would run
+                # steps beside it under the same worker id, which no lease check tells apart.
+                log.warning("case_already_running_here", case_id=case.id)
+                continue
             task: asyncio.Task[object] = asyncio.create_task(self.engine.run_claimed(case))
             self._running.add(task)
             self._case_of[task] = case.id

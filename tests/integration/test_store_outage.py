@@ -160,3 +160,34 @@ async def test_webhooks_during_an_outage_get_503_with_retry_after_and_then_202(
             assert again.status == 202, await again.text()
             assert (await again.json())["outcome"] == "created"
             assert (await http.get("/readyz")).status == 200
+
+
+async def test_a_case_reclaimed_by_the_process_still_running_it_is_not_run_twice(
+    runtime: Runtime, leaver: SeededUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load a heartbeat can come too late: the lease lapses and this same
+    worker's next claim takes the case again. Two runs under one worker id would pass
+    every lease check together (the chaos run saw a later step start before an
+    earlier one finished); the run under way goes on alone."""
+    case, _ = await open_case(runtime, runtime.playbook("leaver"), leaver.login, {})
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def a_long_run(claimed: Any) -> CaseStatus:
+        started.append(claimed.id)
+        await release.wait()
+        return CaseStatus.RUNNING
+
+    monkeypatch.setattr(runtime.engine, "run_claimed", a_long_run)
+    worker = Worker(runtime)
+    assert await worker.tick() is True
+    # the lease lapses under the run (the clock jumps past it) and the claim renews it
+    later = runtime.clock.now() + timedelta(seconds=runtime.engine.settings.lease_seconds + 1)
+    monkeypatch.setattr(worker.clock, "now", lambda: later)
+    await worker.tick()
+    await asyncio.sleep(0)
+
+    assert started == [case.id]
+    assert (await runtime.store.get_case(case.id)).lease_owner == worker.engine.worker_id
+    release.set()
+    await worker.drain()
