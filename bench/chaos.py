@@ -1336,7 +1336,8 @@ async def run(opts: Options) -> Report:
         if opts.backend == "postgres":
             from tests.pg import start_cluster
 
-            cluster = await asyncio.to_thread(start_cluster)
+            # killed by --pg-restarts: a commit acknowledged must survive, as in production
+            cluster = await asyncio.to_thread(start_cluster, durable=opts.pg_restarts > 0)
             env[DSN_ENV] = os.environ[DSN_ENV] = cluster.dsn()
             _say(opts, f"postgres: {cluster.dsn()} (started in {cluster.startup_seconds:.1f} s)")
         data = config_data(sandbox, opts, run_dir)

@@ -62,6 +62,8 @@ class Cluster:
     database: str
     #: seconds from initdb to accepting connections
     startup_seconds: float
+    #: commits acknowledged only once in the WAL: they survive a `kill -9` of the server
+    durable: bool = False
 
     @property
     def data_dir(self) -> Path:
@@ -146,9 +148,10 @@ def _run(cmd: list[str], *, cwd: Path, what: str, log: Path | None = None) -> No
         )
 
 
-def start_cluster(database: str = DATABASE) -> Cluster:
+def start_cluster(database: str = DATABASE, *, durable: bool = False) -> Cluster:
     """initdb and start a cluster with an empty `database`; the caller must
-    `stop_cluster` it."""
+    `stop_cluster` it. `durable`: synchronous_commit on, for a cluster that is killed
+    (`kill_cluster`): off, a commit already acknowledged may be lost in the crash."""
     bin_dir = pg_bin_dir()
     _run_as()  # fails early, before making anything, without a postgres user under root
     started = time.monotonic()
@@ -181,7 +184,7 @@ def start_cluster(database: str = DATABASE) -> Cluster:
         for _ in range(5):  # another process may take the free port before we bind it
             port = _free_port()
             try:
-                _pg_ctl_start(bin_dir, root, port)
+                _pg_ctl_start(bin_dir, root, port, durable=durable)
             except PostgresUnavailable as exc:
                 last_error = exc
                 if "could not bind" not in str(exc) and "already in use" not in str(exc):
@@ -215,6 +218,7 @@ def start_cluster(database: str = DATABASE) -> Cluster:
                 bin_dir=bin_dir,
                 database=database,
                 startup_seconds=time.monotonic() - started,
+                durable=durable,
             )
         assert last_error is not None
         raise last_error
@@ -223,7 +227,7 @@ def start_cluster(database: str = DATABASE) -> Cluster:
         raise
 
 
-def _pg_ctl_start(bin_dir: Path, root: Path, port: int) -> None:
+def _pg_ctl_start(bin_dir: Path, root: Path, port: int, *, durable: bool) -> None:
     options = " ".join(
         f"-c {setting}"
         for setting in (
@@ -231,7 +235,7 @@ def _pg_ctl_start(bin_dir: Path, root: Path, port: int) -> None:
             f"port={port}",
             f"unix_socket_directories={root}",
             "fsync=off",
-            "synchronous_commit=off",
+            f"synchronous_commit={'on' if durable else 'off'}",
             "full_page_writes=off",
             "max_connections=200",
         )
@@ -277,7 +281,7 @@ def restart_cluster(cluster: Cluster) -> None:
     last: PostgresUnavailable | None = None
     for _ in range(50):
         try:
-            _pg_ctl_start(cluster.bin_dir, cluster.root, cluster.port)
+            _pg_ctl_start(cluster.bin_dir, cluster.root, cluster.port, durable=cluster.durable)
             return
         except PostgresUnavailable as exc:
             last = exc

@@ -34,7 +34,7 @@ from worker.report import (
     task_text,
     timeline,
 )
-from worker.runtime import Runtime, open_runtime
+from worker.runtime import STARTUP_STORE_WAIT_SECONDS, Runtime, open_runtime
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WAITING = 0, 1, 2, 3
 DEFAULT_CONFIG = "config/offboard.yaml"
@@ -200,7 +200,11 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await _bulk(config, args, base_dir)
     if args.command == "run" and args.dry_run:
         return await _dry_run(config, args, base_dir)
-    async with open_runtime(config, base_dir=base_dir, clock=_clock()) as runtime:
+    # the long-running commands ride out a database restart at start too
+    wait = STARTUP_STORE_WAIT_SECONDS if args.command in ("worker", "serve") else 0.0
+    async with open_runtime(
+        config, base_dir=base_dir, clock=_clock(), wait_for_store=wait
+    ) as runtime:
         if args.command == "worker":
             return await _run_worker(runtime)
         if args.command == "serve":
@@ -293,7 +297,11 @@ async def _bulk(config: Config, args: argparse.Namespace, base_dir: Path) -> int
         return EXIT_BAD_INPUT
     # before the store is opened: a missing playbook changes nothing either
     load_playbook(find_playbook(args.playbook, [base_dir / d for d in config.playbook_dirs]))
-    async with open_runtime(config, base_dir=base_dir, clock=_clock()) as runtime:
+    # the long-running commands ride out a database restart at start too
+    wait = STARTUP_STORE_WAIT_SECONDS if args.command in ("worker", "serve") else 0.0
+    async with open_runtime(
+        config, base_dir=base_dir, clock=_clock(), wait_for_store=wait
+    ) as runtime:
         playbook = runtime.playbook(args.playbook)
         entries = await bulk.enqueue(
             runtime, playbook, parsed.rows, file=str(path), by=args.by or getpass.getuser()

@@ -31,7 +31,7 @@ CASES = 6
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
     """A cluster of this test's own: it is killed and restarted."""
-    started = start_cluster()
+    started = start_cluster(durable=True)  # a commit acknowledged survives the kill
     try:
         yield started
     finally:
@@ -109,3 +109,46 @@ async def test_the_worker_rides_out_two_postgres_restarts_and_finishes_its_cases
     # every automated containment step ran for every person (the portal waits for a human)
     for action in CONTAINMENT_ORDER[:3]:
         assert len({e.target for e in sandbox.audit.entries(action=action)}) == CASES, action
+
+
+@pytest.mark.timeout(120)
+async def test_a_worker_started_while_postgres_is_down_waits_for_it(
+    cluster: Cluster, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A replica restarted during a restart or a failover waits (up to a minute) for
+    the database rather than exit; a refused login or a bad DSN still exit 2 at once."""
+    data = fast_settings(sandbox.config_data(sqlite_path=str(tmp_path / "unused.db")))
+    data["store"] = {"postgres": {"env": DSN_ENV}}
+    config_path = write_config(tmp_path / "offboard.yaml", data)
+    env = environment({**sandbox.environment(), DSN_ENV: cluster.dsn()})
+    log_path = tmp_path / "worker.log"
+    await asyncio.to_thread(kill_cluster, cluster)
+    with log_path.open("wb") as log:
+        worker = await asyncio.create_subprocess_exec(
+            OFFBOARD,
+            "--config",
+            str(config_path),
+            "worker",
+            env=env,
+            cwd=tmp_path,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            for _ in range(1000):
+                if "store_unavailable_at_start" in log_path.read_text():
+                    break
+                await asyncio.sleep(0.01)
+            assert worker.returncode is None, log_path.read_text()
+            await asyncio.to_thread(restart_cluster, cluster)
+            for _ in range(3000):
+                if "worker_started" in log_path.read_text() or worker.returncode is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert "worker_started" in log_path.read_text(), log_path.read_text()
+        finally:
+            if worker.returncode is None:
+                worker.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(worker.wait(), 60)
+    assert worker.returncode == 0, log_path.read_text()
