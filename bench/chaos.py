@@ -94,6 +94,7 @@ from worker.cases import confirm_task, open_case  # noqa: E402
 from worker.clock import OffsetClock  # noqa: E402
 from worker.config import parse_config  # noqa: E402
 from worker.domain import Case, CaseEvent, CaseStatus, OperatorTask, StepStatus, Timer  # noqa: E402
+from worker.errors import StoreUnavailable  # noqa: E402
 from worker.runtime import Runtime, open_runtime  # noqa: E402
 from worker.sandbox import Sandbox, SeededUser  # noqa: E402
 from worker.sandbox.common import FaultRule  # noqa: E402
@@ -124,6 +125,9 @@ TERMINAL_LOGS = (
     "case_halted",
     "step_crashed",
     "case_run_failed",
+    # the database went away under the step (--pg-restarts), or the lease lapsed meanwhile
+    "case_run_cut_short",
+    "lease_lost",
 )
 #: worker log lines written as a case is released on purpose
 RELEASE_LOGS = ("case_contained", "case_waiting_for_operator", "step_deferred", "case_halted")
@@ -156,6 +160,10 @@ class Options:
     keep: bool = False
     json_path: Path | None = None
     quiet: bool = False
+    #: PostgreSQL killed (`kill -9` of the postmaster) and restarted this often mid-run
+    pg_restarts: int = 0
+    #: seconds PostgreSQL stays down each time
+    pg_down: float = 3.0
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -187,11 +195,20 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--keep", action="store_true", help="keep the run directory")
     p.add_argument("--json", type=Path, default=None, help="write the report here too")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--pg-restarts",
+        type=int,
+        default=0,
+        help="kill -9 PostgreSQL's postmaster this often mid-run, and start it again",
+    )
+    p.add_argument("--pg-down", type=float, default=3.0, help="seconds PostgreSQL stays down")
     a = p.parse_args(argv)
     if a.workers < 1 or a.cases < 1 or a.kills < 0 or not 0 <= a.fault_rate < 1:
         p.error("need --workers >= 1, --cases >= 1, --kills >= 0, 0 <= --fault-rate < 1")
     if not 0 <= a.shared_incidents <= a.cases:
         p.error("need 0 <= --shared-incidents <= --cases")
+    if a.pg_restarts and a.backend != "postgres":
+        p.error("--pg-restarts needs --backend postgres")
     if a.backend == "sqlite" and a.workers != 1:
         p.error("SQLite is one process's store: --backend sqlite needs --workers 1")
     return Options(
@@ -211,6 +228,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         keep=a.keep,
         json_path=a.json,
         quiet=a.quiet,
+        pg_restarts=a.pg_restarts,
+        pg_down=a.pg_down,
     )
 
 
@@ -504,7 +523,11 @@ class Operator:
         """--eager-operator: look for new tasks every few milliseconds, so that some
         confirmations land between the task's opening and its case's release."""
         while not stop.is_set():
-            for task in await self.runtime.store.open_tasks():
+            try:
+                open_tasks = await self.runtime.store.open_tasks()
+            except StoreUnavailable:  # --pg-restarts: look again once it is back
+                open_tasks = []
+            for task in open_tasks:
                 if task.step_id == PORTAL_STEP and task.case_id not in self.handled:
                     self.handled.add(task.case_id)
                     job = asyncio.create_task(self._act(task, 0.0))
@@ -527,7 +550,8 @@ class Operator:
             except aiohttp.ClientError as exc:
                 self.errors.append(f"{task.case_id}: console delete attempt {attempt}: {exc}")
                 await asyncio.sleep(0.2)
-        for attempt in range(20):
+        # long enough to outlast a database restart (--pg-restarts)
+        for attempt in range(100):
             try:
                 await confirm_task(self.runtime, task.case_id, PORTAL_STEP, "chaos-operator")
                 self.confirmed_at[task.case_id] = time.monotonic()
@@ -1211,6 +1235,135 @@ def longest_stall(
     }
 
 
+@dataclass(kw_only=True)
+class Outage:
+    """One `kill -9` of PostgreSQL, in harness seconds (monotonic, from the start)."""
+
+    killed_s: float
+    restarted_s: float
+    #: the wall clock (the store's timestamps) at the kill and at the restart
+    killed_wall: float
+    restarted_wall: float
+
+    def as_json(self, data: list[CaseData], began_clock: float) -> dict[str, Any]:
+        """The outage, and how long after the restart the first step started."""
+        after = sorted(
+            e.at.timestamp()
+            for d in data
+            for e in d.events
+            if e.kind == "step_started" and e.at.timestamp() >= self.killed_wall
+        )
+        first = next(iter(after), None)
+        return {
+            "killed_at_s": round(self.killed_s, 1),
+            "down_s": round(self.restarted_s - self.killed_s, 1),
+            "first_step_started_after_restart_s": (
+                None if first is None else round(first - self.restarted_wall, 2)
+            ),
+            "no_step_started_for_s": None if first is None else round(first - self.killed_wall, 2),
+        }
+
+
+async def restart_database(
+    cluster: Any,
+    workers: Workers,
+    opts: Options,
+    rng: random.Random,
+    outages: list[Outage],
+    began: float,
+) -> None:
+    """--pg-restarts: `kill -9` of the postmaster at seeded moments while the workers
+    run, down --pg-down seconds each time, then started again on its port."""
+    from tests.pg import kill_cluster, restart_cluster
+
+    for _ in range(opts.pg_restarts):
+        # mid-run: every worker up and at work (a worker that cannot reach its database
+        # when it starts exits 2 by design: that is a configuration error to show)
+        while not all(Workers.started(i) for i in workers.current.values()):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(rng.uniform(1.0, 3.0))
+        killed_wall, killed = time.time(), time.monotonic() - began
+        pid = await asyncio.to_thread(kill_cluster, cluster)
+        _say(opts, f"  {killed:6.1f}s PostgreSQL (pid {pid}) killed with SIGKILL")
+        await asyncio.sleep(opts.pg_down)
+        await asyncio.to_thread(restart_cluster, cluster)
+        restarted = time.monotonic() - began
+        _say(opts, f"  {restarted:6.1f}s PostgreSQL started again")
+        outages.append(
+            Outage(
+                killed_s=killed,
+                restarted_s=restarted,
+                killed_wall=killed_wall,
+                restarted_wall=time.time(),
+            )
+        )
+
+
+def check_database_restarts(opts: Options, outages: list[Outage], workers: Workers) -> Check:
+    bad = [
+        f"worker slot {i.slot} #{i.number} (pid {i.pid}) exited by itself with "
+        f"{i.returncode}; log {i.log}"
+        for i in workers.unexpected
+    ]
+    if len(outages) != opts.pg_restarts:
+        bad.append(f"{len(outages)} PostgreSQL restarts done, {opts.pg_restarts} asked")
+    down = sum(o.restarted_s - o.killed_s for o in outages)
+    return Check(
+        name="database restarts ridden out",
+        ok=not bad,
+        summary=f"PostgreSQL killed (SIGKILL) and restarted {len(outages)} times, "
+        f"{down:.1f} s down in all; {len(workers.unexpected)} worker(s) exited by themselves",
+        violations=bad,
+    )
+
+
+async def check_corruption_refused(
+    run_dir: Path, data: dict[str, Any], env: dict[str, str]
+) -> Check:
+    """A SQLite file with a damaged page: `offboard worker` refuses it at start (exit 2,
+    the file named, what to do, no traceback), whatever backend the run used."""
+    path = run_dir / "damaged.db"
+    data = {**data, "store": {"sqlite": str(path)}}
+    config = run_dir / "damaged.yaml"
+    config.write_text(yaml.safe_dump(data), encoding="utf-8")
+    env = {k: v for k, v in env.items() if k != DSN_ENV}
+
+    async def offboard(*args: str) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            *worker_command(),
+            "--config",
+            str(config),
+            *args,
+            env=env,
+            cwd=run_dir,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+        return int(process.returncode or 0), out.decode(errors="replace")
+
+    await offboard("cases")  # creates the file and its schema
+    with path.open("r+b") as file:  # garbage over its third page, as a bad disk leaves it
+        file.seek(2 * 4096)
+        file.write(b"\xa5" * 4096)
+    code, out = await offboard("worker")
+    bad = []
+    if code != 2:
+        bad.append(f"offboard worker on a damaged file exited {code}, not 2")
+    if str(path) not in out or "backup" not in out:
+        bad.append(f"the refusal does not name the file and what to do: {out[-400:]!r}")
+    if "Traceback" in out:
+        bad.append("a traceback instead of a message")
+    return Check(
+        name="SQLite corruption refused at start",
+        ok=not bad,
+        summary=f"offboard worker on a damaged SQLite file: exit {code}: "
+        + (out.strip().splitlines() or [""])[-1][:160],
+        violations=bad,
+    )
+
+
 def check_kills(workers: Workers, opts: Options) -> Check:
     bad = [
         f"worker slot {i.slot} #{i.number} (pid {i.pid}) exited by itself with "
@@ -1324,6 +1477,7 @@ async def run(opts: Options) -> Report:
     sandbox = Sandbox(clock=clock, seed=fault_seed)
     cluster: Any = None
     workers: Workers | None = None
+    outages: list[Outage] = []
     try:
         await sandbox.start()
         # The org's own per-minute budget is not under test; injected throttles are.
@@ -1339,7 +1493,8 @@ async def run(opts: Options) -> Report:
         if opts.backend == "postgres":
             from tests.pg import start_cluster
 
-            cluster = await asyncio.to_thread(start_cluster)
+            # killed by --pg-restarts: a commit acknowledged must survive, as in production
+            cluster = await asyncio.to_thread(start_cluster, durable=opts.pg_restarts > 0)
             env[DSN_ENV] = os.environ[DSN_ENV] = cluster.dsn()
             _say(opts, f"postgres: {cluster.dsn()} (started in {cluster.startup_seconds:.1f} s)")
         data = config_data(sandbox, opts, run_dir)
@@ -1399,9 +1554,13 @@ async def run(opts: Options) -> Report:
                 assert workers is not None
                 last_print = 0.0
                 while time.monotonic() < deadline:
-                    cases = await rt.store.list_cases()
-                    await operator.look(cases)
                     await workers.reap()
+                    try:
+                        cases = await rt.store.list_cases()
+                        await operator.look(cases)
+                    except StoreUnavailable:  # --pg-restarts: the harness waits too
+                        await asyncio.sleep(0.2)
+                        continue
                     statuses = Counter(c.status.value for c in cases)
                     if time.monotonic() - last_print > 5:
                         last_print = time.monotonic()
@@ -1418,6 +1577,8 @@ async def run(opts: Options) -> Report:
 
             async def all_contained(cases: list[Case]) -> bool:
                 final = (CaseStatus.CONTAINED, CaseStatus.ACCESS_LAPSED)
+                if not restarts.done():
+                    return False
                 return len(cases) == opts.cases and all(c.status in final for c in cases)
 
             stop1, stop2, stop_eager = asyncio.Event(), asyncio.Event(), asyncio.Event()
@@ -1427,7 +1588,11 @@ async def run(opts: Options) -> Report:
                 else None
             )
             kills1 = asyncio.create_task(killer(phase1_kills, opts.kill_every, stop1))
+            restarts = asyncio.create_task(
+                restart_database(cluster, workers, opts, kill_rng, outages, began)
+            )
             done = await watch(all_contained, "containing")
+            await restarts
             stop_eager.set()
             if eager is not None:
                 await eager
@@ -1499,6 +1664,12 @@ async def run(opts: Options) -> Report:
             resend_check, resend_figures = check_read_before_resend(sandbox, all_data)
             report.checks.append(resend_check)
             report.checks.append(check_no_intent_left(all_data))
+            if opts.pg_restarts:
+                report.checks.append(check_database_restarts(opts, outages, workers))
+            damaged = await check_corruption_refused(
+                run_dir, config_data(sandbox, opts, run_dir), env
+            )
+            report.checks.append(damaged)
             outcomes = Counter(outcome for _, _, outcome in sandbox.audit.requests)
             requests = sum(outcomes.values())
             report.figures = {
@@ -1533,6 +1704,7 @@ async def run(opts: Options) -> Report:
                 "longest_time_no_step_started": longest_stall(
                     all_data, sandbox, workers, began_clock
                 ),
+                "database_outages": [o.as_json(all_data, began_clock) for o in outages],
             }
     finally:
         if workers is not None:

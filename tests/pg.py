@@ -62,6 +62,8 @@ class Cluster:
     database: str
     #: seconds from initdb to accepting connections
     startup_seconds: float
+    #: commits acknowledged only once in the WAL: they survive a `kill -9` of the server
+    durable: bool = False
 
     @property
     def data_dir(self) -> Path:
@@ -146,9 +148,10 @@ def _run(cmd: list[str], *, cwd: Path, what: str, log: Path | None = None) -> No
         )
 
 
-def start_cluster(database: str = DATABASE) -> Cluster:
+def start_cluster(database: str = DATABASE, *, durable: bool = False) -> Cluster:
     """initdb and start a cluster with an empty `database`; the caller must
-    `stop_cluster` it."""
+    `stop_cluster` it. `durable`: synchronous_commit on, for a cluster that is killed
+    (`kill_cluster`): off, a commit already acknowledged may be lost in the crash."""
     bin_dir = pg_bin_dir()
     _run_as()  # fails early, before making anything, without a postgres user under root
     started = time.monotonic()
@@ -180,37 +183,8 @@ def start_cluster(database: str = DATABASE) -> Cluster:
         last_error: PostgresUnavailable | None = None
         for _ in range(5):  # another process may take the free port before we bind it
             port = _free_port()
-            options = " ".join(
-                f"-c {setting}"
-                for setting in (
-                    "listen_addresses=127.0.0.1",
-                    f"port={port}",
-                    f"unix_socket_directories={root}",
-                    "fsync=off",
-                    "synchronous_commit=off",
-                    "full_page_writes=off",
-                    "max_connections=200",
-                )
-            )
             try:
-                _run(
-                    [
-                        str(bin_dir / "pg_ctl"),
-                        "-D",
-                        str(data),
-                        "-l",
-                        str(log),
-                        "-o",
-                        options,
-                        "-w",
-                        "-t",
-                        "60",
-                        "start",
-                    ],
-                    cwd=root,
-                    what="pg_ctl start",
-                    log=log,
-                )
+                _pg_ctl_start(bin_dir, root, port, durable=durable)
             except PostgresUnavailable as exc:
                 last_error = exc
                 if "could not bind" not in str(exc) and "already in use" not in str(exc):
@@ -244,12 +218,76 @@ def start_cluster(database: str = DATABASE) -> Cluster:
                 bin_dir=bin_dir,
                 database=database,
                 startup_seconds=time.monotonic() - started,
+                durable=durable,
             )
         assert last_error is not None
         raise last_error
     except BaseException:
         _stop(bin_dir, root)
         raise
+
+
+def _pg_ctl_start(bin_dir: Path, root: Path, port: int, *, durable: bool) -> None:
+    options = " ".join(
+        f"-c {setting}"
+        for setting in (
+            "listen_addresses=127.0.0.1",
+            f"port={port}",
+            f"unix_socket_directories={root}",
+            "fsync=off",
+            f"synchronous_commit={'on' if durable else 'off'}",
+            "full_page_writes=off",
+            "max_connections=200",
+        )
+    )
+    log = root / "server.log"
+    _run(
+        [
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(root / "data"),
+            "-l",
+            str(log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+        cwd=root,
+        what="pg_ctl start",
+        log=log,
+    )
+
+
+def kill_cluster(cluster: Cluster) -> int:
+    """`kill -9` of the postmaster (by the pid in its own postmaster.pid), as a crash
+    or an OOM kill does; waits until nothing accepts connections on its port. The pid."""
+    pid = int((cluster.data_dir / "postmaster.pid").read_text().splitlines()[0])
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(600):
+        with socket.socket() as probe:
+            probe.settimeout(0.1)
+            if probe.connect_ex(("127.0.0.1", cluster.port)) != 0:
+                return pid
+        time.sleep(0.01)
+    raise PostgresUnavailable(f"PostgreSQL {pid} still accepts connections after SIGKILL")
+
+
+def restart_cluster(cluster: Cluster) -> None:
+    """Start a killed cluster again on its port (crash recovery runs first). The
+    orphaned backends of a killed postmaster may hold its shared memory a moment."""
+    last: PostgresUnavailable | None = None
+    for _ in range(50):
+        try:
+            _pg_ctl_start(cluster.bin_dir, cluster.root, cluster.port, durable=cluster.durable)
+            return
+        except PostgresUnavailable as exc:
+            last = exc
+            time.sleep(0.1)
+    assert last is not None
+    raise last
 
 
 def stop_cluster(cluster: Cluster) -> None:

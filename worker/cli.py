@@ -34,7 +34,7 @@ from worker.report import (
     task_text,
     timeline,
 )
-from worker.runtime import Runtime, open_runtime, playbook_search
+from worker.runtime import STARTUP_STORE_WAIT_SECONDS, Runtime, open_runtime, playbook_search
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WAITING = 0, 1, 2, 3
 DEFAULT_CONFIG = "config/offboard.yaml"
@@ -261,7 +261,11 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if args.command == "run" and args.dry_run:
         return await _dry_run(config, args, base_dir)
-    async with open_runtime(config, base_dir=base_dir, clock=_clock()) as runtime:
+    # the long-running commands ride out a database restart at start too
+    wait = STARTUP_STORE_WAIT_SECONDS if args.command in ("worker", "serve") else 0.0
+    async with open_runtime(
+        config, base_dir=base_dir, clock=_clock(), wait_for_store=wait
+    ) as runtime:
         if args.command == "worker":
             return await _run_worker(runtime)
         if args.command == "serve":
@@ -402,7 +406,11 @@ async def _bulk(config: Config, args: argparse.Namespace, base_dir: Path) -> int
         return EXIT_BAD_INPUT
     # before the store is opened: a missing playbook changes nothing either
     load_playbook(find_playbook(args.playbook, playbook_search(config, base_dir)))
-    async with open_runtime(config, base_dir=base_dir, clock=_clock()) as runtime:
+    # the long-running commands ride out a database restart at start too
+    wait = STARTUP_STORE_WAIT_SECONDS if args.command in ("worker", "serve") else 0.0
+    async with open_runtime(
+        config, base_dir=base_dir, clock=_clock(), wait_for_store=wait
+    ) as runtime:
         playbook = runtime.playbook(args.playbook)
         entries = await bulk.enqueue(
             runtime, playbook, parsed.rows, file=str(path), by=args.by or getpass.getuser()

@@ -37,7 +37,7 @@ from worker.countdown import (
     inputs_from_evidence,
 )
 from worker.domain import Case, CaseStatus, StepStatus, Timer
-from worker.errors import LeaseLost, PermanentError, StoreError, TransientError
+from worker.errors import LeaseLost, PermanentError, StoreError, StoreUnavailable, TransientError
 from worker.ledger import Ledger
 from worker.metrics import Metrics
 from worker.notify import LogNotifier, Notification, Notifier, deliver
@@ -126,14 +126,30 @@ class Engine:
     async def _heartbeat(
         self, case_id: str, steps: asyncio.Task[CaseStatus], lost: asyncio.Event
     ) -> None:
-        interval = self.settings.lease_seconds / 3
+        lease = self.settings.lease_seconds
+        interval = lease / 3
+        # The lease as this worker last renewed it (claimed just now), in monotonic
+        # time, less a margin: past it another worker may take the case, so the step
+        # stops there even when no heartbeat could say so (the database away, slow).
+        held_until = time.monotonic() + lease - interval / 2
         while not steps.done():
-            await asyncio.sleep(interval)
+            await asyncio.sleep(max(0.0, min(interval, held_until - time.monotonic())))
             if steps.done():
                 return
-            held = await self.store.heartbeat(
-                case_id, self.worker_id, self.clock.now(), self.settings.lease_seconds
-            )
+            sent = time.monotonic()
+            held = sent < held_until
+            if held:
+                try:
+                    held = await asyncio.wait_for(
+                        self.store.heartbeat(case_id, self.worker_id, self.clock.now(), lease),
+                        held_until - sent,
+                    )
+                except (StoreUnavailable, TimeoutError) as exc:
+                    # the step goes on while the lease surely holds; tried again then
+                    log.warning("heartbeat_failed", error=str(exc) or type(exc).__name__)
+                    continue
+                else:
+                    held_until = sent + lease - interval / 2
             if not held:
                 # A stalled worker must not run a step beside the one that took over.
                 log.error("lease_lost")
@@ -171,8 +187,10 @@ class Engine:
                 record = await self.store.start_step(
                     case.id, index, self.worker_id, self.clock.now()
                 )
-                await self._event(case, "step_started", step.id, {"attempt": record.attempts})
+                # logged first: an event committed just as the connection went must
+                # still have the line that names this worker's attempt
                 log.info("step_started", attempt=record.attempts)
+                await self._event(case, "step_started", step.id, {"attempt": record.attempts})
                 ctx = StepContext(
                     case=case,
                     step=step,
@@ -263,9 +281,12 @@ class Engine:
             # every automated step is done; containment waits for the operator only
             return await self._wait(case, still_open, None)
         await self.store.release_case(
-            case.id, self.worker_id, CaseStatus.CONTAINED, self.clock.now()
+            case.id,
+            self.worker_id,
+            CaseStatus.CONTAINED,
+            self.clock.now(),
+            event=("case_contained", {}),
         )
-        await self._event(case, "case_contained", None, {})
         log.info("case_contained")
         return CaseStatus.CONTAINED
 

@@ -51,6 +51,17 @@ class StoreError(OffboardError):
     """The store refused or failed an operation."""
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached for now: connection refused or lost, the server
+    shutting down or starting up, the pool closed under us. Nothing is wrong with the
+    data; the worker pauses and tries again, the web answers 503 with Retry-After."""
+
+
+class StoreCorrupt(StoreError):
+    """The database file is damaged ("database disk image is malformed"): retrying
+    cannot help, and running on could record a wrong timeline. Restore from a backup."""
+
+
 class NotFound(StoreError):
     pass
 

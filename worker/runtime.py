@@ -3,16 +3,22 @@ with, assembled from configuration, and where its playbooks are found."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import structlog
 
 from worker.admission import Admissions
 from worker.bundled import playbooks_dir
 from worker.clock import Clock, SystemClock
 from worker.config import Config
 from worker.engine import Engine, EngineSettings
+from worker.errors import StoreUnavailable
 from worker.intake import Intake
 from worker.metrics import Metrics
 from worker.notify import Notifier, notifier_from_config, record_in_timeline
@@ -25,6 +31,12 @@ from worker.steps import Providers
 from worker.store.base import Store
 from worker.store.postgres import PostgresStore
 from worker.store.sqlite import SqliteStore
+
+log = structlog.get_logger(__name__)
+
+#: how long `offboard worker` and `serve` wait for an unreachable database at start
+#: (a restart, a managed failover) before they exit 2
+STARTUP_STORE_WAIT_SECONDS = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,14 +86,28 @@ def playbook_search(config: Config, base_dir: Path) -> list[Path]:
 
 
 @contextlib.asynccontextmanager
-async def open_store(config: Config, base_dir: Path) -> AsyncIterator[Store]:
+async def open_store(
+    config: Config, base_dir: Path, *, wait_seconds: float = 0.0
+) -> AsyncIterator[Store]:
+    """The configured store, open. `wait_seconds`: how long an unreachable database
+    is tried again (a long-running process starting during a restart or a failover);
+    a refused login, a bad DSN or a damaged file fail at once."""
     store: Store
     if config.store.postgres is not None:
         store = PostgresStore(config.store.postgres.resolve("store.postgres").reveal())
     else:
         path = Path(config.store.sqlite)
         store = SqliteStore(path if path.is_absolute() else base_dir / path)
-    await store.open()
+    deadline = time.monotonic() + wait_seconds
+    for attempt in itertools.count():
+        try:
+            await store.open()
+            break
+        except StoreUnavailable as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("store_unavailable_at_start", error=str(exc), attempt=attempt + 1)
+            await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
     try:
         yield store
     finally:
@@ -97,11 +123,14 @@ async def open_runtime(
     worker_id: str | None = None,
     notifier: Notifier | None = None,
     metrics: Metrics | None = None,
+    wait_for_store: float = 0.0,
 ) -> AsyncIterator[Runtime]:
     clock = clock or SystemClock()
     metrics = metrics or Metrics()
     async with contextlib.AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_store(config, base_dir))
+        store = await stack.enter_async_context(
+            open_store(config, base_dir, wait_seconds=wait_for_store)
+        )
         http = await stack.enter_async_context(provider_session())
         if notifier is None:
             fanout = notifier_from_config(

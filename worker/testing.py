@@ -46,7 +46,14 @@ from worker.domain import (
     StepStatus,
     Timer,
 )
-from worker.errors import CaseStarted, LeaseLost, NotFound, PermanentError, StoreError
+from worker.errors import (
+    CaseStarted,
+    LeaseLost,
+    NotFound,
+    PermanentError,
+    StoreError,
+    StoreUnavailable,
+)
 from worker.notify import Notification
 from worker.providers import policy
 from worker.providers.base import IdentityCenterUser, IdpUser, InlinePolicy, PlannedCall
@@ -127,6 +134,8 @@ def _recorded(
     async def recorded(self: InMemoryStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
         if not self._open:
             raise StoreError("store is not open")
+        if self.unavailable:
+            raise StoreUnavailable("the in-memory store is switched unavailable (a test's outage)")
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
@@ -150,6 +159,9 @@ class InMemoryStore:
         #: every method called, in order (procrastinate's `InMemoryConnector.queries`)
         self.calls: list[StoreCall] = []
         self._open = False
+        #: set by a test to stand for a database outage: every operation raises
+        #: StoreUnavailable until it is cleared
+        self.unavailable = False
         self._cases: dict[str, Case] = {}
         self._steps: dict[str, list[StepRecord]] = {}
         self._ledger: dict[str, LedgerEntry] = {}
@@ -357,10 +369,13 @@ class InMemoryStore:
         *,
         run_after: datetime | None = None,
         halt_reason: str | None = None,
+        event: tuple[str, dict[str, Any]] | None = None,
     ) -> None:
         case = self._cases.get(case_id)
         if case is None or case.lease_owner != worker_id:
             raise LeaseLost(f"case {case_id} is not held by worker {worker_id}")
+        if event is not None:
+            _json(event[1])  # fails before the case is written, as a rolled-back transaction
         rerun = case_id in self._rerun
         self._rerun.discard(case_id)
         if rerun and status in (CaseStatus.CONTAINED, CaseStatus.WAITING):
@@ -374,6 +389,8 @@ class InMemoryStore:
             lease_expires_at=None,
             updated_at=_stored(now),
         )
+        if event is not None:
+            self._append(case_id, event[0], now, None, event[1])
 
     @_recorded
     async def find_open_case(self, subject: str) -> Case | None:
@@ -701,6 +718,16 @@ class InMemoryStore:
     @_recorded
     async def next_timer_due(self) -> datetime | None:
         return min((t.due_at for t in self._timers.values() if t.fired_at is None), default=None)
+
+    @_recorded
+    async def next_case_due(self, now: datetime) -> datetime | None:
+        at = _stored(now)
+        dues = [
+            c.run_after if c.status is CaseStatus.PENDING else c.lease_expires_at
+            for c in self._cases.values()
+            if c.status in (CaseStatus.PENDING, CaseStatus.RUNNING)
+        ]
+        return min((due for due in dues if due is not None and due > at), default=None)
 
     # trigger deliveries and refusals
 

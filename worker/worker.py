@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import random
+import time
 from datetime import datetime
 
 import structlog
 
 from worker.clock import seconds_until, utc_iso
 from worker.countdown import parse_iso_duration
-from worker.domain import URGENT, Timer
+from worker.domain import URGENT, CaseStatus, Timer
+from worker.errors import StoreCorrupt, StoreError, StoreUnavailable
 from worker.notify import Notification, deliver
 from worker.runtime import Runtime
 from worker.store.base import REREAD_FINAL, is_milestone
@@ -23,6 +27,10 @@ from worker.watchdog import WATCHED, check_case
 from worker.window import on_timer
 
 log = structlog.get_logger(__name__)
+
+#: the pauses between tries of an unreachable database: doubling, at most this long
+OUTAGE_FIRST_PAUSE = 0.1
+OUTAGE_MAX_PAUSE = 2.0
 
 
 class Worker:
@@ -43,17 +51,78 @@ class Worker:
         #: the work of fired work timers (re-reads), running beside the loop
         self._timer_work: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
+        #: False while the database is unreachable (readiness reads it)
+        self.available = True
+        #: set when the database file is found damaged: the loop stops with it
+        self.corrupt: StoreCorrupt | None = None
+        self._case_of: dict[asyncio.Task[object], str] = {}
+        #: cases whose run an outage ended while this worker held their lease
+        self._orphans: set[str] = set()
+        #: final re-reads an outage stopped, to retry when the database is back
+        self._finals: list[Timer] = []
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("worker_started", worker_id=self.engine.worker_id, concurrency=self.concurrency)
         try:
             while not stop.is_set():
-                busy = await self.tick()
-                if not busy:
-                    await self._idle(stop)
+                if self.corrupt is not None:
+                    raise self.corrupt
+                try:
+                    busy = await self.tick()
+                    if not busy:
+                        await self._idle(stop)
+                except StoreUnavailable as exc:
+                    await self._outage(stop, exc)
         finally:
             await self.drain()
             log.info("worker_stopped", worker_id=self.engine.worker_id)
+
+    async def _outage(self, stop: asyncio.Event, exc: StoreUnavailable) -> None:
+        """The database went away: claim nothing, try it with growing pauses until it
+        answers, then hand back the cases whose run it cut short. No exit: a restart
+        or a managed failover takes tens of seconds, and every replica rides it out."""
+        self.available = False
+        began = time.monotonic()
+        log.warning("store_unavailable", error=str(exc))
+        for attempt in itertools.count():
+            pause = min(OUTAGE_MAX_PAUSE, OUTAGE_FIRST_PAUSE * 2**attempt)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause * random.uniform(0.5, 1.0))
+            if stop.is_set():
+                return
+            try:
+                await self.store.ping()
+            except StoreUnavailable:
+                continue
+            break
+        self.available = True
+        log.warning("store_available", down_seconds=round(time.monotonic() - began, 3))
+
+    async def _after_outage(self) -> None:
+        """What an outage cut short, once the database answers again. Cases whose run
+        it ended still hold this worker's lease: pending again at once (the release
+        matches only a lease still ours), not after it lapses; their step in flight
+        resumes through the ledger's read. A final re-read it stopped is retried."""
+        for case_id in list(self._orphans):
+            if case_id in self._case_of.values():
+                self._orphans.discard(case_id)  # claimed and running here again
+                continue
+            try:
+                await self.store.release_case(
+                    case_id, self.engine.worker_id, CaseStatus.PENDING, self.clock.now()
+                )
+            except (StoreUnavailable, StoreCorrupt):
+                raise
+            except StoreError:
+                # no longer ours: its own release committed before the connection went,
+                # or the lease lapsed and another worker took it
+                log.info("case_not_held_after_outage", case_id=case_id)
+            else:
+                log.info("case_released_after_outage", case_id=case_id)
+            self._orphans.discard(case_id)
+        while self._finals:
+            await self._retry_final(self._finals[0])
+            self._finals.pop(0)
 
     async def tick(self) -> bool:
         """One round of work; True if anything was done (so look again at once)."""
@@ -61,6 +130,8 @@ class Worker:
         # (a case committed just after the claim found none) keeps the next idle short.
         self.wake.clear()
         busy = False
+        if self._orphans or self._finals:
+            await self._after_outage()
         while len(self._running) < self.concurrency + self.urgent_slots:
             # once the ordinary slots are full, only an incident case may take one
             urgent_only = len(self._running) >= self.concurrency
@@ -72,8 +143,15 @@ class Worker:
             )
             if case is None:
                 break
+            if case.id in self._case_of.values():
+                # Its lease lapsed under this very process (a heartbeat too late) and the
+                # claim renewed it: the run under way goes on; a second one would run
+                # steps beside it under the same worker id, which no lease check tells apart.
+                log.warning("case_already_running_here", case_id=case.id)
+                continue
             task: asyncio.Task[object] = asyncio.create_task(self.engine.run_claimed(case))
             self._running.add(task)
+            self._case_of[task] = case.id
             task.add_done_callback(self._finished)
             busy = True
             # let the case queue its first store read before this loop's next claim:
@@ -96,14 +174,19 @@ class Worker:
 
     def _watchdog_done(self, task: asyncio.Task[int]) -> None:
         self._watchdog = None
-        if not task.cancelled() and task.exception() is not None:
-            log.error("watchdog_pass_failed", error=str(task.exception()))
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, StoreCorrupt):
+            self._stop_on_corruption(error)
+        elif error is not None:
+            log.error("watchdog_pass_failed", error=str(error))
 
     async def watchdog_pass(self) -> int:
         drifted = 0
         for case in await self.store.list_cases(WATCHED):
             try:
                 drifted += await check_case(self.engine, case)
+            except StoreError:
+                raise  # the database, not the user: the pass stops, the next one reads again
             except Exception as exc:  # one unreadable user must not stop the others
                 log.error("watchdog_check_failed", case_id=case.id, error=str(exc))
         return drifted
@@ -127,6 +210,16 @@ class Worker:
         with structlog.contextvars.bound_contextvars(case_id=timer.case_id, timer=timer.name):
             try:
                 await on_timer(self.engine, timer)
+            except StoreCorrupt as exc:
+                self._stop_on_corruption(exc)
+                return
+            except StoreUnavailable as exc:
+                # the next re-read reads again; the last one is retried once the
+                # database is back (_after_outage)
+                log.warning("work_timer_store_unavailable", error=str(exc))
+                if timer.name.startswith(REREAD_FINAL):
+                    self._finals.append(timer)
+                return
             except Exception as exc:
                 # a failed re-read is not repeated by this timer: the next one reads
                 # again, and the window's last read is retried
@@ -176,15 +269,39 @@ class Worker:
 
     def _finished(self, task: asyncio.Task[object]) -> None:
         self._running.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("case_run_failed", error=str(task.exception()))
+        case_id = self._case_of.pop(task, None)
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, StoreUnavailable) and case_id is not None:
+            # released once the database is back (_after_outage)
+            log.warning("case_run_cut_short", case_id=case_id, reason="store unavailable")
+            self._orphans.add(case_id)
+        elif isinstance(error, StoreCorrupt):
+            self._stop_on_corruption(error)
+        elif error is not None:
+            log.error("case_run_failed", error=str(error))
         self.wake.set()
 
-    async def _idle(self, stop: asyncio.Event) -> None:
+    def _stop_on_corruption(self, error: StoreCorrupt) -> None:
+        """A damaged database file: retrying cannot mend it, so claim nothing more and
+        stop the process with the message (once), rather than fail every few seconds."""
+        if self.corrupt is None:
+            log.error("store_corrupt", error=str(error))
+            self.corrupt = error
+
+    async def idle_seconds(self) -> float:
+        """How long an idle worker may wait before looking again: the poll interval,
+        cut short by the next timer and by the soonest a case becomes claimable with
+        no notification to say so (a deferred case's run_after, a dead worker's lease
+        lapsing), so a case is reclaimed within its lease and one round."""
         delay = self.poll
-        due = await self.store.next_timer_due()
-        if due is not None:
-            delay = max(0.0, min(delay, seconds_until(due, self.clock.now())))
+        now = self.clock.now()
+        for due in (await self.store.next_timer_due(), await self.store.next_case_due(now)):
+            if due is not None:
+                delay = max(0.0, min(delay, seconds_until(due, now)))
+        return delay
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        delay = await self.idle_seconds()
         waiters: list[asyncio.Future[bool]] = [
             asyncio.ensure_future(stop.wait()),
             asyncio.ensure_future(self.wake.wait()),
@@ -197,6 +314,9 @@ class Worker:
             )
         for waiter in waiters:
             waiter.cancel()
+        listened = waiters[-1]
+        if listened.done() and not listened.cancelled() and listened.exception() is not None:
+            raise listened.exception()  # type: ignore[misc]
 
     async def join(self) -> None:
         """Wait for the cases this worker is running to stop."""

@@ -97,3 +97,40 @@ def test_chaos_breaks_no_promise(
     assert figures["mutations"]["scim.patch_user changed"] == cases
     assert figures["mutations"]["console.delete_portal_sessions"] == cases
     assert figures["seconds_to_lapsed"] is not None
+
+
+@pytest.mark.timeout(240)
+def test_chaos_postgres_restarted_twice_under_three_replicas(tmp_path: Path) -> None:
+    """`kill -9` of PostgreSQL's postmaster twice mid-run: no replica exits, every case
+    finishes, and a damaged SQLite file is refused at start."""
+    report = run_chaos(
+        tmp_path,
+        "--backend",
+        "postgres",
+        "--workers",
+        "3",
+        "--cases",
+        "30",
+        "--kills",
+        "0",
+        "--fault-rate",
+        "0.1",
+        "--seed",
+        "15",
+        "--pg-restarts",
+        "2",
+        "--pg-down",
+        "2",
+        "--timeout",
+        "150",
+    )
+
+    checks = {c["name"]: c for c in report["checks"]}
+    for name in (
+        "database restarts ridden out",
+        "SQLite corruption refused at start",
+        "every case completed",
+        "kills and restarts",  # here: no worker ended by itself
+    ):
+        assert checks[name]["result"] == "PASS", checks[name]
+    assert len(report["figures"]["database_outages"]) == 2

@@ -996,6 +996,33 @@ class StoreContract:
     async def test_next_timer_due_is_none_without_timers(self, store: Store) -> None:
         assert await store.next_timer_due() is None
 
+    async def test_a_release_with_an_event_writes_both_or_neither(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), at(0))
+        await store.claim_case(case.id, "w1", at(0), LEASE)
+        with pytest.raises(StoreError):
+            await store.release_case(
+                case.id, "w2", CaseStatus.CONTAINED, at(1), event=("case_contained", {})
+            )
+        await store.release_case(
+            case.id, "w1", CaseStatus.CONTAINED, at(2), event=("case_contained", {})
+        )
+        assert (await store.get_case(case.id)).status is CaseStatus.CONTAINED
+        kinds = [e.kind for e in await store.events(case.id)]
+        assert kinds.count("case_contained") == 1 and kinds[-1] == "case_contained"
+
+    async def test_next_case_due_is_the_soonest_lease_end_or_run_after(self, store: Store) -> None:
+        """What an idle worker waits for when no notification will come."""
+        assert await store.next_case_due(at(0)) is None
+        held, _ = await store.create_case(new_case(subject="held@example.com"), at(0))
+        deferred, _ = await store.create_case(new_case(subject="later@example.com"), at(0))
+        await store.claim_case(held.id, "w1", at(0), 40)
+        await store.claim_case(deferred.id, "w2", at(0), LEASE)
+        await store.release_case(deferred.id, "w2", CaseStatus.PENDING, at(1), run_after=at(30))
+
+        assert await store.next_case_due(at(2)) == at(30)
+        assert await store.next_case_due(at(31)) == at(40)  # run_after passed: claimable now
+        assert await store.next_case_due(at(41)) is None  # both claimable now
+
     async def test_finish_step_appends_its_event_in_the_same_write(self, store: Store) -> None:
         case, _ = await store.create_case(new_case(), at(0))
         await store.claim_case(case.id, "w1", at(0), LEASE)

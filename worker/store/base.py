@@ -271,7 +271,11 @@ class Store(Protocol):
         *,
         run_after: datetime | None = None,
         halt_reason: str | None = None,
-    ) -> None: ...
+        event: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Hand the case back in `status`, with `event` (kind, data) on its timeline in
+        the same write; StoreError if this worker does not hold it."""
+
     async def find_open_case(self, subject: str) -> Case | None:
         """The person's open case, whatever its playbook: their active one (there is at
         most one), else their newest contained one; None if every case of theirs is closed."""
@@ -369,6 +373,9 @@ class Store(Protocol):
 
     async def timers(self, case_id: str) -> list[Timer]: ...
     async def next_timer_due(self) -> datetime | None: ...
+    async def next_case_due(self, now: datetime) -> datetime | None:
+        """The soonest moment after `now` a case becomes claimable: a pending case's
+        `run_after`, a running case's lease lapsing. None if no such moment is known."""
 
     # trigger deliveries and refusals
     async def record_delivery(self, delivery: Delivery) -> tuple[Delivery, bool]:

@@ -432,16 +432,24 @@ class StoreManager:
         *,
         run_after: datetime | None = None,
         halt_reason: str | None = None,
+        event: tuple[str, dict[str, Any]] | None = None,
     ) -> None:
-        count = await self.c.run(
-            "release",
-            case_id=case_id,
-            worker_id=worker_id,
-            status=status.value,
-            run_after=run_after,
-            halt_reason=halt_reason,
-            now=now,
-        )
+        params = {
+            "case_id": case_id,
+            "worker_id": worker_id,
+            "status": status.value,
+            "run_after": run_after,
+            "halt_reason": halt_reason,
+            "now": now,
+        }
+        if event is None:
+            count = await self.c.run("release", **params)
+        else:
+            async with self.c.transaction() as tx:
+                count = await tx.run("release", **params)
+                if count == 1:
+                    # one transaction: a lost connection cannot leave the state without its event
+                    await self._append(tx, case_id, event[0], now, event[1])
         if count != 1:
             raise LeaseLost(f"case {case_id} is not held by worker {worker_id}")
 
@@ -684,6 +692,10 @@ class StoreManager:
 
     async def next_timer_due(self) -> datetime | None:
         row = await self.c.one("timer_next")
+        return None if row is None else self.c.time(row["due"])
+
+    async def next_case_due(self, now: datetime) -> datetime | None:
+        row = await self.c.one("case_next_due", now=now)
         return None if row is None else self.c.time(row["due"])
 
     # trigger deliveries and refusals

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import cache
@@ -39,7 +40,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from worker.errors import StoreError
+from worker.errors import StoreError, StoreUnavailable
 from worker.logging import describe_dsn, dsn_secrets
 from worker.store.base import NewEvent, chain_time, event_hash, genesis_hash
 from worker.store.manager import (
@@ -194,6 +195,9 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,  # class 08, and the connection dropping mid-query
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, not yet accepting
     asyncpg.exceptions.TooManyConnectionsError,
+    # a pooled connection left mid-protocol by the server's going ("cannot switch to
+    # state ...; another operation is in progress")
+    asyncpg.exceptions.InternalClientError,
 )
 #: errors that mean the server answered but will not let us in
 _REFUSED_LOGIN: tuple[type[BaseException], ...] = (
@@ -326,7 +330,7 @@ class PostgresConnector(_Queries):
         if isinstance(exc, _UNREACHABLE) or (
             isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
         ):
-            return StoreError(f"PostgreSQL at {self.where} is unreachable{action}: {detail}")
+            return StoreUnavailable(f"PostgreSQL at {self.where} is unreachable{action}: {detail}")
         return StoreError(f"PostgreSQL at {self.where} refused the operation{action}: {detail}")
 
     def _cause(self, exc: BaseException) -> BaseException | None:
@@ -368,6 +372,9 @@ class PostgresConnector(_Queries):
     async def open(self) -> None:
         if self._pool is not None:
             return
+        # The worker reports an outage itself (store_unavailable, store_available); the
+        # pool's traceback at each try to reconnect its idle floor adds nothing.
+        logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
         try:
             self._pool = await asyncpg.create_pool(
                 self._dsn,

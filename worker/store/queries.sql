@@ -159,6 +159,15 @@ RETURNING *
 SELECT * FROM timers WHERE case_id = :case_id ORDER BY epoch, due_at, name
 -- name: timer_next
 SELECT MIN(due_at) AS due FROM timers WHERE fired_at IS NULL
+-- name: case_next_due
+-- the soonest a case not claimable now becomes so: a pending case's run_after, a
+-- running case's lease lapsing (its worker may be dead)
+SELECT MIN(due) AS due FROM (
+    SELECT MIN(run_after) AS due FROM cases WHERE status = 'pending' AND run_after > :now
+    UNION ALL
+    SELECT MIN(lease_expires_at) AS due FROM cases
+    WHERE status = 'running' AND lease_expires_at > :now
+) AS soonest
 -- name: delivery_insert
 INSERT INTO deliveries (key, case_id, outcome, received_at)
 VALUES (:key, :case_id, :outcome, :received_at) ON CONFLICT (key) DO NOTHING

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from datetime import datetime
 from functools import cache
@@ -24,7 +25,7 @@ from typing import Any
 import aiosqlite
 
 from worker.clock import parse_iso, utc_iso
-from worker.errors import StoreError
+from worker.errors import StoreCorrupt, StoreError
 from worker.store.base import NewEvent, event_hash, genesis_hash
 from worker.store.manager import (
     ONE_ACTIVE_MIGRATION,
@@ -264,6 +265,9 @@ def _event_params(event: NewEvent) -> dict[str, Any]:
     }
 
 
+#: what SQLite says of a damaged file
+_DAMAGED = ("malformed", "file is not a database")
+
 #: set while the current task holds the connection inside a transaction
 _IN_TRANSACTION: ContextVar[bool] = ContextVar("_IN_TRANSACTION", default=False)
 
@@ -321,6 +325,10 @@ class SqliteConnector:
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                # It holds people's addresses: readable by its owner only. SQLite gives
+                # the -wal and -shm files the database file's mode.
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             # isolation_level=None: we issue BEGIN ourselves, so transactions are explicit.
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
@@ -329,6 +337,7 @@ class SqliteConnector:
         self._db.row_factory = sqlite3.Row
         try:
             await self._db.execute("PRAGMA busy_timeout=10000")
+            await self._check_integrity()
             await self._enable_wal()
             # FULL: a committed step record survives a power cut as well as kill -9.
             await self._db.execute("PRAGMA synchronous=FULL")
@@ -346,6 +355,34 @@ class SqliteConnector:
                 self._checkpointer = asyncio.create_task(self._checkpoints())
         except BaseException:
             await self.close()  # a refused database must not leave its connection thread behind
+            raise
+
+    def _corrupt(self, detail: str) -> StoreCorrupt:
+        return StoreCorrupt(
+            f"the SQLite database {self.path} is damaged ({detail}): stop every offboard "
+            "process using it, then restore the file from a backup (with its -wal file, if "
+            "any); a case's evidence can be checked after with `offboard evidence --verify`"
+        )
+
+    async def _check_integrity(self) -> None:
+        """Refuse a damaged file at once (PRAGMA quick_check: every page and index
+        entry, not the content), rather than fail at every read later."""
+        try:
+            rows = await self._all("PRAGMA quick_check")
+        except sqlite3.DatabaseError as exc:
+            raise self._corrupt(str(exc)) from None
+        problems = [str(row[0]) for row in rows if str(row[0]) != "ok"]
+        if problems:
+            raise self._corrupt("; ".join(problems[:3]))
+
+    @contextlib.contextmanager
+    def _damage_refused(self) -> Iterator[None]:
+        """A damaged file found by a statement: StoreCorrupt, which stops the worker."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if any(sign in str(exc) for sign in _DAMAGED):
+                raise self._corrupt(str(exc)) from None
             raise
 
     async def _enable_wal(self) -> None:
@@ -413,13 +450,15 @@ class SqliteConnector:
         async with self._lock:
             token = _IN_TRANSACTION.set(True)
             try:
-                await self.db.execute(begin)
+                with self._damage_refused():
+                    await self.db.execute(begin)
                 try:
                     yield self
                 except BaseException:
                     await self.db.execute("ROLLBACK")
                     raise
-                await self.db.execute("COMMIT")
+                with self._damage_refused():
+                    await self.db.execute("COMMIT")
             finally:
                 _IN_TRANSACTION.reset(token)
 
@@ -446,7 +485,8 @@ class SqliteConnector:
 
     async def _all(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         async with self._exclusive():
-            return list(await self.db.execute_fetchall(sql, params))
+            with self._damage_refused():
+                return list(await self.db.execute_fetchall(sql, params))
 
     async def one(self, query: str, **params: Any) -> sqlite3.Row | None:
         return await self._one(_sql(query), _params(params))
@@ -456,13 +496,15 @@ class SqliteConnector:
 
     async def run(self, query: str, **params: Any) -> int:
         async with self._exclusive():
-            # the statement has run to completion: its cursor holds nothing to close
-            cursor = await self.db.execute(_sql(query), _params(params))
+            with self._damage_refused():
+                # the statement has run to completion: its cursor holds nothing to close
+                cursor = await self.db.execute(_sql(query), _params(params))
             return cursor.rowcount
 
     async def many(self, query: str, rows: Sequence[dict[str, Any]]) -> None:
         async with self._exclusive():
-            await self.db.executemany(_sql(query), [_params(row) for row in rows])
+            with self._damage_refused():
+                await self.db.executemany(_sql(query), [_params(row) for row in rows])
 
     # what SQLite stores differently
 

@@ -24,13 +24,13 @@ from worker.admission import Admitted, Instruction, Outcome
 from worker.cases import confirm_task
 from worker.clock import utc_iso
 from worker.domain import Case, CaseStatus, InvalidSubject, canonical_subject
-from worker.errors import CaseStarted, NotFound, OffboardError, PlaybookError
+from worker.errors import CaseStarted, NotFound, OffboardError, PlaybookError, StoreUnavailable
 from worker.metrics import refresh
 from worker.playbook import Playbook
 from worker.runtime import Runtime
 from worker.triggers import IgnoredEvent, Trigger, TriggerError, accept
 from worker.web.openapi import OPENAPI
-from worker.web.problems import Problem
+from worker.web.problems import RETRY_AFTER_UNAVAILABLE, Problem
 from worker.web.state import RUNTIME, STATE, WORKER
 
 log = structlog.get_logger(__name__)
@@ -423,6 +423,8 @@ async def confirm(request: web.Request) -> web.Response:
         confirmation = await confirm_task(runtime, case.id, step, f"api:{caller}")
     except NotFound as exc:
         raise Problem(404, "no such task", str(exc)) from None
+    except StoreUnavailable:
+        raise  # 503 (worker/web/problems.py), not the caller's mistake
     except OffboardError as exc:
         raise Problem(404, "no such step", str(exc)) from None
     task = confirmation.task
@@ -462,11 +464,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    retry = {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)}
+    if not request.app[WORKER].available:
+        # the worker loop met the outage first and waits for the database
+        raise Problem(503, "not ready", "the store is not reachable", headers=retry)
     try:
         await request.app[RUNTIME].store.ping()
     except Exception as exc:
         raise Problem(
-            503, "not ready", f"the store is not reachable: {type(exc).__name__}"
+            503,
+            "not ready",
+            f"the store is not reachable: {type(exc).__name__}",
+            headers=retry,
         ) from None
     return web.json_response({"status": "ready"})
 

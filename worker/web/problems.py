@@ -7,9 +7,13 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from worker.errors import StoreUnavailable
 from worker.web.state import STATE
 
 log = structlog.get_logger(__name__)
+
+#: seconds a caller is asked to wait (Retry-After) while the database is unreachable
+RETRY_AFTER_UNAVAILABLE = 5
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -43,6 +47,15 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return await handler(request)
     except Problem as p:
         return problem_response(p.status, p.title, p.detail, headers=p.headers)
+    except StoreUnavailable as exc:
+        # the database is away for now (a restart, a failover): senders retry
+        log.warning("request_store_unavailable", path=request.path, error=str(exc))
+        return problem_response(
+            503,
+            "store unavailable",
+            "the database cannot be reached for now; retry later",
+            headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE)},
+        )
     except web.HTTPRequestEntityTooLarge:
         return _too_large(request.app[STATE].max_body)
     except web.HTTPException as exc:

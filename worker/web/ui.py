@@ -51,7 +51,7 @@ from aiohttp import web
 from worker.cases import confirm_task
 from worker.clock import parse_iso, utc_iso
 from worker.domain import Case, CaseEvent, CaseStatus, OperatorTask, StepRecord
-from worker.errors import NotFound, OffboardError
+from worker.errors import NotFound, OffboardError, StoreUnavailable
 from worker.playbook import gates_later_steps
 from worker.web.state import RUNTIME, STATE, WORKER
 
@@ -567,6 +567,8 @@ async def confirm(request: web.Request, session: Session) -> web.StreamResponse:
         confirmation = await confirm_task(runtime, case_id, step, f"ui:{session.name}")
     except NotFound:
         return _error(404, "Nothing to confirm", "There is no such case or task.", session)
+    except StoreUnavailable:
+        raise  # 503 (worker/web/problems.py), not the operator's mistake
     except OffboardError as exc:
         return _error(404, "Nothing to confirm", str(exc), session)
     if not confirmation.already:
