@@ -140,10 +140,14 @@ async def test_webhooks_during_an_outage_get_503_with_retry_after_and_then_202(
     back, creates the case."""
     from tests.integration import test_server as server
 
-    for name, value in {"T_API_TOKEN": server.API_TOKEN, "T_WHSEC": server.WHSEC}.items():
+    for name, value in {
+        "T_API_TOKEN": server.API_TOKEN,
+        "T_WHSEC": server.WHSEC,
+        "T_WHSEC_OLD": server.WHSEC_OLD,
+        "T_PD": server.PD_SECRET,
+        "T_BEARER": server.BEARER,
+    }.items():
         monkeypatch.setenv(name, value)
-    for name in ("T_WHSEC_OLD", "T_PD", "T_BEARER"):
-        monkeypatch.setenv(name, "x" * 40)
     config = parse_config(server.server_settings(config_data), "test")
     async with open_runtime(config, base_dir=tmp_path) as runtime:
         outage = Outage(runtime.store, monkeypatch)

@@ -30,6 +30,7 @@ MUTATIONS = {
 }
 READS = {
     "find_user",
+    "find_user_by_external_id",
     "get_user",
     "console_user_url",
     "group_memberships",
