@@ -168,6 +168,12 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     _chain_events,
     # version 3: a scrape counts events by kind (cases_created already serves paging)
     "CREATE INDEX events_kind ON events (kind);",
+    # version 4: the rate budget replicas share (Store.lease_budget); times in epoch seconds
+    """
+    CREATE TABLE rate_budget (bucket text NOT NULL, holder text NOT NULL,
+        window_start double precision NOT NULL, granted bigint NOT NULL, priority bigint,
+        expires_at double precision NOT NULL, PRIMARY KEY (bucket, holder));
+    """,
 )
 
 #: errors that mean the server cannot be reached or the connection was lost

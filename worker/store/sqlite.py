@@ -225,6 +225,18 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     """,
     # version 6: appending an event moves the case's chain head in the same statement
     _move_head_by_trigger,
+    # version 7: the rate budget replicas share (Store.lease_budget); times in epoch seconds
+    """
+    CREATE TABLE rate_budget (
+        bucket TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        window_start REAL NOT NULL,
+        granted INTEGER NOT NULL,
+        priority INTEGER,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (bucket, holder)
+    );
+    """,
 )
 
 #: Appends one event to its case's chain: linked to the head, hashed by the
