@@ -13,7 +13,7 @@ import aiohttp
 from worker.admission import Admissions
 from worker.clock import Clock, SystemClock
 from worker.config import Config
-from worker.engine import Engine, EngineSettings
+from worker.engine import Engine, EngineSettings, default_worker_id
 from worker.intake import Intake
 from worker.metrics import Metrics
 from worker.notify import Notifier, notifier_from_config, record_in_timeline
@@ -101,7 +101,11 @@ async def open_runtime(
             # (or are cancelled after 20 s) and are recorded in the case timeline
             stack.push_async_callback(fanout.aclose, 20.0)
             notifier = fanout
-        limits = config.limits.limits()
+        # replicas on PostgreSQL share each provider's budget through the store;
+        # one process on SQLite keeps it in memory
+        worker_id = worker_id or default_worker_id()
+        shared = store if config.store.postgres is not None else None
+        limits = config.limits.limits(shared, worker_id)
         idp = identity_provider(config.idp, http, limits, clock, metrics)
         ic = await stack.enter_async_context(
             AwsIdentityCenter(
