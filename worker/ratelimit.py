@@ -136,6 +136,11 @@ class RateLimiter:
                 self._changed.set()  # a place is free
 
     @property
+    def concurrency(self) -> int | None:
+        """The cap on this process's calls in flight (its share, among replicas)."""
+        return self._concurrency
+
+    @property
     def waiting(self) -> int:
         """Callers waiting for their turn now."""
         return sum(1 for *_, waiter in self._waiting if not waiter.done())
