@@ -25,6 +25,7 @@ import asyncio
 import json
 import random
 import signal
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,34 @@ def limit_sandbox(sandbox: Sandbox, *, latency: float, scale: float) -> None:
 def okta_rate_limits() -> dict[str, int]:
     """Okta's per-minute budgets by endpoint group, at scale 1."""
     return dict(RATE_LIMITS)
+
+
+def provider_of(endpoint: str) -> str:
+    if endpoint.startswith("okta."):
+        return "okta"
+    if endpoint.startswith(("identitystore.", "sso-admin.", "scim.")):
+        return "identity_center"
+    return "other"
+
+
+def by_provider(counts: dict[str, int]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for endpoint, n in counts.items():
+        total[provider_of(endpoint)] += n
+    return dict(total)
+
+
+def rate_bounds(stats: dict[str, Any], scale: float) -> dict[str, float]:
+    """The least time the limits allow for the calls a run made (answered ones), per
+    bucket: Identity Center's (calls - burst) / TPS, a token bucket holding one
+    second; each Okta endpoint group's C calls at B a minute, C / (B / 60)."""
+    calls, throttled = by_provider(stats["calls"]), by_provider(stats["throttled"])
+    tps = IC_TPS * scale
+    ic = calls.get("identity_center", 0) - throttled.get("identity_center", 0)
+    bounds = {"identity_center": max(0.0, ic - tps) / tps}
+    for bucket, n in stats["okta_buckets"].items():
+        bounds[f"okta:{bucket}"] = n / (int(RATE_LIMITS[bucket] * scale) / 60.0)
+    return bounds
 
 
 def stats(sandbox: Sandbox) -> dict[str, Any]:

@@ -33,13 +33,12 @@ import argparse
 import asyncio
 import contextlib
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench.emulators import IC_TPS, login_of, okta_rate_limits
+from bench.emulators import IC_TPS, by_provider, login_of, okta_rate_limits, rate_bounds
 from bench.harness import (
     Result,
     emulators,
@@ -57,28 +56,6 @@ from tests.pg import start_cluster, stop_cluster
 from worker.cases import open_case
 from worker.domain import CaseStatus
 from worker.runtime import Runtime
-
-WINDOW = 60.0
-
-
-def provider_of(endpoint: str) -> str:
-    if endpoint.startswith("okta."):
-        return "okta"
-    if endpoint.startswith(("identitystore.", "sso-admin.", "scim.")):
-        return "identity_center"
-    return "other"
-
-
-def by_provider(counts: dict[str, int]) -> dict[str, int]:
-    total: Counter[str] = Counter()
-    for endpoint, n in counts.items():
-        total[provider_of(endpoint)] += n
-    return dict(total)
-
-
-def identity_center_bound(calls: int, tps: float) -> float:
-    return max(0.0, calls - tps) / tps
-
 
 INCIDENT_TOKEN = "bench-incident-token-0123456789abcdef"  # noqa: S105 - loopback only
 INCIDENT_ENV = "OFFBOARD_BENCH_INCIDENT_TOKEN"
@@ -208,13 +185,7 @@ async def _measure(
     total = ended - started
     calls, throttled = by_provider(stats["calls"]), by_provider(stats["throttled"])
     useful = {p: calls.get(p, 0) - throttled.get(p, 0) for p in ("okta", "identity_center")}
-    bounds = {
-        f"okta:{bucket}": n / (int(okta_rate_limits()[bucket] * args.scale) / WINDOW)
-        for bucket, n in stats["okta_buckets"].items()
-    }
-    bounds["identity_center"] = identity_center_bound(
-        useful["identity_center"], IC_TPS * args.scale
-    )
+    bounds = rate_bounds(stats, args.scale)
     bound = max(bounds.values())
     all_calls = sum(calls.values())
     all_throttled = sum(throttled.values())
