@@ -218,9 +218,10 @@ class RateLimiter:
         shared = self.shared
         delay = self._lease_retry_at - time.time()
         if delay > 0 and shared.limit is not None:
-            self._lease_wake.clear()
+            # a more urgent call (set before or during the wait) cuts it short
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lease_wake.wait(), delay)
+        self._lease_wake.clear()
         waiting = [-p for p, *_, waiter in self._waiting if not waiter.done()]
         head = max(waiting, default=priority)
         want = 0 if shared.limit is None else min(shared.chunk, max(1, waiting.count(head)))
@@ -237,8 +238,9 @@ class RateLimiter:
         )
         try:
             grant = await shared.store.lease_budget(ask, time.time())
-        except StoreError as exc:
-            log.warning("rate_budget_unavailable", provider=self.name, error=str(exc))
+        except Exception as exc:  # every caller waits on this task: it must not die silently
+            message = str(exc) if isinstance(exc, StoreError) else type(exc).__name__
+            log.warning("rate_budget_unavailable", provider=self.name, error=message)
             self._lease_retry_at = time.time() + STORE_RETRY
         else:
             if grant.granted:

@@ -15,6 +15,7 @@ import pytest
 import structlog
 
 from worker.domain import PRIORITIES
+from worker.errors import StoreError
 from worker.ratelimit import RateLimiter, SharedBudget
 from worker.store.base import BudgetAsk, BudgetGrant
 from worker.store.postgres import PostgresStore
@@ -131,3 +132,26 @@ async def test_a_replica_that_stops_gives_its_share_of_the_cap_back(
     assert await settle(a, 5) == 5  # two replicas: half the cap each
     # b stops renewing: once its lease lapses, a has the whole cap again
     assert await settle(a, 10) == 10
+
+
+async def test_calls_wait_out_a_store_that_fails_and_go_once_it_answers(
+    stores: tuple[PostgresStore, PostgresStore],
+) -> None:
+    class Flaky:
+        def __init__(self) -> None:
+            self.asked = 0
+
+        async def lease_budget(self, ask: BudgetAsk, now: float) -> BudgetGrant:
+            self.asked += 1
+            if self.asked == 1:
+                raise StoreError("the database is restarting")
+            if self.asked == 2:
+                raise ConnectionResetError
+            return await stores[0].lease_budget(ask, now)
+
+    flaky = Flaky()
+    shared = SharedBudget(store=flaky, holder="a", bucket="t", window=60.0, limit=10)
+    limiter = RateLimiter("t", shared=shared)
+    order: list[str] = []
+    await asyncio.gather(*(_call(limiter, f"c{i}", order, BULK) for i in range(3)))
+    assert order == ["c0", "c1", "c2"] and flaky.asked == 3
