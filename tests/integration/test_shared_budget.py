@@ -95,9 +95,9 @@ async def test_an_urgent_call_on_one_replica_goes_before_bulk_on_another(
     stores: tuple[PostgresStore, PostgresStore],
 ) -> None:
     grants: list[tuple[str, float, int]] = []
-    bulk = replica(stores[0], "bulk", grants, window=2.0, limit=3, chunk=3)
-    ir = replica(stores[1], "ir", grants, window=2.0, limit=3, chunk=3)
-    await _window_start(2.0)
+    bulk = replica(stores[0], "bulk", grants, window=4.0, limit=3, chunk=3)
+    ir = replica(stores[1], "ir", grants, window=4.0, limit=3, chunk=3)
+    await _window_start(4.0)
     order: list[str] = []
     tasks = [asyncio.create_task(_call(bulk, f"bulk{i}", order, BULK)) for i in range(8)]
     for _ in range(500):  # until the bulk replica has spent the window
