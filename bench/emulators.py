@@ -13,9 +13,9 @@ people while running.
 Limits (multiplied by --scale):
 - Identity Center: 20 TPS collective over identitystore, sso-admin and SCIM, as AWS
   documents it (a token bucket holding one second of requests);
-- Okta: a per-minute budget (default 600, Okta's documented limit for the Users API
-  on most orgs) in fixed one-minute windows, with X-Rate-Limit-* headers, and 75
-  requests in flight per org.
+- Okta: the emulator's per-endpoint budgets (Okta's documented defaults,
+  `worker.sandbox.okta.RATE_LIMITS`) in fixed one-minute windows, each with its own
+  X-Rate-Limit-* headers, and 75 requests in flight per org.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import asyncio
 import json
 import random
 import signal
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,9 @@ from aiohttp import web
 
 from worker.sandbox import Sandbox
 from worker.sandbox.common import FaultRule, ServiceLimit, serve_on_loopback
+from worker.sandbox.okta import CONCURRENCY_LIMIT, RATE_LIMITS
 
 IC_TPS = 20.0
-OKTA_PER_MINUTE = 600
-OKTA_CONCURRENCY = 75
 #: a realistic organisation: few permission sets, many groups, people in a handful
 PERMISSION_SETS = (
     ("AdministratorAccess", "PT12H"),
@@ -108,8 +108,41 @@ def limit_sandbox(sandbox: Sandbox, *, latency: float, scale: float) -> None:
             retry_after=1.0,
         )
     )
-    sandbox.okta.rate_limit_per_minute = int(OKTA_PER_MINUTE * scale)
-    sandbox.okta.concurrency_limit = int(OKTA_CONCURRENCY * scale)
+    sandbox.okta.rate_limits = {k: int(v * scale) for k, v in okta_rate_limits().items()}
+    sandbox.okta.concurrency_limit = int(CONCURRENCY_LIMIT * scale)
+
+
+def okta_rate_limits() -> dict[str, int]:
+    """Okta's per-minute budgets by endpoint group, at scale 1."""
+    return dict(RATE_LIMITS)
+
+
+def provider_of(endpoint: str) -> str:
+    if endpoint.startswith("okta."):
+        return "okta"
+    if endpoint.startswith(("identitystore.", "sso-admin.", "scim.")):
+        return "identity_center"
+    return "other"
+
+
+def by_provider(counts: dict[str, int]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for endpoint, n in counts.items():
+        total[provider_of(endpoint)] += n
+    return dict(total)
+
+
+def rate_bounds(stats: dict[str, Any], scale: float) -> dict[str, float]:
+    """The least time the limits allow for the calls a run made (answered ones), per
+    bucket: Identity Center's (calls - burst) / TPS, a token bucket holding one
+    second; each Okta endpoint group's C calls at B a minute, C / (B / 60)."""
+    calls, throttled = by_provider(stats["calls"]), by_provider(stats["throttled"])
+    tps = IC_TPS * scale
+    ic = calls.get("identity_center", 0) - throttled.get("identity_center", 0)
+    bounds = {"identity_center": max(0.0, ic - tps) / tps}
+    for bucket, n in stats["okta_buckets"].items():
+        bounds[f"okta:{bucket}"] = n / (int(RATE_LIMITS[bucket] * scale) / 60.0)
+    return bounds
 
 
 def stats(sandbox: Sandbox) -> dict[str, Any]:
@@ -122,6 +155,8 @@ def stats(sandbox: Sandbox) -> dict[str, Any]:
             for e in audit.entries()
         ],
         "okta_ids": {u.login: u.id for u in sandbox.okta._users.values()},
+        # Okta's calls by endpoint group, for the bound per bucket
+        "okta_buckets": dict(sandbox.okta.calls_by_bucket),
     }
 
 

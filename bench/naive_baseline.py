@@ -12,8 +12,10 @@ from Okta waits until X-Rate-Limit-Reset; boto3's own retries handle AWS throttl
 What it does not do, and the worker does: a write-ahead ledger, verification with
 retries, a durable record, the countdown, priorities, restarts.
 
-The speed-up is reported against the worker's figure from a mass_offboard result
-(--worker-result), for the same N and scale.
+Reported: its ratio to the bound the rate limits imply for its calls (per bucket, as
+bench/mass_offboard.py computes it), and its time against the worker's from a
+mass_offboard result (--worker-result), for the same N and scale. No client can be
+much faster than the limits: at AWS's 20 TPS one near 1.5-2x this script is the most.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import boto3
 import requests
 from botocore.config import Config as BotoConfig
 
-from bench.emulators import login_of
+from bench.emulators import login_of, rate_bounds
 from bench.harness import Emulators, Result, emulators, run_in_temporary_directory
 
 PATCH_INACTIVE = {
@@ -113,8 +115,11 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
         done = await asyncio.to_thread(offboard_everyone, em.ready, logins)
         total = time.monotonic() - started
         stats = await Emulators.stats(em)
+    bounds = rate_bounds(stats, args.scale)
     result.figures = {
         "total_seconds": round(total, 2),
+        "bound_seconds": {k: round(v, 2) for k, v in bounds.items()},
+        "ratio_to_bound": round(total / max(bounds.values()), 3),
         "people_per_second": round(done / total, 3),
         "calls": sum(stats["calls"].values()),
         "throttled": sum(stats["throttled"].values()),
@@ -128,7 +133,6 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
         result.figures["worker_total_seconds"] = worker_total
         result.figures["speedup"] = round(total / worker_total, 2)
         result.figures["same_n_and_scale"] = same
-        result.targets["speedup_ge_25"] = same and total / worker_total >= 25
     return result
 
 

@@ -31,7 +31,7 @@ from worker import yamlfile
 from worker.countdown import SessionSettings, parse_iso_duration
 from worker.errors import ConfigError
 from worker.logging import register_secret
-from worker.ratelimit import Limits, RateLimiter
+from worker.ratelimit import BudgetStore, Limits, RateLimiter, SharedBudget
 from worker.retry import RetryPolicy
 
 #: the shortest API token or shared secret accepted: 16 random characters are 64 (hex)
@@ -336,38 +336,99 @@ class CountdownConfig(_Model):
         )
 
 
+#: Okta's per-minute budgets by endpoint group, from Okta's management rate-limit page
+#: (Workforce Identity; they vary by plan, Integrator free orgs have 100 on most):
+#: `worker.providers.okta.okta_bucket` says which group a request counts in.
+OKTA_BUCKETS = {
+    "users": 600,  # GET/POST /api/v1/users
+    "user-write": 600,  # POST/PUT/DELETE /api/v1/users/{id}, its lifecycle operations
+    "user-read": 2000,  # GET /api/v1/users/{idOrLogin}
+    "logs": 120,  # /api/v1/logs
+    "other": 1200,  # every other /api/v1 endpoint (user sessions among them)
+}
+
+
 class LimitsConfig(_Model):
     """Client-side limits, below the providers' documented ones."""
 
     #: AWS: 20 TPS collective across identitystore, sso-admin and SCIM, not adjustable
     identity_center_per_second: float = Field(default=18.0, gt=0)
     identity_center_burst: int = Field(default=4, ge=1)
-    #: Okta: 75 concurrent requests per org; the per-minute budget is read from headers
+    #: Okta: 75 concurrent requests per org (split among replicas); the per-minute
+    #: budgets are `okta_buckets`, and read from the headers too
     okta_concurrency: int = Field(default=70, ge=1)
+    okta_buckets: dict[str, int] = Field(default_factory=lambda: dict(OKTA_BUCKETS))
     #: the last calls of each Okta window are kept for incident cases (priority >= 100)
     okta_urgent_reserve: int = Field(default=15, ge=0)
     okta_per_second: float | None = Field(default=None, gt=0)
     entra_per_second: float | None = Field(default=None, gt=0)
     google_per_second: float | None = Field(default=None, gt=0)
+    #: replicas sharing a PostgreSQL store lease this many calls of a budget at a time
+    shared_chunk: int = Field(default=5, ge=1)
+    #: a replica's lease on a shared budget (its share of Okta's concurrency, its
+    #: waiting urgent calls) lapses this long after its last renewal
+    shared_lease_seconds: float = Field(default=5.0, gt=0)
+    #: Identity Center's TPS is shared in windows this short, so that the calls of
+    #: two windows back to back never exceed AWS's one-second bucket
+    identity_center_window: float = Field(default=0.25, gt=0, le=1)
 
-    def limits(self) -> Limits:
-        return Limits(
-            {
-                "identity-center": RateLimiter(
+    @model_validator(mode="after")
+    def _buckets(self) -> LimitsConfig:
+        unknown = set(self.okta_buckets) - set(OKTA_BUCKETS)
+        if unknown:
+            raise ValueError(
+                f"okta_buckets: unknown {sorted(unknown)}; known: {sorted(OKTA_BUCKETS)}"
+            )
+        if any(n < 1 for n in self.okta_buckets.values()):
+            raise ValueError("okta_buckets: every budget is at least 1 call a minute")
+        return self
+
+    def limits(self, store: BudgetStore | None = None, holder: str = "") -> Limits:
+        """The limiters of one process; with `store`, those of a replica sharing each
+        provider's budget with the others through it (PostgreSQL)."""
+
+        def shared(bucket: str, **kw: Any) -> SharedBudget | None:
+            if store is None:
+                return None
+            return SharedBudget(
+                store=store,
+                holder=holder,
+                bucket=bucket,
+                chunk=self.shared_chunk,
+                ttl=self.shared_lease_seconds,
+                **kw,
+            )
+
+        ic_window = self.identity_center_window
+        limiters = {
+            "identity-center": RateLimiter(
+                "identity-center",
+                per_second=self.identity_center_per_second,
+                burst=self.identity_center_burst,
+                shared=shared(
                     "identity-center",
-                    per_second=self.identity_center_per_second,
-                    burst=self.identity_center_burst,
+                    window=ic_window,
+                    limit=max(1, round(self.identity_center_per_second * ic_window)),
                 ),
-                "okta": RateLimiter(
-                    "okta",
-                    per_second=self.okta_per_second,
-                    concurrency=self.okta_concurrency,
-                    urgent_reserve=self.okta_urgent_reserve,
-                ),
-                "entra": RateLimiter("entra", per_second=self.entra_per_second),
-                "google": RateLimiter("google", per_second=self.google_per_second),
-            }
-        )
+            ),
+            "okta": RateLimiter(
+                "okta",
+                per_second=self.okta_per_second,
+                concurrency=self.okta_concurrency,
+                shared=shared("okta", concurrency=self.okta_concurrency),
+            ),
+            "entra": RateLimiter("entra", per_second=self.entra_per_second),
+            "google": RateLimiter("google", per_second=self.google_per_second),
+        }
+        buckets = OKTA_BUCKETS | self.okta_buckets
+        for bucket, per_minute in buckets.items():
+            name = f"okta:{bucket}"
+            limiters[name] = RateLimiter(
+                name,
+                urgent_reserve=min(self.okta_urgent_reserve, per_minute // 4),
+                shared=shared(name, window=60.0, limit=per_minute),
+            )
+        return Limits(limiters)
 
 
 class TriggerSource(_Model):

@@ -13,6 +13,13 @@ cases would all be half done when a window's budget runs out, and the next provi
 in the playbook would sit idle). For a per-window budget (Okta's
 X-Rate-Limit-*), the last `urgent_reserve` calls of a window are kept for urgent
 cases, so that an incident never waits for the next window behind a bulk run.
+
+Several replicas (PostgreSQL) share one budget: a limiter with a `SharedBudget`
+also needs a token from a slice it leased from the store (`Store.lease_budget`)
+before a call goes. A slice is a few calls of the current window, so the store sees
+one short transaction per slice, not per call; a replica whose most urgent call
+starves records it there, and the others hold back their less urgent ones. A cap on
+calls in flight is split among the replicas whose lease is live.
 """
 
 from __future__ import annotations
@@ -25,10 +32,14 @@ import math
 import time
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
 from worker.domain import URGENT
+from worker.errors import StoreError
+from worker.store.base import BudgetAsk, BudgetGrant
 
 log = structlog.get_logger(__name__)
 
@@ -39,8 +50,28 @@ UNHINTED_PAUSE = 1.0
 CASE_PRIORITY: ContextVar[int] = ContextVar("case_priority", default=0)
 #: when that case was created (epoch seconds): among equal priorities, older goes first
 CASE_AGE: ContextVar[float] = ContextVar("case_age", default=0.0)
-#: the number of the call the current task holds a place for (see RateLimiter.budget)
-_CALL_NUMBER: ContextVar[int] = ContextVar("call_number", default=0)
+#: how soon a replica asks the store again after the store failed (seconds)
+STORE_RETRY = 1.0
+
+
+class BudgetStore(Protocol):
+    async def lease_budget(self, ask: BudgetAsk, now: float) -> BudgetGrant: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class SharedBudget:
+    """A provider's budget shared by the replicas through the store: `limit` calls a
+    `window` (None: no budget, only the `concurrency` cap to split), leased `chunk`
+    calls at a time under `bucket` by `holder` (this replica)."""
+
+    store: BudgetStore
+    holder: str
+    bucket: str
+    window: float = 60.0
+    limit: int | None = None
+    chunk: int = 5
+    ttl: float = 5.0
+    concurrency: int | None = None
 
 
 class RateLimiter:
@@ -52,8 +83,19 @@ class RateLimiter:
         burst: int = 1,
         concurrency: int | None = None,
         urgent_reserve: int = 0,
+        shared: SharedBudget | None = None,
     ) -> None:
         self.name = name
+        # the number of the call the current task holds a place for (see `budget`);
+        # one per limiter: a call holds places in two (Okta's bucket and org cap)
+        self._call_number: ContextVar[int] = ContextVar(f"call_number_{name}", default=0)
+        self.shared = shared
+        self._tokens = 0  # calls of a leased slice not yet sent
+        self._tokens_end = 0.0  # the end of the slice's window (epoch seconds)
+        self._lease_retry_at = 0.0  # epoch seconds
+        self._leasing: asyncio.Task[None] | None = None
+        self._lease_wake = asyncio.Event()
+        self._leased_for = -1  # the priority the running lease asks for
         self.interval = 1.0 / per_second if per_second else 0.0
         self.tolerance = max(0, burst - 1) * self.interval
         self.urgent_reserve = urgent_reserve
@@ -84,14 +126,19 @@ class RateLimiter:
         """Hold one request's place: waits for the pace, a pause, and a free slot.
         `priority` defaults to that of the case the calling task works on."""
         await self._wait_turn(CASE_PRIORITY.get() if priority is None else priority)
-        token = _CALL_NUMBER.set(self._sent)
+        token = self._call_number.set(self._sent)
         try:
             yield
         finally:
-            _CALL_NUMBER.reset(token)
+            self._call_number.reset(token)
             self._in_flight -= 1
             if self._waiting and self._changed is not None:
                 self._changed.set()  # a place is free
+
+    @property
+    def concurrency(self) -> int | None:
+        """The cap on this process's calls in flight (its share, among replicas)."""
+        return self._concurrency
 
     @property
     def waiting(self) -> int:
@@ -124,6 +171,8 @@ class RateLimiter:
         """When a caller of this priority may go; infinity while every place is taken."""
         if self._concurrency is not None and self._in_flight >= self._concurrency:
             return math.inf
+        if self.shared is not None and not self._leased(priority):
+            return math.inf
         at = max(self._tat - self.tolerance, self._blocked_until)
         return max(at, self._budget_opens(priority, max(at, time.monotonic())))
 
@@ -145,7 +194,67 @@ class RateLimiter:
                 self._changed.set()  # the dispatcher drops it now, not at its next turn
             raise
 
+    def _leased(self, priority: int) -> bool:
+        """Whether a token of a leased slice is at hand; else have one leased."""
+        assert self.shared is not None
+        wall = time.time()
+        if self.shared.limit is None:  # only a share of the cap: renew the lease
+            if wall >= self._lease_retry_at and (self._leasing is None or self._leasing.done()):
+                self._lease_retry_at = wall + self.shared.ttl / 3
+                self._leasing = asyncio.get_running_loop().create_task(self._lease(0))
+            return True
+        if self._tokens > 0 and wall < self._tokens_end:
+            return True
+        if self._leasing is None or self._leasing.done():
+            self._leased_for = priority
+            self._leasing = asyncio.get_running_loop().create_task(self._lease(priority))
+        elif priority > self._leased_for:
+            self._lease_wake.set()  # a more urgent call: ask now, not at the retry time
+        return False
+
+    async def _lease(self, priority: int) -> None:
+        """Lease a slice of the shared budget for the calls waiting now."""
+        assert self.shared is not None
+        shared = self.shared
+        delay = self._lease_retry_at - time.time()
+        if delay > 0 and shared.limit is not None:
+            # a more urgent call (set before or during the wait) cuts it short
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lease_wake.wait(), delay)
+        self._lease_wake.clear()
+        waiting = [-p for p, *_, waiter in self._waiting if not waiter.done()]
+        head = max(waiting, default=priority)
+        want = 0 if shared.limit is None else min(shared.chunk, max(1, waiting.count(head)))
+        self._leased_for = head
+        ask = BudgetAsk(
+            bucket=shared.bucket,
+            holder=shared.holder,
+            window=shared.window,
+            limit=shared.limit or 0,
+            want=want,
+            priority=head if want else None,
+            reserve=self.urgent_reserve,
+            ttl=shared.ttl,
+        )
+        try:
+            grant = await shared.store.lease_budget(ask, time.time())
+        except Exception as exc:  # every caller waits on this task: it must not die silently
+            message = str(exc) if isinstance(exc, StoreError) else type(exc).__name__
+            log.warning("rate_budget_unavailable", provider=self.name, error=message)
+            self._lease_retry_at = time.time() + STORE_RETRY
+        else:
+            if grant.granted:
+                self._tokens, self._tokens_end = grant.granted, grant.window_end
+            if shared.limit is not None:
+                self._lease_retry_at = grant.retry_at
+            if shared.concurrency is not None:
+                self._concurrency = max(1, shared.concurrency // grant.holders)
+        if self._changed is not None:
+            self._changed.set()
+
     def _take(self, now: float, priority: int) -> None:
+        if self.shared is not None and self.shared.limit is not None:
+            self._tokens -= 1
         self._tat = max(self._tat, now) + self.interval
         self._sent += 1
         self._in_flight += 1
@@ -202,7 +311,7 @@ class RateLimiter:
         never waits for the next window. True when the budget is spent (a throttle)."""
         if reset_in <= 0:
             return False
-        mine = _CALL_NUMBER.get()
+        mine = self._call_number.get()
         now = time.monotonic()
         was_reserved = self.reserved_for_urgent
         new_window = self._left is None or now >= self._window_ends

@@ -17,7 +17,7 @@ from worker.admission import Admissions
 from worker.bundled import playbooks_dir
 from worker.clock import Clock, SystemClock
 from worker.config import Config
-from worker.engine import Engine, EngineSettings
+from worker.engine import Engine, EngineSettings, default_worker_id
 from worker.errors import StoreUnavailable
 from worker.intake import Intake
 from worker.metrics import Metrics
@@ -140,7 +140,11 @@ async def open_runtime(
             # (or are cancelled after 20 s) and are recorded in the case timeline
             stack.push_async_callback(fanout.aclose, 20.0)
             notifier = fanout
-        limits = config.limits.limits()
+        # replicas on PostgreSQL share each provider's budget through the store;
+        # one process on SQLite keeps it in memory
+        worker_id = worker_id or default_worker_id()
+        shared = store if config.store.postgres is not None else None
+        limits = config.limits.limits(shared, worker_id)
         idp = identity_provider(config.idp, http, limits, clock, metrics)
         ic = await stack.enter_async_context(
             AwsIdentityCenter(

@@ -64,6 +64,9 @@ from worker.store.base import (
     ESCALATABLE,
     OPEN_STATUSES,
     URGENT_STATUSES,
+    BudgetAsk,
+    BudgetGrant,
+    BudgetHolder,
     CaseCount,
     CasePage,
     EvidenceRecord,
@@ -73,6 +76,7 @@ from worker.store.base import (
     event_hash,
     fired_event,
     genesis_hash,
+    grant_budget,
     new_case_id,
     permission_set_lock_name,
 )
@@ -172,6 +176,7 @@ class InMemoryStore:
         self._rerun: set[str] = set()
         self._deliveries: dict[str, Delivery] = {}
         self._refusals: list[Refusal] = []
+        self._budget: dict[str, dict[str, BudgetHolder]] = {}
         #: set when a case may have become runnable, as PostgreSQL's NOTIFY
         self._work = asyncio.Event()
         self._locks = KeyedLocks()
@@ -846,6 +851,13 @@ class InMemoryStore:
     @_recorded
     async def count_events(self, kind: str) -> int:
         return sum(r.kind == kind for chain in self._events.values() for r in chain)
+
+    @_recorded
+    async def lease_budget(self, ask: BudgetAsk, now: float) -> BudgetGrant:
+        holders = self._budget.setdefault(ask.bucket, {})
+        mine, grant = grant_budget(list(holders.values()), ask, now)
+        holders[ask.holder] = mine
+        return grant
 
     @_recorded
     async def task_backlog(self) -> TaskBacklog:

@@ -47,6 +47,25 @@ def test_mass_offboarding_with_an_incident(tmp_path: Path) -> None:
     assert figures["ratio_to_bound"] is None or figures["ratio_to_bound"] > 0
 
 
+def test_mass_offboarding_by_replicas_sharing_a_postgresql_store(tmp_path: Path) -> None:
+    result = run_bench(
+        "mass_offboard",
+        tmp_path,
+        "--people=12",
+        "--scale=20",
+        "--incidents=1",
+        "--latency=0.01",
+        "--store=postgres",
+        "--replicas=2",
+    )
+    figures = result["figures"]
+    assert result["parameters"]["replicas"] == 2
+    assert figures["halted"] == 0
+    assert len(figures["incident_to_idp_deactivated_s"]) == 1
+    # the bound per Okta endpoint group: lookups, lifecycle, sessions apart
+    assert {"okta:user-read", "okta:user-write", "okta:other"} <= set(figures["bound_seconds"])
+
+
 def test_naive_baseline_compares_with_a_worker_result(tmp_path: Path) -> None:
     worker = tmp_path / "worker.json"
     worker.write_text(
@@ -65,6 +84,7 @@ def test_naive_baseline_compares_with_a_worker_result(tmp_path: Path) -> None:
     assert figures["calls"] >= 4 * 9  # every step of every person was done
     assert figures["same_n_and_scale"] is True
     assert figures["speedup"] == pytest.approx(figures["total_seconds"], rel=0.01)
+    assert figures["ratio_to_bound"] > 0
 
 
 def test_intake_against_serve_and_the_bare_handler(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from worker.domain import (
 from worker.errors import NotFound, StoreError
 from worker.evidence import check_chain
 from worker.store.base import (
+    BudgetAsk,
     CasePage,
     EvidenceRecord,
     Store,
@@ -1496,6 +1497,67 @@ class StoreContract:
             with pytest.raises(StoreError, match="cannot be escalated"):
                 await store.escalate_case(case.id, (), 100, at(3), {})
             assert await store.get_case(case.id) == case
+
+    # -- the rate budget replicas share ------------------------------------------------
+
+    @staticmethod
+    def _ask(holder: str, want: int, priority: int | None = 50, **kw: Any) -> BudgetAsk:
+        values: dict[str, Any] = {
+            "bucket": "okta:users-id-write",
+            "holder": holder,
+            "window": 60.0,
+            "limit": 10,
+            "want": want,
+            "priority": priority,
+            "reserve": 2,
+            "ttl": 5.0,
+        }
+        return BudgetAsk(**(values | kw))
+
+    async def test_replicas_together_get_no_more_than_a_window_holds(self, store: Store) -> None:
+        start = 1_800_000_000.0  # a minute's start
+        a = await store.lease_budget(self._ask("a", 5), start + 1)
+        b = await store.lease_budget(self._ask("b", 5), start + 2)
+        again = await store.lease_budget(self._ask("a", 5), start + 3)
+        # 10 a window, the last 2 kept for urgent calls: 5 + 3, then nothing
+        assert (a.granted, b.granted, again.granted) == (5, 3, 0)
+        assert a.window_end == b.window_end == start + 60
+        assert again.retry_at == start + 60  # nothing to gain before the next window
+        urgent = await store.lease_budget(self._ask("b", 5, priority=100), start + 4)
+        assert urgent.granted == 2
+        assert (await store.lease_budget(self._ask("a", 1, priority=100), start + 5)).granted == 0
+        other = await store.lease_budget(self._ask("a", 1, bucket="okta:other"), start + 5)
+        assert other.granted == 1  # buckets are counted apart
+        nxt = await store.lease_budget(self._ask("a", 9), start + 60)
+        assert nxt.granted == 8 and nxt.window_end == start + 120
+
+    async def test_a_starved_urgent_call_holds_back_other_replicas(self, store: Store) -> None:
+        start = 1_800_000_000.0
+        await store.lease_budget(self._ask("bulk", 8, priority=0), start + 1)
+        await store.lease_budget(self._ask("ir", 2, priority=100), start + 2)
+        starved = await store.lease_budget(self._ask("ir", 1, priority=100, ttl=70), start + 3)
+        assert starved.granted == 0
+        # the next window: the replica with the incident waiting goes first
+        held = await store.lease_budget(self._ask("bulk", 4, priority=0), start + 60)
+        assert held.granted == 0 and held.retry_at < start + 61
+        assert (await store.lease_budget(self._ask("ir", 1, priority=100), start + 60.1)).granted
+        # served: its waiting call no longer holds anyone back
+        assert (await store.lease_budget(self._ask("bulk", 4, priority=0), start + 60.2)).granted
+
+    async def test_a_dead_replica_s_lease_lapses(self, store: Store) -> None:
+        start = 1_800_000_000.0
+        await store.lease_budget(self._ask("a", 8, priority=0), start + 1)
+        short = await store.lease_budget(self._ask("dead", 3, priority=100, ttl=65), start + 2)
+        assert short.granted == 2  # its third urgent call waits, recorded
+        grant = await store.lease_budget(self._ask("b", 0, priority=None), start + 3)
+        assert grant.holders == 3
+        # "dead" never renews; while its lease lasts, its waiting call goes first
+        held = await store.lease_budget(self._ask("b", 1, priority=0), start + 61)
+        assert held.granted == 0
+        # once it lapses, it no longer counts (a concurrency cap is split among fewer)
+        # and holds nobody back
+        later = await store.lease_budget(self._ask("b", 1, priority=0), start + 68)
+        assert later.granted == 1 and later.holders == 1
 
 
 ARN = "arn:aws:sso:::permissionSet/ssoins-1/ps-shared"

@@ -21,7 +21,7 @@ from openapi_core.testing import MockRequest, MockResponse
 from openapi_core.validation.request.exceptions import InvalidParameter, ParameterValidationError
 
 from tests.okta_spec import SPEC_HOST, OktaSpec, load_okta_spec
-from worker.config import OktaConfig, SecretRef
+from worker.config import LimitsConfig, OktaConfig, SecretRef
 from worker.errors import PermanentError, TransientError
 from worker.providers.base import IdpUser
 from worker.providers.okta import Okta
@@ -369,3 +369,41 @@ async def test_the_request_validator_rejects_what_the_spec_forbids(
     assert kinds(replace(deactivate, headers=bad_prefer)) == [InvalidParameter]
     nowhere = f"/api/v1/users/{okta_id}/lifecycle/obliterate"
     assert kinds(replace(deactivate, path=nowhere)) == [PathNotFound]
+
+
+async def test_each_call_spends_the_budget_of_its_endpoint_group(
+    served: Served, http: aiohttp.ClientSession, okta_id: str
+) -> None:
+    """Okta counts lookups, lifecycle operations and sessions in different buckets:
+    the adapter's limiter of each bucket reads that bucket's headers."""
+    limits = LimitsConfig().limits()
+    okta = Okta(
+        OktaConfig(org_url=served.url, token=SecretRef(env=TOKEN_ENV)),
+        http,
+        limits["okta"],
+        buckets=limits,
+    )
+    user = await okta.find_user(LEAVER)
+    await okta.deactivate_user(user.id)
+    await okta.revoke_sessions(user.id)
+
+    sent = {name: limits[f"okta:{name}"]._sent for name in ("user-read", "user-write", "other")}
+    assert sent == {"user-read": 1, "user-write": 1, "other": 1}
+    assert limits["okta"]._sent == 3  # every call holds a place under the org's cap
+    # each bucket's budget is the one its own answers announced
+    assert limits["okta:user-read"]._left == 2000 - 1
+    assert limits["okta:user-write"]._left == 600 - 1
+
+
+def test_okta_buckets_are_configuration_with_the_documented_defaults() -> None:
+    assert LimitsConfig().okta_buckets == {
+        "users": 600,
+        "user-write": 600,
+        "user-read": 2000,
+        "logs": 120,
+        "other": 1200,
+    }
+    plan = LimitsConfig(okta_buckets={"user-write": 100})  # an Integrator free org
+    assert plan.limits()["okta:user-write"].urgent_reserve == 15
+    with pytest.raises(ValueError, match="unknown \\['lifecycle'\\]"):
+        LimitsConfig(okta_buckets={"lifecycle": 100})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -416,3 +417,52 @@ async def test_sandbox_admin_routes_need_no_token(
         assert resp.status == 404
     assert [e.action for e in audit.entries()] == ["okta.reactivate"]
     assert okta.user_status("linus@example.com") == "ACTIVE"
+
+
+async def test_each_endpoint_group_counts_in_its_own_budget(
+    http: aiohttp.ClientSession, okta: OktaEmulator, user_id: str
+) -> None:
+    """Okta's documented defaults, one window and set of headers per endpoint group."""
+    read = await call(http, "GET", f"/api/v1/users/{user_id}", headers=AUTH)
+    write = await call(http, "POST", f"/api/v1/users/{user_id}/lifecycle/suspend", headers=AUTH)
+    sessions = await call(http, "DELETE", f"/api/v1/users/{user_id}/sessions", headers=AUTH)
+    again = await call(http, "GET", f"/api/v1/users/{LOGIN}", headers=AUTH)
+    limits = [
+        (e.headers["X-Rate-Limit-Limit"], e.headers["X-Rate-Limit-Remaining"])
+        for e in (read, write, sessions, again)
+    ]
+    assert limits == [("2000", "1999"), ("600", "599"), ("1200", "1199"), ("2000", "1998")]
+
+    okta.rate_limits = okta.rate_limits | {"user-read": 1}
+    assert (await call(http, "GET", f"/api/v1/users/{user_id}", headers=AUTH)).status == 429
+    # another group's budget is untouched
+    cleared = await call(http, "DELETE", f"/api/v1/users/{user_id}/sessions", headers=AUTH)
+    assert cleared.status == 204
+    assert cleared.headers["X-Rate-Limit-Remaining"] == "1198"
+
+
+async def test_a_request_over_the_concurrency_cap_is_answered_429(
+    spec: OktaSpec,
+    http: aiohttp.ClientSession,
+    okta: OktaEmulator,
+    faults: FaultPlan,
+    audit: AuditLog,
+    user_id: str,
+) -> None:
+    assert okta.concurrency_limit == 75  # Okta's documented cap per org
+    okta.concurrency_limit = 2
+    faults.add(FaultRule(endpoint="okta.get_user", kind="latency", rate=1.0, delay=0.5))
+    path = f"/api/v1/users/{user_id}"
+    held = [asyncio.create_task(call(http, "GET", path, headers=AUTH)) for _ in range(2)]
+    for _ in range(500):  # until both are in flight
+        if len(audit.requests) == 2:
+            break
+        await asyncio.sleep(0.01)
+    over = await call(http, "GET", path, headers=AUTH)
+    assert [e.status for e in await asyncio.gather(*held)] == [200, 200]
+
+    assert over.status == 429
+    assert_valid(spec, over)
+    assert over.headers["X-Rate-Limit-Limit"] == "0"
+    assert over.headers["X-Rate-Limit-Remaining"] == "0"
+    assert audit.throttled["okta.get_user"] == 1

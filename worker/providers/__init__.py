@@ -30,4 +30,4 @@ def identity_provider(
     from worker.providers.okta import Okta
 
     assert config.okta is not None
-    return Okta(config.okta, http, limits["okta"], metrics=metrics)
+    return Okta(config.okta, http, limits["okta"], metrics=metrics, buckets=limits)

@@ -8,6 +8,7 @@ own error summary only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Mapping
@@ -106,7 +107,10 @@ class JsonHttpClient:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         content_type: str = "application/json",
+        bucket: RateLimiter | None = None,
     ) -> HttpResult:
+        """`bucket`: the limiter of the endpoint group the call counts in (Okta's
+        per-endpoint budgets), besides the provider's own (its cap on calls in flight)."""
         url = self.base_url + path
         all_headers = {
             "Authorization": self._authorization,
@@ -116,20 +120,26 @@ class JsonHttpClient:
         if body is not None:
             all_headers["Content-Type"] = content_type
         where = f"{method} {path}"
+        budget = bucket or self.limiter
         try:
-            async with self.limiter.slot():
+            async with contextlib.AsyncExitStack() as places:
+                # the bucket's place first: a call waiting for its window's budget
+                # holds none of the places in flight
+                if bucket is not None:
+                    await places.enter_async_context(bucket.slot())
+                await places.enter_async_context(self.limiter.slot())
                 if self.metrics is not None:
                     self.metrics.provider_call(self.provider)
-                return await self._send(method, url, where, body, params, all_headers)
+                return await self._send(method, url, where, body, params, all_headers, budget)
         except ProviderError as exc:
             if self.metrics is not None:
                 self.metrics.provider_failed(self.provider, exc)
             if not isinstance(exc, TransientError):
                 raise
             if exc.retry_after is not None:
-                self.limiter.pause(exc.retry_after)  # every case waits, not only this one
+                budget.pause(exc.retry_after)  # every case waits, not only this one
             elif exc.status == 429:
-                self.limiter.pause(UNHINTED_PAUSE)
+                budget.pause(UNHINTED_PAUSE)
             raise
 
     async def _send(
@@ -140,6 +150,7 @@ class JsonHttpClient:
         body: Any,
         params: Mapping[str, str] | None,
         all_headers: dict[str, str],
+        budget: RateLimiter,
     ) -> HttpResult:
         try:
             async with self._session.request(
@@ -153,7 +164,7 @@ class JsonHttpClient:
                 raw = await response.read()
                 decoded = _decode(raw)
                 if response.status < 400:
-                    self._observe_budget(response.headers)
+                    self._observe_budget(response.headers, budget)
                     return HttpResult(
                         status=response.status, body=decoded, headers=response.headers
                     )
@@ -178,7 +189,7 @@ class JsonHttpClient:
         except aiohttp.ClientError as exc:
             raise TransientError(self.provider, f"{where} failed: {type(exc).__name__}") from None
 
-    def _observe_budget(self, headers: Any) -> None:
+    def _observe_budget(self, headers: Any, budget: RateLimiter) -> None:
         """Okta's X-Rate-Limit-Remaining/-Reset: pause before the budget is spent."""
         remaining = headers.getall("X-Rate-Limit-Remaining", [])
         resets = headers.getall("X-Rate-Limit-Reset", [])
@@ -189,7 +200,7 @@ class JsonHttpClient:
             reset_in = min(float(v) for v in resets) - time.time()
         except ValueError:
             return
-        if self.limiter.budget(left, reset_in) and self.metrics is not None:
+        if budget.budget(left, reset_in) and self.metrics is not None:
             self.metrics.provider_throttled(self.provider)
 
 

@@ -12,7 +12,22 @@ from worker.errors import PermanentError, TransientError
 from worker.metrics import Metrics
 from worker.providers.base import IdpUser, PlannedCall
 from worker.providers.http import JsonHttpClient
-from worker.ratelimit import RateLimiter
+from worker.ratelimit import Limits, RateLimiter
+
+
+def okta_bucket(method: str, path: str) -> str:
+    """The endpoint group of Okta's rate limits a request counts in (the keys of
+    `worker.config.OKTA_BUCKETS`)."""
+    parts = path.split("?")[0].strip("/").split("/")
+    if parts[:3] != ["api", "v1", "users"]:
+        return "logs" if parts[:3] == ["api", "v1", "logs"] else "other"
+    if len(parts) == 3:
+        return "users"
+    if len(parts) == 4:
+        return "user-read" if method == "GET" else "user-write"
+    if parts[4] == "lifecycle":
+        return "user-write"
+    return "other"
 
 
 class Okta:
@@ -24,7 +39,11 @@ class Okta:
         session: aiohttp.ClientSession,
         limiter: RateLimiter | None = None,
         metrics: Metrics | None = None,
+        buckets: Limits | None = None,
     ) -> None:
+        #: the limiters of Okta's per-endpoint budgets ("okta:<bucket>"); `limiter`
+        #: holds the org's cap on calls in flight
+        self._buckets = buckets
         self.org_url = config.org_url.rstrip("/")
         self._http = JsonHttpClient(
             provider="okta",
@@ -45,7 +64,8 @@ class Okta:
 
     async def _get(self, key: str, *, looking_for: str) -> IdpUser:
         try:
-            result = await self._http.request("GET", f"/api/v1/users/{quote(key, safe='@')}")
+            path = f"/api/v1/users/{quote(key, safe='@')}"
+            result = await self._http.request("GET", path, bucket=self._bucket("GET", path))
         except PermanentError as exc:
             if exc.status == 404:
                 raise PermanentError(
@@ -68,10 +88,9 @@ class Okta:
 
     async def deactivate_user(self, user_id: str) -> None:
         try:
+            path = f"/api/v1/users/{quote(user_id)}/lifecycle/deactivate"
             await self._http.request(
-                "POST",
-                f"/api/v1/users/{quote(user_id)}/lifecycle/deactivate",
-                params={"sendEmail": "false"},
+                "POST", path, params={"sendEmail": "false"}, bucket=self._bucket("POST", path)
             )
         except PermanentError:
             # Okta refuses to deactivate a DEPROVISIONED user: that is the goal reached.
@@ -86,11 +105,13 @@ class Okta:
             raise
 
     async def revoke_sessions(self, user_id: str) -> None:
+        path = f"/api/v1/users/{quote(user_id)}/sessions"
         await self._http.request(
-            "DELETE",
-            f"/api/v1/users/{quote(user_id)}/sessions",
-            params={"oauthTokens": "true"},
+            "DELETE", path, params={"oauthTokens": "true"}, bucket=self._bucket("DELETE", path)
         )
+
+    def _bucket(self, method: str, path: str) -> RateLimiter | None:
+        return None if self._buckets is None else self._buckets[f"okta:{okta_bucket(method, path)}"]
 
     def plan(self, action: str, subject: str) -> list[PlannedCall]:
         user = f"{self.org_url}/api/v1/users"

@@ -1,9 +1,11 @@
 """An emulator of Okta's Management API: users, their lifecycle and sessions.
 
 It speaks the wire shapes of Okta's published spec (User, Error, Success), checks
-`Authorization: SSWS <token>`, and keeps a one-minute rate-limit window on the clock
-with Okta's `X-Rate-Limit-*` headers. Only mutations actually applied are audited:
-a refused call leaves no entry, so a test can count what really happened.
+`Authorization: SSWS <token>`, and keeps Okta's rate limits on the clock: a one-minute
+window per endpoint group (`RATE_LIMITS`), each answered with its own `X-Rate-Limit-*`
+headers, and the cap on requests in flight (`CONCURRENCY_LIMIT`). Only mutations
+actually applied are audited: a refused call leaves no entry, so a test can count what
+really happened.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import math
 import secrets
 import string
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,6 +48,29 @@ _LIFECYCLE_LINKS = {
 }
 _ALNUM = string.ascii_letters + string.digits
 _RATE_WINDOW = 60  # seconds; Okta's limits are per minute
+#: Okta's per-minute budgets by endpoint group, the defaults of Okta's management
+#: rate-limit page (Workforce Identity; they vary by plan: set `rate_limits`)
+RATE_LIMITS = {
+    "users": 600,  # GET/POST /api/v1/users
+    "user-write": 600,  # POST/PUT/DELETE /api/v1/users/{id} (and its lifecycle operations)
+    "user-read": 2000,  # GET /api/v1/users/{idOrLogin}
+    "logs": 120,  # /api/v1/logs
+    "other": 1200,  # every other /api/v1 endpoint
+}
+#: Okta's cap on requests in flight per org
+CONCURRENCY_LIMIT = 75
+
+
+def rate_bucket(method: str, path: str) -> str:
+    """The endpoint group a request counts in: a key of `RATE_LIMITS`."""
+    parts = path.strip("/").split("/")
+    if parts[:3] != ["api", "v1", "users"]:
+        return "logs" if parts[:3] == ["api", "v1", "logs"] else "other"
+    if len(parts) == 3:
+        return "users"
+    if len(parts) == 4:
+        return "user-read" if method == "GET" else "user-write"
+    return "user-write" if parts[4] == "lifecycle" else "other"
 
 
 def _okta_id(prefix: str) -> str:
@@ -126,23 +152,36 @@ class OktaEmulator(SandboxUserAdmin):
         clock: Clock,
         api_token: str,
         async_deactivate_delay: float = 0.0,
-        rate_limit_per_minute: int = 600,
-        concurrency_limit: int | None = None,
+        rate_limits: dict[str, int] | None = None,
+        concurrency_limit: int | None = CONCURRENCY_LIMIT,
     ) -> None:
         self.audit = audit
         self.faults = faults
         self.clock = clock
         self.api_token = api_token
         self.async_deactivate_delay = async_deactivate_delay
-        self.rate_limit_per_minute = rate_limit_per_minute
-        #: Okta's per-org cap on requests in flight (75 on most orgs); None: no cap
+        #: calls a minute by endpoint group (`rate_bucket`)
+        self.rate_limits = RATE_LIMITS | (rate_limits or {})
+        #: Okta's per-org cap on requests in flight; None: no cap
         self.concurrency_limit = concurrency_limit
         self._in_flight = 0
         self._users: dict[str, _User] = {}
         self._ids_by_login: dict[str, str] = {}
         self._user_type_id = _okta_id("oty")
-        self._window_start = 0
-        self._window_used = 0
+        # each endpoint group's window: its start (epoch seconds) and the calls in it
+        self._windows: dict[str, tuple[int, int]] = {}
+        #: calls within their group's budget (answered, not throttled), by group
+        self.calls_by_bucket: Counter[str] = Counter()
+
+    @property
+    def rate_limit_per_minute(self) -> int:
+        """The smallest budget of any endpoint group."""
+        return min(self.rate_limits.values())
+
+    @rate_limit_per_minute.setter
+    def rate_limit_per_minute(self, value: int) -> None:
+        """Every endpoint group the same budget (tests about something else)."""
+        self.rate_limits = dict.fromkeys(RATE_LIMITS, value)
 
     # -- the sandbox's own handles on the state ------------------------------------------
 
@@ -273,18 +312,22 @@ class OktaEmulator(SandboxUserAdmin):
     async def _admitted(
         self, request: web.Request, handler: Handler, name: str
     ) -> web.StreamResponse:
-        reset = self._count_call()
+        bucket = rate_bucket(request.method, request.path)
+        limit = self.rate_limits[bucket]
+        used, reset = self._count_call(bucket)
         response: web.StreamResponse
-        if self._window_used > self.rate_limit_per_minute:
+        if used > limit:
             self.audit.calls[name] += 1
             self.audit.throttled[name] += 1
             response = okta_error(
                 429, "E0000047", "API call exceeded rate limit due to too many requests."
             )
         elif not self._authorized(request):
+            self.calls_by_bucket[bucket] += 1
             self.audit.calls[name] += 1
             response = okta_error(401, "E0000011", "Invalid token provided")
         else:
+            self.calls_by_bucket[bucket] += 1
             try:
                 response = await handler(request)
             except web.HTTPNotFound:
@@ -295,9 +338,9 @@ class OktaEmulator(SandboxUserAdmin):
                 response = okta_error(
                     405, "E0000022", "The endpoint does not support the provided HTTP method"
                 )
-        remaining = max(0, self.rate_limit_per_minute - self._window_used)
+        remaining = max(0, limit - used)
         for header, value in (
-            ("X-Rate-Limit-Limit", self.rate_limit_per_minute),
+            ("X-Rate-Limit-Limit", limit),
             ("X-Rate-Limit-Remaining", remaining),
             ("X-Rate-Limit-Reset", reset),
         ):
@@ -306,13 +349,14 @@ class OktaEmulator(SandboxUserAdmin):
                 response.headers[header] = str(value)
         return response
 
-    def _count_call(self) -> int:
-        """Count a call in the current one-minute window; the window's end in epoch seconds."""
+    def _count_call(self, bucket: str) -> tuple[int, int]:
+        """Count a call in its group's current one-minute window: the calls counted
+        in it so far and the window's end in epoch seconds."""
         start = int(self.clock.now().timestamp()) // _RATE_WINDOW * _RATE_WINDOW
-        if start != self._window_start:
-            self._window_start, self._window_used = start, 0
-        self._window_used += 1
-        return start + _RATE_WINDOW
+        window_start, used = self._windows.get(bucket, (start, 0))
+        used = used + 1 if window_start == start else 1
+        self._windows[bucket] = (start, used)
+        return used, start + _RATE_WINDOW
 
     def _authorized(self, request: web.Request) -> bool:
         given = request.headers.get("Authorization", "").encode(errors="replace")

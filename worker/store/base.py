@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from worker.domain import (
+    URGENT,
     Admission,
     Arrival,
     Case,
@@ -155,6 +157,91 @@ class CasePage:
 
     cases: tuple[Case, ...]
     total: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetAsk:
+    """One replica asking for a slice of a provider's rate budget (`Store.lease_budget`).
+
+    The budget is `limit` calls per fixed window of `window` seconds (epoch-aligned,
+    as Okta's minutes are), shared by every replica. `priority` is that of the most
+    urgent call the replica has waiting (None: nothing waits, it only renews its
+    lease); the last `reserve` calls of a window go to urgent calls only."""
+
+    bucket: str
+    holder: str
+    window: float
+    limit: int
+    want: int
+    priority: int | None
+    reserve: int = 0
+    #: how long the holder's lease (its priority, its share of a concurrency cap) lasts
+    #: without a renewal: a replica that dies gives them back then
+    ttl: float = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetHolder:
+    """A replica's row in a bucket: its calls granted in the window starting at
+    `window_start`, its most urgent waiting call, and when its lease lapses."""
+
+    holder: str
+    window_start: float
+    granted: int
+    priority: int | None
+    expires_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetGrant:
+    """What a replica may spend: `granted` calls until `window_end` (epoch seconds);
+    `holders`: the replicas holding a live lease on the bucket, this one included
+    (a concurrency cap is split among them); `retry_at`: when asking again may help."""
+
+    granted: int
+    window_end: float
+    holders: int
+    retry_at: float
+
+
+#: how soon a replica held back by another's urgent calls asks again (seconds)
+BUDGET_RETRY = 0.05
+
+
+def grant_budget(
+    holders: Sequence[BudgetHolder], ask: BudgetAsk, now: float
+) -> tuple[BudgetHolder, BudgetGrant]:
+    """The rule every store applies, atomically, to one bucket's rows: grant at most
+    what the window has left (its reserve only to urgent calls) and nothing to a
+    replica while another replica's live lease shows a more urgent call waiting.
+    Calls granted to a replica that died stay counted (they may have been sent) until
+    the window ends; its lease, and with it its priority and share, lapse after `ttl`."""
+    start = math.floor(now / ask.window) * ask.window
+    used = sum(h.granted for h in holders if h.window_start == start and h.holder != ask.holder)
+    mine = next((h for h in holders if h.holder == ask.holder), None)
+    spent = mine.granted if mine is not None and mine.window_start == start else 0
+    left = ask.limit - used - spent
+    others = [h for h in holders if h.holder != ask.holder and h.expires_at > now]
+    priority = -1 if ask.priority is None else ask.priority
+    outranked = any(h.priority is not None and h.priority > priority for h in others)
+    usable = left if priority >= URGENT else left - ask.reserve
+    granted = 0 if outranked else max(0, min(ask.want, usable))
+    end = start + ask.window
+    if granted or ask.want == 0:
+        retry = now
+    else:
+        retry = min(end, now + BUDGET_RETRY) if outranked else end
+    row = BudgetHolder(
+        holder=ask.holder,
+        window_start=start,
+        granted=spent + granted,
+        # a replica whose ask was met has no call left waiting at that priority
+        priority=ask.priority if granted < ask.want else None,
+        expires_at=now + ask.ttl,
+    )
+    return row, BudgetGrant(
+        granted=granted, window_end=end, holders=len(others) + 1, retry_at=retry
+    )
 
 
 #: The milestone whose time ends a case's residual-access countdown.
@@ -435,3 +522,10 @@ class Store(Protocol):
         """Up to `limit` cases in these states (None or empty: every case) in
         `list_cases`' order (created_at, then id), those after the case `after` only
         (from the first for None): a keyset page. NotFound for an unknown `after`."""
+
+    # the rate budget that replicas share
+
+    async def lease_budget(self, ask: BudgetAsk, now: float) -> BudgetGrant:
+        """Grant `ask.holder` up to `ask.want` calls of the bucket's current window
+        (`grant_budget`'s rule, applied atomically across replicas; `now` in epoch
+        seconds) and renew its lease, recording its most urgent waiting call."""

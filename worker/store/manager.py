@@ -39,6 +39,9 @@ from worker.store.base import (
     CLOSED_STATUSES,
     ESCALATABLE,
     OPEN_STATUSES,
+    BudgetAsk,
+    BudgetGrant,
+    BudgetHolder,
     CaseCount,
     CasePage,
     EvidenceRecord,
@@ -48,6 +51,7 @@ from worker.store.base import (
     created_event,
     fired_event,
     genesis_hash,
+    grant_budget,
     new_case_id,
     permission_set_lock_name,
 )
@@ -113,9 +117,10 @@ class Connector(Runner, Protocol):
     document as Python (None stays None); `chain_time`: an event's time as hashed.
     `append_event(s)`: onto the case's hash chain, in `tx` (the seq). `notify`: say
     there may be work (`wait_for_work`) when `tx` commits. `lock_admission`: make
-    concurrent `admit`s of these deliveries and people take turns. `hold_lock`: a
-    lock by name across the processes sharing the database, outside any transaction
-    (one task of this process at a time asks for a name: `StoreManager` sees to it).
+    concurrent `admit`s of these deliveries and people (and `lease_budget`s of one
+    bucket) take turns. `hold_lock`: a lock by name across the processes sharing the
+    database, outside any transaction (one task of this process at a time asks for a
+    name: `StoreManager` sees to it).
     """
 
     async def open(self) -> None: ...
@@ -820,6 +825,38 @@ class StoreManager:
             limit=max(0, limit),
         )
         return list(map(self._case, rows))
+
+    # the rate budget that replicas share
+
+    async def lease_budget(self, ask: BudgetAsk, now: float) -> BudgetGrant:
+        # One short transaction per slice of calls, not per call: replicas take turns
+        # on the bucket's lock, read its few rows and write their own.
+        async with self.c.transaction() as tx:
+            await self.c.lock_admission(tx, [f"rate-budget:{ask.bucket}"])
+            rows = await tx.all("budget_holders", bucket=ask.bucket)
+            holders = [
+                BudgetHolder(
+                    holder=r["holder"],
+                    window_start=float(r["window_start"]),
+                    granted=int(r["granted"]),
+                    priority=None if r["priority"] is None else int(r["priority"]),
+                    expires_at=float(r["expires_at"]),
+                )
+                for r in rows
+            ]
+            mine, grant = grant_budget(holders, ask, now)
+            await tx.run(
+                "budget_save",
+                bucket=ask.bucket,
+                holder=mine.holder,
+                window_start=mine.window_start,
+                granted=mine.granted,
+                priority=mine.priority,
+                expires_at=mine.expires_at,
+            )
+            if len(holders) > grant.holders:
+                await tx.run("budget_prune", bucket=ask.bucket, now=now, start=mine.window_start)
+        return grant
 
 
 def _stored_data(connector: Connector, value: Any) -> Any:

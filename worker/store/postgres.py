@@ -184,7 +184,13 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     """
     ALTER TABLE cases ADD COLUMN rerun BOOLEAN NOT NULL DEFAULT FALSE;
     """,
-    # version 5: one active case per person, whatever the playbook
+    # version 5: the rate budget replicas share (Store.lease_budget); times in epoch seconds
+    """
+    CREATE TABLE rate_budget (bucket text NOT NULL, holder text NOT NULL,
+        window_start double precision NOT NULL, granted bigint NOT NULL, priority bigint,
+        expires_at double precision NOT NULL, PRIMARY KEY (bucket, holder));
+    """,
+    # version 6: one active case per person, whatever the playbook
     ONE_ACTIVE_MIGRATION,
 )
 

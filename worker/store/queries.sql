@@ -224,3 +224,14 @@ SELECT * FROM cases WHERE (status = ANY(:statuses) OR :every)
 AND (created_at, id) > (:created_at, :after) ORDER BY created_at, id LIMIT :limit
 -- name: case_created_at
 SELECT created_at FROM cases WHERE id = :case_id
+-- name: budget_holders
+SELECT holder, window_start, granted, priority, expires_at FROM rate_budget
+WHERE bucket = :bucket
+-- name: budget_save
+INSERT INTO rate_budget (bucket, holder, window_start, granted, priority, expires_at)
+VALUES (:bucket, :holder, :window_start, :granted, :priority, :expires_at)
+ON CONFLICT (bucket, holder) DO UPDATE SET window_start = excluded.window_start,
+    granted = excluded.granted, priority = excluded.priority, expires_at = excluded.expires_at
+-- name: budget_prune
+-- replicas gone for good: their lease lapsed and their window is over
+DELETE FROM rate_budget WHERE bucket = :bucket AND expires_at < :now AND window_start < :start

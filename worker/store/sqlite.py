@@ -237,7 +237,19 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     """
     ALTER TABLE cases ADD COLUMN rerun INTEGER NOT NULL DEFAULT 0;
     """,
-    # version 8: one active case per person, whatever the playbook
+    # version 8: the rate budget replicas share (Store.lease_budget); times in epoch seconds
+    """
+    CREATE TABLE rate_budget (
+        bucket TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        window_start REAL NOT NULL,
+        granted INTEGER NOT NULL,
+        priority INTEGER,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (bucket, holder)
+    );
+    """,
+    # version 9: one active case per person, whatever the playbook
     ONE_ACTIVE_MIGRATION,
 )
 
