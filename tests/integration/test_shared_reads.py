@@ -68,9 +68,28 @@ def calls(sandbox: Sandbox, endpoint: str) -> int:
     return sandbox.audit.calls[endpoint]
 
 
+LIST_APPLICATIONS = "sso-admin.ListApplications"
+
+
+async def test_without_applications_nobody_is_listed_for_one(
+    sandbox: Sandbox, ic: AwsIdentityCenter, team: Team, clock: ManualClock
+) -> None:
+    for user in (team.alice, team.bob):
+        assert await ic.reachable_applications(user, groups=[team.group]) == []
+    # one ListApplications for both cases says the instance has none: no listing per person
+    assert (calls(sandbox, LIST_APPLICATIONS), calls(sandbox, LIST_APPS)) == (1, 0)
+    # an application added later is seen by a re-read due after it
+    wiki = sandbox.identity_center.add_application("Wiki")
+    sandbox.identity_center.assign_application(wiki, principal_type="USER", principal_id=team.alice)
+    clock.advance(timedelta(seconds=1))
+    [app] = await ic.reachable_applications(team.alice, since=clock.now(), groups=[team.group])
+    assert (app.arn, app.via) == (wiki, ("USER",))
+
+
 async def test_two_cases_share_one_read_of_their_group(
     sandbox: Sandbox, ic: AwsIdentityCenter, team: Team
 ) -> None:
+    sandbox.identity_center.add_application("Wiki")  # assigned to nobody here
     for user in (team.alice, team.bob):
         [reached] = await ic.reachable_permission_sets(user, groups=[team.group])
         assert (reached.arn, reached.via) == (team.readonly, (f"GROUP:{team.group}",))

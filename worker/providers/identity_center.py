@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import aiohttp
+import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
@@ -37,6 +38,7 @@ from worker.providers.shared_reads import SharedReads
 from worker.ratelimit import UNHINTED_PAUSE, RateLimiter
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 #: the provider label of identitystore and sso-admin calls in the metrics
 METRICS_NAME = "identity_center"
 
@@ -458,6 +460,8 @@ class AwsIdentityCenter:
             ("GROUP", group_id, f"GROUP:{group_id}")
             for group_id in await self._groups(user_id, groups)
         ]
+        if not await self.shared.read(("any_application",), self._any_application, since=since):
+            return []  # an instance without applications: nobody is assigned one
         for principal_type, principal_id, via in principals:
             if principal_type == "USER":
                 arns = await self._application_assignments(principal_type, principal_id)
@@ -480,6 +484,23 @@ class AwsIdentityCenter:
                 )
             )
         return result
+
+    async def _any_application(self) -> bool:
+        """Whether the instance has an application: one ListApplications page, read for
+        every case at once. Refused (an IAM policy without sso:ListApplications) or
+        unsure (an empty page with a NextToken): True, and each principal is listed."""
+        try:
+            page = await self._aws(
+                "sso-admin",
+                "ListApplications",
+                self._sso_admin.list_applications(
+                    InstanceArn=self.config.instance_arn, MaxResults=1
+                ),
+            )
+        except PermanentError as exc:
+            log.info("applications_not_listable", error=str(exc))
+            return True
+        return bool(page.get("Applications") or page.get("NextToken"))
 
     async def _application_assignments(
         self, principal_type: str, principal_id: str
