@@ -251,12 +251,24 @@ class IdentityCenterConfig(_Model):
         description="link an operator follows; {region} {instance_id} {user_id} are filled in",
     )
     timeout_seconds: float = 10.0
+    #: how long one read of what many cases share (a group's assignments, a permission
+    #: set's description, an application's configuration) answers the others (ISO-8601);
+    #: the countdown's re-reads take only reads sent at or after their due time
+    shared_read_ttl: str = "PT30S"
 
     @model_validator(mode="after")
     def _scim_when_needed(self) -> IdentityCenterConfig:
         if self.identity_source == "scim" and self.scim is None:
             raise ValueError("identity_source 'scim' needs a 'scim' section (url and token)")
+        try:
+            parse_iso_duration(self.shared_read_ttl)
+        except ValueError as exc:
+            raise ValueError(f"shared_read_ttl: {exc}") from None
         return self
+
+    @property
+    def shared_read_window(self) -> timedelta:
+        return parse_iso_duration(self.shared_read_ttl)
 
 
 class StoreConfig(_Model):

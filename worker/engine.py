@@ -19,7 +19,7 @@ import socket
 import time
 import weakref
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -52,6 +52,17 @@ log = structlog.get_logger(__name__)
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+#: the re-read grid's origin: any fixed moment will do, the same in every process
+_GRID_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def reread_tick_after(moment: datetime, interval: timedelta) -> datetime:
+    """The first multiple of `interval` (counted from a fixed origin) after `moment`:
+    never more than `interval` later, and the same for every case of a run."""
+    ticks = (moment - _GRID_ORIGIN) // interval
+    return _GRID_ORIGIN + (ticks + 1) * interval
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -424,11 +435,13 @@ class Engine:
     def _work_timers(
         self, case_id: str, epoch: int, countdown: Countdown, deny_ran: bool
     ) -> list[Timer]:
-        """A re-read every `reread_interval` from the disable while new sessions can
-        start, and one at the moment they no longer can; with a deny, the moment it
-        may come off (the role bound as if it had never run)."""
+        """A re-read at most `reread_interval` apart from the disable while new sessions
+        can start, and one at the moment they no longer can; with a deny, the moment it
+        may come off (the role bound as if it had never run). The re-reads fall on one
+        grid for every case (multiples of the interval), so the cases of a run re-read
+        together and share what they read of groups and permission sets."""
         new_sessions_end = countdown.milestone("new-sessions-end").at
-        due = countdown.inputs.ic_disabled_at + self.sessions.reread_interval
+        due = reread_tick_after(countdown.inputs.ic_disabled_at, self.sessions.reread_interval)
         timers = []
         for n in itertools.count(1):
             if due >= new_sessions_end:

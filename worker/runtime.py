@@ -148,7 +148,11 @@ async def open_runtime(
         idp = identity_provider(config.idp, http, limits, clock, metrics)
         ic = await stack.enter_async_context(
             AwsIdentityCenter(
-                config.identity_center, http, limits["identity-center"], metrics=metrics
+                config.identity_center,
+                http,
+                limits["identity-center"],
+                metrics=metrics,
+                clock=clock,
             )
         )
         providers = Providers(idp=idp, identity_center=ic)

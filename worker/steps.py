@@ -260,10 +260,11 @@ async def _inventory(ctx: StepContext, user_id: str) -> dict[str, Any]:
 
 
 async def read_inventory(
-    ledger: Reader, ic: IdentityCenter, user_id: str, *, fresh: bool = False
+    ledger: Reader, ic: IdentityCenter, user_id: str, *, since: datetime | None = None
 ) -> dict[str, Any]:
-    """The permission sets the user reaches (with durations; `fresh`: not from a shared
-    cache) and the applications they are assigned to, as evidence and countdown input.
+    """The permission sets the user reaches (with durations) and the applications they
+    are assigned to, as evidence and countdown input; `since`: nothing that other cases
+    share (a group's assignments, a duration) read before that moment.
     Applications that cannot be read (access denied, not implemented) are recorded as
     None, said "not covered" by the countdown, and do not halt the case."""
     # the memberships once, for both: every call is time in a mass run
@@ -275,13 +276,13 @@ async def read_inventory(
     ]
     sets = await ledger.call(
         "identity_center.inventory",
-        lambda: ic.reachable_permission_sets(user_id, fresh=fresh, groups=groups),
+        lambda: ic.reachable_permission_sets(user_id, since=since, groups=groups),
     )
     applications: list[dict[str, Any]] | None
     try:
         found = await ledger.call(
             "identity_center.applications",
-            lambda: ic.reachable_applications(user_id, groups=groups),
+            lambda: ic.reachable_applications(user_id, since=since, groups=groups),
         )
         applications = [a.as_json() for a in found]
     except PermanentError as exc:

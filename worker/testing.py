@@ -1254,7 +1254,9 @@ class FakeIdentityCenter(_Fake):
             lambda: [(m, g) for m, (u, g) in self.memberships.items() if u == user_id],
         )
 
-    async def assignments(self, principal_type: str, principal_id: str) -> list[tuple[str, str]]:
+    async def assignments(
+        self, principal_type: str, principal_id: str, *, since: datetime | None = None
+    ) -> list[tuple[str, str]]:
         return await self._call(
             "assignments",
             (principal_type, principal_id),
@@ -1266,7 +1268,7 @@ class FakeIdentityCenter(_Fake):
         )
 
     async def permission_set(
-        self, arn: str, *, fresh: bool = False
+        self, arn: str, *, since: datetime | None = None
     ) -> tuple[str, timedelta | None]:
         def describe() -> tuple[str, timedelta | None]:
             if arn not in self.permission_sets:
@@ -1277,7 +1279,7 @@ class FakeIdentityCenter(_Fake):
         return await self._call("permission_set", (arn,), describe)
 
     async def reachable_permission_sets(
-        self, user_id: str, *, fresh: bool = False, groups: Sequence[str] | None = None
+        self, user_id: str, *, since: datetime | None = None, groups: Sequence[str] | None = None
     ) -> list[ReachablePermissionSet]:
         # no cache here: every read is fresh
         await self._call("reachable_permission_sets", (user_id,), lambda: None)
@@ -1320,7 +1322,7 @@ class FakeIdentityCenter(_Fake):
         self.application_assignments.append((principal_type, principal_id, arn))
 
     async def reachable_applications(
-        self, user_id: str, *, groups: Sequence[str] | None = None
+        self, user_id: str, *, since: datetime | None = None, groups: Sequence[str] | None = None
     ) -> list[ReachableApplication]:
         if groups is None:
             groups = [group for _, group in await self.group_memberships(user_id)]

@@ -76,7 +76,7 @@ async def check_case(engine: Engine, case: Case) -> bool:
             act=lambda _: ic.disable_user(ic_id),
         )
         redisabled_at = engine.clock.now()
-        read = await read_inventory(ledger, ic, ic_id, fresh=True)
+        read = await read_inventory(ledger, ic, ic_id, since=redisabled_at)
         # every epoch's sets stay counted (a session started before the drift lives
         # on), and the earlier countdown's end is a floor
         await engine.store.append_event(

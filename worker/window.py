@@ -12,6 +12,7 @@ and when the deny step has run, sets found later are covered too.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -58,13 +59,17 @@ async def on_timer(engine: Engine, timer: Timer) -> bool:
             ),
         )
         return True
-    await reread(engine, timer.case_id, timer.name)
+    await reread(engine, timer.case_id, timer.name, since=timer.due_at)
     return True
 
 
-async def reread(engine: Engine, case_id: str, label: str) -> Countdown | None:
-    """Read the inventory again (bypassing any cache), record it, cover new sets with
-    the deny if it ran, recompute the countdown and say so when it grew."""
+async def reread(engine: Engine, case_id: str, label: str, *, since: datetime) -> Countdown | None:
+    """Read the inventory again, record it, cover new sets with the deny if it ran,
+    recompute the countdown and say so when it grew. The user's own assignments and
+    memberships are read now; what other cases share (a group's assignments, a
+    duration) only from a read sent at or after `since`, the timer's due time: as
+    fresh as a read of its own sent then. The re-reads of every case fall due at the
+    same moments (engine._work_timers), so one read of a group serves them all."""
     store, ic = engine.store, engine.providers.identity_center
     case = await store.get_case(case_id)
     if case.status in CLOSED_STATUSES or case.countdown is None:
@@ -77,11 +82,12 @@ async def reread(engine: Engine, case_id: str, label: str) -> Countdown | None:
     epoch = int(case.countdown.get("epoch", 0))
     with structlog.contextvars.bound_contextvars(case_id=case_id, reread=label):
         ledger = engine.ledger(case_id, f"reread-{epoch}")
-        read = await read_inventory(ledger, ic, user_id, fresh=True)
+        read = await read_inventory(ledger, ic, user_id, since=since)
         removal = records.get(REMOVE_ACCESS.name)
         read["described"] = await _no_longer_listed(
             ledger,
             ic,
+            since=since,
             seen=[p["arn"] for p in case.countdown.get("inputs", {}).get("permission_sets", [])],
             listed=[p["arn"] for p in read["permission_sets"]],
             left_groups=removal.evidence.get("left_groups", []) if removal else [],
@@ -110,6 +116,7 @@ async def _no_longer_listed(
     ledger: Ledger,
     ic: IdentityCenter,
     *,
+    since: datetime,
     seen: Sequence[str],
     listed: Sequence[str],
     left_groups: Sequence[str],
@@ -121,7 +128,8 @@ async def _no_longer_listed(
     arns = {arn: "removed" for arn in seen if arn not in listed}
     for group in left_groups:
         for _account, arn in await ledger.call(
-            "sso-admin.ListAccountAssignments", partial(ic.assignments, "GROUP", group)
+            "sso-admin.ListAccountAssignments",
+            partial(ic.assignments, "GROUP", group, since=since),
         ):
             if arn not in listed:
                 arns[arn] = f"GROUP:{group}"
@@ -129,7 +137,7 @@ async def _no_longer_listed(
     for arn, via in sorted(arns.items()):
         try:
             name, duration = await ledger.call(
-                "sso-admin.DescribePermissionSet", partial(ic.permission_set, arn, fresh=True)
+                "sso-admin.DescribePermissionSet", partial(ic.permission_set, arn, since=since)
             )
         except PermanentError:
             continue  # deleted: it issues no new session; its earlier duration stays counted

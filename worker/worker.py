@@ -157,9 +157,13 @@ class Worker:
             # let the case queue its first store read before this loop's next claim:
             # the store serves one statement at a time, in order
             await asyncio.sleep(0)
-        while (
-            timer := await self.store.claim_due_timer(self.engine.worker_id, self.clock.now())
-        ) is not None:
+        # one short read when nothing is due (the usual round) rather than a claim's
+        # write transaction: a new case's first store calls queue behind this round's
+        due = await self.store.next_timer_due()
+        while due is not None and due <= self.clock.now():
+            timer = await self.store.claim_due_timer(self.engine.worker_id, self.clock.now())
+            if timer is None:
+                break  # another worker took it
             await self._fired(timer)
             busy = True
         now = self.clock.now()

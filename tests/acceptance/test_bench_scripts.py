@@ -117,3 +117,19 @@ def test_incident_deny_without_an_operator(tmp_path: Path) -> None:
     assert figures["operator_answers"] == 0
     assert figures["trigger_to_deny_provisioned"]["n"] == 2
     assert figures["permission_sets_denied_per_person"]["min"] >= 1
+
+
+def test_identity_center_calls_over_the_first_hour(tmp_path: Path) -> None:
+    result = run_bench("reread_calls", tmp_path, "--people=4")
+    figures = result["figures"]
+    # the re-reads run (12 in the hour at PT5M) and each reads every person again
+    assert figures["rereads_by_endpoint"]["identitystore.ListGroupMembershipsForMember"] >= 4 * 12
+    assert figures["watchdog_per_person_first_hour"] > 0
+    assert figures["total_per_person_first_hour"] > figures["containment_per_person"]
+
+
+def test_store_trips_before_the_idp_request(tmp_path: Path) -> None:
+    result = run_bench("store_trips", tmp_path, "--cases=2")
+    figures = result["figures"]
+    assert len(figures["trips_per_case"]) == 2
+    assert figures["last_case_statements"][-1].startswith("INSERT INTO side_effects")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from worker.countdown import ReachableApplication, ReachablePermissionSet
@@ -91,28 +91,32 @@ class IdentityCenter(Protocol):
     async def group_memberships(self, user_id: str) -> list[tuple[str, str]]: ...
 
     async def assignments(
-        self, principal_type: str, principal_id: str
-    ) -> list[tuple[str, str]]: ...
+        self, principal_type: str, principal_id: str, *, since: datetime | None = None
+    ) -> list[tuple[str, str]]:
+        """A principal's own account assignments; a GROUP's may come from a read other
+        cases made within the shared-read TTL (with `since`: one sent then or later);
+        a USER's are always read now."""
 
     async def permission_set(
-        self, arn: str, *, fresh: bool = False
+        self, arn: str, *, since: datetime | None = None
     ) -> tuple[str, timedelta | None]:
-        """(name, session duration); `fresh`: read now, not from a shared cache."""
+        """(name, session duration), shared as a group's assignments are."""
 
     async def reachable_permission_sets(
-        self, user_id: str, *, fresh: bool = False, groups: Sequence[str] | None = None
+        self, user_id: str, *, since: datetime | None = None, groups: Sequence[str] | None = None
     ) -> list[ReachablePermissionSet]:
         """Every permission set the user reaches, directly and through each group, with
-        its session duration; `fresh`: read every duration now, not from a shared cache
-        (the countdown's re-reads: a duration raised since must be seen); `groups`: the
-        user's group ids as the caller just read them (not listed again)."""
+        its session duration; the user's own assignments read now, the groups' and the
+        durations possibly shared; `since`: nothing shared that was read before it (the
+        countdown's re-reads pass their due time: a duration raised before it is seen);
+        `groups`: the user's group ids as the caller just read them (not listed again)."""
 
     async def reachable_applications(
-        self, user_id: str, *, groups: Sequence[str] | None = None
+        self, user_id: str, *, since: datetime | None = None, groups: Sequence[str] | None = None
     ) -> list[ReachableApplication]:
         """The applications the user is assigned to (directly and through groups) and
         whether each keeps user background sessions (None: its configuration said
-        neither); `groups` as for reachable_permission_sets."""
+        neither); `since` and `groups` as for reachable_permission_sets."""
 
     # cutting role sessions early and removing access: typed operations, so no AWS
     # status string or policy JSON leaves the adapter

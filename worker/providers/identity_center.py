@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 import aiohttp
+import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from worker import actions
+from worker.clock import Clock, SystemClock
 from worker.config import IdentityCenterConfig
 from worker.countdown import ReachableApplication, ReachablePermissionSet, parse_session_duration
 from worker.errors import PermanentError, ProviderError, TransientError
@@ -32,14 +34,13 @@ from worker.providers.base import (
     PlannedCall,
 )
 from worker.providers.http import JsonHttpClient
+from worker.providers.shared_reads import SharedReads
 from worker.ratelimit import UNHINTED_PAUSE, RateLimiter
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 #: the provider label of identitystore and sso-admin calls in the metrics
 METRICS_NAME = "identity_center"
-#: How long a permission set's session duration is shared by the cases of a process.
-#: A duration raised within this window is seen late: the countdown's one staleness.
-PERMISSION_SET_TTL = 300.0
 
 
 def _snake(operation: str) -> str:
@@ -130,6 +131,7 @@ class AwsIdentityCenter:
         http: aiohttp.ClientSession,
         limiter: RateLimiter | None = None,
         metrics: Metrics | None = None,
+        clock: Clock | None = None,
     ) -> None:
         # one limiter for identitystore, sso-admin and SCIM: AWS's 20 TPS is collective
         self.limiter = limiter or RateLimiter("identity-center")
@@ -141,9 +143,8 @@ class AwsIdentityCenter:
         self._identitystore: Any = None
         self._sso_admin: Any = None
         self._scim: JsonHttpClient | None = None
-        self._permission_sets: dict[
-            str, tuple[float, asyncio.Future[tuple[str, timedelta | None]]]
-        ] = {}
+        #: what many cases ask alike (groups, permission sets, applications), read once
+        self.shared = SharedReads(clock or SystemClock(), config.shared_read_window)
         if config.scim is not None:
             token = config.scim.token.resolve_token("identity_center.scim.token")
             self._scim = JsonHttpClient(
@@ -390,8 +391,24 @@ class AwsIdentityCenter:
             (m["MembershipId"], m["GroupId"]) for page in pages for m in page["GroupMemberships"]
         ]
 
-    async def assignments(self, principal_type: str, principal_id: str) -> list[tuple[str, str]]:
-        """(account id, permission set arn) assigned to this principal itself."""
+    async def assignments(
+        self, principal_type: str, principal_id: str, *, since: datetime | None = None
+    ) -> list[tuple[str, str]]:
+        """(account id, permission set arn) assigned to this principal itself. A group's
+        are shared by the cases that ask (`since`: see SharedReads); a user's never."""
+        if principal_type == "USER":
+            return list(await self._assignments(principal_type, principal_id))
+        return list(
+            await self.shared.read(
+                ("assignments", principal_type, principal_id),
+                lambda: self._assignments(principal_type, principal_id),
+                since=since,
+            )
+        )
+
+    async def _assignments(
+        self, principal_type: str, principal_id: str
+    ) -> tuple[tuple[str, str], ...]:
         pages = await self._pages(
             self._sso_admin,
             "sso-admin",
@@ -400,41 +417,20 @@ class AwsIdentityCenter:
             PrincipalId=principal_id,
             PrincipalType=principal_type,
         )
-        return [
+        return tuple(
             (a["AccountId"], a["PermissionSetArn"])
             for page in pages
             for a in page["AccountAssignments"]
-        ]
+        )
 
     async def permission_set(
-        self, arn: str, *, fresh: bool = False
+        self, arn: str, *, since: datetime | None = None
     ) -> tuple[str, timedelta | None]:
-        """(name, session duration) of a permission set, shared by every case of the
-        process for PERMISSION_SET_TTL; concurrent cases asking at once make one call.
-        `fresh`: read now (the countdown's re-reads), and share what was read."""
-        if fresh:
-            return await self._fresh_permission_set(arn)
-        now = time.monotonic()
-        cached = self._permission_sets.get(arn)
-        if cached is None or now - cached[0] > PERMISSION_SET_TTL:
-            cached = (now, asyncio.ensure_future(self._describe_permission_set(arn)))
-            self._permission_sets[arn] = cached
-        try:
-            return await asyncio.shield(cached[1])
-        except BaseException:
-            if self._permission_sets.get(arn) is cached and cached[1].done():
-                del self._permission_sets[arn]  # a failed read is not remembered
-            raise
-
-    async def _fresh_permission_set(self, arn: str) -> tuple[str, timedelta | None]:
-        """Read now, bypassing the cache, and share what was read with later cases."""
-        described = await self._describe_permission_set(arn)
-        done: asyncio.Future[tuple[str, timedelta | None]] = (
-            asyncio.get_running_loop().create_future()
+        """(name, session duration) of a permission set, shared by the cases that ask
+        (`since`: only from a read sent then or later, see SharedReads)."""
+        return await self.shared.read(
+            ("permission_set", arn), lambda: self._describe_permission_set(arn), since=since
         )
-        done.set_result(described)
-        self._permission_sets[arn] = (time.monotonic(), done)
-        return described
 
     async def _describe_permission_set(self, arn: str) -> tuple[str, timedelta | None]:
         described = await self._aws(
@@ -454,25 +450,23 @@ class AwsIdentityCenter:
         return [group_id for _, group_id in await self.group_memberships(user_id)]
 
     async def reachable_permission_sets(
-        self, user_id: str, *, fresh: bool = False, groups: Sequence[str] | None = None
+        self, user_id: str, *, since: datetime | None = None, groups: Sequence[str] | None = None
     ) -> list[ReachablePermissionSet]:
         """Every permission set the user reaches, directly and through each group; with
-        `fresh` each duration is read now (and the shared cache takes the new value)."""
+        `since` every shared read (groups, durations) was sent then or later."""
         reach: dict[str, tuple[set[str], set[str]]] = {}
         principals = [("USER", user_id, "USER")] + [
             ("GROUP", group_id, f"GROUP:{group_id}")
             for group_id in await self._groups(user_id, groups)
         ]
         for principal_type, principal_id, via in principals:
-            for account, arn in await self.assignments(principal_type, principal_id):
+            for account, arn in await self.assignments(principal_type, principal_id, since=since):
                 accounts, vias = reach.setdefault(arn, (set(), set()))
                 accounts.add(account)
                 vias.add(via)
         result = []
         for arn, (accounts, vias) in sorted(reach.items()):
-            name, duration = await (self._fresh_permission_set if fresh else self.permission_set)(
-                arn
-            )
+            name, duration = await self.permission_set(arn, since=since)
             result.append(
                 ReachablePermissionSet(
                     arn=arn,
@@ -485,54 +479,91 @@ class AwsIdentityCenter:
         return result
 
     async def reachable_applications(
-        self, user_id: str, *, groups: Sequence[str] | None = None
+        self, user_id: str, *, since: datetime | None = None, groups: Sequence[str] | None = None
     ) -> list[ReachableApplication]:
         """Every application the user is assigned to, directly and through each group,
-        with its name and whether it keeps user background sessions."""
+        with its name and whether it keeps user background sessions; a group's
+        assignments and an application's configuration shared as for
+        reachable_permission_sets."""
         reach: dict[str, set[str]] = {}
         principals = [("USER", user_id, "USER")] + [
             ("GROUP", group_id, f"GROUP:{group_id}")
             for group_id in await self._groups(user_id, groups)
         ]
+        if not await self.shared.read(("any_application",), self._any_application, since=since):
+            return []  # an instance without applications: nobody is assigned one
         for principal_type, principal_id, via in principals:
-            pages = await self._pages(
-                self._sso_admin,
-                "sso-admin",
-                "ListApplicationAssignmentsForPrincipal",
-                InstanceArn=self.config.instance_arn,
-                PrincipalId=principal_id,
-                PrincipalType=principal_type,
-            )
-            for page in pages:
-                for assignment in page["ApplicationAssignments"]:
-                    reach.setdefault(assignment["ApplicationArn"], set()).add(via)
+            if principal_type == "USER":
+                arns = await self._application_assignments(principal_type, principal_id)
+            else:
+                arns = await self.shared.read(
+                    ("application_assignments", principal_type, principal_id),
+                    partial(self._application_assignments, principal_type, principal_id),
+                    since=since,
+                )
+            for arn in arns:
+                reach.setdefault(arn, set()).add(via)
         result = []
         for arn, vias in sorted(reach.items()):
-            described = await self._aws(
-                "sso-admin",
-                "DescribeApplication",
-                self._sso_admin.describe_application(ApplicationArn=arn),
+            name, background = await self.shared.read(
+                ("application", arn), partial(self._describe_application, arn), since=since
             )
-            try:
-                configured = await self._aws(
-                    "sso-admin",
-                    "GetApplicationSessionConfiguration",
-                    self._sso_admin.get_application_session_configuration(ApplicationArn=arn),
-                )
-            except PermanentError:
-                # refused for this one (access denied, an application type without it):
-                # it alone is unknown, said "not covered"; the others are still read
-                configured = {}
-            status = configured.get("UserBackgroundSessionApplicationStatus")
             result.append(
                 ReachableApplication(
-                    arn=arn,
-                    name=str(described.get("Name", "")),
-                    background_sessions={"ENABLED": True, "DISABLED": False}.get(str(status)),
-                    via=tuple(sorted(vias)),
+                    arn=arn, name=name, background_sessions=background, via=tuple(sorted(vias))
                 )
             )
         return result
+
+    async def _any_application(self) -> bool:
+        """Whether the instance has an application: one ListApplications page, read for
+        every case at once. Refused (an IAM policy without sso:ListApplications) or
+        unsure (an empty page with a NextToken): True, and each principal is listed."""
+        try:
+            page = await self._aws(
+                "sso-admin",
+                "ListApplications",
+                self._sso_admin.list_applications(
+                    InstanceArn=self.config.instance_arn, MaxResults=1
+                ),
+            )
+        except PermanentError as exc:
+            log.info("applications_not_listable", error=str(exc))
+            return True
+        return bool(page.get("Applications") or page.get("NextToken"))
+
+    async def _application_assignments(
+        self, principal_type: str, principal_id: str
+    ) -> tuple[str, ...]:
+        pages = await self._pages(
+            self._sso_admin,
+            "sso-admin",
+            "ListApplicationAssignmentsForPrincipal",
+            InstanceArn=self.config.instance_arn,
+            PrincipalId=principal_id,
+            PrincipalType=principal_type,
+        )
+        return tuple(a["ApplicationArn"] for page in pages for a in page["ApplicationAssignments"])
+
+    async def _describe_application(self, arn: str) -> tuple[str, bool | None]:
+        """(name, whether it keeps user background sessions: None when unknown)."""
+        described = await self._aws(
+            "sso-admin",
+            "DescribeApplication",
+            self._sso_admin.describe_application(ApplicationArn=arn),
+        )
+        try:
+            configured = await self._aws(
+                "sso-admin",
+                "GetApplicationSessionConfiguration",
+                self._sso_admin.get_application_session_configuration(ApplicationArn=arn),
+            )
+        except PermanentError:
+            # refused for this one (access denied, an application type without it):
+            # it alone is unknown, said "not covered"; the others are still read
+            configured = {}
+        status = configured.get("UserBackgroundSessionApplicationStatus")
+        return str(described.get("Name", "")), {"ENABLED": True, "DISABLED": False}.get(str(status))
 
     async def inline_policy(self, arn: str) -> str:
         answer = await self._aws(

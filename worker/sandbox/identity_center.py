@@ -415,6 +415,7 @@ class IdentityCenterEmulator:
                 self._list_application_assignments_for_principal
             ),
             "SWBExternalService.DescribeApplication": self._describe_application,
+            "SWBExternalService.ListApplications": self._list_applications,
             "SWBExternalService.GetApplicationSessionConfiguration": (
                 self._get_application_session_configuration
             ),
@@ -1088,7 +1089,29 @@ class IdentityCenterEmulator:
         return application
 
     def _describe_application(self, body: Json) -> Json:
-        application = self._sso_application(body)
+        return self._application_json(self._sso_application(body))
+
+    def _list_applications(self, body: Json) -> Json:
+        """ListApplications: every application of the instance, paged; the Filter takes
+        ApplicationAccount and ApplicationProvider (an application provider ARN)."""
+        self._check_instance(body)
+        wanted = optional_struct(body, "Filter")
+        account, provider = wanted.get("ApplicationAccount"), wanted.get("ApplicationProvider")
+        found = sorted(
+            (
+                a
+                for a in self._applications.values()
+                if (account is None or account == OWNER_ACCOUNT)
+                and (provider is None or provider == a.provider_arn)
+            ),
+            key=lambda a: a.seq,
+        )
+        page, token = paginate(
+            found, lambda a: f"{a.seq:012d}", body, f"Applications:{account}:{provider}"
+        )
+        return with_token({"Applications": [self._application_json(a) for a in page]}, token)
+
+    def _application_json(self, application: Application) -> Json:
         result: Json = {
             "ApplicationArn": application.arn,
             "ApplicationProviderArn": application.provider_arn,

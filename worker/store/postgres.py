@@ -564,6 +564,10 @@ class PostgresConnector(_Queries):
         )
         return seq
 
+    async def append_event_alone(self, event: NewEvent) -> int:
+        async with self.transaction() as tx:
+            return await self.append_event(tx, event)
+
     async def append_events(self, tx: Runner, events: Sequence[NewEvent]) -> None:
         for event in events:
             await self.append_event(tx, event)

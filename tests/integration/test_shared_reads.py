@@ -1,0 +1,157 @@
+"""Reads many cases share (a group's assignments, a permission set's duration) are made
+once within the shared-read TTL; the user's own reads never are; a read after the TTL,
+or one that asks for nothing older than a moment (the countdown's re-reads), sees a
+change. Counted by the Identity Center emulator's audit log."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import aiohttp
+import pytest
+
+from worker.clock import ManualClock
+from worker.config import IdentityCenterConfig
+from worker.providers.identity_center import AwsIdentityCenter
+from worker.sandbox import Sandbox
+
+ACCOUNT = "111122223333"
+LIST = "sso-admin.ListAccountAssignmentsForPrincipal"
+LIST_APPS = "sso-admin.ListApplicationAssignmentsForPrincipal"
+DESCRIBE = "sso-admin.DescribePermissionSet"
+
+
+@dataclass
+class Team:
+    group: str
+    alice: str
+    bob: str
+    readonly: str
+    admin: str
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def team(sandbox: Sandbox) -> Team:
+    ic = sandbox.identity_center
+    readonly = ic.add_permission_set("ReadOnly", session_duration="PT4H")
+    admin = ic.add_permission_set("Admin", session_duration="PT12H")
+    group = ic.add_group("team")
+    alice = ic.add_user("alice@example.com", display_name="Alice", email="alice@example.com")
+    bob = ic.add_user("bob@example.com", display_name="Bob", email="bob@example.com")
+    for user in (alice, bob):
+        ic.add_membership(group, user)
+    ic.add_account_assignment(
+        account_id=ACCOUNT, permission_set_arn=readonly, principal_type="GROUP", principal_id=group
+    )
+    return Team(group=group, alice=alice, bob=bob, readonly=readonly, admin=admin)
+
+
+@pytest.fixture
+async def ic(sandbox: Sandbox, clock: ManualClock) -> AsyncIterator[AwsIdentityCenter]:
+    data = sandbox.config_data(sqlite_path="unused.db")["identity_center"]
+    config = IdentityCenterConfig.model_validate({**data, "shared_read_ttl": "PT30S"})
+    async with (
+        aiohttp.ClientSession() as http,
+        AwsIdentityCenter(config, http, clock=clock) as adapter,
+    ):
+        yield adapter
+
+
+def calls(sandbox: Sandbox, endpoint: str) -> int:
+    return sandbox.audit.calls[endpoint]
+
+
+LIST_APPLICATIONS = "sso-admin.ListApplications"
+
+
+async def test_without_applications_nobody_is_listed_for_one(
+    sandbox: Sandbox, ic: AwsIdentityCenter, team: Team, clock: ManualClock
+) -> None:
+    for user in (team.alice, team.bob):
+        assert await ic.reachable_applications(user, groups=[team.group]) == []
+    # one ListApplications for both cases says the instance has none: no listing per person
+    assert (calls(sandbox, LIST_APPLICATIONS), calls(sandbox, LIST_APPS)) == (1, 0)
+    # an application added later is seen by a re-read due after it
+    wiki = sandbox.identity_center.add_application("Wiki")
+    sandbox.identity_center.assign_application(wiki, principal_type="USER", principal_id=team.alice)
+    clock.advance(timedelta(seconds=1))
+    [app] = await ic.reachable_applications(team.alice, since=clock.now(), groups=[team.group])
+    assert (app.arn, app.via) == (wiki, ("USER",))
+
+
+async def test_two_cases_share_one_read_of_their_group(
+    sandbox: Sandbox, ic: AwsIdentityCenter, team: Team
+) -> None:
+    sandbox.identity_center.add_application("Wiki")  # assigned to nobody here
+    for user in (team.alice, team.bob):
+        [reached] = await ic.reachable_permission_sets(user, groups=[team.group])
+        assert (reached.arn, reached.via) == (team.readonly, (f"GROUP:{team.group}",))
+        assert await ic.reachable_applications(user, groups=[team.group]) == []
+    # each user's own listing, and the group's once: 3, not 4
+    assert calls(sandbox, LIST) == 3
+    assert calls(sandbox, LIST_APPS) == 3
+    assert calls(sandbox, DESCRIBE) == 1
+
+
+async def test_a_read_after_the_ttl_sees_a_change(
+    sandbox: Sandbox, ic: AwsIdentityCenter, team: Team, clock: ManualClock
+) -> None:
+    assert await ic.assignments("GROUP", team.group) == [(ACCOUNT, team.readonly)]
+    sandbox.identity_center.add_account_assignment(
+        account_id=ACCOUNT,
+        permission_set_arn=team.admin,
+        principal_type="GROUP",
+        principal_id=team.group,
+    )
+    sandbox.identity_center.set_session_duration(team.readonly, "PT8H")
+    clock.advance(timedelta(seconds=29))
+    # within the TTL: the earlier read answers
+    assert await ic.assignments("GROUP", team.group) == [(ACCOUNT, team.readonly)]
+    clock.advance(timedelta(seconds=2))
+    assert sorted(await ic.assignments("GROUP", team.group)) == sorted(
+        [(ACCOUNT, team.readonly), (ACCOUNT, team.admin)]
+    )
+    assert await ic.permission_set(team.readonly) == ("ReadOnly", timedelta(hours=8))
+
+
+async def test_a_reread_takes_nothing_read_before_its_due_time(
+    sandbox: Sandbox, ic: AwsIdentityCenter, team: Team, clock: ManualClock
+) -> None:
+    await ic.reachable_permission_sets(team.alice, groups=[team.group])
+    clock.advance(timedelta(seconds=5))
+    sandbox.identity_center.set_session_duration(team.readonly, "PT8H")
+    due = clock.now()
+    # within the TTL, but a re-read due now must see the change made before it
+    [reached] = await ic.reachable_permission_sets(team.alice, since=due, groups=[team.group])
+    assert reached.session_duration == timedelta(hours=8)
+    # and Bob's re-read of the same tick shares that read: no further group read
+    before = calls(sandbox, LIST), calls(sandbox, DESCRIBE)
+    await ic.reachable_permission_sets(team.bob, since=due, groups=[team.group])
+    assert (calls(sandbox, LIST), calls(sandbox, DESCRIBE)) == (before[0] + 1, before[1])
+
+
+async def test_the_users_own_reads_are_never_shared(
+    sandbox: Sandbox, ic: AwsIdentityCenter, team: Team
+) -> None:
+    assert await ic.assignments("USER", team.alice) == []
+    assert await ic.group_memberships(team.alice) != []
+    sandbox.identity_center.add_account_assignment(
+        account_id=ACCOUNT,
+        permission_set_arn=team.admin,
+        principal_type="USER",
+        principal_id=team.alice,
+    )
+    second = sandbox.identity_center.add_group("second")
+    sandbox.identity_center.add_membership(second, team.alice)
+    # no time has passed: still read anew
+    assert await ic.assignments("USER", team.alice) == [(ACCOUNT, team.admin)]
+    assert second in [group for _, group in await ic.group_memberships(team.alice)]
+    reach = {r.arn: r.via for r in await ic.reachable_permission_sets(team.alice)}
+    assert reach[team.admin] == ("USER",)
