@@ -103,6 +103,10 @@ class LedgerState(StrEnum):
     INTENT = "intent"
     #: written after the call returned success
     APPLIED = "applied"
+    #: left in intent, then a read of the provider showed the call had not taken effect
+    NOT_APPLIED = "not_applied"
+    #: left in intent, and no read can tell whether the call took effect (a revocation)
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -38,6 +38,7 @@ from worker.countdown import (
 )
 from worker.domain import Case, CaseStatus, StepStatus, Timer
 from worker.errors import LeaseLost, PermanentError, StoreError, StoreUnavailable, TransientError
+from worker.intents import settle_intents
 from worker.ledger import Ledger
 from worker.metrics import Metrics
 from worker.notify import LogNotifier, Notification, Notifier, deliver
@@ -170,6 +171,9 @@ class Engine:
 
     async def _run_steps(self, case: Case) -> CaseStatus:
         records = await self.store.steps(case.id)
+        if any(r.status is StepStatus.DONE for r in records):
+            # resumed: a done step does not run again to settle what it left in intent
+            await settle_intents(self, case, closing=False)
         earlier: dict[str, dict[str, object]] = {}
         #: operator tasks left open behind us: they gate nothing, only containment
         still_open: list[str] = []

@@ -605,6 +605,19 @@ class InMemoryStore:
         return self._ledger[key]
 
     @_recorded
+    async def ledger_settle(
+        self, key: str, state: LedgerState, now: datetime
+    ) -> LedgerEntry | None:
+        entry = self._ledger.get(key)
+        if entry is None:
+            raise NotFound(f"no ledger entry {key!r}")
+        if entry.state is not LedgerState.INTENT:
+            return None
+        applied_at = (entry.applied_at or _stored(now)) if state is LedgerState.APPLIED else None
+        self._ledger[key] = entry = replace(entry, state=state, applied_at=applied_at)
+        return entry
+
+    @_recorded
     async def ledger_intents(self, case_id: str) -> list[LedgerEntry]:
         found = [
             e

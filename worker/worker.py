@@ -18,8 +18,9 @@ import structlog
 
 from worker.clock import seconds_until, utc_iso
 from worker.countdown import parse_iso_duration
-from worker.domain import URGENT, CaseStatus, Timer
+from worker.domain import URGENT, Case, CaseStatus, Timer
 from worker.errors import StoreCorrupt, StoreError, StoreUnavailable
+from worker.intents import settle_intents
 from worker.notify import Notification, deliver
 from worker.runtime import Runtime
 from worker.store.base import REREAD_FINAL, is_milestone
@@ -270,6 +271,20 @@ class Worker:
                 data={"milestone": timer.name, "due_at": utc_iso(timer.due_at)},
             ),
         )
+        if timer.closes_case:
+            # what a stopped worker left in intent is settled by reading the provider;
+            # here, not in the background, so that a shutdown does not cut it short
+            # (nothing is left in intent in the common case: one store read)
+            await self._settle(case)
+
+    async def _settle(self, case: Case) -> None:
+        with structlog.contextvars.bound_contextvars(case_id=case.id):
+            try:
+                await settle_intents(self.engine, case, closing=True)
+            except StoreCorrupt as exc:
+                self._stop_on_corruption(exc)
+            except Exception as exc:  # the next close of another case is not held up
+                log.error("settle_intents_failed", error=str(exc))
 
     def _finished(self, task: asyncio.Task[object]) -> None:
         self._running.discard(task)

@@ -643,6 +643,27 @@ class StoreContract:
         assert await store.ledger_intents(case.id) == [late]
         assert await store.ledger_intents("c-none") == []
 
+    async def test_an_entry_left_in_intent_is_settled_once(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), T0)
+        for key in ("k-applied", "k-not", "k-unknown", "k-marked"):
+            await store.ledger_intent(key, case.id, "deny", "deny-put", at(1))
+        await store.ledger_applied("k-marked", at(2))  # its step marked it meanwhile
+        applied = await store.ledger_settle("k-applied", LedgerState.APPLIED, at(3))
+        assert applied is not None and applied.state is LedgerState.APPLIED
+        assert applied.applied_at == at(3)
+        not_applied = await store.ledger_settle("k-not", LedgerState.NOT_APPLIED, at(3))
+        assert not_applied is not None and not_applied.applied_at is None
+        assert not_applied.state is LedgerState.NOT_APPLIED
+        unknown = await store.ledger_settle("k-unknown", LedgerState.UNKNOWN, at(3))
+        assert unknown is not None and unknown.state is LedgerState.UNKNOWN
+        # what a step marked stands; a settled entry is not settled again
+        assert await store.ledger_settle("k-marked", LedgerState.NOT_APPLIED, at(4)) is None
+        assert (await store.ledger_get("k-marked")).state is LedgerState.APPLIED
+        assert await store.ledger_settle("k-not", LedgerState.APPLIED, at(4)) is None
+        assert await store.ledger_intents(case.id) == []
+        with pytest.raises(NotFound):
+            await store.ledger_settle("c-none:step:op", LedgerState.APPLIED, at(1))
+
     async def test_ledger_applied_unknown_key_raises_not_found(self, store: Store) -> None:
         with pytest.raises(NotFound):
             await store.ledger_applied("c-none:step:op", at(1))

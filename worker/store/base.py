@@ -28,6 +28,7 @@ from worker.domain import (
     CaseStatus,
     Delivery,
     LedgerEntry,
+    LedgerState,
     NewCase,
     OperatorTask,
     PlannedStep,
@@ -428,6 +429,13 @@ class Store(Protocol):
     async def ledger_intents(self, case_id: str) -> list[LedgerEntry]:
         """The case's entries still in intent (a call that may or may not have gone
         out), oldest first, then by key."""
+
+    async def ledger_settle(
+        self, key: str, state: LedgerState, now: datetime
+    ) -> LedgerEntry | None:
+        """An entry left in intent, settled as a read showed it (`APPLIED`, `NOT_APPLIED`)
+        or as no read can tell (`UNKNOWN`); None when it is no longer in intent (its step
+        marked it meanwhile: that stands). NotFound if there is no such entry."""
 
     # operator tasks
     async def open_task(self, task: OperatorTask) -> OperatorTask:

@@ -627,6 +627,16 @@ class StoreManager:
             raise NotFound(f"no ledger entry {key!r}")
         return self._ledger(row)
 
+    async def ledger_settle(
+        self, key: str, state: LedgerState, now: datetime
+    ) -> LedgerEntry | None:
+        row = await self.c.one("ledger_settle", key=key, state=state.value, now=now)
+        if row is not None:
+            return self._ledger(row)
+        if await self.c.one("ledger_get", key=key) is None:
+            raise NotFound(f"no ledger entry {key!r}")
+        return None
+
     async def ledger_intents(self, case_id: str) -> list[LedgerEntry]:
         return [self._ledger(row) for row in await self.c.all("ledger_intents_of", case_id=case_id)]
 

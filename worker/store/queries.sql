@@ -119,6 +119,11 @@ ON CONFLICT (key) DO UPDATE SET key = excluded.key RETURNING *
 -- name: ledger_applied
 UPDATE side_effects SET state = 'applied', applied_at = COALESCE(applied_at, :now)
 WHERE key = :key RETURNING *
+-- name: ledger_settle
+-- only an entry still in intent: a step that marked it meanwhile knew better
+UPDATE side_effects SET state = :state,
+       applied_at = CASE WHEN :state = 'applied' THEN COALESCE(applied_at, :now) END
+WHERE key = :key AND state = 'intent' RETURNING *
 -- name: ledger_intents_of
 SELECT * FROM side_effects WHERE case_id = :case_id AND state = 'intent'
 ORDER BY requested_at, key
