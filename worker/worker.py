@@ -61,6 +61,8 @@ class Worker:
         self._orphans: set[str] = set()
         #: final re-reads an outage stopped, to retry when the database is back
         self._finals: list[Timer] = []
+        #: the due timers firing now (`tick`), beside the claims
+        self._timer_pass: asyncio.Task[bool] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("worker_started", worker_id=self.engine.worker_id, concurrency=self.concurrency)
@@ -69,7 +71,7 @@ class Worker:
                 if self.corrupt is not None:
                     raise self.corrupt
                 try:
-                    busy = await self.tick()
+                    busy = await self.tick(wait_for_timers=False)
                     if not busy:
                         await self._idle(stop)
                 except StoreUnavailable as exc:
@@ -125,8 +127,10 @@ class Worker:
             await self._retry_final(self._finals[0])
             self._finals.pop(0)
 
-    async def tick(self) -> bool:
-        """One round of work; True if anything was done (so look again at once)."""
+    async def tick(self, *, wait_for_timers: bool = True) -> bool:
+        """One round of work; True if anything was done (so look again at once).
+        The due timers fire in a pass of their own; `run` does not wait for it (its
+        end wakes the loop), a caller that asks for one round does."""
         # Cleared before looking, never after: a wake-up set while this round looks
         # (a case committed just after the claim found none) keeps the next idle short.
         self.wake.clear()
@@ -158,15 +162,21 @@ class Worker:
             # let the case queue its first store read before this loop's next claim:
             # the store serves one statement at a time, in order
             await asyncio.sleep(0)
-        # one short read when nothing is due (the usual round) rather than a claim's
-        # write transaction: a new case's first store calls queue behind this round's
-        due = await self.store.next_timer_due()
-        while due is not None and due <= self.clock.now():
-            timer = await self.store.claim_due_timer(self.engine.worker_id, self.clock.now())
-            if timer is None:
-                break  # another worker took it
-            await self._fired(timer)
-            busy = True
+        if self._timer_pass is not None and self._timer_pass.done():
+            passed, self._timer_pass = self._timer_pass, None
+            busy = passed.result() or busy  # its StoreUnavailable is this round's
+        if self._timer_pass is None:
+            # one short read when nothing is due (the usual round) rather than a claim's
+            # write transaction: a new case's first store calls queue behind this round's
+            due = await self.store.next_timer_due()
+            if due is not None and due <= self.clock.now():
+                # a task of its own: a catch-up read (seconds, when a provider is slow)
+                # must not hold up the claims of the next rounds (a dead worker's case)
+                self._timer_pass = asyncio.create_task(self._fire_due_timers())
+                self._timer_pass.add_done_callback(lambda _: self.wake.set())
+        if wait_for_timers and self._timer_pass is not None:
+            passed, self._timer_pass = self._timer_pass, None
+            busy = await passed or busy
         now = self.clock.now()
         if self._next_watchdog is None:
             self._next_watchdog = now + self.watchdog_interval
@@ -176,6 +186,22 @@ class Worker:
             self._watchdog = asyncio.create_task(self.watchdog_pass())
             self._watchdog.add_done_callback(self._watchdog_done)
         return busy
+
+    @property
+    def timers_firing(self) -> bool:
+        """Whether a pass over the due timers is under way (`tick`)."""
+        return self._timer_pass is not None and not self._timer_pass.done()
+
+    async def _fire_due_timers(self) -> bool:
+        """Fire every due timer, in order (an overdue re-read before its case's later
+        timers); whether any fired."""
+        fired = False
+        while (
+            timer := await self.store.claim_due_timer(self.engine.worker_id, self.clock.now())
+        ) is not None:
+            await self._fired(timer)
+            fired = True
+        return fired
 
     def _watchdog_done(self, task: asyncio.Task[int]) -> None:
         self._watchdog = None
@@ -314,7 +340,10 @@ class Worker:
         lapsing), so a case is reclaimed within its lease and one round."""
         delay = self.poll
         now = self.clock.now()
-        for due in (await self.store.next_timer_due(), await self.store.next_case_due(now)):
+        dues = [await self.store.next_case_due(now)]
+        if self._timer_pass is None:  # a pass under way fires them, and its end wakes us
+            dues.append(await self.store.next_timer_due())
+        for due in dues:
             if due is not None:
                 delay = max(0.0, min(delay, seconds_until(due, now)))
         return delay
@@ -345,6 +374,13 @@ class Worker:
     async def drain(self) -> None:
         """Stop: let running cases finish within `grace` seconds, then cancel the rest."""
         self.engine.stopping.set()
+        if self._timer_pass is not None:
+            # the timers it claimed fire (a milestone's notification) within the grace
+            _, late = await asyncio.wait([self._timer_pass], timeout=self.grace)
+            for cut in late:
+                cut.cancel()
+            await asyncio.gather(self._timer_pass, return_exceptions=True)
+            self._timer_pass = None
         if self._watchdog is not None:
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
