@@ -1233,6 +1233,15 @@ class FakeIdentityCenter(_Fake):
     async def get_user(self, user_id: str) -> IdentityCenterUser:
         return await self._call("get_user", (user_id,), lambda: self._shown(self._user(user_id)))
 
+    async def user_statuses(self, most_pages: int) -> dict[str, str] | None:
+        def listed() -> dict[str, str] | None:
+            pages = max(1, -(-len(self.users) // 100))  # ListUsers' 100 a page
+            if pages > most_pages:
+                return None
+            return {u.user_id: u.status for u in self.users.values()}
+
+        return await self._call("user_statuses", (most_pages,), listed)
+
     async def disable_user(self, user_id: str) -> None:
         def disable() -> None:
             if self.identity_source != "scim":

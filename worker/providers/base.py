@@ -85,6 +85,11 @@ class IdentityCenter(Protocol):
 
     async def disable_user(self, user_id: str) -> None: ...
 
+    async def user_statuses(self, most_pages: int) -> dict[str, str] | None:
+        """user id -> UserStatus of every user, listed in at most `most_pages` pages;
+        None when the store takes more (the caller reads its users one by one). A user
+        missing from the answer is not known to be disabled."""
+
     def console_user_url(self, user_id: str) -> str: ...
 
     # the reads that feed the countdown

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
@@ -145,6 +146,8 @@ class AwsIdentityCenter:
         self._scim: JsonHttpClient | None = None
         #: what many cases ask alike (groups, permission sets, applications), read once
         self.shared = SharedReads(clock or SystemClock(), config.shared_read_window)
+        #: how many ListUsers pages the store took when last listed (user_statuses)
+        self._user_pages: int | None = None
         if config.scim is not None:
             token = config.scim.token.resolve_token("identity_center.scim.token")
             self._scim = JsonHttpClient(
@@ -343,6 +346,37 @@ class AwsIdentityCenter:
         return IdentityCenterUser(
             user_id=str(user["UserId"]), user_name=str(user.get("UserName", "")), status=status
         )
+
+    async def user_statuses(self, most_pages: int) -> dict[str, str] | None:
+        """Every user's UserStatus from ListUsers (its User objects carry it, as
+        DescribeUser's do), or None when that takes more than `most_pages` pages: a
+        store with many users and few watched costs less read one by one. A store found
+        too long is not listed again until more pages are allowed."""
+        if most_pages < 1 or (self._user_pages or 0) > most_pages:
+            return None
+        pages = aiter(
+            self._identitystore.get_paginator("list_users").paginate(
+                IdentityStoreId=self.config.identity_store_id
+            )
+        )
+        statuses: dict[str, str] = {}
+        for count in itertools.count(1):
+            if count > most_pages:
+                self._user_pages = count  # at least: more than allowed
+                return None
+            async with self.limiter.slot():
+                try:
+                    page = await self._unlimited("identitystore", "ListUsers", anext(pages))
+                except StopAsyncIteration:
+                    break
+            for user in page.get("Users", []):
+                status = user.get("UserStatus")
+                if status in ("ENABLED", "DISABLED"):
+                    statuses[str(user["UserId"])] = str(status)
+            if not page.get("NextToken"):
+                break
+        self._user_pages = count
+        return statuses
 
     async def disable_user(self, user_id: str) -> None:
         if self._scim is None:
