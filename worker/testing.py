@@ -1256,7 +1256,10 @@ class FakeIdentityCenter(_Fake):
     def console_user_url(self, user_id: str) -> str:
         return f"https://console.fake.example/singlesignon/users/{user_id}"
 
-    async def group_memberships(self, user_id: str) -> list[tuple[str, str]]:
+    async def group_memberships(
+        self, user_id: str, *, since: datetime | None = None, run_wide: bool = False
+    ) -> list[tuple[str, str]]:
+        # one store, read now: a run-wide answer is the same answer
         return await self._call(
             "group_memberships",
             (user_id,),

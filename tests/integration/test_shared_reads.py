@@ -155,3 +155,59 @@ async def test_the_users_own_reads_are_never_shared(
     assert second in [group for _, group in await ic.group_memberships(team.alice)]
     reach = {r.arn: r.via for r in await ic.reachable_permission_sets(team.alice)}
     assert reach[team.admin] == ("USER",)
+
+
+MEMBERS_FOR = "identitystore.ListGroupMembershipsForMember"
+LIST_GROUPS = "identitystore.ListGroups"
+MEMBERS_OF = "identitystore.ListGroupMemberships"
+
+
+async def test_grid_rereads_of_many_users_list_the_groups_once(
+    sandbox: Sandbox, ic: AwsIdentityCenter, team: Team, clock: ManualClock
+) -> None:
+    """A grid tick that many users re-read at: once a tick has shown more askers than
+    the store's groups cost to list, the next tick lists every group's members once
+    (sent at or after its due time) instead of each user's memberships; a membership
+    added before the tick is seen, for a user in no group any other leaver is in."""
+    store = sandbox.identity_center
+    users = [team.alice, team.bob] + [
+        store.add_user(f"u{i}@example.com", display_name=f"U{i}", email=f"u{i}@example.com")
+        for i in range(4)
+    ]
+    first = clock.now()
+    for user in users:
+        await ic.group_memberships(user, since=first, run_wide=True)
+    # the first tick knows no demand yet: each user's own read
+    assert (calls(sandbox, MEMBERS_FOR), calls(sandbox, LIST_GROUPS)) == (6, 0)
+
+    lonely = store.add_group("lonely")
+    store.add_membership(lonely, users[5])
+    clock.advance(timedelta(minutes=5))
+    due = clock.now()
+    found = {
+        user: [g for _, g in await ic.group_memberships(user, since=due, run_wide=True)]
+        for user in users
+    }
+    # one ListGroups page and one ListGroupMemberships per group (team, lonely): 3 < 6
+    assert calls(sandbox, MEMBERS_FOR) == 6
+    assert (calls(sandbox, LIST_GROUPS), calls(sandbox, MEMBERS_OF)) == (1, 2)
+    assert found[team.alice] == [team.group] and found[users[2]] == []
+    assert found[users[5]] == [lonely]
+    # the membership ids come with it: what the removal step deletes
+    assert await ic.group_memberships(users[5]) == [
+        (m, lonely) for m, _ in await ic.group_memberships(users[5], since=due, run_wide=True)
+    ]
+
+
+async def test_few_users_in_a_store_of_many_groups_read_their_own(
+    sandbox: Sandbox, ic: AwsIdentityCenter, team: Team, clock: ManualClock
+) -> None:
+    for i in range(5):
+        sandbox.identity_center.add_group(f"other-{i}")
+    for _ in range(3):
+        due = clock.now()
+        for user in (team.alice, team.bob):
+            await ic.group_memberships(user, since=due, run_wide=True)
+        clock.advance(timedelta(minutes=5))
+    # listing 6 groups costs more than two users' own reads: never listed
+    assert (calls(sandbox, MEMBERS_FOR), calls(sandbox, MEMBERS_OF)) == (6, 0)

@@ -93,7 +93,13 @@ class IdentityCenter(Protocol):
     def console_user_url(self, user_id: str) -> str: ...
 
     # the reads that feed the countdown
-    async def group_memberships(self, user_id: str) -> list[tuple[str, str]]: ...
+    async def group_memberships(
+        self, user_id: str, *, since: datetime | None = None, run_wide: bool = False
+    ) -> list[tuple[str, str]]:
+        """(membership id, group id) of the user's groups. `run_wide`: a re-read on the
+        shared grid, due at `since`: the answer may come from one listing of every
+        group's members sent at or after `since` (as fresh as the user's own listing
+        sent then), when that costs fewer requests than the users asking."""
 
     async def assignments(
         self, principal_type: str, principal_id: str, *, since: datetime | None = None

@@ -148,6 +148,10 @@ class AwsIdentityCenter:
         self.shared = SharedReads(clock or SystemClock(), config.shared_read_window)
         #: how many ListUsers pages the store took when last listed (user_statuses)
         self._user_pages: int | None = None
+        #: grid tick -> users who asked for their groups at it (group_memberships)
+        self._member_asks: dict[datetime, int] = {}
+        #: requests one listing of every group's members took when last made
+        self._members_cost: int | None = None
         if config.scim is not None:
             token = config.scim.token.resolve_token("identity_center.scim.token")
             self._scim = JsonHttpClient(
@@ -412,8 +416,83 @@ class AwsIdentityCenter:
                 # the rate limit for a request that is never sent
                 return collected
 
-    async def group_memberships(self, user_id: str) -> list[tuple[str, str]]:
-        """(membership id, group id) of every group the user belongs to."""
+    async def group_memberships(
+        self, user_id: str, *, since: datetime | None = None, run_wide: bool = False
+    ) -> list[tuple[str, str]]:
+        """(membership id, group id) of every group the user belongs to. With `run_wide`
+        (the countdown's re-reads on the shared grid, due at `since`): from one listing
+        of every group's members sent at or after `since`, when the earlier ticks had
+        more users asking than that listing costs; else the user's own listing."""
+        if since is not None and run_wide:
+            everyone = await self._members_of_every_group(since)
+            if everyone is not None:
+                return list(everyone.get(user_id, ()))
+        return await self._memberships_for_member(user_id)
+
+    async def _members_of_every_group(
+        self, since: datetime
+    ) -> dict[str, tuple[tuple[str, str], ...]] | None:
+        # demand: the most users that asked at one earlier tick of the last hour
+        asks = self._member_asks
+        for tick in [t for t in asks if since - t > timedelta(hours=1)]:
+            del asks[tick]
+        demand = max((n for t, n in asks.items() if t != since), default=0)
+        asks[since] = asks.get(since, 0) + 1
+        if demand < 2 or (self._members_cost or 0) >= demand:
+            return None
+        return await self.shared.read(
+            ("members_of_every_group",),
+            partial(self._list_every_membership, demand - 1),
+            since=since,
+        )
+
+    async def _list_every_membership(
+        self, most_calls: int
+    ) -> dict[str, tuple[tuple[str, str], ...]] | None:
+        """user id -> (membership id, group id) from ListGroups and each group's
+        ListGroupMemberships; None (and the cost remembered) past `most_calls` requests."""
+        spent = 0
+
+        async def pages(operation: str, key: str, **params: Any) -> list[Any] | None:
+            nonlocal spent
+            collected: list[Any] = []
+            found = aiter(
+                self._identitystore.get_paginator(_snake(operation)).paginate(
+                    IdentityStoreId=self.config.identity_store_id, **params
+                )
+            )
+            while True:
+                if spent >= most_calls:
+                    self._members_cost = spent + 1  # at least
+                    return None
+                async with self.limiter.slot():
+                    try:
+                        page = await self._unlimited("identitystore", operation, anext(found))
+                    except StopAsyncIteration:
+                        return collected
+                spent += 1
+                collected.extend(page.get(key, []))
+                if not page.get("NextToken"):
+                    return collected
+
+        groups = await pages("ListGroups", "Groups")
+        if groups is None:
+            return None
+        members: dict[str, list[tuple[str, str]]] = {}
+        for group in groups:
+            listed = await pages(
+                "ListGroupMemberships", "GroupMemberships", GroupId=group["GroupId"]
+            )
+            if listed is None:
+                return None
+            for m in listed:
+                user = (m.get("MemberId") or {}).get("UserId")
+                if user is not None:
+                    members.setdefault(str(user), []).append((m["MembershipId"], m["GroupId"]))
+        self._members_cost = spent
+        return {user: tuple(found) for user, found in members.items()}
+
+    async def _memberships_for_member(self, user_id: str) -> list[tuple[str, str]]:
         pages = await self._pages(
             self._identitystore,
             "identitystore",
