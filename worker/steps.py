@@ -284,7 +284,9 @@ async def read_inventory(
     ]
     sets = await ledger.call(
         "identity_center.inventory",
-        lambda: ic.reachable_permission_sets(user_id, since=since, groups=groups),
+        lambda: ic.reachable_permission_sets(
+            user_id, since=since, groups=groups, run_wide=run_wide
+        ),
     )
     applications: list[dict[str, Any]] | None
     try:

@@ -1291,7 +1291,12 @@ class FakeIdentityCenter(_Fake):
         return await self._call("permission_set", (arn,), describe)
 
     async def reachable_permission_sets(
-        self, user_id: str, *, since: datetime | None = None, groups: Sequence[str] | None = None
+        self,
+        user_id: str,
+        *,
+        since: datetime | None = None,
+        groups: Sequence[str] | None = None,
+        run_wide: bool = False,
     ) -> list[ReachablePermissionSet]:
         # no cache here: every read is fresh
         await self._call("reachable_permission_sets", (user_id,), lambda: None)

@@ -114,13 +114,20 @@ class IdentityCenter(Protocol):
         """(name, session duration), shared as a group's assignments are."""
 
     async def reachable_permission_sets(
-        self, user_id: str, *, since: datetime | None = None, groups: Sequence[str] | None = None
+        self,
+        user_id: str,
+        *,
+        since: datetime | None = None,
+        groups: Sequence[str] | None = None,
+        run_wide: bool = False,
     ) -> list[ReachablePermissionSet]:
         """Every permission set the user reaches, directly and through each group, with
         its session duration; the user's own assignments read now, the groups' and the
         durations possibly shared; `since`: nothing shared that was read before it (the
         countdown's re-reads pass their due time: a duration raised before it is seen);
-        `groups`: the user's group ids as the caller just read them (not listed again)."""
+        `groups`: the user's group ids as the caller just read them (not listed again);
+        `run_wide` as for group_memberships: the assignments may come from one listing
+        of every (account, permission set) pair sent at or after `since`."""
 
     async def reachable_applications(
         self, user_id: str, *, since: datetime | None = None, groups: Sequence[str] | None = None
