@@ -16,6 +16,7 @@ from worker.clock import ManualClock
 from worker.config import IdentityCenterConfig
 from worker.providers.identity_center import AwsIdentityCenter
 from worker.sandbox import Sandbox
+from worker.sandbox.common import FaultRule
 
 ACCOUNT = "111122223333"
 LIST = "sso-admin.ListAccountAssignmentsForPrincipal"
@@ -259,3 +260,27 @@ async def test_grid_rereads_of_many_users_list_every_assignment_once(
     assert reach[users[5]] == {team.admin: ("USER",)}
     assert reach[team.alice] == {team.readonly: (f"GROUP:{team.group}",)}
     assert reach[users[2]] == {}
+
+
+async def test_a_refused_run_wide_listing_falls_back_to_each_users_reads(
+    sandbox: Sandbox, ic: AwsIdentityCenter, team: Team, clock: ManualClock
+) -> None:
+    """An IAM policy without identitystore:ListGroups: the re-read still reads the user's
+    own memberships (and does not try the listing again)."""
+    store = sandbox.identity_center
+    users = [team.alice, team.bob] + [
+        store.add_user(f"u{i}@example.com", display_name=f"U{i}", email=f"u{i}@example.com")
+        for i in range(4)
+    ]
+    for user in users:
+        await ic.group_memberships(user)
+    sandbox.faults.add(FaultRule(endpoint=LIST_GROUPS, kind="error", count=1, status=403))
+    for _ in range(2):
+        clock.advance(timedelta(minutes=5))
+        due = clock.now()
+        found = {
+            user: [g for _, g in await ic.group_memberships(user, since=due, run_wide=True)]
+            for user in users
+        }
+        assert found[team.alice] == [team.group]
+    assert (calls(sandbox, LIST_GROUPS), calls(sandbox, MEMBERS_FOR)) == (1, 6 + 2 * 6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
@@ -477,6 +478,12 @@ class AwsIdentityCenter:
                 answer = await listing(budget)
             except _OverBudget:
                 self._costs[kind] = budget.spent + 1  # at least
+                return None
+            except PermanentError as exc:
+                # refused (an IAM policy without the List permission): each user's own
+                # reads, as before, and no listing again in this process
+                log.warning("run_wide_listing_refused", listing=kind, error=str(exc))
+                self._costs[kind] = sys.maxsize
                 return None
             self._costs[kind] = budget.spent
             return answer
