@@ -403,6 +403,11 @@ class AwsIdentityCenter:
                     page = await self._unlimited("identitystore", "ListUsers", anext(pages))
                 except StopAsyncIteration:
                     break
+                except PermanentError as exc:
+                    # refused (no identitystore:ListUsers): read each user, and stop asking
+                    log.warning("user_listing_refused", error=str(exc))
+                    self._user_pages = sys.maxsize
+                    return None
             for user in page.get("Users", []):
                 status = user.get("UserStatus")
                 if status in ("ENABLED", "DISABLED"):
