@@ -260,23 +260,33 @@ async def _inventory(ctx: StepContext, user_id: str) -> dict[str, Any]:
 
 
 async def read_inventory(
-    ledger: Reader, ic: IdentityCenter, user_id: str, *, since: datetime | None = None
+    ledger: Reader,
+    ic: IdentityCenter,
+    user_id: str,
+    *,
+    since: datetime | None = None,
+    run_wide: bool = False,
 ) -> dict[str, Any]:
     """The permission sets the user reaches (with durations) and the applications they
     are assigned to, as evidence and countdown input; `since`: nothing that other cases
-    share (a group's assignments, a duration) read before that moment.
+    share (a group's assignments, a duration) read before that moment; `run_wide`: a
+    re-read on the shared grid, whose memberships may come from one listing of every
+    group (IdentityCenter.group_memberships).
     Applications that cannot be read (access denied, not implemented) are recorded as
     None, said "not covered" by the countdown, and do not halt the case."""
     # the memberships once, for both: every call is time in a mass run
     groups = [
         group
         for _, group in await ledger.call(
-            "identitystore.ListGroupMemberships", lambda: ic.group_memberships(user_id)
+            "identitystore.ListGroupMemberships",
+            lambda: ic.group_memberships(user_id, since=since, run_wide=run_wide),
         )
     ]
     sets = await ledger.call(
         "identity_center.inventory",
-        lambda: ic.reachable_permission_sets(user_id, since=since, groups=groups),
+        lambda: ic.reachable_permission_sets(
+            user_id, since=since, groups=groups, run_wide=run_wide
+        ),
     )
     applications: list[dict[str, Any]] | None
     try:

@@ -1246,6 +1246,15 @@ class FakeIdentityCenter(_Fake):
     async def get_user(self, user_id: str) -> IdentityCenterUser:
         return await self._call("get_user", (user_id,), lambda: self._shown(self._user(user_id)))
 
+    async def user_statuses(self, most_pages: int) -> dict[str, str] | None:
+        def listed() -> dict[str, str] | None:
+            pages = max(1, -(-len(self.users) // 100))  # ListUsers' 100 a page
+            if pages > most_pages:
+                return None
+            return {u.user_id: u.status for u in self.users.values()}
+
+        return await self._call("user_statuses", (most_pages,), listed)
+
     async def disable_user(self, user_id: str) -> None:
         def disable() -> None:
             if self.identity_source != "scim":
@@ -1260,7 +1269,10 @@ class FakeIdentityCenter(_Fake):
     def console_user_url(self, user_id: str) -> str:
         return f"https://console.fake.example/singlesignon/users/{user_id}"
 
-    async def group_memberships(self, user_id: str) -> list[tuple[str, str]]:
+    async def group_memberships(
+        self, user_id: str, *, since: datetime | None = None, run_wide: bool = False
+    ) -> list[tuple[str, str]]:
+        # one store, read now: a run-wide answer is the same answer
         return await self._call(
             "group_memberships",
             (user_id,),
@@ -1292,7 +1304,12 @@ class FakeIdentityCenter(_Fake):
         return await self._call("permission_set", (arn,), describe)
 
     async def reachable_permission_sets(
-        self, user_id: str, *, since: datetime | None = None, groups: Sequence[str] | None = None
+        self,
+        user_id: str,
+        *,
+        since: datetime | None = None,
+        groups: Sequence[str] | None = None,
+        run_wide: bool = False,
     ) -> list[ReachablePermissionSet]:
         # no cache here: every read is fresh
         await self._call("reachable_permission_sets", (user_id,), lambda: None)

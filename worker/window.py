@@ -34,7 +34,7 @@ from worker.ledger import Ledger
 from worker.notify import Notification, deliver
 from worker.providers.base import IdentityCenter
 from worker.steps import cover_with_deny, read_inventory
-from worker.store.base import CLOSED_STATUSES, DENY_REMOVABLE, WORK_TIMER_PREFIXES
+from worker.store.base import CLOSED_STATUSES, DENY_REMOVABLE, REREAD_FINAL, WORK_TIMER_PREFIXES
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +82,10 @@ async def reread(engine: Engine, case_id: str, label: str, *, since: datetime) -
     epoch = int(case.countdown.get("epoch", 0))
     with structlog.contextvars.bound_contextvars(case_id=case_id, reread=label):
         ledger = engine.ledger(case_id, f"reread-{epoch}")
-        read = await read_inventory(ledger, ic, user_id, since=since)
+        # the grid's re-reads fall due together for every case; the last one (at the
+        # case's own new-sessions-end) is off the grid and reads the user alone
+        on_grid = not label.startswith(REREAD_FINAL)
+        read = await read_inventory(ledger, ic, user_id, since=since, run_wide=on_grid)
         removal = records.get(REMOVE_ACCESS.name)
         read["described"] = await _no_longer_listed(
             ledger,

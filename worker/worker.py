@@ -24,7 +24,7 @@ from worker.intents import settle_intents
 from worker.notify import Notification, deliver
 from worker.runtime import Runtime
 from worker.store.base import REREAD_FINAL, is_milestone
-from worker.watchdog import WATCHED, check_case
+from worker.watchdog import WATCHED, check_case, listed_statuses
 from worker.window import on_timer
 
 log = structlog.get_logger(__name__)
@@ -213,9 +213,11 @@ class Worker:
 
     async def watchdog_pass(self) -> int:
         drifted = 0
-        for case in await self.store.list_cases(WATCHED):
+        cases = await self.store.list_cases(WATCHED)
+        listed = await listed_statuses(self.engine, len(cases)) if cases else {}
+        for case in cases:
             try:
-                drifted += await check_case(self.engine, case)
+                drifted += await check_case(self.engine, case, listed)
             except StoreError:
                 raise  # the database, not the user: the pass stops, the next one reads again
             except Exception as exc:  # one unreadable user must not stop the others

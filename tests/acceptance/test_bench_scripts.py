@@ -128,6 +128,22 @@ def test_identity_center_calls_over_the_first_hour(tmp_path: Path) -> None:
     assert figures["total_per_person_first_hour"] > figures["containment_per_person"]
 
 
+def test_many_leavers_rereads_list_the_instance_not_each_user(tmp_path: Path) -> None:
+    # 60 leavers in the bench's organisation of 40 groups: listing every group's members
+    # (41 requests) and every (account, set) pair's assignments costs less than 60 users'
+    # own reads, so the grid's re-reads list the instance; only each case's last re-read
+    # (at its own new-sessions-end, off the grid) reads the user alone
+    result = run_bench("reread_calls", tmp_path, "--people=60")
+    figures = result["figures"]
+    rereads = figures["rereads_by_endpoint"]
+    assert rereads["identitystore.ListGroupMembershipsForMember"] <= 2 * 60
+    assert rereads["identitystore.ListGroupMemberships"] > 0
+    assert rereads["sso-admin.ListAccountAssignments"] > 0
+    # one ListUsers page tells the watchdog every status: not 12 DescribeUser a person
+    assert figures["watchdog_per_person_first_hour"] < 1
+    assert figures["rereads_per_person_first_hour"] < 24
+
+
 def test_store_trips_before_the_idp_request(tmp_path: Path) -> None:
     result = run_bench("store_trips", tmp_path, "--cases=2")
     figures = result["figures"]

@@ -4,6 +4,7 @@ and the drift watchdog, end to end against the sandbox over loopback HTTP."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -463,3 +464,44 @@ async def test_a_restarted_worker_reads_before_an_overdue_all_lapsed_closes_the_
     assert late in {p["arn"] for p in after.countdown["inputs"]["permission_sets"]}
     assert at(after.countdown, "all-lapsed") > clock.now()
     assert after.status is CaseStatus.CONTAINED
+
+
+async def test_watchdog_reads_every_watched_status_from_one_listing(
+    runtime: Runtime, sandbox: Sandbox, clock: ManualClock
+) -> None:
+    """Several watched users: one ListUsers page tells every UserStatus (it carries it,
+    as DescribeUser does), so the pass sends no DescribeUser for the disabled ones; a
+    user the listing shows re-enabled is still read with DescribeUser and contained."""
+    people = [sandbox.seed_leaver(f"leaver{i}@example.com") for i in range(3)]
+    for person in people:
+        await contain(runtime, sandbox, person)
+    worker = Worker(runtime)
+    before = Counter(sandbox.audit.calls)
+    assert await worker.watchdog_pass() == 0
+    sent = Counter(sandbox.audit.calls) - before
+    assert sent["identitystore.ListUsers"] == 1
+    assert sent["identitystore.DescribeUser"] == 0
+
+    clock.advance(timedelta(minutes=5))
+    sandbox.okta.reactivate(people[1].login)
+    sandbox.identity_center.set_user_status(people[1].ic_user_id, "ENABLED", actor="scim-push")
+    assert await worker.watchdog_pass() == 1
+    assert sandbox.identity_center.user_status(people[1].ic_user_id) == "DISABLED"
+    assert sandbox.identity_center.user_status(people[0].ic_user_id) == "DISABLED"
+
+
+async def test_watchdog_reads_each_user_when_the_listing_is_longer(
+    runtime: Runtime, sandbox: Sandbox, leaver: SeededUser
+) -> None:
+    """One watched user in a store of many: listing every user would cost more than one
+    DescribeUser, so the pass reads the user alone (and learns not to list again)."""
+    for i in range(150):
+        sandbox.seed_leaver(f"stays{i}@example.com")
+    await contain(runtime, sandbox, leaver)
+    worker = Worker(runtime)
+    for _ in range(2):
+        before = Counter(sandbox.audit.calls)
+        assert await worker.watchdog_pass() == 0
+        sent = Counter(sandbox.audit.calls) - before
+        assert sent["identitystore.DescribeUser"] == 1
+        assert sent["identitystore.ListUsers"] == 0

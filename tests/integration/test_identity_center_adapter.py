@@ -31,7 +31,7 @@ from worker.clock import ManualClock
 from worker.config import IdentityCenterConfig
 from worker.countdown import ReachableApplication, ReachablePermissionSet
 from worker.errors import PermanentError, TransientError
-from worker.providers.identity_center import AwsIdentityCenter
+from worker.providers.identity_center import AwsIdentityCenter, _Budget
 from worker.resolve import Resolution, RetryingReader, resolve_person
 from worker.retry import RetryPolicy
 from worker.sandbox import Sandbox
@@ -909,3 +909,27 @@ async def test_find_user_by_the_externalid_the_scim_sync_set(
     with pytest.raises(PermanentError) as err:
         await ic.find_user_by_external_id("00u-okta-id")
     assert err.value.code == "AmbiguousUser" and synced in str(err.value)
+
+
+async def test_run_wide_memberships_agree_with_the_users_own(
+    world: World, ic: AwsIdentityCenter
+) -> None:
+    """The grid re-reads' listing of every group's members (ListGroups, then each
+    group's ListGroupMemberships) says what ListGroupMembershipsForMember says, on both
+    backends."""
+    members = await ic._every_membership(_Budget(ic, 1000))
+    assert list(members[world.user_id]) == await ic.group_memberships(world.user_id)
+
+
+async def test_run_wide_assignments_agree_with_each_principals(
+    sandbox_world_only: World, sandbox_ic: AwsIdentityCenter
+) -> None:
+    """Every (account, permission set) pair's ListAccountAssignments, over the accounts
+    ListAccountsForProvisionedPermissionSet names, finds what each principal's own
+    listing finds. Sandbox only: moto's ListAccountsForProvisionedPermissionSet answers
+    its own account for a set provisioned by ProvisionPermissionSet, and nothing for
+    one CreateAccountAssignment provisioned, which AWS documents it does."""
+    world, ic = sandbox_world_only, sandbox_ic
+    found = await ic._every_assignment(_Budget(ic, 1000))
+    for principal in (("USER", world.user_id), ("GROUP", world.group_id)):
+        assert sorted(found[principal]) == sorted(await ic.assignments(*principal))

@@ -16,6 +16,7 @@ from worker.clock import ManualClock
 from worker.config import IdentityCenterConfig
 from worker.providers.identity_center import AwsIdentityCenter
 from worker.sandbox import Sandbox
+from worker.sandbox.common import FaultRule
 
 ACCOUNT = "111122223333"
 LIST = "sso-admin.ListAccountAssignmentsForPrincipal"
@@ -155,3 +156,131 @@ async def test_the_users_own_reads_are_never_shared(
     assert second in [group for _, group in await ic.group_memberships(team.alice)]
     reach = {r.arn: r.via for r in await ic.reachable_permission_sets(team.alice)}
     assert reach[team.admin] == ("USER",)
+
+
+MEMBERS_FOR = "identitystore.ListGroupMembershipsForMember"
+LIST_GROUPS = "identitystore.ListGroups"
+MEMBERS_OF = "identitystore.ListGroupMemberships"
+
+
+async def test_grid_rereads_of_many_users_list_the_groups_once(
+    sandbox: Sandbox, ic: AwsIdentityCenter, team: Team, clock: ManualClock
+) -> None:
+    """A grid tick that many users re-read at: when more users asked in the last hour
+    (their containment) than the store's groups cost to list, the tick lists every
+    group's members once (sent at or after its due time) instead of each user's
+    memberships; a membership added before the tick is seen, for a user in no group
+    any other leaver is in."""
+    store = sandbox.identity_center
+    users = [team.alice, team.bob] + [
+        store.add_user(f"u{i}@example.com", display_name=f"U{i}", email=f"u{i}@example.com")
+        for i in range(4)
+    ]
+    for user in users:
+        await ic.group_memberships(user)  # the containment's own reads
+    assert (calls(sandbox, MEMBERS_FOR), calls(sandbox, LIST_GROUPS)) == (6, 0)
+
+    lonely = store.add_group("lonely")
+    store.add_membership(lonely, users[5])
+    clock.advance(timedelta(minutes=5))
+    due = clock.now()
+    found = {
+        user: [g for _, g in await ic.group_memberships(user, since=due, run_wide=True)]
+        for user in users
+    }
+    # one ListGroups page and one ListGroupMemberships per group (team, lonely): 3 < 6
+    assert calls(sandbox, MEMBERS_FOR) == 6
+    assert (calls(sandbox, LIST_GROUPS), calls(sandbox, MEMBERS_OF)) == (1, 2)
+    assert found[team.alice] == [team.group] and found[users[2]] == []
+    assert found[users[5]] == [lonely]
+    # the membership ids come with it: what the removal step deletes
+    assert await ic.group_memberships(users[5]) == [
+        (m, lonely) for m, _ in await ic.group_memberships(users[5], since=due, run_wide=True)
+    ]
+
+
+async def test_few_users_in_a_store_of_many_groups_read_their_own(
+    sandbox: Sandbox, ic: AwsIdentityCenter, team: Team, clock: ManualClock
+) -> None:
+    for i in range(5):
+        sandbox.identity_center.add_group(f"other-{i}")
+    for _ in range(3):
+        due = clock.now()
+        for user in (team.alice, team.bob):
+            await ic.group_memberships(user, since=due, run_wide=True)
+        clock.advance(timedelta(minutes=5))
+    # listing 6 groups costs more than two users' own reads: never listed
+    assert (calls(sandbox, MEMBERS_FOR), calls(sandbox, MEMBERS_OF)) == (6, 0)
+
+
+LIST_SETS = "sso-admin.ListPermissionSets"
+PROVISIONED = "sso-admin.ListAccountsForProvisionedPermissionSet"
+PAIR = "sso-admin.ListAccountAssignments"
+
+
+async def test_grid_rereads_of_many_users_list_every_assignment_once(
+    sandbox: Sandbox, ic: AwsIdentityCenter, team: Team, clock: ManualClock
+) -> None:
+    """As for memberships: with more users contained in the last hour than the listing
+    costs, a tick reads every (account, permission set) pair's assignments once, sent
+    at or after its due time; a set assigned to one user directly before the tick, on a
+    pair nobody else has, is seen, with no ListAccountAssignmentsForPrincipal."""
+    store = sandbox.identity_center
+    users = [team.alice, team.bob] + [
+        store.add_user(f"u{i}@example.com", display_name=f"U{i}", email=f"u{i}@example.com")
+        for i in range(6)
+    ]
+    for user in users:
+        await ic.reachable_permission_sets(user, groups=[])  # the containment's
+    assert calls(sandbox, LIST) == 8
+
+    store.add_account_assignment(
+        account_id=ACCOUNT,
+        permission_set_arn=team.admin,
+        principal_type="USER",
+        principal_id=users[5],
+    )
+    clock.advance(timedelta(minutes=5))
+    due = clock.now()
+    reach = {
+        user: {
+            r.arn: r.via
+            for r in await ic.reachable_permission_sets(
+                user, since=due, groups=[team.group] if user == team.alice else [], run_wide=True
+            )
+        }
+        for user in users
+    }
+    assert calls(sandbox, LIST) == 8
+    assert (calls(sandbox, LIST_SETS), calls(sandbox, PROVISIONED), calls(sandbox, PAIR)) == (
+        1,
+        2,
+        2,
+    )
+    assert reach[users[5]] == {team.admin: ("USER",)}
+    assert reach[team.alice] == {team.readonly: (f"GROUP:{team.group}",)}
+    assert reach[users[2]] == {}
+
+
+async def test_a_refused_run_wide_listing_falls_back_to_each_users_reads(
+    sandbox: Sandbox, ic: AwsIdentityCenter, team: Team, clock: ManualClock
+) -> None:
+    """An IAM policy without identitystore:ListGroups: the re-read still reads the user's
+    own memberships (and does not try the listing again)."""
+    store = sandbox.identity_center
+    users = [team.alice, team.bob] + [
+        store.add_user(f"u{i}@example.com", display_name=f"U{i}", email=f"u{i}@example.com")
+        for i in range(4)
+    ]
+    for user in users:
+        await ic.group_memberships(user)
+    sandbox.faults.add(FaultRule(endpoint=LIST_GROUPS, kind="error", count=1, status=403))
+    for _ in range(2):
+        clock.advance(timedelta(minutes=5))
+        due = clock.now()
+        found = {
+            user: [g for _, g in await ic.group_memberships(user, since=due, run_wide=True)]
+            for user in users
+        }
+        assert found[team.alice] == [team.group]
+    assert (calls(sandbox, LIST_GROUPS), calls(sandbox, MEMBERS_FOR)) == (1, 6 + 2 * 6)

@@ -34,6 +34,7 @@ READS = {
     "get_user",
     "console_user_url",
     "group_memberships",
+    "user_statuses",
     "assignments",
     "permission_set",
     "reachable_permission_sets",

@@ -85,10 +85,21 @@ class IdentityCenter(Protocol):
 
     async def disable_user(self, user_id: str) -> None: ...
 
+    async def user_statuses(self, most_pages: int) -> dict[str, str] | None:
+        """user id -> UserStatus of every user, listed in at most `most_pages` pages;
+        None when the store takes more (the caller reads its users one by one). A user
+        missing from the answer is not known to be disabled."""
+
     def console_user_url(self, user_id: str) -> str: ...
 
     # the reads that feed the countdown
-    async def group_memberships(self, user_id: str) -> list[tuple[str, str]]: ...
+    async def group_memberships(
+        self, user_id: str, *, since: datetime | None = None, run_wide: bool = False
+    ) -> list[tuple[str, str]]:
+        """(membership id, group id) of the user's groups. `run_wide`: a re-read on the
+        shared grid, due at `since`: the answer may come from one listing of every
+        group's members sent at or after `since` (as fresh as the user's own listing
+        sent then), when that costs fewer requests than the users asking."""
 
     async def assignments(
         self, principal_type: str, principal_id: str, *, since: datetime | None = None
@@ -103,13 +114,20 @@ class IdentityCenter(Protocol):
         """(name, session duration), shared as a group's assignments are."""
 
     async def reachable_permission_sets(
-        self, user_id: str, *, since: datetime | None = None, groups: Sequence[str] | None = None
+        self,
+        user_id: str,
+        *,
+        since: datetime | None = None,
+        groups: Sequence[str] | None = None,
+        run_wide: bool = False,
     ) -> list[ReachablePermissionSet]:
         """Every permission set the user reaches, directly and through each group, with
         its session duration; the user's own assignments read now, the groups' and the
         durations possibly shared; `since`: nothing shared that was read before it (the
         countdown's re-reads pass their due time: a duration raised before it is seen);
-        `groups`: the user's group ids as the caller just read them (not listed again)."""
+        `groups`: the user's group ids as the caller just read them (not listed again);
+        `run_wide` as for group_memberships: the assignments may come from one listing
+        of every (account, permission set) pair sent at or after `since`."""
 
     async def reachable_applications(
         self, user_id: str, *, since: datetime | None = None, groups: Sequence[str] | None = None

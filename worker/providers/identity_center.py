@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Sequence
+import itertools
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -122,6 +124,34 @@ def _retry_after(response: dict[str, Any]) -> float | None:
     return None
 
 
+class _OverBudget(Exception):
+    """A run-wide listing would take more requests than the reads it replaces."""
+
+
+class _Budget:
+    """Requests a run-wide listing may still send; every page is one request."""
+
+    def __init__(self, ic: AwsIdentityCenter, most: int) -> None:
+        self.ic, self.most, self.spent = ic, most, 0
+
+    async def items(self, client: Any, operation: str, key: str, **params: Any) -> list[Any]:
+        pages = aiter(client.get_paginator(_snake(operation)).paginate(**params))
+        service = "identitystore" if client is self.ic._identitystore else "sso-admin"
+        collected: list[Any] = []
+        while True:
+            if self.spent >= self.most:
+                raise _OverBudget
+            async with self.ic.limiter.slot():
+                try:
+                    page = await self.ic._unlimited(service, operation, anext(pages))
+                except StopAsyncIteration:
+                    return collected
+            self.spent += 1
+            collected.extend(page.get(key, []))
+            if not page.get("NextToken"):
+                return collected
+
+
 class AwsIdentityCenter:
     """Use as `async with AwsIdentityCenter(config, session) as ic:`."""
 
@@ -145,6 +175,13 @@ class AwsIdentityCenter:
         self._scim: JsonHttpClient | None = None
         #: what many cases ask alike (groups, permission sets, applications), read once
         self.shared = SharedReads(clock or SystemClock(), config.shared_read_window)
+        #: how many ListUsers pages the store took when last listed (user_statuses)
+        self._user_pages: int | None = None
+        #: run-wide listing -> user -> when they last asked for what it tells (_asked)
+        self._askers: dict[str, dict[str, datetime]] = {}
+        self._askers_kept: dict[str, int] = {}
+        #: run-wide listing -> the requests it took when last made
+        self._costs: dict[str, int] = {}
         if config.scim is not None:
             token = config.scim.token.resolve_token("identity_center.scim.token")
             self._scim = JsonHttpClient(
@@ -344,6 +381,42 @@ class AwsIdentityCenter:
             user_id=str(user["UserId"]), user_name=str(user.get("UserName", "")), status=status
         )
 
+    async def user_statuses(self, most_pages: int) -> dict[str, str] | None:
+        """Every user's UserStatus from ListUsers (its User objects carry it, as
+        DescribeUser's do), or None when that takes more than `most_pages` pages: a
+        store with many users and few watched costs less read one by one. A store found
+        too long is not listed again until more pages are allowed."""
+        if most_pages < 1 or (self._user_pages or 0) > most_pages:
+            return None
+        pages = aiter(
+            self._identitystore.get_paginator("list_users").paginate(
+                IdentityStoreId=self.config.identity_store_id
+            )
+        )
+        statuses: dict[str, str] = {}
+        for count in itertools.count(1):
+            if count > most_pages:
+                self._user_pages = count  # at least: more than allowed
+                return None
+            async with self.limiter.slot():
+                try:
+                    page = await self._unlimited("identitystore", "ListUsers", anext(pages))
+                except StopAsyncIteration:
+                    break
+                except PermanentError as exc:
+                    # refused (no identitystore:ListUsers): read each user, and stop asking
+                    log.warning("user_listing_refused", error=str(exc))
+                    self._user_pages = sys.maxsize
+                    return None
+            for user in page.get("Users", []):
+                status = user.get("UserStatus")
+                if status in ("ENABLED", "DISABLED"):
+                    statuses[str(user["UserId"])] = str(status)
+            if not page.get("NextToken"):
+                break
+        self._user_pages = count
+        return statuses
+
     async def disable_user(self, user_id: str) -> None:
         if self._scim is None:
             raise PermanentError(
@@ -378,8 +451,113 @@ class AwsIdentityCenter:
                 # the rate limit for a request that is never sent
                 return collected
 
-    async def group_memberships(self, user_id: str) -> list[tuple[str, str]]:
-        """(membership id, group id) of every group the user belongs to."""
+    async def group_memberships(
+        self, user_id: str, *, since: datetime | None = None, run_wide: bool = False
+    ) -> list[tuple[str, str]]:
+        """(membership id, group id) of every group the user belongs to. With `run_wide`
+        (the countdown's re-reads on the shared grid, due at `since`): from one listing
+        of every group's members sent at or after `since`, when the earlier ticks had
+        more users asking than that listing costs; else the user's own listing."""
+        if since is not None and run_wide:
+            everyone = await self._run_wide("memberships", user_id, since, self._every_membership)
+            if everyone is not None:
+                return list(everyone.get(user_id, ()))
+        else:
+            self._asked("memberships", user_id)  # the containment's: this user re-reads soon
+        return await self._memberships_for_member(user_id)
+
+    async def _run_wide(
+        self, kind: str, user_id: str, since: datetime, listing: Callable[[_Budget], Awaitable[T]]
+    ) -> T | None:
+        """One listing of the whole instance for every case re-reading at the tick due at
+        `since` (shared, sent at or after it), when more users asked for this in the last
+        hour (each is in its window and re-reads at every tick) than the listing cost
+        when last made; else None (each user is read alone)."""
+        demand = self._asked(kind, user_id)
+        if demand < 2 or self._costs.get(kind, 0) >= demand:
+            return None
+
+        async def listed() -> T | None:
+            budget = _Budget(self, demand - 1)
+            try:
+                answer = await listing(budget)
+            except _OverBudget:
+                self._costs[kind] = budget.spent + 1  # at least
+                return None
+            except PermanentError as exc:
+                # refused (an IAM policy without the List permission): each user's own
+                # reads, as before, and no listing again in this process
+                log.warning("run_wide_listing_refused", listing=kind, error=str(exc))
+                self._costs[kind] = sys.maxsize
+                return None
+            self._costs[kind] = budget.spent
+            return answer
+
+        return await self.shared.read(("run_wide", kind), listed, since=since)
+
+    def _asked(self, kind: str, user_id: str) -> int:
+        """Remember that `user_id` asked for `kind`; how many users asked in the last hour."""
+        now = self.shared.clock.now()
+        askers = self._askers.setdefault(kind, {})
+        askers[user_id] = now
+        if len(askers) > 2 * self._askers_kept.get(kind, 0):
+            for user, at in list(askers.items()):
+                if now - at > timedelta(hours=1):
+                    del askers[user]
+            self._askers_kept[kind] = len(askers)
+        return len(askers)
+
+    async def _every_membership(self, budget: _Budget) -> dict[str, tuple[tuple[str, str], ...]]:
+        """user id -> (membership id, group id), from ListGroups and each group's
+        ListGroupMemberships."""
+        store = {"IdentityStoreId": self.config.identity_store_id}
+        members: dict[str, list[tuple[str, str]]] = {}
+        for group in await budget.items(self._identitystore, "ListGroups", "Groups", **store):
+            for m in await budget.items(
+                self._identitystore,
+                "ListGroupMemberships",
+                "GroupMemberships",
+                GroupId=group["GroupId"],
+                **store,
+            ):
+                user = (m.get("MemberId") or {}).get("UserId")
+                if user is not None:
+                    members.setdefault(str(user), []).append((m["MembershipId"], m["GroupId"]))
+        return {user: tuple(found) for user, found in members.items()}
+
+    async def _every_assignment(
+        self, budget: _Budget
+    ) -> dict[tuple[str, str], tuple[tuple[str, str], ...]]:
+        """(principal type, id) -> (account id, permission set arn), from every set's
+        ListAccountAssignments on each account it is provisioned to: creating an
+        assignment provisions its set to the account, so no assignment is elsewhere."""
+        instance = {"InstanceArn": self.config.instance_arn}
+        found: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        sets = await budget.items(
+            self._sso_admin, "ListPermissionSets", "PermissionSets", **instance
+        )
+        for arn in sets:
+            accounts = await budget.items(
+                self._sso_admin,
+                "ListAccountsForProvisionedPermissionSet",
+                "AccountIds",
+                PermissionSetArn=arn,
+                **instance,
+            )
+            for account in accounts:
+                for a in await budget.items(
+                    self._sso_admin,
+                    "ListAccountAssignments",
+                    "AccountAssignments",
+                    AccountId=account,
+                    PermissionSetArn=arn,
+                    **instance,
+                ):
+                    principal = (str(a["PrincipalType"]), str(a["PrincipalId"]))
+                    found.setdefault(principal, []).append((account, arn))
+        return {principal: tuple(pairs) for principal, pairs in found.items()}
+
+    async def _memberships_for_member(self, user_id: str) -> list[tuple[str, str]]:
         pages = await self._pages(
             self._identitystore,
             "identitystore",
@@ -450,17 +628,33 @@ class AwsIdentityCenter:
         return [group_id for _, group_id in await self.group_memberships(user_id)]
 
     async def reachable_permission_sets(
-        self, user_id: str, *, since: datetime | None = None, groups: Sequence[str] | None = None
+        self,
+        user_id: str,
+        *,
+        since: datetime | None = None,
+        groups: Sequence[str] | None = None,
+        run_wide: bool = False,
     ) -> list[ReachablePermissionSet]:
         """Every permission set the user reaches, directly and through each group; with
-        `since` every shared read (groups, durations) was sent then or later."""
+        `since` every shared read (groups, durations) was sent then or later; with
+        `run_wide` (a re-read on the grid) the assignments may come from one listing
+        of every assignment of the instance (_run_wide)."""
         reach: dict[str, tuple[set[str], set[str]]] = {}
         principals = [("USER", user_id, "USER")] + [
             ("GROUP", group_id, f"GROUP:{group_id}")
             for group_id in await self._groups(user_id, groups)
         ]
+        everyone = None
+        if since is not None and run_wide:
+            everyone = await self._run_wide("assignments", user_id, since, self._every_assignment)
+        else:
+            self._asked("assignments", user_id)
         for principal_type, principal_id, via in principals:
-            for account, arn in await self.assignments(principal_type, principal_id, since=since):
+            if everyone is not None:
+                pairs = list(everyone.get((principal_type, principal_id), ()))
+            else:
+                pairs = await self.assignments(principal_type, principal_id, since=since)
+            for account, arn in pairs:
                 accounts, vias = reach.setdefault(arn, (set(), set()))
                 accounts.add(account)
                 vias.add(via)

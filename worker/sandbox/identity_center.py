@@ -393,6 +393,8 @@ class IdentityCenterEmulator:
             "AWSIdentityStore.DescribeUser": self._describe_user,
             "AWSIdentityStore.ListUsers": self._list_users,
             "AWSIdentityStore.DescribeGroup": self._describe_group,
+            "AWSIdentityStore.ListGroups": self._list_groups,
+            "AWSIdentityStore.ListGroupMemberships": self._list_group_memberships,
             "AWSIdentityStore.ListGroupMembershipsForMember": self._list_memberships_for_member,
             "AWSIdentityStore.GetGroupMembershipId": self._get_group_membership_id,
             "AWSIdentityStore.DeleteGroupMembership": self._delete_group_membership,
@@ -889,15 +891,7 @@ class IdentityCenterEmulator:
                 ResourceType="GROUP",
                 ResourceId=group_id,
             )
-        return {
-            "IdentityStoreId": self.identity_store_id,
-            "GroupId": group.group_id,
-            "GroupArn": f"arn:aws:identitystore:::group/{group.group_id}",
-            "Revision": "1",
-            "DisplayName": group.display_name,
-            "CreatedAt": epoch(group.created_at),
-            "UpdatedAt": epoch(group.created_at),
-        }
+        return self._group_json(group)
 
     def _membership_json(self, membership: Membership) -> Json:
         return {
@@ -916,6 +910,45 @@ class IdentityCenterEmulator:
         if not isinstance(user_id, str) or not user_id:
             raise validation("MemberId must name a UserId")
         return user_id
+
+    def _group_json(self, group: Group) -> Json:
+        return {
+            "IdentityStoreId": self.identity_store_id,
+            "GroupId": group.group_id,
+            "GroupArn": f"arn:aws:identitystore:::group/{group.group_id}",
+            "Revision": "1",
+            "DisplayName": group.display_name,
+            "CreatedAt": epoch(group.created_at),
+            "UpdatedAt": epoch(group.created_at),
+        }
+
+    def _list_groups(self, body: Json) -> Json:
+        # ListGroups: every group of the store, paginated (its Filters are deprecated)
+        self._check_store(body)
+        if body.get("Filters"):
+            raise validation("Filters are not supported by this emulator")
+        page, token = paginate(
+            list(self._groups.values()), lambda g: f"{g.seq:012d}", body, "ListGroups"
+        )
+        return with_token({"Groups": [self._group_json(g) for g in page]}, token)
+
+    def _list_group_memberships(self, body: Json) -> Json:
+        # ListGroupMemberships(GroupId): the group's members, paginated; an unknown
+        # group is ResourceNotFoundException, as DescribeGroup's
+        self._check_store(body)
+        group_id = required_str(body, "GroupId")
+        if group_id not in self._groups:
+            raise AwsError(
+                "ResourceNotFoundException",
+                "GROUP not found.",
+                ResourceType="GROUP",
+                ResourceId=group_id,
+            )
+        members = [m for m in self._memberships.values() if m.group_id == group_id]
+        page, token = paginate(
+            members, lambda m: f"{m.seq:012d}", body, f"ListGroupMemberships:{group_id}"
+        )
+        return with_token({"GroupMemberships": [self._membership_json(m) for m in page]}, token)
 
     def _list_memberships_for_member(self, body: Json) -> Json:
         self._check_store(body)
