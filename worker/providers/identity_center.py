@@ -277,16 +277,7 @@ class AwsIdentityCenter:
             if user_id is not None:
                 return await self.get_user(user_id)
         key = user_name.casefold()
-        users = [
-            user
-            for page in await self._pages(
-                self._identitystore,
-                "identitystore",
-                "ListUsers",
-                IdentityStoreId=self.config.identity_store_id,
-            )
-            for user in page.get("Users", [])
-        ]
+        users = await self._all_users()
         for field, values in (
             ("userName", lambda u: [u.get("UserName")]),
             ("primary email", _primary_emails),
@@ -318,13 +309,7 @@ class AwsIdentityCenter:
         # every ListUsers page, compared on the id alone (ids are exact, not folded).
         users = [
             user
-            for page in await self._pages(
-                self._identitystore,
-                "identitystore",
-                "ListUsers",
-                IdentityStoreId=self.config.identity_store_id,
-            )
-            for user in page.get("Users", [])
+            for user in await self._all_users()
             if any(x.get("Id") == external_id for x in user.get("ExternalIds") or [])
         ]
         if len(users) > 1:
@@ -342,6 +327,16 @@ class AwsIdentityCenter:
                 code=NOT_FOUND,
             )
         return await self.get_user(str(users[0]["UserId"]))
+
+    async def _all_users(self) -> list[dict[str, Any]]:
+        """Every user of the identity store, from every `ListUsers` page."""
+        pages = await self._pages(
+            self._identitystore,
+            "identitystore",
+            "ListUsers",
+            IdentityStoreId=self.config.identity_store_id,
+        )
+        return [user for page in pages for user in page.get("Users", [])]
 
     async def _user_id_by(self, path: str, value: str) -> str | None:
         """`GetUserId` on one unique attribute: the id, or None when nobody has it."""
