@@ -108,18 +108,32 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
                 finally:
                     stop(serve)
                 cases = {c.subject: c for c in await rt.store.list_cases()}
+                resolves = {
+                    subject: next(r for r in await rt.store.steps(c.id) if r.step_id == "resolve")
+                    for subject, c in cases.items()
+                }
         mutations = (await em.stats())["mutations"]
     deactivations = {m["target"]: m["at"] for m in mutations if m["action"] == "okta.deactivate"}
-    from_commit, from_answer = [], []
+    from_commit, from_answer, worker_own, reads = [], [], [], []
     for i in range(args.warmup, args.count):
         login = login_of("leaver", i)
         at = deactivations[okta_ids[login]]
-        from_commit.append(at - cases[login].created_at.timestamp())
+        committed = cases[login].created_at.timestamp()
+        from_commit.append(at - committed)
         from_answer.append(at - answered[login])
+        # the resolve step (issue 14) reads the IdP and Identity Center before the first
+        # change: the worker's own share is the path without those provider round trips
+        resolve = resolves[login]
+        assert resolve.started_at is not None and resolve.finished_at is not None
+        read = resolve.finished_at.timestamp() - resolve.started_at.timestamp()
+        reads.append(read)
+        worker_own.append(at - committed - read)
     commit = summary_ms(from_commit)
     result.figures = {
         "accepted_to_deactivation_request": commit,
         "answer_received_to_deactivation_request": summary_ms(from_answer),
+        "resolve_reads": summary_ms(reads),
+        "accepted_to_deactivation_request_without_the_resolve_reads": summary_ms(worker_own),
     }
     result.targets = {"p99_le_10ms": commit["p99_ms"] <= 10.0}
     return result
