@@ -198,8 +198,8 @@ async def _measure(args: argparse.Namespace, run_dir: Path, store_env: dict[str,
                 stages["status_page"] = _stage(serve.pid)
                 await _get(http, f"{base}/ui?page={args.cases // 50 + 1}")
                 stages["status_page_last"] = _stage(serve.pid)
-                for name, path in ENDPOINTS.items():
-                    latency[name] = summary_ms(await _timed(http, base + path, args.requests))
+                for name, endpoint in ENDPOINTS.items():
+                    latency[name] = summary_ms(await _timed(http, base + endpoint, args.requests))
                 stages["timed"] = _stage(serve.pid)
         finally:
             stop(serve)

@@ -251,6 +251,17 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     """,
     # version 9: one active case per person, whatever the playbook
     ONE_ACTIVE_MIGRATION,
+    # version 10: the all-lapsed time beside the countdown document, so that a scrape
+    # counts running countdowns from an index (utc_iso text, as the document has it)
+    """
+    ALTER TABLE cases ADD COLUMN all_lapsed_at TEXT;
+    UPDATE cases SET all_lapsed_at = (
+        SELECT json_extract(m.value, '$.at') FROM json_each(cases.countdown, '$.milestones') m
+        WHERE json_extract(m.value, '$.name') = 'all-lapsed' ORDER BY m.key LIMIT 1)
+    WHERE countdown IS NOT NULL;
+    CREATE INDEX cases_all_lapsed ON cases (all_lapsed_at, status)
+        WHERE all_lapsed_at IS NOT NULL;
+    """,
 )
 
 #: Appends one event to its case's chain: linked to the head, hashed by the
