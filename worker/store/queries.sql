@@ -194,7 +194,7 @@ SELECT COUNT(*) AS n FROM events WHERE kind = :kind
 SELECT COUNT(*) AS n FROM cases WHERE all_lapsed_at > :now AND NOT status = ANY(:closed)
 -- name: cases_urgent
 -- halted, then waiting, then the rest (Store.urgent_cases); the newest first; the page's ids are
--- sorted first, not whole cases
+-- sorted first, not whole cases; the index cases_urgency holds this order (keep them alike)
 SELECT * FROM cases WHERE id IN (
     SELECT id FROM cases WHERE status = ANY(:statuses) OR :every
     ORDER BY CASE status WHEN 'halted' THEN 0 WHEN 'waiting' THEN 1 ELSE 2 END,

@@ -251,8 +251,10 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     """,
     # version 9: one active case per person, whatever the playbook
     ONE_ACTIVE_MIGRATION,
-    # version 10: the all-lapsed time beside the countdown document, so that a scrape
-    # counts running countdowns from an index (utc_iso text, as the document has it)
+    # version 10: the all-lapsed time beside the countdown document (utc_iso text, as
+    # the document has it), so that a scrape counts running countdowns from an index;
+    # the status page's first page read in `cases_urgent`'s order from an index, not
+    # sorted from every case
     """
     ALTER TABLE cases ADD COLUMN all_lapsed_at TEXT;
     UPDATE cases SET all_lapsed_at = (
@@ -261,6 +263,8 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     WHERE countdown IS NOT NULL;
     CREATE INDEX cases_all_lapsed ON cases (all_lapsed_at, status)
         WHERE all_lapsed_at IS NOT NULL;
+    CREATE INDEX cases_urgency ON cases (
+        (CASE status WHEN 'halted' THEN 0 WHEN 'waiting' THEN 1 ELSE 2 END), created_at DESC, id);
     """,
 )
 
