@@ -254,7 +254,9 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     # version 10: the all-lapsed time beside the countdown document (utc_iso text, as
     # the document has it), so that a scrape counts running countdowns from an index;
     # the status page's first page read in `cases_urgent`'s order from an index, not
-    # sorted from every case
+    # sorted from every case; the scrape's counts by state from an index, not from every
+    # case row and its documents (131 → 7 ms at 100,000), the task backlog from the
+    # open tasks (PostgreSQL's index)
     """
     ALTER TABLE cases ADD COLUMN all_lapsed_at TEXT;
     UPDATE cases SET all_lapsed_at = (
@@ -265,6 +267,9 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
         WHERE all_lapsed_at IS NOT NULL;
     CREATE INDEX cases_urgency ON cases (
         (CASE status WHEN 'halted' THEN 0 WHEN 'waiting' THEN 1 ELSE 2 END), created_at DESC, id);
+    CREATE INDEX cases_status ON cases (status, playbook);
+    CREATE INDEX operator_tasks_open ON operator_tasks (opened_at, confirmed_at)
+        WHERE confirmed_at IS NULL;
     """,
 )
 
