@@ -75,6 +75,7 @@ from worker.store.base import (
     created_event,
     event_hash,
     fired_event,
+    first_milestone,
     genesis_hash,
     grant_budget,
     new_case_id,
@@ -856,7 +857,7 @@ class InMemoryStore:
         for case in self._cases.values():
             if case.countdown is None or case.status in CLOSED_STATUSES:
                 continue
-            lapse = _first_milestone(case.countdown, ALL_LAPSED)
+            lapse = first_milestone(case.countdown, ALL_LAPSED)
             if isinstance(lapse, str) and lapse > cut:
                 running += 1
         return running
@@ -912,17 +913,6 @@ def _urgency(case: Case) -> int:
     if case.status in URGENT_STATUSES:
         return URGENT_STATUSES.index(case.status)
     return len(URGENT_STATUSES)
-
-
-def _first_milestone(countdown: dict[str, Any], name: str) -> Any:
-    """The `at` of the first milestone called `name`, as stored; None if there is none."""
-    milestones = countdown.get("milestones")
-    if not isinstance(milestones, list):
-        return None
-    for milestone in milestones:
-        if isinstance(milestone, dict) and milestone.get("name") == name:
-            return milestone.get("at")
-    return None
 
 
 # --------------------------------------------------------------------------------------

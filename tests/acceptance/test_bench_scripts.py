@@ -104,11 +104,24 @@ def test_worker_overhead(tmp_path: Path) -> None:
 
 
 def test_memory_with_open_countdowns(tmp_path: Path) -> None:
-    result = run_bench("memory", tmp_path, "--cases=30")
+    result = run_bench("memory", tmp_path, "--cases=30", "--requests=2")
     figures = result["figures"]
     assert figures["open_countdowns"] == 30
     assert set(figures["stages"]) >= {"started", "metrics_3", "case_list", "status_page"}
     assert figures["peak_rss_mb"] > 0
+    assert {name: s["n"] for name, s in figures["latency"].items()} == {
+        "metrics": 2,
+        "ui": 2,
+        "cases": 2,
+    }
+
+
+def test_memory_with_open_countdowns_on_postgresql(tmp_path: Path) -> None:
+    result = run_bench("memory", tmp_path, "--cases=5", "--requests=1", "--store=postgres")
+    figures = result["figures"]
+    assert result["parameters"]["store"] == "postgres"
+    assert figures["open_countdowns"] == 5
+    assert figures["latency"]["metrics"]["n"] == 1
 
 
 def test_incident_deny_without_an_operator(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ fresh install, on both backends (the migrations may be rewritten, never their ef
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from tests.pg import with_database
 from worker.domain import CaseStatus, NewCase, PlannedStep
 from worker.store import postgres, sqlite
 from worker.store.base import Store
+from worker.store.manager import ONE_ACTIVE_MIGRATION
 
 #: every object of the public schema, as PostgreSQL describes it
 PG_SCHEMA = """
@@ -115,6 +117,11 @@ async def test_postgres_upgrade_ends_at_the_fresh_schema(
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+def _before(migrations: tuple[Any, ...], migration: Any) -> tuple[Any, ...]:
+    """The migrations up to, not including, `migration`."""
+    return migrations[: migrations.index(migration)]
+
+
 def _new(subject: str, playbook: str, priority: int) -> NewCase:
     steps = (PlannedStep(id="a", action="idp.deactivate_user", verify="idp.user_status"),)
     return NewCase(playbook=playbook, subject=subject, steps=steps, trigger={}, priority=priority)
@@ -162,7 +169,7 @@ async def test_sqlite_upgrade_keeps_one_active_case_per_person(
 ) -> None:
     path = tmp_path / "dup.db"
     with monkeypatch.context() as patch:
-        patch.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:-1])
+        patch.setattr(sqlite, "MIGRATIONS", _before(sqlite.MIGRATIONS, ONE_ACTIVE_MIGRATION))
         ids = await _seed_duplicates(sqlite.SqliteStore(path))
     await _assert_one_active_case_kept(sqlite.SqliteStore(path), ids)
 
@@ -171,6 +178,76 @@ async def test_postgres_upgrade_keeps_one_active_case_per_person(
     pg_fresh_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with monkeypatch.context() as patch:
-        patch.setattr(postgres, "MIGRATIONS", postgres.MIGRATIONS[:-1])
+        patch.setattr(postgres, "MIGRATIONS", _before(postgres.MIGRATIONS, ONE_ACTIVE_MIGRATION))
         ids = await _seed_duplicates(postgres.PostgresStore(pg_fresh_dsn))
     await _assert_one_active_case_kept(postgres.PostgresStore(pg_fresh_dsn), ids)
+
+
+#: countdown documents as the engine wrote them before the all-lapsed time had a column
+COUNTDOWNS = {
+    "running": {"milestones": [{"name": "all-lapsed", "at": "2026-01-01T00:01:40.000Z"}]},
+    "other": {"milestones": [{"name": "roles", "at": "2026-01-01T00:01:40.000Z"}]},
+}
+
+
+def _before_column(migrations: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The migrations before the one adding the all-lapsed column."""
+    adds = next(m for m in migrations if "ADD COLUMN all_lapsed_at" in str(m))
+    return _before(migrations, adds)
+
+
+async def _seed_countdowns(store: Store, write: Any) -> None:
+    """Cases with countdown documents saved before the upgrade: written as the old
+    schema holds them (`write(case_id, document)`), since today's store would also
+    write the column the upgrade adds."""
+    await store.open()
+    try:
+        for name, document in COUNTDOWNS.items():
+            case, _ = await store.create_case(_new(f"{name}@example.com", "leaver", 50), T0)
+            await write(case.id, json.dumps(document))
+        await store.create_case(_new("none@example.com", "leaver", 50), T0)
+    finally:
+        await store.close()
+
+
+async def _assert_countdowns_counted(store: Store) -> None:
+    await store.open()
+    try:
+        assert await store.running_countdowns(T0 + timedelta(seconds=10)) == 1
+        assert await store.running_countdowns(T0 + timedelta(seconds=100)) == 0
+    finally:
+        await store.close()
+
+
+async def test_sqlite_upgrade_counts_countdowns_saved_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "countdowns.db"
+
+    async def write(case_id: str, document: str) -> None:
+        async with aiosqlite.connect(path) as db:
+            await db.execute("UPDATE cases SET countdown = ? WHERE id = ?", (document, case_id))
+            await db.commit()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite, "MIGRATIONS", _before_column(sqlite.MIGRATIONS))
+        await _seed_countdowns(sqlite.SqliteStore(path), write)
+    await _assert_countdowns_counted(sqlite.SqliteStore(path))
+
+
+async def test_postgres_upgrade_counts_countdowns_saved_before_it(
+    pg_fresh_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def write(case_id: str, document: str) -> None:
+        conn = await asyncpg.connect(pg_fresh_dsn)
+        try:
+            await conn.execute(
+                "UPDATE cases SET countdown = $1::jsonb WHERE id = $2", document, case_id
+            )
+        finally:
+            await conn.close()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(postgres, "MIGRATIONS", _before_column(postgres.MIGRATIONS))
+        await _seed_countdowns(postgres.PostgresStore(pg_fresh_dsn), write)
+    await _assert_countdowns_counted(postgres.PostgresStore(pg_fresh_dsn))

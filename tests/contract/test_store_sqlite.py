@@ -225,6 +225,61 @@ async def test_admit_finds_open_cases_by_person_not_by_scanning(tmp_path: Path) 
         await store.close()
 
 
+async def test_a_scrape_reads_indexes_not_case_rows(tmp_path: Path) -> None:
+    """At 100,000 open countdowns a /metrics scrape that read every case row (its
+    countdown document with it) took 190 ms: every statement `refresh` runs searches an
+    index or scans one that holds every column it needs."""
+    from worker.metrics import Metrics, refresh
+
+    store = SqliteStore(tmp_path / "offboard.db")
+    await store.open()
+    statements: list[str] = []
+    try:
+        await store.create_case(new_case("a@example.com"), T0)
+        await store.connector.db.set_trace_callback(statements.append)
+        await refresh(Metrics(), store, T0)
+        await store.connector.db.set_trace_callback(None)
+        reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+        assert len(reads) >= 5
+        for statement in reads:
+            plan = await store.connector.db.execute_fetchall(f"EXPLAIN QUERY PLAN {statement}")
+            details = [row[3] for row in plan]
+            scans = [d for d in details if d.startswith("SCAN") and "json_each" not in d]
+            assert all("COVERING INDEX" in d for d in scans), (statement, details)
+    finally:
+        await store.close()
+
+
+async def test_a_long_wal_is_started_afresh(tmp_path: Path) -> None:
+    """Under a steady write load a passive checkpoint never catches up with the WAL's end,
+    so SQLite never starts it afresh: past `wal_truncate_frames` the checkpointer waits
+    for a gap between the writes and truncates it (a 100,000-case fill grew it to 15 GB)."""
+    path = tmp_path / "offboard.db"
+    store = SqliteStore(path)
+    wal = store.connector
+    wal.checkpoint_seconds = 3600.0  # held back until the test lets it run
+    wal.wal_truncate_frames = 10
+    await store.open()
+    try:
+        for n in range(50):
+            await store.create_case(new_case(f"p{n}@example.com"), T0)
+        wal_file = tmp_path / "offboard.db-wal"
+        assert wal_file.stat().st_size > 10 * 4096
+        wal.checkpoint_seconds = 0.01
+        assert wal._checkpointer is not None
+        wal._checkpointer.cancel()
+        wal._checkpointer = asyncio.create_task(wal._checkpoints())
+        for _ in range(500):
+            if wal.checkpoints:
+                break
+            await asyncio.sleep(0.01)
+        assert wal.checkpoints >= 1
+        assert wal_file.stat().st_size == 0
+        assert len(await store.list_cases()) == 50
+    finally:
+        await store.close()
+
+
 async def test_the_wal_is_checkpointed_beside_the_writes_not_in_a_commit(
     tmp_path: Path,
 ) -> None:

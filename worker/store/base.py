@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from worker.clock import parse_iso
 from worker.domain import (
     URGENT,
     Admission,
@@ -247,6 +248,31 @@ def grant_budget(
 
 #: The milestone whose time ends a case's residual-access countdown.
 ALL_LAPSED = "all-lapsed"
+
+
+def first_milestone(countdown: dict[str, Any], name: str) -> Any:
+    """The `at` of the first milestone called `name`, as stored; None if there is none."""
+    milestones = countdown.get("milestones")
+    if not isinstance(milestones, list):
+        return None
+    for milestone in milestones:
+        if isinstance(milestone, dict) and milestone.get("name") == name:
+            return milestone.get("at")
+    return None
+
+
+def all_lapsed_at(countdown: dict[str, Any]) -> datetime | None:
+    """When the countdown's all-lapsed milestone falls; None without a readable one. Kept
+    beside the document so that counting running countdowns reads no document."""
+    at = first_milestone(countdown, ALL_LAPSED)
+    if not isinstance(at, str):
+        return None
+    try:
+        return parse_iso(at)
+    except ValueError:
+        return None
+
+
 #: Timers that schedule the worker's own work, not milestones of the countdown: the
 #: inventory re-reads until new sessions end (`reread-01`, ..., `reread-final`) and
 #: the moment a deny statement may come off. Their firing is recorded as `timer_fired`.

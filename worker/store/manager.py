@@ -35,7 +35,6 @@ from worker.domain import (
 )
 from worker.errors import CaseStarted, LeaseLost, NotFound, StoreError
 from worker.store.base import (
-    ALL_LAPSED,
     CLOSED_STATUSES,
     ESCALATABLE,
     OPEN_STATUSES,
@@ -48,6 +47,7 @@ from worker.store.base import (
     KeyedLocks,
     NewEvent,
     TaskBacklog,
+    all_lapsed_at,
     created_event,
     fired_event,
     genesis_hash,
@@ -682,7 +682,13 @@ class StoreManager:
             if timers:
                 rows = [{**asdict(t), "case_id": case_id, "epoch": epoch} for t in timers]
                 await tx.many("timer_upsert", rows)
-            await tx.run("countdown_set", case_id=case_id, countdown=countdown, now=now)
+            await tx.run(
+                "countdown_set",
+                case_id=case_id,
+                countdown=countdown,
+                all_lapsed_at=all_lapsed_at(countdown),
+                now=now,
+            )
             await self.c.notify(tx, f"countdown_saved {case_id}")
 
     async def claim_due_timer(self, worker_id: str, now: datetime) -> Timer | None:
@@ -791,7 +797,6 @@ class StoreManager:
         row = await self.c.one(
             "running_countdowns",
             closed=[s.value for s in CLOSED_STATUSES],
-            milestone=ALL_LAPSED,
             now=cut,
         )
         return 0 if row is None else int(row["n"])

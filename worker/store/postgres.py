@@ -192,6 +192,23 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     """,
     # version 6: one active case per person, whatever the playbook
     ONE_ACTIVE_MIGRATION,
+    # version 7: the all-lapsed time beside the countdown document, so that a scrape
+    # counts running countdowns from an index; the status page's first page read
+    # in `cases_urgent`'s order from an index, not sorted from every case
+    """
+    ALTER TABLE cases ADD COLUMN all_lapsed_at timestamptz;
+    UPDATE cases SET all_lapsed_at = (
+        SELECT (m.value ->> 'at')::timestamptz FROM jsonb_array_elements(
+            CASE jsonb_typeof(countdown -> 'milestones') WHEN 'array'
+            THEN countdown -> 'milestones' ELSE '[]'::jsonb END
+        ) WITH ORDINALITY AS m (value, n)
+        WHERE m.value ->> 'name' = 'all-lapsed' ORDER BY m.n LIMIT 1)
+    WHERE countdown IS NOT NULL;
+    CREATE INDEX cases_all_lapsed ON cases (all_lapsed_at, status)
+        WHERE all_lapsed_at IS NOT NULL;
+    CREATE INDEX cases_urgency ON cases (
+        (CASE status WHEN 'halted' THEN 0 WHEN 'waiting' THEN 1 ELSE 2 END), created_at DESC, id);
+    """,
 )
 
 #: errors that mean the server cannot be reached or the connection was lost

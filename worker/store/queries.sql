@@ -153,7 +153,8 @@ VALUES (:case_id, :name, :epoch, :due_at, :closes_case)
 ON CONFLICT (case_id, name, epoch) DO UPDATE SET due_at = excluded.due_at
 WHERE timers.fired_at IS NULL
 -- name: countdown_set
-UPDATE cases SET countdown = :countdown, updated_at = :now WHERE id = :case_id
+UPDATE cases SET countdown = :countdown, all_lapsed_at = :all_lapsed_at, updated_at = :now
+WHERE id = :case_id
 -- name: timer_claim
 UPDATE timers SET fired_at = :now, fired_by = :worker_id
 WHERE (case_id, name, epoch) = (
@@ -193,24 +194,12 @@ SELECT status, playbook, COUNT(*) AS count FROM cases GROUP BY status, playbook
 ORDER BY status, playbook
 -- name: count_events
 SELECT COUNT(*) AS n FROM events WHERE kind = :kind
--- name: running_countdowns.sqlite
--- milestone times are utc_iso text (milliseconds, Z): compared as text
-SELECT COUNT(*) AS n FROM cases
-WHERE countdown IS NOT NULL AND NOT status = ANY(:closed) AND (
-    SELECT json_extract(m.value, '$.at') FROM json_each(cases.countdown, '$.milestones') m
-    WHERE json_extract(m.value, '$.name') = :milestone ORDER BY m.key LIMIT 1) > :now
--- name: running_countdowns.postgres
--- a countdown document whose milestones are not a list has no all-lapsed
-SELECT COUNT(*) AS n FROM cases
-WHERE countdown IS NOT NULL AND NOT status = ANY(:closed) AND (
-    SELECT (m.value ->> 'at')::timestamptz FROM jsonb_array_elements(
-        CASE jsonb_typeof(countdown -> 'milestones') WHEN 'array'
-        THEN countdown -> 'milestones' ELSE '[]'::jsonb END
-    ) WITH ORDINALITY AS m (value, n)
-    WHERE m.value ->> 'name' = :milestone ORDER BY m.n LIMIT 1) > :now
+-- name: running_countdowns
+-- the index cases_all_lapsed covers it: no countdown document is read
+SELECT COUNT(*) AS n FROM cases WHERE all_lapsed_at > :now AND NOT status = ANY(:closed)
 -- name: cases_urgent
 -- halted, then waiting, then the rest (Store.urgent_cases); the newest first; the page's ids are
--- sorted first, not whole cases
+-- sorted first, not whole cases; the index cases_urgency holds this order (keep them alike)
 SELECT * FROM cases WHERE id IN (
     SELECT id FROM cases WHERE status = ANY(:statuses) OR :every
     ORDER BY CASE status WHEN 'halted' THEN 0 WHEN 'waiting' THEN 1 ELSE 2 END,

@@ -251,6 +251,26 @@ MIGRATIONS: tuple[str | PythonMigration, ...] = (
     """,
     # version 9: one active case per person, whatever the playbook
     ONE_ACTIVE_MIGRATION,
+    # version 10: the all-lapsed time beside the countdown document (utc_iso text, as
+    # the document has it), so that a scrape counts running countdowns from an index;
+    # the status page's first page read in `cases_urgent`'s order from an index, not
+    # sorted from every case; the scrape's counts by state from an index, not from every
+    # case row and its documents (131 → 7 ms at 100,000), the task backlog from the
+    # open tasks (PostgreSQL's index)
+    """
+    ALTER TABLE cases ADD COLUMN all_lapsed_at TEXT;
+    UPDATE cases SET all_lapsed_at = (
+        SELECT json_extract(m.value, '$.at') FROM json_each(cases.countdown, '$.milestones') m
+        WHERE json_extract(m.value, '$.name') = 'all-lapsed' ORDER BY m.key LIMIT 1)
+    WHERE countdown IS NOT NULL;
+    CREATE INDEX cases_all_lapsed ON cases (all_lapsed_at, status)
+        WHERE all_lapsed_at IS NOT NULL;
+    CREATE INDEX cases_urgency ON cases (
+        (CASE status WHEN 'halted' THEN 0 WHEN 'waiting' THEN 1 ELSE 2 END), created_at DESC, id);
+    CREATE INDEX cases_status ON cases (status, playbook);
+    CREATE INDEX operator_tasks_open ON operator_tasks (opened_at, confirmed_at)
+        WHERE confirmed_at IS NULL;
+    """,
 )
 
 #: Appends one event to its case's chain: linked to the head, hashed by the
@@ -324,6 +344,8 @@ class SqliteConnector:
         self.checkpoint_seconds = 1.0
         #: checkpoints run so far, for tests to wait on
         self.checkpoints = 0
+        #: WAL frames (4 KiB pages) past which a checkpoint truncates the WAL (64 MiB)
+        self.wal_truncate_frames = 16384
         # work made by this process (one process: other processes' work is polled)
         self._work = asyncio.Event()
 
@@ -417,10 +439,19 @@ class SqliteConnector:
         db = self._checkpoint_db
         assert db is not None  # opened with the store, closed after this task
         await db.execute("PRAGMA synchronous=FULL")
+        # a truncating checkpoint waits this long for a gap between two writes
+        await db.execute("PRAGMA busy_timeout=1000")
         while True:
             await asyncio.sleep(self.checkpoint_seconds)
             try:
-                await db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                cursor = await db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                row = await cursor.fetchone()
+                # Under a steady write load a passive checkpoint never reaches the WAL's
+                # end, so SQLite never starts it afresh: it grows without bound and every
+                # read searches it (15 GB in a 100,000-case fill). Past the limit, wait
+                # for a gap between writes and truncate it: one short pause for a writer.
+                if row is not None and row[1] > self.wal_truncate_frames:
+                    await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:  # busy or locked: the next round catches up
                 continue
             self.checkpoints += 1
