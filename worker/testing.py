@@ -384,6 +384,7 @@ class InMemoryStore:
             _json(event[1])  # fails before the case is written, as a rolled-back transaction
         rerun = case_id in self._rerun
         self._rerun.discard(case_id)
+        requested = status
         if rerun and status in (CaseStatus.CONTAINED, CaseStatus.WAITING):
             status = CaseStatus.PENDING  # escalated while it ran: steps its worker did not know
         self._cases[case_id] = replace(
@@ -395,7 +396,7 @@ class InMemoryStore:
             lease_expires_at=None,
             updated_at=_stored(now),
         )
-        if event is not None:
+        if event is not None and status is requested:
             self._append(case_id, event[0], now, None, event[1])
 
     @_recorded

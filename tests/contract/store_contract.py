@@ -1504,8 +1504,10 @@ class StoreContract:
         assert running.status is CaseStatus.RUNNING and running.lease_owner == "w1"
         # its worker knew only the old steps (say it waits on the operator's task now):
         # the new one must still run at once, not after someone confirms
-        await store.release_case(case.id, "w1", released, at(2))
+        await store.release_case(case.id, "w1", released, at(2), event=("case_contained", {}))
         assert (await store.get_case(case.id)).status is CaseStatus.PENDING
+        # the timeline does not say contained: the case runs again
+        assert "case_contained" not in [e.kind for e in await store.events(case.id)]
         # the next worker knew every step: its release stands (no claim-release loop)
         assert await store.claim_case(case.id, "w2", at(3), LEASE) is not None
         await store.release_case(case.id, "w2", released, at(4))

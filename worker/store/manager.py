@@ -451,14 +451,15 @@ class StoreManager:
             "now": now,
         }
         if event is None:
-            count = await self.c.run("release", **params)
+            row = await self.c.one("release", **params)
         else:
             async with self.c.transaction() as tx:
-                count = await tx.run("release", **params)
-                if count == 1:
-                    # one transaction: a lost connection cannot leave the state without its event
+                row = await tx.one("release", **params)
+                # one transaction: a lost connection cannot leave the state without its
+                # event; and none when the case was escalated meanwhile (it runs again)
+                if row is not None and row["status"] == status.value:
                     await self._append(tx, case_id, event[0], now, event[1])
-        if count != 1:
+        if row is None:
             raise LeaseLost(f"case {case_id} is not held by worker {worker_id}")
 
     async def find_open_case(self, subject: str) -> Case | None:

@@ -76,7 +76,7 @@ UPDATE cases SET status = CASE WHEN rerun AND :status IN ('contained', 'waiting'
                  THEN 'pending' ELSE :status END,
                  rerun = FALSE, run_after = :run_after, halt_reason = :halt_reason,
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
-WHERE id = :case_id AND lease_owner = :worker_id
+WHERE id = :case_id AND lease_owner = :worker_id RETURNING status
 -- name: case_started
 SELECT status, EXISTS (SELECT 1 FROM steps WHERE case_id = :case_id AND attempts > 0)
        AS started
