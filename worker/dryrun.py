@@ -25,7 +25,7 @@ from worker.countdown import (
 )
 from worker.errors import PermanentError
 from worker.playbook import Playbook
-from worker.providers.base import IdentityCenter, IdentityProvider
+from worker.providers.base import IdentityCenter, IdentityCenterUser, IdentityProvider
 from worker.report import countdown_text, plan_mark
 from worker.resolve import Resolution, RetryingReader, resolve_person
 from worker.retry import RetryPolicy
@@ -40,6 +40,8 @@ class DryRun:
     #: None when the resolve would halt the case (`halts` says why)
     resolution: Resolution | None
     halts: str | None
+    #: the Identity Center user's state (the resolve finds only who)
+    ic_state: IdentityCenterUser | None = None
     inventory: dict[str, Any] = field(default_factory=dict)
     countdown: dict[str, Any] | None = None
     #: per step: (step, the calls it would make as (method, target, mutates))
@@ -50,7 +52,11 @@ class DryRun:
             "playbook": self.playbook.name,
             "subject": self.subject,
             "read_at": utc_iso(self.at),
-            "person": self.resolution.evidence() if self.resolution else None,
+            "person": (
+                {**self.resolution.evidence(), "ic_status": self.ic_state and self.ic_state.status}
+                if self.resolution
+                else None
+            ),
             "would_halt": self.halts,
             "permission_sets": self.inventory.get("permission_sets", []),
             "applications": self.inventory.get("applications", []),
@@ -80,10 +86,11 @@ class DryRun:
                 lines.append(f"  Identity Center: no user ({r.ic_searched})")
                 lines.append("    the Identity Center steps would record: no AWS access through it")
             else:
-                u = r.ic_user
+                u = self.ic_state
                 lines.append(
-                    f"  Identity Center: user {u.user_id} ({u.user_name}), {u.status}, "
-                    f"found by {r.ic_found_by}"
+                    f"  Identity Center: user {r.ic_user.user_id}"
+                    + (f" ({u.user_name}), {u.status}" if u else "")
+                    + f", found by {r.ic_user.found_by}"
                 )
                 sets = self.inventory.get("permission_sets", [])
                 for ps in sets:
@@ -146,8 +153,11 @@ async def dry_run(
         )
     inventory: dict[str, Any] = {}
     countdown = None
+    ic_state = None
     if resolution.ic_user is not None:
-        inventory = await read_inventory(reader, ic, resolution.ic_user.user_id)
+        user_id = resolution.ic_user.user_id
+        ic_state = await reader.call("identitystore.DescribeUser", lambda: ic.get_user(user_id))
+        inventory = await read_inventory(reader, ic, user_id)
         now = clock.now()
         actions = {s.action for s in playbook.steps}
         apps = inventory["applications"]
@@ -171,6 +181,7 @@ async def dry_run(
         at=clock.now(),
         resolution=resolution,
         halts=None,
+        ic_state=ic_state,
         inventory=inventory,
         countdown=countdown,
         plan=plan,

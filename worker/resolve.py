@@ -22,7 +22,12 @@ from typing import Any, Protocol, TypeVar
 
 from worker.clock import Clock
 from worker.errors import PermanentError
-from worker.providers.base import IdentityCenter, IdentityCenterUser, IdentityProvider, IdpUser
+from worker.providers.base import (
+    IdentityCenter,
+    IdentityCenterMatch,
+    IdentityProvider,
+    IdpUser,
+)
 from worker.retry import RetryPolicy, with_retry
 
 T = TypeVar("T")
@@ -56,11 +61,10 @@ class Resolution:
     subject: str
     idp_name: str
     idp_user: IdpUser
-    #: None: no Identity Center user (`ic_searched` says where the search looked)
-    ic_user: IdentityCenterUser | None
+    #: None: no Identity Center user (`ic_searched` says where the search looked). By id
+    #: alone: their status is read by the Identity Center step, after the IdP is confirmed
+    ic_user: IdentityCenterMatch | None
     ic_searched: str | None
-    #: how the Identity Center user was found ("userName, email or ..." / "externalId")
-    ic_found_by: str | None
 
     def evidence(self) -> dict[str, Any]:
         """The ids the later steps act on, and the state each system showed."""
@@ -74,15 +78,9 @@ class Resolution:
         if self.ic_user is None:
             found |= {"ic_user_id": None, "ic_user_absent": self.ic_searched}
         else:
-            found |= {
-                "ic_user_id": self.ic_user.user_id,
-                "ic_user_name": self.ic_user.user_name,
-                "ic_status": self.ic_user.status,
-                "ic_found_by": self.ic_found_by,
-            }
+            found |= {"ic_user_id": self.ic_user.user_id, "ic_found_by": self.ic_user.found_by}
         ic_said = (
-            f"Identity Center user {self.ic_user.user_id} ({self.ic_user.user_name!r}, "
-            f"{self.ic_user.status}, by {self.ic_found_by})"
+            f"Identity Center user {self.ic_user.user_id} (by {self.ic_user.found_by})"
             if self.ic_user is not None
             else f"no Identity Center user ({self.ic_searched})"
         )
@@ -103,7 +101,7 @@ async def resolve_person(
     has no such user or two Identity Center users match."""
     idp_found, ic_found = await asyncio.gather(
         reader.call("idp.find_user", lambda: idp.find_user(subject)),
-        reader.call("identitystore.GetUserId", lambda: ic.find_user(subject)),
+        reader.call("identitystore.GetUserId", lambda: ic.find_user_id(subject)),
         return_exceptions=True,
     )
     for outcome in (idp_found, ic_found):
@@ -120,14 +118,13 @@ async def resolve_person(
                 ) from None
             raise outcome
     assert isinstance(idp_found, IdpUser)
-    if isinstance(ic_found, IdentityCenterUser):
+    if isinstance(ic_found, IdentityCenterMatch):
         return Resolution(
             subject=subject,
             idp_name=idp.name,
             idp_user=idp_found,
             ic_user=ic_found,
             ic_searched=None,
-            ic_found_by="userName or email",
         )
     assert isinstance(ic_found, PermanentError)
     idp_id = idp_found.id
@@ -144,15 +141,16 @@ async def resolve_person(
             idp_user=idp_found,
             ic_user=None,
             ic_searched=f"{ic_found}; {exc}",
-            ic_found_by=None,
         )
     return Resolution(
         subject=subject,
         idp_name=idp.name,
         idp_user=idp_found,
-        ic_user=by_external,
+        ic_user=IdentityCenterMatch(
+            user_id=by_external.user_id,
+            found_by=f"externalId {idp_found.id} (the {idp.name} user id its SCIM sync set)",
+        ),
         ic_searched=None,
-        ic_found_by=f"externalId {idp_found.id} (the {idp.name} user id its SCIM sync set)",
     )
 
 

@@ -56,7 +56,13 @@ from worker.errors import (
 )
 from worker.notify import Notification
 from worker.providers import policy
-from worker.providers.base import IdentityCenterUser, IdpUser, InlinePolicy, PlannedCall
+from worker.providers.base import (
+    IdentityCenterMatch,
+    IdentityCenterUser,
+    IdpUser,
+    InlinePolicy,
+    PlannedCall,
+)
 from worker.store.base import (
     ACTIVE_STATUSES,
     ALL_LAPSED,
@@ -1188,31 +1194,40 @@ class FakeIdentityCenter(_Fake):
 
     # the protocol
 
-    async def find_user(self, user_name: str) -> IdentityCenterUser:
-        def find() -> IdentityCenterUser:
-            # the adapter's contract: exact first, then case-insensitively; two is an error
-            for user in self.users.values():
-                if user.user_name == user_name:
-                    return self._shown(user)
-            key = user_name.casefold()
-            matches = [u for u in self.users.values() if u.user_name.casefold() == key]
-            if len(matches) > 1:
-                named = " and ".join(f"{u.user_name!r} ({u.user_id})" for u in matches[:2])
-                raise PermanentError(
-                    "identitystore",
-                    f"{user_name!r} is ambiguous in Identity Center: {len(matches)} users "
-                    f"match on userName case-insensitively, {named}; nothing was changed",
-                    code="AmbiguousUser",
-                )
-            if matches:
-                return self._shown(matches[0])
+    def _match(self, user_name: str) -> tuple[FakeIcUser, str]:
+        # the adapter's contract: exact first, then case-insensitively; two is an error
+        for user in self.users.values():
+            if user.user_name == user_name:
+                return user, "userName"
+        key = user_name.casefold()
+        matches = [u for u in self.users.values() if u.user_name.casefold() == key]
+        if len(matches) > 1:
+            named = " and ".join(f"{u.user_name!r} ({u.user_id})" for u in matches[:2])
             raise PermanentError(
                 "identitystore",
-                f"no Identity Center user with userName {user_name!r}",
-                code="ResourceNotFoundException",
+                f"{user_name!r} is ambiguous in Identity Center: {len(matches)} users "
+                f"match on userName case-insensitively, {named}; nothing was changed",
+                code="AmbiguousUser",
             )
+        if matches:
+            return matches[0], "userName, any case"
+        raise PermanentError(
+            "identitystore",
+            f"no Identity Center user with userName {user_name!r}",
+            code="ResourceNotFoundException",
+        )
 
-        return await self._call("find_user", (user_name,), find)
+    async def find_user(self, user_name: str) -> IdentityCenterUser:
+        return await self._call(
+            "find_user", (user_name,), lambda: self._shown(self._match(user_name)[0])
+        )
+
+    async def find_user_id(self, user_name: str) -> IdentityCenterMatch:
+        def find() -> IdentityCenterMatch:
+            user, how = self._match(user_name)
+            return IdentityCenterMatch(user_id=user.user_id, found_by=how)
+
+        return await self._call("find_user_id", (user_name,), find)
 
     async def find_user_by_external_id(self, external_id: str) -> IdentityCenterUser:
         def find() -> IdentityCenterUser:

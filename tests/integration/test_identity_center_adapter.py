@@ -862,16 +862,15 @@ async def test_resolve_finds_the_identity_center_user_in_another_case(
     world: World, ic: AwsIdentityCenter
 ) -> None:
     bob = await world.seed.user("Bob.Resolve@Example.com")
-    if world.moto:
-        # moto's DescribeUser has no UserStatus: the resolve halts rather than guess,
-        # naming the user it found (nothing was changed)
-        with pytest.raises(PermanentError, match="UserStatus") as err:
-            await _resolve(ic, "bob.resolve@example.com")
-        assert bob in str(err.value)
-        return
     resolution, _ = await _resolve(ic, "bob.resolve@example.com")
     assert resolution.ic_user is not None and resolution.ic_user.user_id == bob
     assert resolution.evidence()["ic_user_id"] == bob
+    if world.moto:
+        # moto's DescribeUser has no UserStatus: the disable's read before its PATCH
+        # halts rather than guess, naming the user (the resolve reads who, not state)
+        with pytest.raises(PermanentError, match="UserStatus") as err:
+            await ic.get_user(bob)
+        assert bob in str(err.value)
 
 
 async def test_resolve_halts_on_two_identity_center_matches_naming_both(

@@ -50,10 +50,12 @@ async def test_the_ids_are_recorded_by_the_resolve_and_acted_on(
     resolved = await _evidence(runtime, case_id, "resolve")
     assert resolved["idp_user_id"] == leaver.okta_id
     assert resolved["ic_user_id"] == leaver.ic_user_id
-    assert resolved["ic_status"] == "ENABLED"  # as it was before anything changed
     assert (await _evidence(runtime, case_id, "ic-disable"))["ic_user_id"] == leaver.ic_user_id
     # the lookups were made once, by the resolve: the later steps read the recorded ids
     assert sandbox.audit.calls["identitystore.GetUserId"] == 1
+    # the resolve finds who, not their state: DescribeUser only around the disable (the
+    # read before its PATCH, the read-back)
+    assert sandbox.audit.calls["identitystore.DescribeUser"] == 2
 
 
 async def test_an_identity_center_user_name_in_another_case_is_resolved(

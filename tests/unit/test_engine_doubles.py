@@ -236,7 +236,9 @@ async def test_steps_run_in_playbook_order_as_the_providers_see_it(world: World)
     names = [c.name for c in world.calls]
     # the person is resolved in both systems (reads only) before the first change ...
     first_write = next(i for i, n in enumerate(names) if n in MUTATIONS)
-    assert {"idp.find_user", "identity_center.find_user"} <= set(names[:first_write])
+    assert {"idp.find_user", "identity_center.find_user_id"} <= set(names[:first_write])
+    # ... Identity Center by id alone: its status is read by its own step, after the IdP
+    assert "identity_center.get_user" not in names[:first_write]
     # ... and nothing WRITES to Identity Center before the IdP deactivation is read back
     first_ic = next(
         i for i, n in enumerate(names) if n.startswith("identity_center.") and n in MUTATIONS
@@ -245,7 +247,8 @@ async def test_steps_run_in_playbook_order_as_the_providers_see_it(world: World)
     read_back = names.index("idp.get_user", names.index("idp.deactivate_user"))
     assert read_back < first_ic
     # the later steps act on the ids the resolve recorded: no second lookup
-    assert names.count("idp.find_user") == names.count("identity_center.find_user") == 1
+    assert names.count("idp.find_user") == names.count("identity_center.find_user_id") == 1
+    assert "identity_center.find_user" not in names
     # the Identity Center disable is read back before anything later
     disable = names.index("identity_center.disable_user")
     assert names[disable + 1] == "identity_center.get_user"

@@ -31,6 +31,7 @@ MUTATIONS = {
 READS = {
     "find_user",
     "find_user_by_external_id",
+    "find_user_id",
     "get_user",
     "console_user_url",
     "group_memberships",

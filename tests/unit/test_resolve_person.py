@@ -111,9 +111,11 @@ async def test_the_steps_act_on_the_ids_the_resolve_recorded(
     resolved = await _evidence(world, case_id, "resolve")
     assert resolved["idp_user_id"] == world.idp_user_id
     assert resolved["ic_user_id"] == world.ic_user_id
-    assert resolved["ic_status"] == "ENABLED"
+    assert resolved["ic_found_by"] == "userName"
     names = [c.name for c in world.calls]
-    assert names.count("idp.find_user") == names.count("identity_center.find_user") == 1
+    assert names.count("idp.find_user") == names.count("identity_center.find_user_id") == 1
+    # who, not their state: the Identity Center step reads that after the IdP is confirmed
+    assert "identity_center.get_user" not in names[: names.index("idp.deactivate_user")]
     for step_id in ("idp-deactivate", "idp-sessions"):
         assert (await _evidence(world, case_id, step_id))["idp_user_id"] == world.idp_user_id
     assert (await _evidence(world, case_id, "ic-disable"))["ic_user_id"] == world.ic_user_id

@@ -55,6 +55,16 @@ class IdentityCenterUser:
         return self.status == "DISABLED"
 
 
+@dataclass(frozen=True, kw_only=True)
+class IdentityCenterMatch:
+    """Whom a lookup found, by id alone: their status is read by the step that acts on
+    them, after the IdP is confirmed (the resolve needs only who)."""
+
+    user_id: str
+    #: how they were found: "userName", "emails.value", "userName, case-insensitively"...
+    found_by: str
+
+
 #: AWS's word for a finished asynchronous sso-admin request, quoted in evidence
 REQUEST_SUCCEEDED = "SUCCEEDED"
 
@@ -74,7 +84,13 @@ class IdentityCenter(Protocol):
     #: "scim" (external IdP, disabled by SCIM) or "directory" (console only)
     identity_source: str
 
-    async def find_user(self, user_name: str) -> IdentityCenterUser: ...
+    async def find_user(self, user_name: str) -> IdentityCenterUser:
+        """`find_user_id`, then the user's state (DescribeUser)."""
+
+    async def find_user_id(self, user_name: str) -> IdentityCenterMatch:
+        """The one user this address names (userName, then email, exactly, then any
+        case); PermanentError with ResourceNotFoundException when nobody, naming both
+        when two match. Reads no status: one request fewer on an incident's path."""
 
     async def find_user_by_external_id(self, external_id: str) -> IdentityCenterUser:
         """The one user whose ExternalIds (set by the IdP's SCIM sync: the IdP user's id)

@@ -31,6 +31,7 @@ from worker.metrics import Metrics
 from worker.providers import policy
 from worker.providers.base import (
     REQUEST_SUCCEEDED,
+    IdentityCenterMatch,
     IdentityCenterUser,
     InlinePolicy,
     PlannedCall,
@@ -263,7 +264,10 @@ class AwsIdentityCenter:
             raise TransientError(service, f"{operation} failed: {type(exc).__name__}") from None
 
     async def find_user(self, user_name: str) -> IdentityCenterUser:
-        """The one Identity Center user this address names.
+        return await self.get_user((await self.find_user_id(user_name)).user_id)
+
+    async def find_user_id(self, user_name: str) -> IdentityCenterMatch:
+        """The one Identity Center user this address names, by id.
 
         `GetUserId` matches exactly, and whether `userName` compares case-sensitively is
         not documented, so: `GetUserId` on `userName`, then on `emails.value` (the two
@@ -275,7 +279,7 @@ class AwsIdentityCenter:
         for path in ("userName", "emails.value"):
             user_id = await self._user_id_by(path, user_name)
             if user_id is not None:
-                return await self.get_user(user_id)
+                return IdentityCenterMatch(user_id=user_id, found_by=f"GetUserId on {path}")
         key = user_name.casefold()
         users = await self._all_users()
         for field, values in (
@@ -295,7 +299,10 @@ class AwsIdentityCenter:
                     code=AMBIGUOUS,
                 )
             if matches:
-                return await self.get_user(str(matches[0]["UserId"]))
+                return IdentityCenterMatch(
+                    user_id=str(matches[0]["UserId"]),
+                    found_by=f"ListUsers: {field} {matches[0].get('UserName')!r}, any case",
+                )
         raise PermanentError(
             "identitystore",
             f"no Identity Center user with userName {user_name!r} (searched: GetUserId on "
@@ -911,7 +918,7 @@ class AwsIdentityCenter:
                 target=f"{store} (only when GetUserId finds nobody: any case, email, externalId)",
                 mutates=False,
             )
-            return [find, listing, read]
+            return [find, listing]
         if action == actions.DISABLE_USER.name:
             if self.identity_source == "scim":
                 # a read-only dry run may have no SCIM client: the plan is the same
