@@ -199,13 +199,11 @@ class Engine:
                 log.info("case_released_for_shutdown", next_step=step.id)
                 return CaseStatus.PENDING
             with structlog.contextvars.bound_contextvars(step=step.id, action=step.action):
+                # the attempt and its step_started event are one write: logged once it holds
                 record = await self.store.start_step(
                     case.id, index, self.worker_id, self.clock.now()
                 )
-                # logged first: an event committed just as the connection went must
-                # still have the line that names this worker's attempt
                 log.info("step_started", attempt=record.attempts)
-                await self._event(case, "step_started", step.id, {"attempt": record.attempts})
                 ctx = StepContext(
                     case=case,
                     step=step,
