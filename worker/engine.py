@@ -200,9 +200,15 @@ class Engine:
                 return CaseStatus.PENDING
             with structlog.contextvars.bound_contextvars(step=step.id, action=step.action):
                 # the attempt and its step_started event are one write: logged once it holds
-                record = await self.store.start_step(
-                    case.id, index, self.worker_id, self.clock.now()
-                )
+                try:
+                    record = await self.store.start_step(
+                        case.id, index, self.worker_id, self.clock.now()
+                    )
+                except StoreUnavailable:
+                    # it may have committed, answer lost: the attempt on the timeline must
+                    # still have a line that names this worker (the lease holder's next)
+                    log.warning("step_start_unanswered", attempt=record.attempts + 1)
+                    raise
                 log.info("step_started", attempt=record.attempts)
                 ctx = StepContext(
                     case=case,
