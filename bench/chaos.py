@@ -117,6 +117,9 @@ FAULTED = ("okta.*", "identitystore.*", "sso-admin.*", "scim.*")
 MUTATIONS = ("okta.deactivate", "okta.clear_sessions", "scim.patch_user")
 #: store events that end a step attempt
 TERMINAL_EVENTS = ("step_done", "step_deferred", "operator_task_opened", "case_halted")
+#: worker log lines that name the step attempt a process made (a start whose answer
+#: was lost may have committed one)
+STARTED_LOGS = ("step_started", "step_start_unanswered")
 #: worker log lines that end a step attempt in that process
 TERMINAL_LOGS = (
     "step_done",
@@ -1032,13 +1035,14 @@ def step_attempts(
 
     An attempt runs from its step_started event to the event that ends it (done,
     deferred, task opened, halted). An attempt without one was abandoned; the worker
-    that ran it is found by its log line `step_started` (case, step, attempt number),
+    that ran it is found by its log line `step_started` (case, step, attempt number;
+    `step_start_unanswered` when the start's answer was lost),
     and the attempt ends when that process wrote its next ending line for the case or
     died. Two attempts of one case that overlap are a violation."""
     by_key: dict[tuple[str, str, int], LogLine] = {}
     endings: dict[tuple[int, str], list[LogLine]] = defaultdict(list)
     for line in logs:
-        if line.event == "step_started" and line.case_id and line.step and line.attempt:
+        if line.event in STARTED_LOGS and line.case_id and line.step and line.attempt:
             by_key[(line.case_id, line.step, line.attempt)] = line
         if line.event in TERMINAL_LOGS and line.case_id:
             endings[(id(line.inc), line.case_id)].append(line)

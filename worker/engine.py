@@ -199,13 +199,17 @@ class Engine:
                 log.info("case_released_for_shutdown", next_step=step.id)
                 return CaseStatus.PENDING
             with structlog.contextvars.bound_contextvars(step=step.id, action=step.action):
-                record = await self.store.start_step(
-                    case.id, index, self.worker_id, self.clock.now()
-                )
-                # logged first: an event committed just as the connection went must
-                # still have the line that names this worker's attempt
+                # the attempt and its step_started event are one write: logged once it holds
+                try:
+                    record = await self.store.start_step(
+                        case.id, index, self.worker_id, self.clock.now()
+                    )
+                except StoreUnavailable:
+                    # it may have committed, answer lost: the attempt on the timeline must
+                    # still have a line that names this worker (the lease holder's next)
+                    log.warning("step_start_unanswered", attempt=record.attempts + 1)
+                    raise
                 log.info("step_started", attempt=record.attempts)
-                await self._event(case, "step_started", step.id, {"attempt": record.attempts})
                 ctx = StepContext(
                     case=case,
                     step=step,

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from worker.clock import Clock, utc_iso
-from worker.domain import LedgerState
+from worker.domain import LedgerEntry, LedgerState
 from worker.errors import TransientError
 from worker.retry import RetryPolicy, with_retry
 from worker.store.base import Store
@@ -119,22 +119,27 @@ class Ledger:
         earlier call applied: something undid it, and the evidence says so."""
         name = entry_key or operation
         key = self.key(name)
-        entry = await self.store.ledger_get(key)
+        # A fresh read short of the goal: the first attempt acts unless the entry says
+        # it applied, so the intent is written now and read as the entry (it leaves one
+        # already there as it is): one store trip on the way to the call, not two.
+        intended = fresh is not None and not reached(fresh)
+        entry = await (self._intent(name) if intended else self.store.ledger_get(key))
         applied_earlier = entry is not None and entry.state is LedgerState.APPLIED
         trust_entry = applied_earlier and not reread
         sent = False
         first = fresh
 
         async def attempt() -> tuple[T, bool]:
-            nonlocal first, sent
+            nonlocal first, sent, intended
             # every attempt reads first: after a call whose answer was lost, the read
             # says whether it applied, and only a goal not reached is acted on again
             before = first if first is not None else await read()
             first = None
             if reached(before) or trust_entry:
                 return before, reached(before)
-            if not sent:
+            if not intended:
                 await self._intent(name)
+                intended = True
             # sent from here on: a failure on the way back may hide a call that applied
             sent = True
             await act(before)
@@ -223,9 +228,10 @@ class Ledger:
             again=sends - 1 + int(interrupted),
         )
 
-    async def _intent(self, name: str) -> None:
+    async def _intent(self, name: str) -> LedgerEntry:
+        """The entry in intent, or the one already there as it is."""
         # The operation column keeps the kind ("unassign"), the key the target too.
         operation = name.split(":", 1)[0]
-        await self.store.ledger_intent(
+        return await self.store.ledger_intent(
             self.key(name), self.case_id, self.step_id, operation, self.clock.now()
         )

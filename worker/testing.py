@@ -539,6 +539,8 @@ class InMemoryStore:
             started_at=record.started_at or _stored(now),
         )
         self._steps[case_id][index] = started
+        # in the same write, as the databases do
+        self._append(case_id, "step_started", now, record.step_id, {"attempt": started.attempts})
         return started
 
     @_recorded

@@ -336,6 +336,7 @@ class StoreContract:
         assert await store.claim_case(case.id, "w2", at(LEASE + 1), LEASE) is not None
         before_case = await store.get_case(case.id)
         before_steps = await store.steps(case.id)
+        before_events = await store.events(case.id)
 
         assert await store.heartbeat(case.id, "w1", at(LEASE + 2), LEASE) is False
         with pytest.raises(StoreError):
@@ -347,6 +348,7 @@ class StoreContract:
 
         assert await store.get_case(case.id) == before_case
         assert await store.steps(case.id) == before_steps
+        assert await store.events(case.id) == before_events
 
     async def test_run_after_in_the_future_is_not_claimable_until_due(self, store: Store) -> None:
         case, _ = await store.create_case(new_case(run_after=at(60)), T0)
@@ -1070,6 +1072,24 @@ class StoreContract:
                 case.id, 1, "w2", StepStatus.DONE, at(3), event=("step_done", {})
             )
         assert len(await store.events(case.id)) == len(events)
+
+    async def test_start_step_appends_its_event_in_the_same_write(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), at(0))
+        await store.claim_case(case.id, "w1", at(0), LEASE)
+        before = len(await store.events(case.id))
+        await store.start_step(case.id, 0, "w1", at(1))
+        await store.start_step(case.id, 0, "w1", at(2))
+        started = (await store.events(case.id))[before:]
+        assert [(e.kind, e.step_id, e.data, e.at) for e in started] == [
+            ("step_started", "idp-deactivate", {"attempt": 1}, at(1)),
+            ("step_started", "idp-deactivate", {"attempt": 2}, at(2)),
+        ]
+        await self._assert_chained(store, case.id)
+        # a non-owner's start writes neither the step nor the event
+        with pytest.raises(StoreError):
+            await store.start_step(case.id, 1, "w2", at(3))
+        assert (await store.steps(case.id))[1].attempts == 0
+        assert len(await store.events(case.id)) == before + 2
 
     # admitting trigger deliveries together (group commit)
 

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from worker.clock import ManualClock, parse_iso, utc_iso
 from worker.domain import Case, CaseStatus, LedgerState, NewCase, StepStatus
 from worker.engine import Engine, EngineSettings
-from worker.errors import PermanentError, TransientError
+from worker.errors import PermanentError, StoreUnavailable, TransientError
 from worker.playbook import parse_playbook
 from worker.retry import RetryPolicy
 from worker.steps import Providers
@@ -357,6 +357,27 @@ async def test_a_transient_error_requeues_and_never_fails(world: World) -> None:
 
     world.idp.faults.clear()  # the provider recovers: the case goes on from where it was
     assert await drive(world, case.id) == [CaseStatus.WAITING, CaseStatus.CONTAINED]
+
+
+async def test_a_step_start_whose_answer_was_lost_names_its_attempt_in_the_log(
+    world: World, logs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The start and its step_started event commit together; the answer can be lost on
+    # the way back (a database restart). The attempt may be on the timeline then: the
+    # log names it, so the worker that made it is known (bench/chaos.py reads both).
+    start = world.store.start_step
+
+    async def committed_then_lost(*args: Any) -> Any:
+        await start(*args)
+        raise StoreUnavailable("PostgreSQL at db is unreachable: connection lost")
+
+    monkeypatch.setattr(world.store, "start_step", committed_then_lost)
+    case = await open_case(world)
+    with pytest.raises(StoreUnavailable):
+        await run_once(world, case.id)
+    [event] = [e for e in await world.store.events(case.id) if e.kind == "step_started"]
+    unanswered = [line for line in logs if line["event"] == "step_start_unanswered"]
+    assert [line["attempt"] for line in unanswered] == [event.data["attempt"]] == [1]
 
 
 @pytest.mark.parametrize("limit", [1, 3, 5])

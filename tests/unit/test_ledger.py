@@ -23,6 +23,8 @@ class LedgerStore:
     def __init__(self) -> None:
         self.entries: dict[str, LedgerEntry] = {}
         self.events: list[tuple[str, str, dict[str, Any]]] = []
+        #: the ledger operations asked for, in order
+        self.calls: list[str] = []
 
     async def append_event(
         self, case_id: str, kind: str, now: datetime, *, step_id: str | None, data: dict[str, Any]
@@ -30,11 +32,13 @@ class LedgerStore:
         self.events.append((case_id, kind, data))
 
     async def ledger_get(self, key: str) -> LedgerEntry | None:
+        self.calls.append("ledger_get")
         return self.entries.get(key)
 
     async def ledger_intent(
         self, key: str, case_id: str, step_id: str, operation: str, now: datetime
     ) -> LedgerEntry:
+        self.calls.append("ledger_intent")
         return self.entries.setdefault(
             key,
             LedgerEntry(
@@ -48,6 +52,7 @@ class LedgerStore:
         )
 
     async def ledger_applied(self, key: str, now: datetime) -> LedgerEntry:
+        self.calls.append("ledger_applied")
         entry = self.entries[key]
         if entry.state is not LedgerState.APPLIED:
             entry = replace(entry, state=LedgerState.APPLIED, applied_at=now)
@@ -150,6 +155,45 @@ async def test_an_intent_left_by_a_crash_is_completed_without_a_second_call() ->
     assert account.sends == 0
     assert evidence["note"] == "the earlier call had taken effect; not repeated"
     assert store.entries["c-1:idp-deactivate:okta.deactivate"].state is LedgerState.APPLIED
+
+
+async def test_a_fresh_read_short_of_the_goal_reads_the_ledger_by_writing_the_intent() -> None:
+    # one store trip, not a read then a write, on the way to the request (issue 16); the
+    # intent still goes before the call, and a retry does not write it again
+    account, store = Account(fault="before"), LedgerStore()
+    seen: list[list[str]] = []
+
+    async def act(before: object) -> None:
+        seen.append(list(store.calls))
+        await account.deactivate(before)
+
+    with capture_logs():
+        _, evidence = await ledger(store).mutate(
+            operation="okta.deactivate", read=account.read, reached=bool, act=act, fresh=False
+        )
+    assert seen == [["ledger_intent"], ["ledger_intent"]]
+    assert store.calls == ["ledger_intent", "ledger_applied"]
+    assert account.sends == 2 and not account.active
+    assert evidence["acted"] is True and "sent_again" not in evidence
+    assert store.entries["c-1:idp-deactivate:okta.deactivate"].state is LedgerState.APPLIED
+
+
+async def test_a_fresh_read_short_of_the_goal_trusts_an_applied_entry() -> None:
+    account, store = Account(fault=None), LedgerStore()
+    key = "c-1:idp-deactivate:okta.deactivate"
+    await store.ledger_intent(key, "c-1", "idp-deactivate", "okta.deactivate", datetime.min)
+    applied = await store.ledger_applied(key, ManualClock().now())
+    account.active = False  # applied; the fresh read came before it showed
+    _, evidence = await ledger(store).mutate(
+        operation="okta.deactivate",
+        read=account.read,
+        reached=bool,
+        act=account.deactivate,
+        fresh=False,
+    )
+    assert account.sends == 0
+    assert evidence["note"] == "call applied earlier; waiting for read-back"
+    assert store.entries[key] == applied
 
 
 async def test_once_is_not_sent_again_once_applied() -> None:

@@ -115,7 +115,9 @@ class Connector(Runner, Protocol):
 
     `snapshot`: reads that see one state. `time`, `doc`: a stored time or JSON
     document as Python (None stays None); `chain_time`: an event's time as hashed.
-    `append_event(s)`: onto the case's hash chain, in `tx` (the seq). `notify`: say
+    `append_event(s)`: onto the case's hash chain, in `tx` (the seq). `one_then_event`:
+    a statement's row and, when there is one, the event `event_of` makes of it (if
+    any), in one transaction (SQLite: one trip to the database thread). `notify`: say
     there may be work (`wait_for_work`) when `tx` commits. `lock_admission`: make
     concurrent `admit`s of these deliveries and people (and `lease_budget`s of one
     bucket) take turns. `hold_lock`: a lock by name across the processes sharing the
@@ -135,6 +137,9 @@ class Connector(Runner, Protocol):
         """`append_event` in a transaction of its own, in as few trips as the database allows."""
 
     async def append_events(self, tx: Runner, events: Sequence[NewEvent]) -> None: ...
+    async def one_then_event(
+        self, query: str, event_of: Callable[[Row], NewEvent | None], **params: Any
+    ) -> Row | None: ...
     async def notify(self, tx: Runner, what: str) -> None: ...
     async def lock_admission(self, tx: Runner, names: Sequence[str]) -> None: ...
     def hold_lock(self, name: str) -> AbstractAsyncContextManager[None]: ...
@@ -567,8 +572,15 @@ class StoreManager:
     async def start_step(
         self, case_id: str, index: int, worker_id: str, now: datetime
     ) -> StepRecord:
-        row = await self.c.one(
-            "step_start", case_id=case_id, idx=index, worker_id=worker_id, now=now
+        def started(row: Row) -> NewEvent:
+            data = {"attempt": row["attempts"]}
+            return NewEvent(
+                case_id=case_id, kind="step_started", at=now, step_id=row["step_id"], data=data
+            )
+
+        # one write: an attempt counted is an attempt on the timeline, even after a kill
+        row = await self.c.one_then_event(
+            "step_start", started, case_id=case_id, idx=index, worker_id=worker_id, now=now
         )
         return await self._held_step(row, case_id, index, worker_id)
 
@@ -585,20 +597,25 @@ class StoreManager:
         event: tuple[str, dict[str, Any]] | None = None,
     ) -> StepRecord:
         finished = now if status in (StepStatus.DONE, StepStatus.FAILED) else None
-        async with self.c.transaction() as tx:
-            row = await tx.one(
-                "step_finish",
-                case_id=case_id,
-                idx=index,
-                worker_id=worker_id,
-                status=status.value,
-                finished=finished,
-                evidence=evidence or {},
-                error=error,
-            )
-            if row is not None and event is not None:
-                # one transaction: a kill cannot leave a done step without its event
-                await self._append(tx, case_id, event[0], now, event[1], row["step_id"])
+
+        def finished_event(row: Row) -> NewEvent | None:
+            if event is None:
+                return None
+            kind, data = event
+            return NewEvent(case_id=case_id, kind=kind, at=now, step_id=row["step_id"], data=data)
+
+        # one write: a kill cannot leave a done step without its event
+        row = await self.c.one_then_event(
+            "step_finish",
+            finished_event,
+            case_id=case_id,
+            idx=index,
+            worker_id=worker_id,
+            status=status.value,
+            finished=finished,
+            evidence=evidence or {},
+            error=error,
+        )
         return await self._held_step(row, case_id, index, worker_id)
 
     # side-effect ledger

@@ -589,6 +589,16 @@ class PostgresConnector(_Queries):
         for event in events:
             await self.append_event(tx, event)
 
+    async def one_then_event(
+        self, query: str, event_of: Callable[[Row], NewEvent | None], **params: Any
+    ) -> Row | None:
+        async with self.transaction() as tx:
+            row = await tx.one(query, **params)
+            event = None if row is None else event_of(row)
+            if event is not None:
+                await self.append_event(tx, event)
+        return row
+
 
 class PostgresStore(StoreManager):
     """The Store on PostgreSQL; the arguments are `PostgresConnector`'s."""
