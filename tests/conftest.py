@@ -14,6 +14,7 @@ import pytest_timeout
 from tests.google_spec import google_conformance  # noqa: F401  (fixture)
 from tests.graph_spec import graph_conformance  # noqa: F401  (fixture)
 from tests.pg import pg_dsn, pg_fresh_dsn  # noqa: F401  (fixtures)
+from worker.clock import ManualClock
 from worker.config import Config, parse_config
 from worker.runtime import Runtime, open_runtime
 from worker.sandbox import Sandbox, SeededUser
@@ -52,6 +53,28 @@ def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
         backstop.cancel()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "manual_clock: the sandbox and the runtime share the `clock` fixture, a ManualClock "
+        "the test moves",
+    )
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+def _manual_clock(request: pytest.FixtureRequest) -> ManualClock | None:
+    """The test's `clock` when it is marked `manual_clock`; else the real clock (None)."""
+    if request.node.get_closest_marker("manual_clock") is None:
+        return None
+    clock = request.getfixturevalue("clock")
+    assert isinstance(clock, ManualClock)
+    return clock
+
+
 def fast_settings(data: dict[str, Any]) -> dict[str, Any]:
     """Short timeouts and waits so fault tests take seconds, not minutes."""
     data["worker"] = {
@@ -75,8 +98,10 @@ def fast_settings(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def sandbox(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Sandbox]:
-    async with Sandbox() as sb:
+async def sandbox(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> AsyncIterator[Sandbox]:
+    async with Sandbox(clock=_manual_clock(request)) as sb:
         for name, value in sb.environment().items():
             monkeypatch.setenv(name, value)
         yield sb
@@ -98,8 +123,10 @@ def config(config_data: dict[str, Any]) -> Config:
 
 
 @pytest.fixture
-async def runtime(config: Config, tmp_path: Path) -> AsyncIterator[Runtime]:
-    async with open_runtime(config, base_dir=tmp_path) as rt:
+async def runtime(
+    config: Config, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Runtime]:
+    async with open_runtime(config, base_dir=tmp_path, clock=_manual_clock(request)) as rt:
         yield rt
 
 

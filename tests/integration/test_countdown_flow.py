@@ -26,19 +26,8 @@ from worker.sandbox.sessions import AccessKind, SimulatedLeaver
 from worker.store.base import is_milestone
 from worker.worker import Worker
 
-
-@pytest.fixture
-async def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def sandbox(monkeypatch: pytest.MonkeyPatch, clock: ManualClock) -> AsyncIterator[Sandbox]:
-    # the emulators and the worker share one controllable clock
-    async with Sandbox(clock=clock) as sb:
-        for name, value in sb.environment().items():
-            monkeypatch.setenv(name, value)
-        yield sb
+#: the emulators and the worker share one clock the tests move
+pytestmark = pytest.mark.manual_clock
 
 
 @pytest.fixture

@@ -6,44 +6,21 @@ AWS role access from the deny's provisioning plus the propagation margin on."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.flows import CONTAINMENT_ORDER, mutations
 from worker.cases import drive_case, open_case
 from worker.clock import ManualClock, parse_iso
-from worker.config import parse_config
 from worker.domain import CaseStatus, StepStatus
 from worker.providers.policy import deny_sid
-from worker.runtime import Runtime, open_runtime
+from worker.runtime import Runtime
 from worker.sandbox import Sandbox, SeededUser
 from worker.sandbox.sessions import AccessKind, SimulatedLeaver
 
-
-@pytest.fixture
-async def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def sandbox(monkeypatch: pytest.MonkeyPatch, clock: ManualClock) -> AsyncIterator[Sandbox]:
-    async with Sandbox(clock=clock) as sb:
-        for name, value in sb.environment().items():
-            monkeypatch.setenv(name, value)
-        yield sb
-
-
-@pytest.fixture
-async def runtime(
-    config_data: dict[str, Any], tmp_path: Path, clock: ManualClock
-) -> AsyncIterator[Runtime]:
-    config = parse_config(config_data, "test")
-    async with open_runtime(config, base_dir=tmp_path, clock=clock) as rt:
-        yield rt
+#: the emulators and the worker share one clock the tests move
+pytestmark = pytest.mark.manual_clock
 
 
 async def test_an_incident_nobody_confirms_cuts_role_sessions(
