@@ -315,58 +315,60 @@ async def test_the_wal_is_checkpointed_beside_the_writes_not_in_a_commit(
     assert not wal._checkpointer
 
 
-async def test_a_step_write_is_one_trip_to_the_database_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # each trip is a thread switch: on the way to the IdP request they were most of
-    # the worker's own overhead (bench/store_trips.py)
+@pytest.fixture
+async def claimed(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, Case]]:
+    """A store on a file with one case claimed by worker w1."""
     store = SqliteStore(tmp_path / "offboard.db")
     await store.open()
     try:
         case, _ = await store.create_case(new_case(), T0)
         await store.claim_case(case.id, "w1", T0, LEASE)
-        db = store.connector.db
-        trips: list[object] = []
-        original = aiosqlite.core.Connection._execute
-
-        async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-            if self is db:
-                trips.append(fn)
-            return await original(self, fn, *args, **kwargs)
-
-        monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counted)
-        await store.start_step(case.id, 0, "w1", at(1))
-        assert len(trips) == 1
-        await store.finish_step(
-            case.id, 0, "w1", StepStatus.DONE, at(2), evidence={}, event=("step_done", {})
-        )
-        assert len(trips) == 2
+        yield store, case
     finally:
         await store.close()
+
+
+async def test_a_step_write_is_one_trip_to_the_database_thread(
+    claimed: tuple[SqliteStore, Case], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each trip is a thread switch: on the way to the IdP request they were most of
+    # the worker's own overhead (bench/store_trips.py)
+    store, case = claimed
+    db = store.connector.db
+    trips: list[object] = []
+    original = aiosqlite.core.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self is db:
+            trips.append(fn)
+        return await original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counted)
+    await store.start_step(case.id, 0, "w1", at(1))
+    assert len(trips) == 1
+    await store.finish_step(
+        case.id, 0, "w1", StepStatus.DONE, at(2), evidence={}, event=("step_done", {})
+    )
+    assert len(trips) == 2
+    await store.close()
     assert [e.kind for e in (await _events(tmp_path))][-2:] == ["step_started", "step_done"]
 
 
 async def test_a_failed_one_trip_write_leaves_nothing_and_no_open_transaction(
-    tmp_path: Path,
+    claimed: tuple[SqliteStore, Case],
 ) -> None:
-    store = SqliteStore(tmp_path / "offboard.db")
-    await store.open()
-    try:
-        case, _ = await store.create_case(new_case(), T0)
-        await store.claim_case(case.id, "w1", T0, LEASE)
-        started = await store.start_step(case.id, 0, "w1", at(1))
-        events = await store.events(case.id)
-        with pytest.raises(TypeError):  # the event's data cannot be stored: after the step
-            await store.finish_step(
-                case.id, 0, "w1", StepStatus.DONE, at(2), event=("step_done", {"x": object()})
-            )
-        assert store.connector.db.in_transaction is False
-        assert (await store.steps(case.id))[0] == started
-        assert await store.events(case.id) == events
-        done = await store.finish_step(case.id, 0, "w1", StepStatus.DONE, at(3))
-        assert done.status is StepStatus.DONE
-    finally:
-        await store.close()
+    store, case = claimed
+    started = await store.start_step(case.id, 0, "w1", at(1))
+    events = await store.events(case.id)
+    with pytest.raises(TypeError):  # the event's data cannot be stored: after the step
+        await store.finish_step(
+            case.id, 0, "w1", StepStatus.DONE, at(2), event=("step_done", {"x": object()})
+        )
+    assert store.connector.db.in_transaction is False
+    assert (await store.steps(case.id))[0] == started
+    assert await store.events(case.id) == events
+    done = await store.finish_step(case.id, 0, "w1", StepStatus.DONE, at(3))
+    assert done.status is StepStatus.DONE
 
 
 async def _events(tmp_path: Path) -> list[CaseEvent]:
