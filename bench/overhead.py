@@ -5,11 +5,14 @@ the time from a trigger accepted to the IdP deactivation request, on an idle wor
 
 `offboard serve` (SQLite, synchronous=FULL) takes one signed HR termination at a time;
 the next is sent once the previous person's deactivation has arrived at the Okta
-emulator. "Accepted" is the moment the case was committed (its created_at); the gap
-to the 202 arriving at the client is reported too. The deactivation request is the
-emulator's record of POST .../lifecycle/deactivate. In between: the worker is woken,
-claims the case, starts the step, looks the person up (GET, which is also the read
-before acting), writes the ledger intent, and sends the POST.
+emulator. Three starting points: the case's created_at (the time the admission's
+transaction took at its start, before its statements and its commit), "accepted" (the
+handler's `trigger_accepted` log line, written as the committed admission comes back,
+before the 202 is sent), and the 202 arriving at the client. The deactivation request
+is the emulator's record of POST .../lifecycle/deactivate. In between: the worker is
+woken, claims the case, runs the resolve step (the IdP and Identity Center read at once;
+the IdP read is also the deactivation's read before acting), starts the next step,
+writes the ledger intent, and sends the POST.
 """
 
 from __future__ import annotations
@@ -114,13 +117,15 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
                 }
         mutations = (await em.stats())["mutations"]
     deactivations = {m["target"]: m["at"] for m in mutations if m["action"] == "okta.deactivate"}
-    from_commit, from_answer, worker_own, reads = [], [], [], []
+    accepted = _accepted(run_dir / "serve.log")
+    from_commit, from_answer, from_accepted, worker_own, reads = [], [], [], [], []
     for i in range(args.warmup, args.count):
         login = login_of("leaver", i)
         at = deactivations[okta_ids[login]]
         committed = cases[login].created_at.timestamp()
         from_commit.append(at - committed)
         from_answer.append(at - answered[login])
+        from_accepted.append(at - accepted[cases[login].id])
         # the resolve step (issue 14) reads the IdP and Identity Center before the first
         # change: the worker's own share is the path without those provider round trips
         resolve = resolves[login]
@@ -132,11 +137,23 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> Result:
     result.figures = {
         "accepted_to_deactivation_request": commit,
         "answer_received_to_deactivation_request": summary_ms(from_answer),
+        "trigger_accepted_to_deactivation_request": summary_ms(from_accepted),
         "resolve_reads": summary_ms(reads),
         "accepted_to_deactivation_request_without_the_resolve_reads": summary_ms(worker_own),
     }
     result.targets = {"p99_le_10ms": commit["p99_ms"] <= 10.0}
     return result
+
+
+def _accepted(log: Path) -> dict[str, float]:
+    """case id -> when the webhook's admission had committed (its `trigger_accepted`
+    line, written as the handler gets the admission back, before it answers)."""
+    accepted: dict[str, float] = {}
+    for line in log.read_text(encoding="utf-8").splitlines():
+        if line.startswith("{") and '"trigger_accepted"' in line:
+            entry = json.loads(line)
+            accepted[entry["case_id"]] = datetime.fromisoformat(entry["timestamp"]).timestamp()
+    return accepted
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

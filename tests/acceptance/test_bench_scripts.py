@@ -101,6 +101,10 @@ def test_worker_overhead(tmp_path: Path) -> None:
     measured = result["figures"]["accepted_to_deactivation_request"]
     assert measured["n"] == 10
     assert 0 < measured["p50_ms"] <= measured["p99_ms"]
+    # the handler's accepted line comes after the admission's transaction began
+    accepted = result["figures"]["trigger_accepted_to_deactivation_request"]
+    assert accepted["n"] == 10
+    assert 0 < accepted["p50_ms"] < measured["p50_ms"]
 
 
 def test_memory_with_open_countdowns(tmp_path: Path) -> None:

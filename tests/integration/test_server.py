@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks.webhooks import Webhook
@@ -184,6 +185,26 @@ async def test_the_same_delivery_creates_one_case_however_often_it_arrives(
     assert len({a["case_id"] for a in answers}) == 1
     assert sum(1 for a in answers if not a.get("replayed")) == 1
     assert await _case_count(runtime) == 1
+
+
+async def test_an_accepted_delivery_is_logged_with_its_case_not_the_address(
+    client: tuple[TestClient[web.Request, web.Application], Runtime], leaver: SeededUser
+) -> None:
+    http, _ = client
+    body, headers = signed(termination(leaver.login), msg_id="msg_logged")
+
+    with structlog.testing.capture_logs() as logs:
+        first = await http.post("/v1/hooks/hr/hris", data=body, headers=headers)
+        again = await http.post("/v1/hooks/hr/hris", data=body, headers=headers)
+
+    case_id = (await first.json())["case_id"]
+    accepted = [e for e in logs if e["event"] == "trigger_accepted"]
+    assert [(e["case_id"], e["outcome"], e["delivery"]) for e in accepted] == [
+        (case_id, "created", "msg_logged"),
+        (case_id, "replayed", "msg_logged"),
+    ]
+    assert again.status == 202
+    assert leaver.login not in repr(accepted)  # the case names the person
 
 
 async def test_deliveries_arriving_together_are_committed_together(

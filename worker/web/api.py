@@ -75,6 +75,16 @@ async def hook(request: web.Request) -> web.Response:
     # a replay carries the first answer's outcome; it is counted as what it is
     counted = "replayed" if answer.get("replayed") else str(answer.get("outcome"))
     state.metrics.triggers.labels(purpose, source, counted).inc()
+    # which delivery made or joined which case, once it is durable (no address: the case
+    # names the person)
+    log.info(
+        "trigger_accepted",
+        purpose=purpose,
+        source=source,
+        delivery=trigger.delivery_id,
+        outcome=counted,
+        case_id=answer.get("case_id"),
+    )
     return web.json_response(answer, status=status)
 
 
