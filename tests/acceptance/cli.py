@@ -8,7 +8,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -35,15 +35,19 @@ def environment(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-async def start(args: list[str], env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
+async def start(
+    args: list[str], env: dict[str, str], cwd: Path, log: IO[bytes] | None = None
+) -> asyncio.subprocess.Process:
+    """`offboard ARGS`; its output piped, or both streams into `log` (a long-running
+    command whose log the test reads while it runs)."""
     return await asyncio.create_subprocess_exec(
         OFFBOARD,
         *args,
         env=env,
         cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stdout=log or asyncio.subprocess.PIPE,
+        stderr=log or asyncio.subprocess.PIPE,
     )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.cli import OFFBOARD, environment, write_config
+from tests.acceptance.cli import environment, start, write_config
 from tests.conftest import fast_settings
 from tests.flows import CONTAINMENT_ORDER
 from tests.pg import Cluster, kill_cluster, restart_cluster, start_cluster, stop_cluster
@@ -58,17 +58,7 @@ async def test_the_worker_rides_out_two_postgres_restarts_and_finishes_its_cases
             for u in users[: CASES // 2]
         ]
         with log_path.open("wb") as log:
-            worker = await asyncio.create_subprocess_exec(
-                OFFBOARD,
-                "--config",
-                str(config_path),
-                "worker",
-                env=env,
-                cwd=tmp_path,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
+            worker = await start(["--config", str(config_path), "worker"], env, tmp_path, log)
             try:
                 for _ in range(2):
                     # mid-run: kill the database once the worker has begun a deactivation
@@ -124,17 +114,7 @@ async def test_a_worker_started_while_postgres_is_down_waits_for_it(
     log_path = tmp_path / "worker.log"
     await asyncio.to_thread(kill_cluster, cluster)
     with log_path.open("wb") as log:
-        worker = await asyncio.create_subprocess_exec(
-            OFFBOARD,
-            "--config",
-            str(config_path),
-            "worker",
-            env=env,
-            cwd=tmp_path,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
+        worker = await start(["--config", str(config_path), "worker"], env, tmp_path, log)
         try:
             for _ in range(1000):
                 if "store_unavailable_at_start" in log_path.read_text():

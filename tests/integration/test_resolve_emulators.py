@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from worker.cases import drive_case, open_case
 from worker.domain import CaseStatus, StepStatus
 from worker.runtime import Runtime
@@ -58,30 +60,26 @@ async def test_the_ids_are_recorded_by_the_resolve_and_acted_on(
     assert sandbox.audit.calls["identitystore.DescribeUser"] == 2
 
 
-async def test_an_identity_center_user_name_in_another_case_is_resolved(
-    sandbox: Sandbox, runtime: Runtime
+@pytest.mark.parametrize(
+    ("login", "user_name", "email"),
+    [
+        # userName in another case than the address
+        ("bob@example.com", "Bob@Example.COM", "bob@example.com"),
+        # found only by email, in another case
+        ("carol@example.com", "carol.c", "Carol@Example.com"),
+    ],
+)
+async def test_an_identity_center_user_spelt_otherwise_is_resolved_and_disabled(
+    sandbox: Sandbox, runtime: Runtime, login: str, user_name: str, email: str
 ) -> None:
-    sandbox.okta.add_user("bob@example.com")
-    bob = sandbox.identity_center.add_user("Bob@Example.COM", email="bob@example.com")
+    sandbox.okta.add_user(login)
+    user = sandbox.identity_center.add_user(user_name, email=email)
 
-    case_id, status = await _run(runtime, "bob@example.com")
+    case_id, status = await _run(runtime, login)
 
     assert status is CaseStatus.WAITING, (await runtime.store.get_case(case_id)).halt_reason
-    assert (await _evidence(runtime, case_id, "resolve"))["ic_user_id"] == bob
-    assert sandbox.identity_center.user_status(bob) == "DISABLED"
-
-
-async def test_an_identity_center_user_found_only_by_email(
-    sandbox: Sandbox, runtime: Runtime
-) -> None:
-    sandbox.okta.add_user("carol@example.com")
-    carol = sandbox.identity_center.add_user("carol.c", email="Carol@Example.com")
-
-    case_id, status = await _run(runtime, "carol@example.com")
-
-    assert status is CaseStatus.WAITING, (await runtime.store.get_case(case_id)).halt_reason
-    assert (await _evidence(runtime, case_id, "resolve"))["ic_user_id"] == carol
-    assert sandbox.identity_center.user_status(carol) == "DISABLED"
+    assert (await _evidence(runtime, case_id, "resolve"))["ic_user_id"] == user
+    assert sandbox.identity_center.user_status(user) == "DISABLED"
 
 
 async def test_an_identity_center_user_found_by_the_externalid_the_scim_sync_set(
