@@ -1231,8 +1231,8 @@ class FakeIdentityCenter(_Fake):
 
         return await self._call("find_user_id", (user_name,), find)
 
-    async def find_user_by_external_id(self, external_id: str) -> IdentityCenterUser:
-        def find() -> IdentityCenterUser:
+    async def find_user_by_external_id(self, external_id: str) -> IdentityCenterMatch:
+        def find() -> IdentityCenterMatch:
             matches = [u for u in self.users.values() if external_id in u.external_ids]
             if len(matches) > 1:
                 named = " and ".join(f"{u.user_name!r} ({u.user_id})" for u in matches[:2])
@@ -1247,7 +1247,7 @@ class FakeIdentityCenter(_Fake):
                     f"no Identity Center user with externalId {external_id!r}",
                     code="ResourceNotFoundException",
                 )
-            return self._shown(matches[0])
+            return IdentityCenterMatch(user_id=matches[0].user_id, found_by="externalId")
 
         return await self._call("find_user_by_external_id", (external_id,), find)
 

@@ -97,6 +97,8 @@ async def test_an_identity_center_user_found_by_the_externalid_the_scim_sync_set
     assert resolved["ic_user_id"] == dave
     assert okta_id in resolved["ic_found_by"]
     assert sandbox.identity_center.user_status(dave) == "DISABLED"
+    # found by a listing, read by the disable step alone: before its PATCH and after
+    assert sandbox.audit.calls["identitystore.DescribeUser"] == 2
 
 
 async def test_a_person_in_okta_but_not_in_identity_center_is_recorded_not_halted(

@@ -92,10 +92,10 @@ class IdentityCenter(Protocol):
         case); PermanentError with ResourceNotFoundException when nobody, naming both
         when two match. Reads no status: one request fewer on an incident's path."""
 
-    async def find_user_by_external_id(self, external_id: str) -> IdentityCenterUser:
-        """The one user whose ExternalIds (set by the IdP's SCIM sync: the IdP user's id)
-        hold `external_id`; PermanentError with ResourceNotFoundException when none does,
-        naming both when two do."""
+    async def find_user_by_external_id(self, external_id: str) -> IdentityCenterMatch:
+        """The one user (by id, as `find_user_id`) whose ExternalIds (set by the IdP's
+        SCIM sync: the IdP user's id) hold `external_id`; PermanentError with
+        ResourceNotFoundException when none does, naming both when two do."""
 
     async def get_user(self, user_id: str) -> IdentityCenterUser: ...
 

@@ -311,7 +311,7 @@ class AwsIdentityCenter:
             code=NOT_FOUND,
         )
 
-    async def find_user_by_external_id(self, external_id: str) -> IdentityCenterUser:
+    async def find_user_by_external_id(self, external_id: str) -> IdentityCenterMatch:
         # GetUserId by ExternalId needs the issuer, which each IdP's sync sets its own way:
         # every ListUsers page, compared on the id alone (ids are exact, not folded).
         users = [
@@ -333,7 +333,9 @@ class AwsIdentityCenter:
                 f"no Identity Center user with externalId {external_id!r} (ListUsers)",
                 code=NOT_FOUND,
             )
-        return await self.get_user(str(users[0]["UserId"]))
+        return IdentityCenterMatch(
+            user_id=str(users[0]["UserId"]), found_by=f"ListUsers: externalId {external_id}"
+        )
 
     async def _all_users(self) -> list[dict[str, Any]]:
         """Every user of the identity store, from every `ListUsers` page."""
