@@ -4,11 +4,15 @@ and read the order of mutations from the emulators' audit log."""
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
 from worker.cases import confirm_task, drive_case, open_case
 from worker.domain import Case, CaseStatus
+from worker.errors import PermanentError, TransientError
+from worker.providers.base import IdentityProvider
 from worker.runtime import Runtime
 from worker.sandbox import Sandbox, SeededUser
+from worker.sandbox.common import FaultPlan, FaultRule
 
 #: the mutations of a leaver case, in the only order the invariant allows
 CONTAINMENT_ORDER = (
@@ -56,3 +60,23 @@ def assert_contained_in_order(sandbox: Sandbox, user: SeededUser) -> None:
     assert sandbox.okta.live_sessions(user.login) == 0
     assert sandbox.identity_center.user_status(user.ic_user_id) == "DISABLED"
     assert sandbox.identity_center.portal_sessions(user.ic_user_id) == []
+
+
+async def idp_repertoire(
+    idp: IdentityProvider, faults: FaultPlan, subject: str, *, read: str, revoke: str
+) -> None:
+    """Every call the worker makes of an IdP, with a throttle on the first read (the
+    emulator's `read` endpoint) and a 503 on the first revocation (`revoke`): each
+    transient, then done; an unknown user is permanent."""
+    faults.add(FaultRule(endpoint=read, kind="throttle", count=1))
+    faults.add(FaultRule(endpoint=revoke, kind="error", count=1, status=503))
+    with pytest.raises(TransientError):
+        await idp.find_user(subject)
+    found = await idp.find_user(subject)
+    await idp.deactivate_user(found.id)
+    await idp.get_user(found.id)
+    with pytest.raises(TransientError):
+        await idp.revoke_sessions(found.id)
+    await idp.revoke_sessions(found.id)
+    with pytest.raises(PermanentError):
+        await idp.find_user("nobody@example.com")

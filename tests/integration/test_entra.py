@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict
 
+from tests.flows import idp_repertoire
 from tests.graph_spec import builder_for
 from tests.graph_spec import exchange_errors as graph_exchange_errors
 from tests.wire import WireExchange, conformance
@@ -681,19 +682,9 @@ async def test_every_graph_exchange_is_one_graph_defines(
     """The adapter's whole repertoire — find, disable, read back, revoke, an unknown
     user, a throttle, a server error — checked against msgraph-sdk's builders and
     models here (and by the module's fixture after every other test)."""
-    entra = env.adapter()
-    env.faults.add(FaultRule(endpoint="entra.get_user", kind="throttle", count=1, retry_after=1))
-    env.faults.add(FaultRule(endpoint="entra.revoke_sessions", kind="error", count=1, status=503))
-    with pytest.raises(TransientError):
-        await entra.find_user(LEAVER)
-    found = await entra.find_user(LEAVER)
-    await entra.deactivate_user(found.id)
-    await entra.get_user(found.id)
-    with pytest.raises(TransientError):
-        await entra.revoke_sessions(found.id)
-    await entra.revoke_sessions(found.id)
-    with pytest.raises(PermanentError):
-        await entra.find_user("nobody@example.com")
+    await idp_repertoire(
+        env.adapter(), env.faults, LEAVER, read="entra.get_user", revoke="entra.revoke_sessions"
+    )
 
     graph = [e for e in graph_conformance if e.raw_path.startswith("/v1.0/")]
     assert {(e.method, e.status) for e in graph} == {

@@ -20,6 +20,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict
 
+from tests.flows import idp_repertoire
 from tests.google_spec import exchange_errors as google_exchange_errors
 from tests.google_spec import load_google_directory
 from tests.wire import WireExchange, conformance
@@ -564,19 +565,9 @@ async def test_every_google_exchange_is_one_the_directory_api_defines(
     """The adapter's whole repertoire — token, find, suspend, read back, sign out, an
     unknown user, each throttle Google sends, a server error — checked against the
     discovery document and Google's own client and auth libraries."""
-    google = env.adapter()
-    env.faults.add(FaultRule(endpoint="google.get_user", kind="throttle", count=1))
-    env.faults.add(FaultRule(endpoint="google.sign_out", kind="error", count=1, status=503))
-    with pytest.raises(TransientError):
-        await google.find_user(LEAVER)
-    found = await google.find_user(LEAVER)
-    await google.deactivate_user(found.id)
-    await google.get_user(found.id)
-    with pytest.raises(TransientError):
-        await google.revoke_sessions(found.id)
-    await google.revoke_sessions(found.id)
-    with pytest.raises(PermanentError):
-        await google.find_user("nobody@example.com")
+    await idp_repertoire(
+        env.adapter(), env.faults, LEAVER, read="google.get_user", revoke="google.sign_out"
+    )
 
     api = [e for e in google_conformance if e.raw_path.startswith(API)]
     directory = load_google_directory()
