@@ -21,7 +21,7 @@ import pytest
 
 from tests.pg import with_database
 from worker.domain import Arrival, Case, CaseStatus, Timer
-from worker.errors import StoreError
+from worker.errors import StoreError, StoreUnavailable
 from worker.store.base import Store
 from worker.store.postgres import MIGRATIONS, PostgresStore
 
@@ -389,6 +389,38 @@ async def test_wait_for_work_listens_again_after_losing_its_connection(
     await asyncio.sleep(0.05)
     await writer.create_case(new_case(), T0)
     assert await waiting is True
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        # a connection the server's restart left mid-protocol (seen in a chaos run)
+        asyncpg.exceptions.InternalClientError(
+            "cannot switch to state 12; another operation (2) is in progress"
+        ),
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        TimeoutError(),
+    ],
+    ids=type,
+)
+async def test_a_listener_lost_while_it_starts_to_listen_is_an_outage(
+    replicas: tuple[PostgresStore, PostgresStore],
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+) -> None:
+    """The worker rides out an outage (StoreUnavailable); any other error ends it."""
+    waiter, _ = replicas
+    await waiter.connector._listener.close()
+
+    async def add_listener(*_: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(asyncpg.Connection, "add_listener", add_listener)
+    with pytest.raises(StoreUnavailable, match="unreachable while starting to listen"):
+        await waiter.wait_for_work(1)
+    monkeypatch.undo()
+    assert await waiter.wait_for_work(1) is True  # listening again once it can
 
 
 # failures

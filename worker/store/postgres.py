@@ -222,6 +222,12 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     # state ...; another operation is in progress")
     asyncpg.exceptions.InternalClientError,
 )
+#: every error of the database or of the way to it (StoreError by `_error`)
+_FAILURES: tuple[type[BaseException], ...] = (
+    *_UNREACHABLE,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 #: errors that mean the server answered but will not let us in
 _REFUSED_LOGIN: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # class 28: login refused
@@ -374,7 +380,7 @@ class PostgresConnector(_Queries):
                 yield conn
         except StoreError:
             raise
-        except (*_UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _FAILURES as exc:
             raise self._error(exc) from self._cause(exc)
 
     @contextlib.asynccontextmanager
@@ -407,7 +413,7 @@ class PostgresConnector(_Queries):
                 timeout=self._connect_timeout,
                 command_timeout=self._command_timeout,
             )
-        except (*_UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        except (*_FAILURES, ValueError) as exc:
             raise self._error(exc, "connecting") from self._cause(exc)
         try:
             await self._migrate()
@@ -456,14 +462,14 @@ class PostgresConnector(_Queries):
             self._listener = None
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
-            except (*_UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except _FAILURES as exc:
                 raise self._error(exc, "connecting to listen") from self._cause(exc)
             try:
                 await conn.add_listener(WORK_CHANNEL, self._notified)
                 conn.add_termination_listener(self._listener_lost)
             except BaseException as exc:
                 conn.terminate()
-                if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
+                if isinstance(exc, _FAILURES):
                     raise self._error(exc, "starting to listen") from self._cause(exc)
                 raise
             self._listener = conn
@@ -514,7 +520,7 @@ class PostgresConnector(_Queries):
         statement", which would read as a store failure)."""
         try:
             conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
-        except (*_UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _FAILURES as exc:
             raise self._error(exc, "connecting to lock") from self._cause(exc)
         try:
             while True:
@@ -522,7 +528,7 @@ class PostgresConnector(_Queries):
                     taken = await conn.fetchval(
                         "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", name
                     )
-                except (*_UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except _FAILURES as exc:
                     raise self._error(exc, "locking") from self._cause(exc)
                 if taken:
                     break
