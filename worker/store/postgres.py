@@ -228,6 +228,8 @@ _FAILURES: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
 )
+#: ... and, on opening the pool, an unusable DSN
+_OPEN_FAILURES: tuple[type[BaseException], ...] = (*_FAILURES, ValueError)
 #: errors that mean the server answered but will not let us in
 _REFUSED_LOGIN: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # class 28: login refused
@@ -413,7 +415,7 @@ class PostgresConnector(_Queries):
                 timeout=self._connect_timeout,
                 command_timeout=self._command_timeout,
             )
-        except (*_FAILURES, ValueError) as exc:
+        except _OPEN_FAILURES as exc:
             raise self._error(exc, "connecting") from self._cause(exc)
         try:
             await self._migrate()
