@@ -11,12 +11,13 @@ before the request is listed, up to the side-effect ledger's intent, the last on
 before it (counted by wrapping aiosqlite's `Connection._execute`, the one door to its
 thread).
 
-Eight today: the claim, the loop's next claim (0 rows), the steps, the round's timer
-check, three one-trip writes (`SqliteConnector._write_in_one_trip`: BEGIN IMMEDIATE,
-the step's UPDATE, its event, COMMIT) -- resolve started, resolve done, idp-deactivate
-started -- then the ledger's intent, which is also its read (`Ledger.mutate` given a
-fresh read short of the goal). Fourteen before issue 16 (a trip per statement, the
-ledger read and intent apart).
+Seven today: the claim, the loop's next claim (0 rows), the steps, the round's timer
+check, two one-trip writes (`SqliteConnector._write_in_one_trip`: BEGIN IMMEDIATE,
+the steps' UPDATEs and their events, COMMIT) -- resolve started; resolve done with
+idp-deactivate started (`Store.finish_and_start`) -- then the ledger's intent, which
+is also its read (`Ledger.mutate` given a fresh read short of the goal). Fourteen
+before issue 16 (a trip per statement, the ledger read and intent apart), eight
+before a step's finish carried the next one's start.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import os
 import socket
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,7 +37,7 @@ from worker.countdown import (
     compute,
     inputs_from_evidence,
 )
-from worker.domain import Case, CaseStatus, StepStatus, Timer
+from worker.domain import Case, CaseStatus, StepRecord, StepStatus, Timer
 from worker.errors import LeaseLost, PermanentError, StoreError, StoreUnavailable, TransientError
 from worker.intents import settle_intents
 from worker.ledger import Ledger
@@ -64,6 +65,17 @@ def reread_tick_after(moment: datetime, interval: timedelta) -> datetime:
     never more than `interval` later, and the same for every case of a run."""
     ticks = (moment - _GRID_ORIGIN) // interval
     return _GRID_ORIGIN + (ticks + 1) * interval
+
+
+@contextlib.contextmanager
+def _start_unanswered(record: StepRecord) -> Iterator[None]:
+    """A step start whose answer is lost may have committed: the attempt on the
+    timeline must still have a line that names this worker (the lease holder's next)."""
+    try:
+        yield
+    except StoreUnavailable:
+        log.warning("step_start_unanswered", attempt=record.attempts + 1)
+        raise
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,36 +191,37 @@ class Engine:
         still_open: list[str] = []
         #: what the step just run read, for the next one (reads made in this run only)
         passed: dict[str, Any] = {}
+        #: this step's attempt, started in the same write as the last step's finish
+        prestarted: StepRecord | None = None
         for index, step in enumerate(case.steps):
             record = records[index]
             reads, passed = passed, {}
-            if record.status is StepStatus.DONE:
-                earlier[step.id] = record.evidence
-                continue
-            if record.status is StepStatus.WAITING and not gates_later_steps(step.action):
-                task = await self.store.get_task(case.id, step.id)
-                if task is None or task.confirmed_at is None:
-                    # still open (a resumed case, a restart): the steps after it go on
-                    still_open.append(step.id)
+            if prestarted is None:
+                if record.status is StepStatus.DONE:
+                    earlier[step.id] = record.evidence
                     continue
-            if self.stopping.is_set():
-                # shutting down: hand the case back at a step boundary for the next worker
-                await self.store.release_case(
-                    case.id, self.worker_id, CaseStatus.PENDING, self.clock.now()
-                )
-                log.info("case_released_for_shutdown", next_step=step.id)
-                return CaseStatus.PENDING
+                if record.status is StepStatus.WAITING and not gates_later_steps(step.action):
+                    task = await self.store.get_task(case.id, step.id)
+                    if task is None or task.confirmed_at is None:
+                        # still open (a resumed case, a restart): the steps after it go on
+                        still_open.append(step.id)
+                        continue
+                if self.stopping.is_set():
+                    # shutting down: hand the case back at a step boundary for the next worker
+                    await self.store.release_case(
+                        case.id, self.worker_id, CaseStatus.PENDING, self.clock.now()
+                    )
+                    log.info("case_released_for_shutdown", next_step=step.id)
+                    return CaseStatus.PENDING
             with structlog.contextvars.bound_contextvars(step=step.id, action=step.action):
                 # the attempt and its step_started event are one write: logged once it holds
-                try:
-                    record = await self.store.start_step(
-                        case.id, index, self.worker_id, self.clock.now()
-                    )
-                except StoreUnavailable:
-                    # it may have committed, answer lost: the attempt on the timeline must
-                    # still have a line that names this worker (the lease holder's next)
-                    log.warning("step_start_unanswered", attempt=record.attempts + 1)
-                    raise
+                if prestarted is not None:
+                    record, prestarted = prestarted, None
+                else:
+                    with _start_unanswered(record):
+                        record = await self.store.start_step(
+                            case.id, index, self.worker_id, self.clock.now()
+                        )
                 log.info("step_started", attempt=record.attempts)
                 ctx = StepContext(
                     case=case,
@@ -282,15 +295,33 @@ class Engine:
                         continue
                     return await self._wait(case, [step.id], notification)
                 assert isinstance(outcome, Done)
-                await self.store.finish_step(
-                    case.id,
-                    index,
-                    self.worker_id,
-                    StepStatus.DONE,
-                    self.clock.now(),
-                    evidence=outcome.evidence,
-                    event=("step_done", outcome.evidence),
-                )
+                done = ("step_done", outcome.evidence)
+                if self._starts_next_at_once(case, records, index):
+                    # one write for both: a step less between a trigger and the IdP's change
+                    nxt = case.steps[index + 1]
+                    with (
+                        structlog.contextvars.bound_contextvars(step=nxt.id, action=nxt.action),
+                        _start_unanswered(records[index + 1]),
+                    ):
+                        prestarted = await self.store.finish_and_start(
+                            case.id,
+                            index,
+                            self.worker_id,
+                            self.clock.now(),
+                            evidence=outcome.evidence,
+                            event=done,
+                            next_index=index + 1,
+                        )
+                else:
+                    await self.store.finish_step(
+                        case.id,
+                        index,
+                        self.worker_id,
+                        StepStatus.DONE,
+                        self.clock.now(),
+                        evidence=outcome.evidence,
+                        event=done,
+                    )
                 log.info("step_done", verified_by=outcome.evidence.get("verified_by"))
                 earlier[step.id] = outcome.evidence
                 passed = ctx.reads_to_pass
@@ -308,6 +339,18 @@ class Engine:
         )
         log.info("case_contained")
         return CaseStatus.CONTAINED
+
+    def _starts_next_at_once(self, case: Case, records: list[StepRecord], index: int) -> bool:
+        """Whether the step after `index`, just done, starts as soon as it is recorded:
+        one that is not done or waiting for an operator, not behind a countdown update,
+        on a worker that is not shutting down."""
+        nxt = index + 1
+        return (
+            nxt < len(case.steps)
+            and records[nxt].status not in (StepStatus.DONE, StepStatus.WAITING)
+            and action(case.steps[index].action).countdown_input is None
+            and not self.stopping.is_set()
+        )
 
     async def _wait(
         self, case: Case, step_ids: list[str], notification: Notification | None

@@ -531,17 +531,7 @@ class InMemoryStore:
     async def start_step(
         self, case_id: str, index: int, worker_id: str, now: datetime
     ) -> StepRecord:
-        record = self._held_step(case_id, index, worker_id)
-        started = replace(
-            record,
-            status=StepStatus.RUNNING,
-            attempts=record.attempts + 1,
-            started_at=record.started_at or _stored(now),
-        )
-        self._steps[case_id][index] = started
-        # in the same write, as the databases do
-        self._append(case_id, "step_started", now, record.step_id, {"attempt": started.attempts})
-        return started
+        return self._start(case_id, index, worker_id, now)
 
     @_recorded
     async def finish_step(
@@ -555,6 +545,48 @@ class InMemoryStore:
         evidence: dict[str, Any] | None = None,
         error: str | None = None,
         event: tuple[str, dict[str, Any]] | None = None,
+    ) -> StepRecord:
+        return self._finish(case_id, index, worker_id, status, now, evidence, error, event)
+
+    @_recorded
+    async def finish_and_start(
+        self,
+        case_id: str,
+        index: int,
+        worker_id: str,
+        now: datetime,
+        *,
+        evidence: dict[str, Any],
+        event: tuple[str, dict[str, Any]],
+        next_index: int,
+    ) -> StepRecord:
+        self._held_step(case_id, next_index, worker_id)  # refused before anything is written
+        self._finish(case_id, index, worker_id, StepStatus.DONE, now, evidence, None, event)
+        return self._start(case_id, next_index, worker_id, now)
+
+    def _start(self, case_id: str, index: int, worker_id: str, now: datetime) -> StepRecord:
+        record = self._held_step(case_id, index, worker_id)
+        started = replace(
+            record,
+            status=StepStatus.RUNNING,
+            attempts=record.attempts + 1,
+            started_at=record.started_at or _stored(now),
+        )
+        self._steps[case_id][index] = started
+        # in the same write, as the databases do
+        self._append(case_id, "step_started", now, record.step_id, {"attempt": started.attempts})
+        return started
+
+    def _finish(
+        self,
+        case_id: str,
+        index: int,
+        worker_id: str,
+        status: StepStatus,
+        now: datetime,
+        evidence: dict[str, Any] | None,
+        error: str | None,
+        event: tuple[str, dict[str, Any]] | None,
     ) -> StepRecord:
         record = self._held_step(case_id, index, worker_id)
         stored_evidence = _json(evidence or {})

@@ -37,7 +37,7 @@ from worker.domain import (
     StepStatus,
     Timer,
 )
-from worker.errors import NotFound, StoreError
+from worker.errors import LeaseLost, NotFound, StoreError
 from worker.evidence import check_chain
 from worker.store.base import (
     BudgetAsk,
@@ -1090,6 +1090,44 @@ class StoreContract:
             await store.start_step(case.id, 1, "w2", at(3))
         assert (await store.steps(case.id))[1].attempts == 0
         assert len(await store.events(case.id)) == before + 2
+
+    async def test_finish_and_start_is_one_write_of_both_or_neither(self, store: Store) -> None:
+        case, _ = await store.create_case(new_case(), at(0))
+        await store.claim_case(case.id, "w1", at(0), LEASE)
+        await store.start_step(case.id, 0, "w1", at(1))
+        before = len(await store.events(case.id))
+
+        started = await store.finish_and_start(
+            case.id, 0, "w1", at(2), evidence={"x": 1}, event=("step_done", {"x": 1}), next_index=1
+        )
+        assert (started.index, started.status, started.attempts, started.started_at) == (
+            1,
+            StepStatus.RUNNING,
+            1,
+            at(2),
+        )
+        done, running = (await store.steps(case.id))[:2]
+        assert (done.status, done.evidence, done.finished_at) == (StepStatus.DONE, {"x": 1}, at(2))
+        assert running == started
+        written = (await store.events(case.id))[before:]
+        assert [(e.kind, e.step_id, e.data) for e in written] == [
+            ("step_done", "idp-deactivate", {"x": 1}),
+            ("step_started", "idp-sessions", {"attempt": 1}),
+        ]
+        await self._assert_chained(store, case.id)
+
+        # neither, when the lease is not the writer's or the next step does not exist
+        steps, events = await store.steps(case.id), await store.events(case.id)
+        with pytest.raises(LeaseLost):
+            await store.finish_and_start(
+                case.id, 1, "w2", at(3), evidence={}, event=("step_done", {}), next_index=2
+            )
+        with pytest.raises(NotFound, match="no step 99"):
+            await store.finish_and_start(
+                case.id, 1, "w1", at(3), evidence={}, event=("step_done", {}), next_index=99
+            )
+        assert await store.steps(case.id) == steps
+        assert await store.events(case.id) == events
 
     # admitting trigger deliveries together (group commit)
 

@@ -350,8 +350,19 @@ async def test_a_step_write_is_one_trip_to_the_database_thread(
         case.id, 0, "w1", StepStatus.DONE, at(2), evidence={}, event=("step_done", {})
     )
     assert len(trips) == 2
+    await store.start_step(case.id, 1, "w1", at(3))
+    await store.finish_and_start(
+        case.id, 1, "w1", at(4), evidence={}, event=("step_done", {}), next_index=2
+    )
+    assert len(trips) == 4  # the step done and the next one started: one trip
     await store.close()
-    assert [e.kind for e in (await _events(tmp_path))][-2:] == ["step_started", "step_done"]
+    assert [e.kind for e in (await _events(tmp_path))][-5:] == [
+        "step_started",
+        "step_done",
+        "step_started",
+        "step_done",
+        "step_started",
+    ]
 
 
 async def test_a_failed_one_trip_write_leaves_nothing_and_no_open_transaction(

@@ -8,12 +8,14 @@ step that keeps crashing, and the countdown inputs it records.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from worker.clock import ManualClock, parse_iso, utc_iso
@@ -146,7 +148,7 @@ def build(
 def logs() -> Iterator[list[dict[str, Any]]]:
     """The engine's log lines, captured: kept for assertions, never rendered (a
     rendered traceback costs more than a whole case on the doubles)."""
-    with capture_logs() as captured:
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as captured:
         yield captured
 
 
@@ -378,6 +380,55 @@ async def test_a_step_start_whose_answer_was_lost_names_its_attempt_in_the_log(
     [event] = [e for e in await world.store.events(case.id) if e.kind == "step_started"]
     unanswered = [line for line in logs if line["event"] == "step_start_unanswered"]
     assert [line["attempt"] for line in unanswered] == [event.data["attempt"]] == [1]
+
+
+async def test_a_step_done_and_the_next_one_started_are_one_store_write(world: World) -> None:
+    case = await open_case(world)
+    await drive(world, case.id)
+
+    writes = [
+        (c.method, c.args["index"], c.args.get("next_index"))
+        for c in world.store.calls
+        if c.method in ("start_step", "finish_step", "finish_and_start")
+    ]
+    resolve, deactivate, sessions, disable, portal = range(5)
+    assert STEP_IDS[disable] == "ic-disable" and STEP_IDS[portal] == "portal-sessions"
+    # the resolve, the IdP steps: each done in the write that starts the next
+    assert writes[:4] == [
+        ("start_step", resolve, None),
+        ("finish_and_start", resolve, deactivate),
+        ("finish_and_start", deactivate, sessions),
+        ("finish_and_start", sessions, disable),
+    ]
+    # the disable's countdown is saved between its finish and the next start
+    order = [c.method for c in world.store.calls]
+    finished = order.index("finish_step")
+    assert writes[4] == ("finish_step", disable, None)
+    assert "save_countdown" in order[finished : order.index("start_step", finished)]
+    assert writes[5] == ("start_step", portal, None)
+    # the timeline reads as before: each step done before the next started
+    events = [(e.kind, e.step_id) for e in await world.store.events(case.id)]
+    for before, after in itertools.pairwise(STEP_IDS[:4]):
+        assert events.index(("step_done", before)) < events.index(("step_started", after))
+
+
+async def test_a_chained_start_whose_answer_was_lost_names_its_attempt_in_the_log(
+    world: World, logs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chained = world.store.finish_and_start
+
+    async def committed_then_lost(*args: Any, **kwargs: Any) -> Any:
+        await chained(*args, **kwargs)
+        raise StoreUnavailable("PostgreSQL at db is unreachable: connection lost")
+
+    monkeypatch.setattr(world.store, "finish_and_start", committed_then_lost)
+    case = await open_case(world)
+    with pytest.raises(StoreUnavailable):
+        await run_once(world, case.id)
+    started = [e for e in await world.store.events(case.id) if e.kind == "step_started"]
+    assert [e.step_id for e in started] == ["resolve", "idp-deactivate"]
+    [unanswered] = [line for line in logs if line["event"] == "step_start_unanswered"]
+    assert (unanswered["step"], unanswered["attempt"]) == ("idp-deactivate", 1)
 
 
 @pytest.mark.parametrize("limit", [1, 3, 5])

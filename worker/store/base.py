@@ -439,6 +439,19 @@ class Store(Protocol):
         error: str | None = None,
         event: tuple[str, dict[str, Any]] | None = None,
     ) -> StepRecord: ...
+    async def finish_and_start(
+        self,
+        case_id: str,
+        index: int,
+        worker_id: str,
+        now: datetime,
+        *,
+        evidence: dict[str, Any],
+        event: tuple[str, dict[str, Any]],
+        next_index: int,
+    ) -> StepRecord:
+        """`finish_step` DONE and `start_step(next_index)` in one write (both or
+        neither): the attempt of the step that runs next."""
 
     # side-effect ledger
     def permission_set_lock(self, arn: str) -> AbstractAsyncContextManager[None]:

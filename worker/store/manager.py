@@ -110,14 +110,33 @@ class Runner(Protocol):
     async def many(self, query: str, rows: Sequence[dict[str, Any]]) -> None: ...
 
 
+class NoRow(Exception):
+    """A `rows_then_events` statement found no row: the rows so far, to roll back."""
+
+    def __init__(self, found: list[Row | None]) -> None:
+        super().__init__("no row")
+        self.found = found
+
+
+@dataclass(frozen=True)
+class RowWrite:
+    """A statement that returns the row it wrote, and the event to record with it."""
+
+    query: str
+    params: dict[str, Any]
+    event_of: Callable[[Row], NewEvent | None]
+
+
 class Connector(Runner, Protocol):
     """What differs between the databases; everything else is `StoreManager`'s.
 
     `snapshot`: reads that see one state. `time`, `doc`: a stored time or JSON
     document as Python (None stays None); `chain_time`: an event's time as hashed.
-    `append_event(s)`: onto the case's hash chain, in `tx` (the seq). `one_then_event`:
-    a statement's row and, when there is one, the event `event_of` makes of it (if
-    any), in one transaction (SQLite: one trip to the database thread). `notify`: say
+    `append_event(s)`: onto the case's hash chain, in `tx` (the seq). `rows_then_events`:
+    statements in order, each one's row and the event its `event_of` makes of it (if
+    any), in one transaction (SQLite: one trip to the database thread); all or none:
+    when a statement returns no row, nothing is committed, and its row and those of
+    the statements after it (not run) are None. `notify`: say
     there may be work (`wait_for_work`) when `tx` commits. `lock_admission`: make
     concurrent `admit`s of these deliveries and people (and `lease_budget`s of one
     bucket) take turns. `hold_lock`: a lock by name across the processes sharing the
@@ -137,9 +156,7 @@ class Connector(Runner, Protocol):
         """`append_event` in a transaction of its own, in as few trips as the database allows."""
 
     async def append_events(self, tx: Runner, events: Sequence[NewEvent]) -> None: ...
-    async def one_then_event(
-        self, query: str, event_of: Callable[[Row], NewEvent | None], **params: Any
-    ) -> Row | None: ...
+    async def rows_then_events(self, writes: Sequence[RowWrite]) -> list[Row | None]: ...
     async def notify(self, tx: Runner, what: str) -> None: ...
     async def lock_admission(self, tx: Runner, names: Sequence[str]) -> None: ...
     def hold_lock(self, name: str) -> AbstractAsyncContextManager[None]: ...
@@ -569,19 +586,51 @@ class StoreManager:
             raise NotFound(f"case {case_id} has no step {index}")
         return self._step(row)
 
-    async def start_step(
-        self, case_id: str, index: int, worker_id: str, now: datetime
-    ) -> StepRecord:
+    @staticmethod
+    def _start(case_id: str, index: int, worker_id: str, now: datetime) -> RowWrite:
         def started(row: Row) -> NewEvent:
             data = {"attempt": row["attempts"]}
             return NewEvent(
                 case_id=case_id, kind="step_started", at=now, step_id=row["step_id"], data=data
             )
 
+        params = {"case_id": case_id, "idx": index, "worker_id": worker_id, "now": now}
+        return RowWrite("step_start", params, started)
+
+    @staticmethod
+    def _finish(
+        case_id: str,
+        index: int,
+        worker_id: str,
+        status: StepStatus,
+        now: datetime,
+        *,
+        evidence: dict[str, Any] | None,
+        error: str | None = None,
+        event: tuple[str, dict[str, Any]] | None,
+    ) -> RowWrite:
+        def finished_event(row: Row) -> NewEvent | None:
+            if event is None:
+                return None
+            kind, data = event
+            return NewEvent(case_id=case_id, kind=kind, at=now, step_id=row["step_id"], data=data)
+
+        params = {
+            "case_id": case_id,
+            "idx": index,
+            "worker_id": worker_id,
+            "status": status.value,
+            "finished": now if status in (StepStatus.DONE, StepStatus.FAILED) else None,
+            "evidence": evidence or {},
+            "error": error,
+        }
+        return RowWrite("step_finish", params, finished_event)
+
+    async def start_step(
+        self, case_id: str, index: int, worker_id: str, now: datetime
+    ) -> StepRecord:
         # one write: an attempt counted is an attempt on the timeline, even after a kill
-        row = await self.c.one_then_event(
-            "step_start", started, case_id=case_id, idx=index, worker_id=worker_id, now=now
-        )
+        (row,) = await self.c.rows_then_events([self._start(case_id, index, worker_id, now)])
         return await self._held_step(row, case_id, index, worker_id)
 
     async def finish_step(
@@ -596,27 +645,43 @@ class StoreManager:
         error: str | None = None,
         event: tuple[str, dict[str, Any]] | None = None,
     ) -> StepRecord:
-        finished = now if status in (StepStatus.DONE, StepStatus.FAILED) else None
-
-        def finished_event(row: Row) -> NewEvent | None:
-            if event is None:
-                return None
-            kind, data = event
-            return NewEvent(case_id=case_id, kind=kind, at=now, step_id=row["step_id"], data=data)
-
         # one write: a kill cannot leave a done step without its event
-        row = await self.c.one_then_event(
-            "step_finish",
-            finished_event,
-            case_id=case_id,
-            idx=index,
-            worker_id=worker_id,
-            status=status.value,
-            finished=finished,
-            evidence=evidence or {},
-            error=error,
+        (row,) = await self.c.rows_then_events(
+            [
+                self._finish(
+                    case_id,
+                    index,
+                    worker_id,
+                    status,
+                    now,
+                    evidence=evidence,
+                    error=error,
+                    event=event,
+                )
+            ]
         )
         return await self._held_step(row, case_id, index, worker_id)
+
+    async def finish_and_start(
+        self,
+        case_id: str,
+        index: int,
+        worker_id: str,
+        now: datetime,
+        *,
+        evidence: dict[str, Any],
+        event: tuple[str, dict[str, Any]],
+        next_index: int,
+    ) -> StepRecord:
+        # one write for the step done and the next one's attempt: both or neither
+        finish = self._finish(
+            case_id, index, worker_id, StepStatus.DONE, now, evidence=evidence, event=event
+        )
+        done, started = await self.c.rows_then_events(
+            [finish, self._start(case_id, next_index, worker_id, now)]
+        )
+        await self._held_step(done, case_id, index, worker_id)
+        return await self._held_step(started, case_id, next_index, worker_id)
 
     # side-effect ledger
 

@@ -45,7 +45,9 @@ from worker.logging import describe_dsn, dsn_secrets
 from worker.store.base import NewEvent, chain_time, event_hash, genesis_hash
 from worker.store.manager import (
     ONE_ACTIVE_MIGRATION,
+    NoRow,
     Row,
+    RowWrite,
     Runner,
     StoreManager,
     migrate,
@@ -597,15 +599,21 @@ class PostgresConnector(_Queries):
         for event in events:
             await self.append_event(tx, event)
 
-    async def one_then_event(
-        self, query: str, event_of: Callable[[Row], NewEvent | None], **params: Any
-    ) -> Row | None:
-        async with self.transaction() as tx:
-            row = await tx.one(query, **params)
-            event = None if row is None else event_of(row)
-            if event is not None:
-                await self.append_event(tx, event)
-        return row
+    async def rows_then_events(self, writes: Sequence[RowWrite]) -> list[Row | None]:
+        found: list[Row | None] = [None] * len(writes)
+        try:
+            async with self.transaction() as tx:
+                for n, w in enumerate(writes):
+                    row = await tx.one(w.query, **w.params)
+                    if row is None:
+                        raise NoRow(found)  # rolled back
+                    found[n] = row
+                    event = w.event_of(row)
+                    if event is not None:
+                        await self.append_event(tx, event)
+        except NoRow as missing:
+            return missing.found
+        return found
 
 
 class PostgresStore(StoreManager):

@@ -29,6 +29,8 @@ from worker.errors import StoreCorrupt, StoreError
 from worker.store.base import NewEvent, event_hash, genesis_hash
 from worker.store.manager import (
     ONE_ACTIVE_MIGRATION,
+    NoRow,
+    RowWrite,
     Runner,
     StoreManager,
     migrate,
@@ -605,19 +607,25 @@ class SqliteConnector:
         async with self._exclusive():
             await self.db.executemany(_APPEND_EVENT, [_event_params(e) for e in events])
 
-    async def one_then_event(
-        self, query: str, event_of: Callable[[sqlite3.Row], NewEvent | None], **params: Any
-    ) -> sqlite3.Row | None:
-        sql, values = _sql(query), _params(params)
+    async def rows_then_events(self, writes: Sequence[RowWrite]) -> list[sqlite3.Row | None]:
+        statements = [(_sql(w.query), _params(w.params), w.event_of) for w in writes]
 
-        def write(conn: sqlite3.Connection) -> sqlite3.Row | None:
-            rows = conn.execute(sql, values).fetchall()
-            event = event_of(rows[0]) if rows else None
-            if event is not None:
-                conn.execute(_APPEND_EVENT, _event_params(event))
-            return rows[0] if rows else None
+        def write(conn: sqlite3.Connection) -> list[sqlite3.Row | None]:
+            found: list[sqlite3.Row | None] = [None] * len(statements)
+            for n, (sql, values, event_of) in enumerate(statements):
+                rows = conn.execute(sql, values).fetchall()
+                if not rows:
+                    raise NoRow(found)  # rolled back
+                found[n] = rows[0]
+                event = event_of(rows[0])
+                if event is not None:
+                    conn.execute(_APPEND_EVENT, _event_params(event))
+            return found
 
-        return await self._write_in_one_trip(write)
+        try:
+            return await self._write_in_one_trip(write)
+        except NoRow as missing:
+            return missing.found
 
     async def notify(self, tx: Runner, what: str) -> None:
         self._work.set()
