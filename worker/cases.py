@@ -99,37 +99,21 @@ class Confirmation:
 async def confirm_task(
     runtime: Runtime, case_id: str, step_id: str, confirmed_by: str
 ) -> Confirmation:
-    """Record an operator's confirmation and make the case runnable again. Idempotent:
-    a task confirmed before answers with that first confirmation (who, when) and
-    records nothing, not even an event, and resumes nothing."""
+    """Record an operator's confirmation and make the case runnable again, in one write
+    (`Store.confirm_task`). Idempotent: a task confirmed before answers with that first
+    confirmation (who, when) and records nothing, not even an event; its case is made
+    runnable only if it still waits on this step (the first answer was lost). A halted
+    case (a later automated step failed while this task was open) stays halted until
+    `offboard retry`."""
     case = await runtime.store.get_case(case_id)
     if step_id not in {s.id for s in case.steps}:
         known = ", ".join(s.id for s in case.steps)
         raise OffboardError(f"case {case_id} has no step {step_id!r} (steps: {known})")
-    task = await runtime.store.get_task(case_id, step_id)
-    if task is None:
-        raise NotFound(f"case {case_id} has no open operator task for step {step_id!r}")
-    if task.confirmed_at is not None:
-        return Confirmation(task=task, already=True)
-    now = runtime.clock.now()
-    task = await runtime.store.confirm_task(case_id, step_id, confirmed_by, now)
-    if task.confirmed_by != confirmed_by:
-        # another's confirmation landed between the read and the write: it stands
-        return Confirmation(task=task, already=True)
-    await runtime.store.append_event(
-        case_id,
-        "operator_confirmed",
-        runtime.clock.now(),
-        step_id=step_id,
-        data={"confirmed_by": confirmed_by},
-    )
-    steps = await runtime.store.steps(case_id)
-    waiting = any(s.step_id == step_id and s.status is StepStatus.WAITING for s in steps)
-    # Only a case waiting for operators resumes: a halted case (a later automated step
-    # failed while this task was open) stays halted until `offboard retry`.
-    if waiting and (await runtime.store.get_case(case_id)).status is CaseStatus.WAITING:
-        await runtime.store.resume_case(case_id, runtime.clock.now())
-    return Confirmation(task=task)
+    try:
+        done = await runtime.store.confirm_task(case_id, step_id, confirmed_by, runtime.clock.now())
+    except NotFound:
+        raise NotFound(f"case {case_id} has no open operator task for step {step_id!r}") from None
+    return Confirmation(task=done.task, already=done.already)
 
 
 @dataclass(frozen=True, kw_only=True)

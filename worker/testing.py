@@ -78,6 +78,7 @@ from worker.store.base import (
     EvidenceRecord,
     KeyedLocks,
     TaskBacklog,
+    TaskConfirmed,
     created_event,
     event_hash,
     fired_event,
@@ -687,16 +688,30 @@ class InMemoryStore:
     @_recorded
     async def confirm_task(
         self, case_id: str, step_id: str, confirmed_by: str, now: datetime
-    ) -> OperatorTask:
+    ) -> TaskConfirmed:
         task = self._tasks.get((case_id, step_id))
         if task is None:
             raise NotFound(f"case {case_id} has no operator task for step {step_id!r}")
-        self._tasks[(case_id, step_id)] = replace(
-            task,
-            confirmed_at=task.confirmed_at or _stored(now),
-            confirmed_by=task.confirmed_by or confirmed_by,
+        already = task.confirmed_at is not None
+        if not already:
+            task = replace(task, confirmed_at=_stored(now), confirmed_by=confirmed_by)
+            self._tasks[(case_id, step_id)] = task
+            self._append(
+                case_id, "operator_confirmed", now, step_id, {"confirmed_by": confirmed_by}
+            )
+        # in the same write, as the databases do
+        case = self._case(case_id)
+        step_waits = any(
+            r.step_id == step_id and r.status is StepStatus.WAITING
+            for r in self._steps.get(case_id, [])
         )
-        return self._tasks[(case_id, step_id)]
+        resumed = case.status is CaseStatus.WAITING and step_waits
+        if resumed:
+            self._cases[case_id] = replace(
+                case, status=CaseStatus.PENDING, run_after=None, updated_at=_stored(now)
+            )
+            self._work.set()
+        return TaskConfirmed(task=task, already=already, resumed=resumed)
 
     def _waiting_tasks(self) -> list[OperatorTask]:
         return sorted((t for t in self._tasks.values() if t.confirmed_at is None), key=_task_order)

@@ -707,14 +707,62 @@ class StoreContract:
         case, _ = await store.create_case(new_case(), T0)
         await store.open_task(task_for(case, opened_at=at(1)))
 
-        confirmed = await store.confirm_task(case.id, "portal-sessions", "grace@example.com", at(5))
+        first = await store.confirm_task(case.id, "portal-sessions", "grace@example.com", at(5))
+        confirmed = first.task
         assert confirmed.confirmed_by == "grace@example.com"
         assert confirmed.confirmed_at == at(5)
         assert confirmed.opened_at == at(1)
+        assert (first.already, first.resumed) == (False, False)  # the case is not waiting
 
         again = await store.confirm_task(case.id, "portal-sessions", "mallory@example.com", at(9))
-        assert again == confirmed
+        assert (again.task, again.already, again.resumed) == (confirmed, True, False)
         assert await store.get_task(case.id, "portal-sessions") == confirmed
+        confirmations = [e for e in await store.events(case.id) if e.kind == "operator_confirmed"]
+        assert [(e.step_id, e.data, e.at) for e in confirmations] == [
+            ("portal-sessions", {"confirmed_by": "grace@example.com"}, at(5))
+        ]
+
+    async def test_confirm_task_resumes_a_case_waiting_on_that_step_in_the_same_write(
+        self, store: Store
+    ) -> None:
+        case = await self._claimed(store, "w1", now=0)
+        portal = next(i for i, s in enumerate(case.steps) if s.id == "portal-sessions")
+        await store.start_step(case.id, portal, "w1", at(1))
+        await store.finish_step(case.id, portal, "w1", StepStatus.WAITING, at(2))
+        await store.open_task(task_for(case, opened_at=at(2)))
+        await store.release_case(case.id, "w1", CaseStatus.WAITING, at(3))
+
+        # another step's task does not resume it
+        await store.open_task(task_for(case, "ic-disable", opened_at=at(3)))
+        other = await store.confirm_task(case.id, "ic-disable", "ops", at(4))
+        assert not other.resumed
+        assert (await store.get_case(case.id)).status is CaseStatus.WAITING
+
+        done = await store.confirm_task(case.id, "portal-sessions", "ops", at(5))
+        assert (done.already, done.resumed) == (False, True)
+        resumed = await store.get_case(case.id)
+        assert (resumed.status, resumed.run_after) == (CaseStatus.PENDING, None)
+        kinds = [e.kind for e in await store.events(case.id)]
+        assert kinds.count("operator_confirmed") == 2
+        await self._assert_chained(store, case.id)
+
+        # the same step waiting again (a lost resume): a repeated confirmation resumes it
+        # and records nothing more
+        claimed = await store.claim_case(case.id, "w1", at(6), LEASE)
+        assert claimed is not None
+        await store.release_case(case.id, "w1", CaseStatus.WAITING, at(7))
+        again = await store.confirm_task(case.id, "portal-sessions", "someone-else", at(8))
+        assert (again.already, again.resumed) == (True, True)
+        assert again.task.confirmed_by == "ops"
+        assert [e.kind for e in await store.events(case.id)].count("operator_confirmed") == 2
+
+        # a halted case stays halted (`offboard retry` resumes it, not a confirmation)
+        claimed = await store.claim_case(case.id, "w1", at(9), LEASE)
+        assert claimed is not None
+        await store.release_case(case.id, "w1", CaseStatus.HALTED, at(10), halt_reason="x")
+        halted = await store.confirm_task(case.id, "portal-sessions", "ops", at(11))
+        assert not halted.resumed
+        assert (await store.get_case(case.id)).status is CaseStatus.HALTED
 
     async def test_confirm_unknown_task_raises_not_found(self, store: Store) -> None:
         case, _ = await store.create_case(new_case(), T0)

@@ -12,6 +12,7 @@ from worker.cases import drive_case, open_case
 from worker.config import parse_config
 from worker.domain import CaseStatus, StepStatus
 from worker.engine import EngineSettings
+from worker.errors import StoreUnavailable
 from worker.runtime import Runtime, open_runtime
 from worker.sandbox import Sandbox, SeededUser
 from worker.sandbox.common import FaultRule
@@ -262,6 +263,36 @@ async def test_a_confirmation_racing_the_release_is_not_lost(
     assert case.status is CaseStatus.CONTAINED
     steps = await runtime.store.steps(case.id)
     assert steps[4].evidence["confirmed_by"] == "fast-operator"
+
+
+async def test_a_confirmation_whose_answer_was_lost_resumes_the_case_when_repeated(
+    runtime: Runtime, sandbox: Sandbox, leaver: SeededUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the chaos harness under PostgreSQL restarts: the confirmation was
+    recorded, the answer lost on the way back, and the operator's retry found the task
+    confirmed and resumed nothing: the case waited for good."""
+    from tests.flows import delete_portal_sessions
+    from worker.cases import confirm_task
+
+    case, _ = await open_case(runtime, runtime.playbook("leaver"), leaver.login, {})
+    assert (await drive_case(runtime, case.id)).status is CaseStatus.WAITING
+    await delete_portal_sessions(sandbox, leaver)
+    recorded = runtime.store.confirm_task
+
+    async def recorded_then_lost(*args: Any, **kwargs: Any) -> Any:
+        await recorded(*args, **kwargs)
+        raise StoreUnavailable("PostgreSQL at db is unreachable: connection lost")
+
+    monkeypatch.setattr(runtime.store, "confirm_task", recorded_then_lost)
+    with pytest.raises(StoreUnavailable):
+        await confirm_task(runtime, case.id, "portal-sessions", "oncall")
+    monkeypatch.undo()
+
+    again = await confirm_task(runtime, case.id, "portal-sessions", "oncall")
+    assert again.already
+    assert (await drive_case(runtime, case.id)).status is CaseStatus.CONTAINED
+    kinds = [e.kind for e in await runtime.store.events(case.id)]
+    assert kinds.count("operator_confirmed") == 1
 
 
 async def test_a_worker_that_lost_its_lease_stops_its_step(

@@ -206,6 +206,17 @@ class BudgetGrant:
     retry_at: float
 
 
+@dataclass(frozen=True, kw_only=True)
+class TaskConfirmed:
+    """What `Store.confirm_task` did: the task as stored (its first confirmation)."""
+
+    task: OperatorTask
+    #: confirmed before this call: nothing recorded
+    already: bool
+    #: the case waited for operators and is runnable again
+    resumed: bool
+
+
 #: how soon a replica held back by another's urgent calls asks again (seconds)
 BUDGET_RETRY = 0.05
 
@@ -483,7 +494,14 @@ class Store(Protocol):
     async def get_task(self, case_id: str, step_id: str) -> OperatorTask | None: ...
     async def confirm_task(
         self, case_id: str, step_id: str, confirmed_by: str, now: datetime
-    ) -> OperatorTask: ...
+    ) -> TaskConfirmed:
+        """Record an operator's confirmation with its `operator_confirmed` event and make
+        the case runnable again if it waits for operators with this step waiting: one
+        write, so no lost answer can leave a confirmed task's case waiting for good. A
+        task confirmed before keeps its first confirmation and gets no second event;
+        its case is still made runnable if it waits (a confirmation repeated after a
+        lost answer). NotFound for a task that was never opened."""
+
     async def open_tasks(self) -> list[OperatorTask]: ...
 
     # countdown and its timers

@@ -47,6 +47,7 @@ from worker.store.base import (
     KeyedLocks,
     NewEvent,
     TaskBacklog,
+    TaskConfirmed,
     all_lapsed_at,
     created_event,
     fired_event,
@@ -738,13 +739,28 @@ class StoreManager:
 
     async def confirm_task(
         self, case_id: str, step_id: str, confirmed_by: str, now: datetime
-    ) -> OperatorTask:
-        row = await self.c.one(
-            "task_confirm", case_id=case_id, step_id=step_id, now=now, by=confirmed_by
-        )
-        if row is None:
-            raise NotFound(f"case {case_id} has no operator task for step {step_id!r}")
-        return self._task(row)
+    ) -> TaskConfirmed:
+        async with self.c.transaction() as tx:
+            row = await tx.one(
+                "task_confirm", case_id=case_id, step_id=step_id, now=now, by=confirmed_by
+            )
+            already = row is None
+            if already:
+                row = await tx.one("task_get", case_id=case_id, step_id=step_id)
+                if row is None:
+                    raise NotFound(f"case {case_id} has no operator task for step {step_id!r}")
+            else:
+                data = {"confirmed_by": confirmed_by}
+                event = NewEvent(
+                    case_id=case_id, kind="operator_confirmed", at=now, step_id=step_id, data=data
+                )
+                await self.c.append_event(tx, event)
+            resumed = await tx.one(
+                "case_resume_confirmed", case_id=case_id, step_id=step_id, now=now
+            )
+            if resumed is not None:
+                await self.c.notify(tx, f"case_resumed {case_id}")
+        return TaskConfirmed(task=self._task(row), already=already, resumed=resumed is not None)
 
     async def open_tasks(self) -> list[OperatorTask]:
         return list(map(self._task, await self.c.all("tasks_open")))

@@ -135,9 +135,16 @@ ON CONFLICT (case_id, step_id) DO NOTHING
 -- name: task_get
 SELECT * FROM operator_tasks WHERE case_id = :case_id AND step_id = :step_id
 -- name: task_confirm
-UPDATE operator_tasks SET confirmed_at = COALESCE(confirmed_at, :now),
-                          confirmed_by = COALESCE(confirmed_by, :by)
-WHERE case_id = :case_id AND step_id = :step_id RETURNING *
+-- the first confirmation only: a row comes back when this one is it
+UPDATE operator_tasks SET confirmed_at = :now, confirmed_by = :by
+WHERE case_id = :case_id AND step_id = :step_id AND confirmed_at IS NULL RETURNING *
+-- name: case_resume_confirmed
+-- a case waiting for operators with this step waiting runs again
+UPDATE cases SET status = 'pending', run_after = NULL, updated_at = :now
+WHERE id = :case_id AND status = 'waiting'
+AND EXISTS (SELECT 1 FROM steps WHERE case_id = :case_id AND step_id = :step_id
+            AND status = 'waiting')
+RETURNING id
 -- name: tasks_open
 SELECT * FROM operator_tasks WHERE confirmed_at IS NULL ORDER BY opened_at, case_id, step_id
 -- name: tasks_open_of
