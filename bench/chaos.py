@@ -125,6 +125,7 @@ TERMINAL_LOGS = (
     "step_done",
     "step_deferred",
     "case_waiting_for_operator",
+    "case_released_to_run_again",
     "case_halted",
     "step_crashed",
     "case_run_failed",
@@ -133,7 +134,13 @@ TERMINAL_LOGS = (
     "lease_lost",
 )
 #: worker log lines written as a case is released on purpose
-RELEASE_LOGS = ("case_contained", "case_waiting_for_operator", "step_deferred", "case_halted")
+RELEASE_LOGS = (
+    "case_contained",
+    "case_waiting_for_operator",
+    "case_released_to_run_again",
+    "step_deferred",
+    "case_halted",
+)
 #: beyond the 12 h role session of the seeded AdministratorAccess and the caches
 CLOCK_JUMP_SECONDS = 13 * 3600 + 600
 CASE_ID = re.compile(r"\bc-[0-9a-f]{16}\b")

@@ -355,17 +355,17 @@ class Engine:
     async def _wait(
         self, case: Case, step_ids: list[str], notification: Notification | None
     ) -> CaseStatus:
-        """Hand the case to the operators: WAITING until one of its tasks is confirmed."""
-        await self.store.release_case(case.id, self.worker_id, CaseStatus.WAITING, self.clock.now())
+        """Hand the case to the operators: WAITING until one of its tasks is confirmed.
+        A task confirmed before this release (the confirmation found no waiting case
+        to resume) makes the release PENDING instead, in the same write."""
+        status = await self.store.release_case(
+            case.id, self.worker_id, CaseStatus.WAITING, self.clock.now()
+        )
+        if status is not CaseStatus.WAITING:
+            # a task confirmed meanwhile, or the case escalated while it ran
+            log.info("case_released_to_run_again", steps=step_ids)
+            return status
         log.info("case_waiting_for_operator", steps=step_ids)
-        # An operator who confirmed between the task opening and this release
-        # found no waiting case to resume: resume it here, or it waits forever.
-        for step_id in step_ids:
-            task = await self.store.get_task(case.id, step_id)
-            if task is not None and task.confirmed_at is not None:
-                await self.store.resume_case(case.id, self.clock.now())
-                log.info("case_resumed_confirmed_meanwhile", step=step_id)
-                break
         if notification is not None:
             await deliver(self.notifier, notification)
         return CaseStatus.WAITING

@@ -383,7 +383,7 @@ class InMemoryStore:
         run_after: datetime | None = None,
         halt_reason: str | None = None,
         event: tuple[str, dict[str, Any]] | None = None,
-    ) -> None:
+    ) -> CaseStatus:
         case = self._cases.get(case_id)
         if case is None or case.lease_owner != worker_id:
             raise LeaseLost(f"case {case_id} is not held by worker {worker_id}")
@@ -394,6 +394,10 @@ class InMemoryStore:
         requested = status
         if rerun and status in (CaseStatus.CONTAINED, CaseStatus.WAITING):
             status = CaseStatus.PENDING  # escalated while it ran: steps its worker did not know
+        if status is CaseStatus.WAITING and self._confirmed_while_waiting(case_id):
+            status = CaseStatus.PENDING  # the confirmation found no waiting case to resume
+        if status is not requested:
+            self._work.set()
         self._cases[case_id] = replace(
             case,
             status=status,
@@ -405,6 +409,16 @@ class InMemoryStore:
         )
         if event is not None and status is requested:
             self._append(case_id, event[0], now, None, event[1])
+        return status
+
+    def _confirmed_while_waiting(self, case_id: str) -> bool:
+        """Whether a step of the case waits on a task already confirmed."""
+        return any(
+            r.status is StepStatus.WAITING
+            and (task := self._tasks.get((case_id, r.step_id))) is not None
+            and task.confirmed_at is not None
+            for r in self._steps.get(case_id, [])
+        )
 
     @_recorded
     async def find_open_case(self, subject: str) -> Case | None:

@@ -746,13 +746,15 @@ class StoreContract:
         assert kinds.count("operator_confirmed") == 2
         await self._assert_chained(store, case.id)
 
-        # the same step waiting again (a lost resume): a repeated confirmation resumes it
-        # and records nothing more
+        # a worker releasing it as waiting on that step again cannot leave it waiting;
+        # a repeated confirmation keeps the first and records nothing more
         claimed = await store.claim_case(case.id, "w1", at(6), LEASE)
         assert claimed is not None
-        await store.release_case(case.id, "w1", CaseStatus.WAITING, at(7))
+        assert await store.release_case(case.id, "w1", CaseStatus.WAITING, at(7)) is (
+            CaseStatus.PENDING
+        )
         again = await store.confirm_task(case.id, "portal-sessions", "someone-else", at(8))
-        assert (again.already, again.resumed) == (True, True)
+        assert (again.already, again.resumed) == (True, False)
         assert again.task.confirmed_by == "ops"
         assert [e.kind for e in await store.events(case.id)].count("operator_confirmed") == 2
 
@@ -763,6 +765,38 @@ class StoreContract:
         halted = await store.confirm_task(case.id, "portal-sessions", "ops", at(11))
         assert not halted.resumed
         assert (await store.get_case(case.id)).status is CaseStatus.HALTED
+
+    async def test_a_release_as_waiting_after_its_task_was_confirmed_is_pending(
+        self, store: Store
+    ) -> None:
+        # the operator was quicker than the worker's release: the confirmation found no
+        # waiting case to resume, so the release itself must not leave it waiting
+        case = await self._claimed(store, "w1", now=0)
+        portal = next(i for i, s in enumerate(case.steps) if s.id == "portal-sessions")
+        await store.start_step(case.id, portal, "w1", at(1))
+        await store.finish_step(case.id, portal, "w1", StepStatus.WAITING, at(2))
+        await store.open_task(task_for(case, opened_at=at(2)))
+        assert not (await store.confirm_task(case.id, "portal-sessions", "ops", at(3))).resumed
+        await store.wait_for_work(0)  # what came before is not the point
+
+        status = await store.release_case(case.id, "w1", CaseStatus.WAITING, at(4))
+        assert status is CaseStatus.PENDING
+        released = await store.get_case(case.id)
+        assert (released.status, released.lease_owner) == (CaseStatus.PENDING, None)
+        assert await store.wait_for_work(5) is True  # a worker is told to take it
+
+        # with its task still open, it waits; a release in another status is as asked
+        other = await self._claimed(store, "w1", now=5)
+        await store.start_step(other.id, portal, "w1", at(6))
+        await store.finish_step(other.id, portal, "w1", StepStatus.WAITING, at(7))
+        await store.open_task(task_for(other, opened_at=at(7)))
+        assert await store.release_case(other.id, "w1", CaseStatus.WAITING, at(8)) is (
+            CaseStatus.WAITING
+        )
+        third = await self._claimed(store, "w1", now=9)
+        assert await store.release_case(third.id, "w1", CaseStatus.CONTAINED, at(10)) is (
+            CaseStatus.CONTAINED
+        )
 
     async def test_confirm_unknown_task_raises_not_found(self, store: Store) -> None:
         case, _ = await store.create_case(new_case(), T0)

@@ -740,7 +740,7 @@ async def test_an_operator_confirming_while_the_hardening_runs_is_not_lost(
     world: World,
 ) -> None:
     """Confirmed while the case still ran (no WAITING case to resume then): the
-    engine resumes it when it hands the case to the operators."""
+    release that would hand the case to the operators makes it runnable instead."""
     case = await open_case(world)
     original = world.ic.deny_policy
 
@@ -752,7 +752,7 @@ async def test_an_operator_confirming_while_the_hardening_runs_is_not_lost(
 
     world.ic.deny_policy = confirm_meanwhile  # type: ignore[method-assign]
 
-    assert await run_once(world, case.id) is CaseStatus.WAITING
+    assert await run_once(world, case.id) is CaseStatus.PENDING
     assert (await world.store.get_case(case.id)).status is CaseStatus.PENDING
     assert await run_once(world, case.id) is CaseStatus.CONTAINED
 

@@ -397,9 +397,12 @@ class Store(Protocol):
         run_after: datetime | None = None,
         halt_reason: str | None = None,
         event: tuple[str, dict[str, Any]] | None = None,
-    ) -> None:
+    ) -> CaseStatus:
         """Hand the case back in `status`, with `event` (kind, data) on its timeline in
-        the same write; StoreError if this worker does not hold it."""
+        the same write; StoreError if this worker does not hold it. The status set:
+        PENDING instead of CONTAINED or WAITING for a case escalated while it ran, and
+        instead of WAITING when a waiting step's task was confirmed meanwhile (made
+        runnable at once, with no event: a confirmation never waits on a lost race)."""
 
     async def find_open_case(self, subject: str) -> Case | None:
         """The person's open case, whatever its playbook: their active one (there is at

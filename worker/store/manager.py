@@ -74,6 +74,8 @@ def queries() -> dict[str, str]:
     for chunk in text.split("-- name: ")[1:]:
         name, _, body = chunk.partition("\n")
         lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
+        if name.strip() in named:  # each query written once: a second would win silently
+            raise ValueError(f"queries.sql names {name.strip()!r} twice")
         named[name.strip()] = "\n".join(lines).strip()
     return named
 
@@ -464,7 +466,7 @@ class StoreManager:
         run_after: datetime | None = None,
         halt_reason: str | None = None,
         event: tuple[str, dict[str, Any]] | None = None,
-    ) -> None:
+    ) -> CaseStatus:
         params = {
             "case_id": case_id,
             "worker_id": worker_id,
@@ -473,17 +475,22 @@ class StoreManager:
             "halt_reason": halt_reason,
             "now": now,
         }
-        if event is None:
+        if event is None and status is not CaseStatus.WAITING:
             row = await self.c.one("release", **params)
         else:
             async with self.c.transaction() as tx:
+                if status is CaseStatus.WAITING:
+                    await tx.one("case_lock", case_id=case_id)
                 row = await tx.one("release", **params)
                 # one transaction: a lost connection cannot leave the state without its
                 # event; and none when the case was escalated meanwhile (it runs again)
-                if row is not None and row["status"] == status.value:
+                if row is not None and row["status"] == status.value and event is not None:
                     await self._append(tx, case_id, event[0], now, event[1])
+                if row is not None and row["status"] != status.value:
+                    await self.c.notify(tx, f"case_runs_again {case_id}")
         if row is None:
             raise LeaseLost(f"case {case_id} is not held by worker {worker_id}")
+        return CaseStatus(row["status"])
 
     async def find_open_case(self, subject: str) -> Case | None:
         row = await self.c.one("open_case_find", subject=subject, open=_OPEN)
@@ -741,6 +748,7 @@ class StoreManager:
         self, case_id: str, step_id: str, confirmed_by: str, now: datetime
     ) -> TaskConfirmed:
         async with self.c.transaction() as tx:
+            await tx.one("case_lock", case_id=case_id)
             row = await tx.one(
                 "task_confirm", case_id=case_id, step_id=step_id, now=now, by=confirmed_by
             )

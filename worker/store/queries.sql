@@ -38,6 +38,8 @@ ORDER BY created_at, id
 SELECT * FROM cases WHERE subject = :subject AND status = ANY(:open)
 ORDER BY CASE status WHEN 'contained' THEN 1 ELSE 0 END, created_at DESC, id DESC LIMIT 1
 -- name: case_lock
+-- also first in a release as waiting and in a confirmation: whichever comes second
+-- reads what the first committed
 SELECT * FROM cases WHERE id = :case_id FOR UPDATE
 -- name: case_escalate
 -- an incident's steps added: runnable at once (a contained or waiting case too, when it
@@ -71,8 +73,16 @@ UPDATE cases SET lease_expires_at = :expires
 WHERE id = :case_id AND lease_owner = :worker_id AND status = 'running'
 -- name: release
 -- a case escalated while it ran (`rerun`) has steps its worker did not know of: not
--- contained or waiting on a person, but pending, so that they run at once
+-- contained or waiting on a person, but pending, so that they run at once; nor waiting
+-- when a waiting step's task was confirmed while it ran (the confirmation found no
+-- waiting case to resume; case_lock makes the two see each other's commits)
 UPDATE cases SET status = CASE WHEN rerun AND :status IN ('contained', 'waiting')
+                 THEN 'pending'
+                 WHEN :status = 'waiting' AND EXISTS (
+                     SELECT 1 FROM operator_tasks t JOIN steps s
+                     ON s.case_id = t.case_id AND s.step_id = t.step_id
+                     WHERE t.case_id = :case_id AND t.confirmed_at IS NOT NULL
+                     AND s.status = 'waiting')
                  THEN 'pending' ELSE :status END,
                  rerun = FALSE, run_after = :run_after, halt_reason = :halt_reason,
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
