@@ -127,6 +127,16 @@ class StoreContract:
         assert claimed is not None
         return claimed
 
+    async def _portal_task_open(self, store: Store, now: float = 0) -> Case:
+        """A fresh case claimed by w1 whose portal-sessions step waits on its open task
+        (opened at `at(now + 2)`), the case still held."""
+        case = await self._claimed(store, "w1", now=now)
+        portal = next(i for i, s in enumerate(case.steps) if s.id == "portal-sessions")
+        await store.start_step(case.id, portal, "w1", at(now + 1))
+        await store.finish_step(case.id, portal, "w1", StepStatus.WAITING, at(now + 2))
+        await store.open_task(task_for(case, opened_at=at(now + 2)))
+        return case
+
     # creating and reading cases
 
     async def test_create_case_returns_pending_case_with_pending_steps_and_event(
@@ -725,11 +735,7 @@ class StoreContract:
     async def test_confirm_task_resumes_a_case_waiting_on_that_step_in_the_same_write(
         self, store: Store
     ) -> None:
-        case = await self._claimed(store, "w1", now=0)
-        portal = next(i for i, s in enumerate(case.steps) if s.id == "portal-sessions")
-        await store.start_step(case.id, portal, "w1", at(1))
-        await store.finish_step(case.id, portal, "w1", StepStatus.WAITING, at(2))
-        await store.open_task(task_for(case, opened_at=at(2)))
+        case = await self._portal_task_open(store)
         await store.release_case(case.id, "w1", CaseStatus.WAITING, at(3))
 
         # another step's task does not resume it
@@ -771,11 +777,7 @@ class StoreContract:
     ) -> None:
         # the operator was quicker than the worker's release: the confirmation found no
         # waiting case to resume, so the release itself must not leave it waiting
-        case = await self._claimed(store, "w1", now=0)
-        portal = next(i for i, s in enumerate(case.steps) if s.id == "portal-sessions")
-        await store.start_step(case.id, portal, "w1", at(1))
-        await store.finish_step(case.id, portal, "w1", StepStatus.WAITING, at(2))
-        await store.open_task(task_for(case, opened_at=at(2)))
+        case = await self._portal_task_open(store)
         assert not (await store.confirm_task(case.id, "portal-sessions", "ops", at(3))).resumed
         await store.wait_for_work(0)  # what came before is not the point
 
@@ -786,10 +788,7 @@ class StoreContract:
         assert await store.wait_for_work(5) is True  # a worker is told to take it
 
         # with its task still open, it waits; a release in another status is as asked
-        other = await self._claimed(store, "w1", now=5)
-        await store.start_step(other.id, portal, "w1", at(6))
-        await store.finish_step(other.id, portal, "w1", StepStatus.WAITING, at(7))
-        await store.open_task(task_for(other, opened_at=at(7)))
+        other = await self._portal_task_open(store, now=5)
         assert await store.release_case(other.id, "w1", CaseStatus.WAITING, at(8)) is (
             CaseStatus.WAITING
         )
