@@ -219,11 +219,7 @@ async def retry_case(runtime: Runtime, case_id: str, retried_by: str) -> Case:
     case = await runtime.store.get_case(case_id)
     if case.status is not CaseStatus.HALTED:
         raise OffboardError(f"case {case_id} is {case.status.value}, not halted: nothing to retry")
-    await runtime.store.append_event(
-        case_id,
-        "case_retried",
-        runtime.clock.now(),
-        step_id=None,
-        data={"retried_by": retried_by, "halt_reason": case.halt_reason},
-    )
-    return await runtime.store.resume_case(case_id, runtime.clock.now())
+    # one write: a lost answer cannot leave the event without the resume, nor a retry
+    # repeated after it add a second event
+    retried = ("case_retried", {"retried_by": retried_by, "halt_reason": case.halt_reason})
+    return await runtime.store.resume_case(case_id, runtime.clock.now(), event=retried)

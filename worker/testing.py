@@ -513,9 +513,15 @@ class InMemoryStore:
         return self._cases[case_id]
 
     @_recorded
-    async def resume_case(self, case_id: str, now: datetime) -> Case:
+    async def resume_case(
+        self, case_id: str, now: datetime, *, event: tuple[str, dict[str, Any]] | None = None
+    ) -> Case:
         case = self._case(case_id)
+        if event is not None:
+            _json(event[1])  # fails before the case is written, as a rolled-back transaction
         if case.status in (CaseStatus.WAITING, CaseStatus.HALTED):
+            if event is not None:
+                self._append(case_id, event[0], now, None, event[1])
             case = replace(
                 case,
                 status=CaseStatus.PENDING,

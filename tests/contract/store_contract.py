@@ -505,11 +505,17 @@ class StoreContract:
             case.id, "w1", CaseStatus.HALTED, at(1), halt_reason="okta: 403 forbidden"
         )
 
-        resumed = await store.resume_case(case.id, at(300))
+        retried = ("case_retried", {"retried_by": "ops"})
+        resumed = await store.resume_case(case.id, at(300), event=retried)
         assert resumed.status is CaseStatus.PENDING
         assert resumed.halt_reason is None
         assert resumed.run_after is None
         assert resumed.updated_at == at(300)
+        # its event in the same write; none from a second resume, which changes nothing
+        await store.resume_case(case.id, at(301), event=retried)
+        written = [(e.kind, e.data, e.at) for e in await store.events(case.id)]
+        assert [w for w in written if w[0] == "case_retried"] == [(*retried, at(300))]
+        await self._assert_chained(store, case.id)
         claimed = await store.claim_next("w2", at(301), LEASE)
         assert claimed is not None
         assert claimed.id == case.id

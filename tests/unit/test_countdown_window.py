@@ -172,7 +172,6 @@ async def test_a_deny_step_after_a_reread_covers_what_the_reread_found(world: Wo
     # the deny step, when it runs, covers the set the re-read found
     assert await run_once(world, case.id) is CaseStatus.WAITING  # the portal task
     await world.store.confirm_task(case.id, "portal-sessions", "ops", world.clock.now())
-    await world.store.resume_case(case.id, world.clock.now())
     assert await run_once(world, case.id) is CaseStatus.CONTAINED
 
     deny = (await world.store.steps(case.id))[-1]

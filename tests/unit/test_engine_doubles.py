@@ -192,7 +192,6 @@ async def confirm(world: World, case_id: str, step_id: str) -> None:
     """An operator confirms the step's task, as `offboard confirm` does."""
     world.clock.advance(60)
     await world.store.confirm_task(case_id, step_id, OPERATOR, world.clock.now())
-    await world.store.resume_case(case_id, world.clock.now())
 
 
 async def drive(world: World, case_id: str, *, rounds: int = 10) -> list[CaseStatus]:

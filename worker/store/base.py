@@ -432,9 +432,12 @@ class Store(Protocol):
     async def cancel_case(self, case_id: str, now: datetime, reason: str) -> Case:
         """Withdraw a case no step of which has run; StoreError if one has."""
 
-    async def resume_case(self, case_id: str, now: datetime) -> Case:
-        """Make a waiting or halted case runnable again (an operator confirmed its task,
-        or fixed what halted it); any other case is left as it is."""
+    async def resume_case(
+        self, case_id: str, now: datetime, *, event: tuple[str, dict[str, Any]] | None = None
+    ) -> Case:
+        """Make a waiting or halted case runnable again (an operator fixed what halted
+        it), with `event` (kind, data) on its timeline in the same write; any other case
+        is left as it is, and no event is written."""
 
     # steps
     async def steps(self, case_id: str) -> list[StepRecord]: ...

@@ -569,10 +569,14 @@ class StoreManager:
             await self._append(tx, case_id, "case_cancelled", now, {"reason": reason})
         return self._case(row)
 
-    async def resume_case(self, case_id: str, now: datetime) -> Case:
+    async def resume_case(
+        self, case_id: str, now: datetime, *, event: tuple[str, dict[str, Any]] | None = None
+    ) -> Case:
         async with self.c.transaction() as tx:
             row = await tx.one("case_resume", case_id=case_id, now=now)
             if row is not None:
+                if event is not None:
+                    await self._append(tx, case_id, event[0], now, event[1])
                 await self.c.notify(tx, f"case_resumed {case_id}")
                 return self._case(row)
         return await self.get_case(case_id)
