@@ -16,7 +16,7 @@ from worker.admission import Instruction, Outcome, ProtectedIdentity
 from worker.clock import seconds_until, utc_iso
 from worker.countdown import DENY_EXTENDED, compute
 from worker.domain import Case, CaseStatus, OperatorTask, StepStatus
-from worker.errors import NotFound, OffboardError
+from worker.errors import OffboardError
 from worker.playbook import Playbook
 from worker.runtime import Runtime
 from worker.store.base import REREAD_FINAL
@@ -109,10 +109,7 @@ async def confirm_task(
     if step_id not in {s.id for s in case.steps}:
         known = ", ".join(s.id for s in case.steps)
         raise OffboardError(f"case {case_id} has no step {step_id!r} (steps: {known})")
-    try:
-        done = await runtime.store.confirm_task(case_id, step_id, confirmed_by, runtime.clock.now())
-    except NotFound:
-        raise NotFound(f"case {case_id} has no open operator task for step {step_id!r}") from None
+    done = await runtime.store.confirm_task(case_id, step_id, confirmed_by, runtime.clock.now())
     return Confirmation(task=done.task, already=done.already)
 
 

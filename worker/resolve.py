@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from worker.clock import Clock
@@ -146,8 +146,8 @@ async def resolve_person(
         subject=subject,
         idp_name=idp.name,
         idp_user=idp_found,
-        ic_user=IdentityCenterMatch(
-            user_id=by_external.user_id,
+        ic_user=replace(
+            by_external,
             found_by=f"externalId {idp_found.id} (the {idp.name} user id its SCIM sync set)",
         ),
         ic_searched=None,

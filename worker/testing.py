@@ -721,11 +721,7 @@ class InMemoryStore:
             )
         # in the same write, as the databases do
         case = self._case(case_id)
-        step_waits = any(
-            r.step_id == step_id and r.status is StepStatus.WAITING
-            for r in self._steps.get(case_id, [])
-        )
-        resumed = case.status is CaseStatus.WAITING and step_waits
+        resumed = case.status is CaseStatus.WAITING and self._confirmed_while_waiting(case_id)
         if resumed:
             self._cases[case_id] = replace(
                 case, status=CaseStatus.PENDING, run_after=None, updated_at=_stored(now)

@@ -763,13 +763,8 @@ class StoreManager:
                     raise NotFound(f"case {case_id} has no operator task for step {step_id!r}")
             else:
                 data = {"confirmed_by": confirmed_by}
-                event = NewEvent(
-                    case_id=case_id, kind="operator_confirmed", at=now, step_id=step_id, data=data
-                )
-                await self.c.append_event(tx, event)
-            resumed = await tx.one(
-                "case_resume_confirmed", case_id=case_id, step_id=step_id, now=now
-            )
+                await self._append(tx, case_id, "operator_confirmed", now, data, step_id)
+            resumed = await tx.one("case_resume_confirmed", case_id=case_id, now=now)
             if resumed is not None:
                 await self.c.notify(tx, f"case_resumed {case_id}")
         return TaskConfirmed(task=self._task(row), already=already, resumed=resumed is not None)

@@ -149,11 +149,13 @@ SELECT * FROM operator_tasks WHERE case_id = :case_id AND step_id = :step_id
 UPDATE operator_tasks SET confirmed_at = :now, confirmed_by = :by
 WHERE case_id = :case_id AND step_id = :step_id AND confirmed_at IS NULL RETURNING *
 -- name: case_resume_confirmed
--- a case waiting for operators with this step waiting runs again
+-- a case waiting for operators runs again once a waiting step's task is confirmed (the
+-- same test as `release` makes)
 UPDATE cases SET status = 'pending', run_after = NULL, updated_at = :now
-WHERE id = :case_id AND status = 'waiting'
-AND EXISTS (SELECT 1 FROM steps WHERE case_id = :case_id AND step_id = :step_id
-            AND status = 'waiting')
+WHERE id = :case_id AND status = 'waiting' AND EXISTS (
+    SELECT 1 FROM operator_tasks t JOIN steps s
+    ON s.case_id = t.case_id AND s.step_id = t.step_id
+    WHERE t.case_id = :case_id AND t.confirmed_at IS NOT NULL AND s.status = 'waiting')
 RETURNING id
 -- name: tasks_open
 SELECT * FROM operator_tasks WHERE confirmed_at IS NULL ORDER BY opened_at, case_id, step_id
